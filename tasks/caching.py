@@ -1,0 +1,88 @@
+"""How a step's Prefect task is cached: by a fingerprint of exactly what changes its output.
+
+Prefect's default policy (INPUTS + TASK_SOURCE + RUN_ID) misses on every new run and hashes
+only the task's own lines, so each step gets this policy instead. The key covers:
+the step's own configuration section, the content fingerprints of its upstream outputs,
+and the source of every tasks/ module the step runs. Not the run id, not the time.
+Before answering, the policy checks that the cached files still exist and match their
+sha256; if not, it drops the stale record so the step recomputes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from prefect.cache_policies import CachePolicy
+from prefect.filesystems import LocalFileSystem
+from prefect.locking.filesystem import FileSystemLockManager
+
+from tasks.store import ArtifactStore, StepOutput, code_version, fingerprint
+
+# The tasks/ modules whose source makes up each step's code version.
+STEP_MODULES: dict[str, tuple[str, ...]] = {
+    "ingest": ("ingest", "synthetic"),
+    "validate": ("validate",),
+    "encode": ("encode",),
+    "train": ("train", "models"),
+    "evaluate": ("evaluate",),
+    "report": ("report",),
+}
+
+
+def step_key(step: str, section: dict[str, Any], upstream: dict[str, StepOutput]) -> str:
+    return fingerprint(
+        {
+            "step": step,
+            "code": code_version(*STEP_MODULES[step]),
+            "config": section,
+            "upstream": {name: out.content_fingerprint for name, out in sorted(upstream.items())},
+        }
+    )[:24]
+
+
+def prefect_key(step: str, key: str) -> str:
+    return f"{step}-{key}"
+
+
+@dataclass
+class StepCachePolicy(CachePolicy):
+    step: str = ""
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str:
+        store = ArtifactStore(inputs["root"])
+        key = step_key(self.step, inputs["section"], inputs.get("upstream") or {})
+        if store.read_entry(self.step, key) is None:
+            store.forget_entry(self.step, key, prefect_key(self.step, key))
+        return prefect_key(self.step, key)
+
+
+def produce_step(
+    root: str,
+    step: str,
+    section: dict[str, Any],
+    upstream: dict[str, StepOutput],
+    work: Callable[[Path], dict[str, Any]],
+) -> StepOutput:
+    """The body every step task shares: run work(out_dir) into the cache entry for this key."""
+    store = ArtifactStore(root)
+    return store.produce(step, step_key(step, section, upstream), work)
+
+
+def bind_to_store(step_task: Any, store: ArtifactStore, *, refresh: bool = False) -> Any:
+    """The step's task with its results, cache records and locks kept under this artifacts root.
+
+    SERIALIZABLE isolation with file locks makes two runs of the same step and key wait for
+    each other, so the second reads the first's result instead of writing the entry twice.
+    """
+    policy = step_task.cache_policy.configure(
+        lock_manager=FileSystemLockManager(lock_files_directory=store.locks_dir),
+        isolation_level="SERIALIZABLE",
+    )
+    return step_task.with_options(
+        cache_policy=policy,
+        result_storage=LocalFileSystem(basepath=str(store.prefect_results_dir)),
+        persist_result=True,
+        refresh_cache=refresh,
+    )

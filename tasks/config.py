@@ -1,0 +1,210 @@
+"""The one configuration object: defaults, then a preset or YAML file, then --set overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
+
+
+class ConfigError(ValueError):
+    """A configuration the user must fix: the message is one sentence that says how."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    source: Literal["imdb", "synthetic"] = "imdb"
+    path: str = "data/aclImdb_v1.tar.gz"
+    url: str = IMDB_URL
+    max_reviews: int | None = Field(default=None, ge=2, description="use at most N reviews per split")
+    val_fraction: float = Field(default=0.2, gt=0, lt=1)
+    seed: int = 1337
+    synthetic_reviews: int = Field(default=4000, ge=20, description="reviews per split for source=synthetic")
+    synthetic_positive_fraction: float = Field(default=0.5, gt=0, lt=1)
+    retries: int = Field(default=2, ge=0)
+    retry_delay_seconds: float = Field(default=2.0, ge=0)
+
+
+class ValidateConfig(Section):
+    min_class_fraction: float = Field(default=0.3, ge=0, le=0.5, description="smallest share a class may have")
+    min_tokens: int = Field(default=1, ge=0, description="shortest allowed review, in tokens")
+    max_tokens: int = Field(default=5000, ge=1, description="longest allowed review, in tokens")
+    max_duplicate_fraction: float = Field(default=0.02, ge=0, le=1)
+    max_train_test_overlap: float = Field(default=0.01, ge=0, le=1)
+    severity: dict[str, Literal["error", "warning"]] = Field(
+        default_factory=lambda: {
+            "not_blank": "error",
+            "label_in_set": "error",
+            "class_balance": "error",
+            "token_length": "warning",
+            "duplicates": "warning",
+            "train_test_overlap": "warning",
+        }
+    )
+
+
+class EncodeConfig(Section):
+    tokenizer: Literal["word"] = "word"
+    num_words: int = Field(default=20000, ge=4, description="vocabulary size, reserved ids included")
+    max_len: int | Literal["auto"] = "auto"
+    max_len_percentile: float = Field(default=90, gt=0, le=100)
+    padding: Literal["pre", "post"] = "post"
+    truncating: Literal["pre", "post"] = "pre"
+    lowercase: bool = True
+
+    @field_validator("max_len")
+    @classmethod
+    def _positive_max_len(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("max_len must be a positive number of tokens or 'auto'")
+        return value
+
+
+class ModelConfig(Section):
+    cell: Literal["simple_rnn", "lstm", "gru"] = "lstm"
+    units: int = Field(default=64, ge=1)
+    layers: int = Field(default=1, ge=1)
+    stack_cells: list[Literal["simple_rnn", "lstm", "gru"]] | None = None
+    stack_units: list[int] | None = None
+    bidirectional: bool = True
+    input: Literal["embedding", "onehot"] = "embedding"
+    embedding_dim: int = Field(default=64, ge=1)
+    mask_padding: bool = True
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    dense_units: int = Field(default=0, ge=0)
+
+
+class TrainConfig(Section):
+    optimizer: Literal["adam", "rmsprop", "sgd"] = "adam"
+    learning_rate: float = Field(default=1e-3, ge=0)
+    batch_size: int = Field(default=64, ge=1)
+    epochs: int = Field(default=4, ge=1)
+    patience: int = Field(default=1, ge=0)
+    seed: int = 1337
+
+
+class RunConfig(Section):
+    preset: str = "default"
+    data: DataConfig = Field(default_factory=DataConfig)
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    encode: EncodeConfig = Field(default_factory=EncodeConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
+
+    @property
+    def validation(self) -> ValidateConfig:
+        return self.validate_
+
+    def section(self, name: str) -> dict[str, Any]:
+        """One section as plain data, the part of the configuration a step's cache key covers."""
+        return getattr(self, "validate_" if name == "validate" else name).model_dump(mode="json")
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def preset_description(name: str) -> str:
+    text = (PRESETS_DIR / f"{name}.yaml").read_text()
+    first = text.splitlines()[0] if text else ""
+    return first.lstrip("# ").strip()
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"Configuration file {path} does not exist: check the path given to --config.") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"Configuration file {path} is not valid YAML{where}: fix its syntax.") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"Configuration file {path} must hold a mapping of sections (data, encode, ...), not a {type(loaded).__name__}.")
+    return loaded
+
+
+def _parse_value(raw: str) -> Any:
+    """Read a --set value the way YAML would: 64 is a number, true a bool, [a, b] a list."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r} must look like section.key=value, for example --set train.epochs=3.")
+    dotted, raw = item.split("=", 1)
+    keys = [k for k in dotted.strip().split(".") if k]
+    if len(keys) < 2:
+        raise ConfigError(f"--set {item!r} must name a section and a key, for example --set train.epochs=3.")
+    return keys, _parse_value(raw)
+
+
+def _describe_error(err: ValidationError, origin: str) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]).replace("validate_", "validate")
+    if first["type"] == "extra_forbidden":
+        return f"Unknown configuration key {where!r} in {origin}: check its spelling against the README's configuration table."
+    message = first["msg"].removeprefix("Value error, ")
+    return f"Configuration key {where!r} in {origin} is invalid ({message}, got {first.get('input')!r}): fix the value."
+
+
+def load_config(
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> RunConfig:
+    """Build the run configuration from defaults, a preset or YAML file, and --set overrides, in that order."""
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if preset:
+        path = PRESETS_DIR / f"{preset}.yaml"
+        if not path.exists():
+            raise ConfigError(f"Unknown preset {preset!r}: choose one of {', '.join(preset_names())} (rnnflow presets lists them).")
+        layers.append((f"preset {preset}", {"preset": preset, **_read_yaml(path)}))
+    if config_file:
+        layers.append((f"config file {config_file}", _read_yaml(Path(config_file))))
+    set_values: dict[str, Any] = {}
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        node = set_values
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    if set_values:
+        layers.append(("--set", set_values))
+
+    merged: dict[str, Any] = {}
+    for origin, layer in layers:
+        merged = _deep_merge(merged, layer)
+        try:
+            RunConfig.model_validate(merged)
+        except ValidationError as err:
+            raise ConfigError(_describe_error(err, origin)) from None
+    return RunConfig.model_validate(merged)
