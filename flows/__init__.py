@@ -1,0 +1,12 @@
+"""rnnflow's Prefect flows, CLI and deployments.
+
+Telemetry that calls out is off by default for every entry point (the CLI, a served
+deployment, tests): the machines this runs on often have no network, and offline the
+analytics clients only log errors. A user's own environment variables still win.
+"""
+
+import os
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

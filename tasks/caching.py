@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from prefect.cache_policies import CachePolicy
-from prefect.filesystems import LocalFileSystem
 from prefect.locking.filesystem import FileSystemLockManager
 
 from tasks.store import ArtifactStore, StepOutput, code_version, fingerprint
@@ -31,12 +30,13 @@ STEP_MODULES: dict[str, tuple[str, ...]] = {
 }
 
 
-def step_key(step: str, section: dict[str, Any], upstream: dict[str, StepOutput]) -> str:
+def step_key(step: str, section: dict[str, Any], upstream: dict[str, StepOutput], extra: dict[str, Any] | None = None) -> str:
     return fingerprint(
         {
             "step": step,
             "code": code_version(*STEP_MODULES[step]),
             "config": section,
+            "extra": extra or {},
             "upstream": {name: out.content_fingerprint for name, out in sorted(upstream.items())},
         }
     )[:24]
@@ -52,7 +52,8 @@ class StepCachePolicy(CachePolicy):
 
     def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str:
         store = ArtifactStore(inputs["root"])
-        key = step_key(self.step, inputs["section"], inputs.get("upstream") or {})
+        extra = {name: value for name, value in inputs.items() if name not in ("root", "section", "upstream")}
+        key = step_key(self.step, inputs["section"], inputs.get("upstream") or {}, extra)
         if store.read_entry(self.step, key) is None:
             store.forget_entry(self.step, key, prefect_key(self.step, key))
         return prefect_key(self.step, key)
@@ -64,10 +65,15 @@ def produce_step(
     section: dict[str, Any],
     upstream: dict[str, StepOutput],
     work: Callable[[Path], dict[str, Any]],
+    **extra: Any,
 ) -> StepOutput:
-    """The body every step task shares: run work(out_dir) into the cache entry for this key."""
+    """The body every step task shares: run work(out_dir) into the cache entry for this key.
+
+    extra holds the task's other parameters (ingest's located source), which join the key as
+    the cache policy sees them.
+    """
     store = ArtifactStore(root)
-    return store.produce(step, step_key(step, section, upstream), work)
+    return store.produce(step, step_key(step, section, upstream, extra), work)
 
 
 def bind_to_store(step_task: Any, store: ArtifactStore, *, refresh: bool = False) -> Any:
@@ -82,7 +88,7 @@ def bind_to_store(step_task: Any, store: ArtifactStore, *, refresh: bool = False
     )
     return step_task.with_options(
         cache_policy=policy,
-        result_storage=LocalFileSystem(basepath=str(store.prefect_results_dir)),
+        result_storage=store.prefect_results_dir,  # a Path: Prefect makes the local block itself
         persist_result=True,
         refresh_cache=refresh,
     )

@@ -106,8 +106,12 @@ class RunConfig(Section):
         return self.validate_
 
     def section(self, name: str) -> dict[str, Any]:
-        """One section as plain data, the part of the configuration a step's cache key covers."""
-        return getattr(self, "validate_" if name == "validate" else name).model_dump(mode="json")
+        """One section as plain data, the part of the configuration a step's cache key covers.
+
+        Retry settings change how hard a step tries, not what it produces: they stay out.
+        """
+        exclude = {"retries", "retry_delay_seconds"} if name == "data" else None
+        return getattr(self, "validate_" if name == "validate" else name).model_dump(mode="json", exclude=exclude)
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)

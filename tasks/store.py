@@ -245,8 +245,10 @@ class ArtifactStore:
             raise FileNotFoundError(f"No run {run_id!r} under {self.runs_dir}: 'rnnflow runs' lists the run ids.")
         return folder
 
-    def start_run(self, config: dict[str, Any], *, derived_from: str | None = None, flow_run_id: str | None = None) -> "RunRecord":
-        run_id = new_run_id()
+    def start_run(
+        self, config: dict[str, Any], *, run_id: str | None = None, derived_from: str | None = None, flow_run_id: str | None = None
+    ) -> "RunRecord":
+        run_id = run_id or new_run_id()
         folder = self.run_dir(run_id)
         folder.mkdir(parents=True, exist_ok=False)
         record = RunRecord(folder)
@@ -286,12 +288,15 @@ class RunRecord:
     def save(self) -> None:
         write_json(self.folder / "manifest.json", self.manifest)
 
-    def record_step(self, output: StepOutput, *, status: str, seconds: float) -> None:
-        """Link a step's outputs into the run folder and note them, with their sha256, in the manifest."""
-        target = self.folder / output.step
+    def link_outputs(self, step: str, source: Path) -> None:
+        target = self.folder / step
         if target.exists():
             shutil.rmtree(target)
-        _link_tree(output.path, target)
+        _link_tree(Path(source), target)
+
+    def record_step(self, output: StepOutput, *, status: str, seconds: float) -> None:
+        """Link a step's outputs into the run folder and note them, with their sha256, in the manifest."""
+        self.link_outputs(output.step, output.path)
         self.manifest["steps"][output.step] = {
             "status": status,
             "seconds": round(seconds, 3),

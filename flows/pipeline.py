@@ -1,0 +1,129 @@
+"""The rnnflow pipeline: ingest -> validate -> encode -> train -> evaluate -> report. Wiring only."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect.tasks import exponential_backoff
+
+from tasks.caching import bind_to_store
+from tasks.config import RunConfig
+from tasks.encode import encode_task
+from tasks.evaluate import evaluate_task
+from tasks.ingest import ingest_task, locate_source_task, retry_unless_bad_input
+from tasks.report import report_task
+from tasks.store import STEPS, ArtifactStore, RunRecord, StepOutput
+from tasks.train import train_task
+from tasks.validate import DataValidationError, validate_task
+
+STEP_TASKS = {
+    "ingest": ingest_task,
+    "validate": validate_task,
+    "encode": encode_task,
+    "train": train_task,
+    "evaluate": evaluate_task,
+    "report": report_task,
+}
+
+
+class StepFailed(RuntimeError):
+    def __init__(self, step: str, reason: str):
+        super().__init__(f"step {step} failed: {reason}")
+        self.step = step
+        self.reason = reason
+
+
+def _one_line(error: BaseException | Any) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+def with_retries(task: Any, config: RunConfig) -> Any:
+    """Steps that read from a network or disk retry with exponential backoff, unless the input itself is bad."""
+    retries = config.data.retries
+    return task.with_options(
+        retries=retries,
+        retry_delay_seconds=exponential_backoff(config.data.retry_delay_seconds) if retries else 0,
+        retry_condition_fn=retry_unless_bad_input,
+    )
+
+
+def run_step(run: RunRecord, store: ArtifactStore, config: RunConfig, step: str, refresh: set[str], **params: Any) -> StepOutput:
+    """Call one step's task, then link its outputs into the run folder and note them in the manifest."""
+    task = bind_to_store(STEP_TASKS[step], store, refresh=step in refresh or "all" in refresh)
+    if step == "ingest":
+        task = with_retries(task, config)
+    started = time.perf_counter()
+    state = task(root=str(store.root), return_state=True, **params)
+    seconds = time.perf_counter() - started
+    if not state.is_completed():
+        error = state.result(raise_on_failure=False)
+        if isinstance(error, DataValidationError) and error.output_dir:
+            run.link_outputs(step, Path(error.output_dir))  # the failed checks and Data Docs, for reading
+        run.record_failure(step, _one_line(error), seconds)
+        raise StepFailed(step, _one_line(error))
+    output: StepOutput = state.result()
+    run.record_step(output, status="cached" if state.name == "Cached" else "completed", seconds=seconds)
+    return output
+
+
+def _run_name() -> str:
+    config = flow_run.parameters.get("config") or {}
+    if isinstance(config, RunConfig):
+        config = config.as_dict()
+    cell = (config.get("model") or {}).get("cell", "lstm")
+    return f"{config.get('preset', 'default')}-{cell}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@flow(name="rnnflow", flow_run_name=_run_name, log_prints=True)
+def rnnflow_pipeline(
+    config: RunConfig,
+    artifacts_root: str | None = None,
+    run_id: str | None = None,
+    refresh: list[str] | None = None,
+    data_dir: str = "data",
+) -> str:
+    """Train and report one recurrent classifier; returns the run folder."""
+    logger = get_run_logger()
+    store = ArtifactStore(artifacts_root)
+    run = store.start_run(config.as_dict(), run_id=run_id, flow_run_id=str(flow_run.id or ""))
+    logger.info("run folder: %s", run.folder)
+    wanted = set(refresh or [])
+    outputs: dict[str, StepOutput] = {}
+    try:
+        source = with_retries(locate_source_task, config)(config.data.model_dump(mode="json"), data_dir, return_state=True)
+        if not source.is_completed():
+            reason = _one_line(source.result(raise_on_failure=False))
+            run.record_failure("ingest", reason, 0.0)
+            raise StepFailed("ingest", reason)
+        run.manifest["inputs"] = source.result()
+        run.save()
+        for step in STEPS:
+            outputs[step] = run_step(run, store, config, step, wanted, **inputs_for(step, config, outputs, run.manifest["inputs"]))
+    except BaseException as error:
+        run.finish("failed", error=_one_line(error))
+        raise
+    run.finish("completed")
+    metrics = outputs["evaluate"].summary
+    logger.info("test accuracy %.4f  f1 %.4f  roc_auc %s", metrics["accuracy"], metrics["f1"], metrics.get("roc_auc"))
+    return str(run.folder)
+
+
+def inputs_for(step: str, config: RunConfig, outputs: dict[str, StepOutput], source: dict[str, Any]) -> dict[str, Any]:
+    """What each step's task is called with: its configuration section and its upstream outputs."""
+    pick = lambda *names: {n: outputs[n] for n in names}  # noqa: E731
+    if step == "ingest":
+        return {"section": config.section("data"), "upstream": {}, "source": source}
+    if step == "validate":
+        return {"section": config.section("validate"), "upstream": pick("ingest")}
+    if step == "encode":
+        return {"section": config.section("encode"), "upstream": pick("ingest")}
+    if step == "train":
+        return {"section": {"model": config.section("model"), "train": config.section("train")}, "upstream": pick("encode")}
+    if step == "evaluate":
+        return {"section": {}, "upstream": pick("encode", "train")}
+    return {"section": {"config": config.as_dict()}, "upstream": pick("validate", "encode", "train", "evaluate")}

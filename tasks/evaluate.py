@@ -1,0 +1,106 @@
+"""Evaluate: the trained model on the test split; metrics.json, predictions, and slices by review length."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from sklearn import metrics as skm
+
+from tasks.caching import StepCachePolicy, produce_step
+from tasks.encode import load_arrays
+from tasks.store import StepOutput, atomic_path, read_json, write_json
+
+LENGTH_BUCKETS = (0, 100, 200, 400, 800, 10**9)
+
+
+def predict_probabilities(model: Any, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Class probabilities, shape (n, n_classes), whether the model ends in a sigmoid or a softmax."""
+    raw = np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float64)
+    if raw.ndim == 1 or raw.shape[1] == 1:
+        positive = raw.reshape(-1)
+        return np.stack([1.0 - positive, positive], axis=1)
+    return raw
+
+
+def _bucket_name(low: int, high: int) -> str:
+    return f"{low}+" if high >= 10**9 else f"{low}-{high - 1}"
+
+
+def score(probabilities: np.ndarray, y_true: np.ndarray, lengths: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    """Every number the report shows, from predicted probabilities and the true labels."""
+    y_pred = probabilities.argmax(axis=1)
+    n_classes = probabilities.shape[1]
+    binary = n_classes == 2
+    average = "binary" if binary else "macro"
+    clipped = np.clip(probabilities, 1e-7, 1 - 1e-7)
+    test: dict[str, Any] = {
+        "n": int(len(y_true)),
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "loss": float(skm.log_loss(y_true, clipped, labels=list(range(n_classes)))),
+        "precision": float(skm.precision_score(y_true, y_pred, average=average, zero_division=0)),
+        "recall": float(skm.recall_score(y_true, y_pred, average=average, zero_division=0)),
+        "f1": float(skm.f1_score(y_true, y_pred, average=average, zero_division=0)),
+        "roc_auc": None,
+    }
+    roc_curve = None
+    if len(np.unique(y_true)) == n_classes:
+        if binary:
+            test["roc_auc"] = float(skm.roc_auc_score(y_true, probabilities[:, 1]))
+            fpr, tpr, _ = skm.roc_curve(y_true, probabilities[:, 1], drop_intermediate=True)
+            keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), 200)).astype(int))
+            roc_curve = {"fpr": fpr[keep].round(5).tolist(), "tpr": tpr[keep].round(5).tolist()}
+        else:
+            test["roc_auc"] = float(skm.roc_auc_score(y_true, probabilities, multi_class="ovr"))
+    per_class_arrays = skm.precision_recall_fscore_support(y_true, y_pred, labels=list(range(n_classes)), zero_division=0)
+    per_class = {
+        labels[i]: {name: float(arr[i]) if name != "support" else int(arr[i]) for name, arr in zip(("precision", "recall", "f1", "support"), per_class_arrays)}
+        for i in range(n_classes)
+    }
+    by_length = []
+    for low, high in zip(LENGTH_BUCKETS, LENGTH_BUCKETS[1:]):
+        mask = (lengths >= low) & (lengths < high)
+        if mask.any():
+            by_length.append({"bucket": _bucket_name(low, high), "n": int(mask.sum()), "accuracy": float((y_pred[mask] == y_true[mask]).mean())})
+    return {
+        "test": test,
+        "labels": labels,
+        "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=list(range(n_classes))).tolist(),
+        "roc_curve": roc_curve,
+        "by_length": by_length,
+        "per_class": per_class,
+    }
+
+
+def evaluate_model(encode_dir: Path, train_dir: Path, out_dir: Path) -> dict[str, Any]:
+    import keras
+
+    import tasks.models  # noqa: F401  (registers the custom layers before loading)
+
+    model = keras.models.load_model(Path(train_dir) / "model.keras")
+    x_test, y_test = load_arrays(encode_dir, "test")
+    labels = read_json(Path(encode_dir) / "labels.json")
+    tokens = pd.read_parquet(Path(encode_dir) / "tokens_test.parquet", columns=["id", "length"])
+    probabilities = predict_probabilities(model, x_test)
+    result = score(probabilities, np.asarray(y_test), tokens["length"].to_numpy(), labels)
+    write_json(out_dir / "metrics.json", result)
+    predictions = pd.DataFrame(
+        {
+            "id": tokens["id"],
+            "label": y_test,
+            "predicted": probabilities.argmax(axis=1),
+            "probability": probabilities.max(axis=1).round(6),
+            "length": tokens["length"],
+        }
+    )
+    with atomic_path(out_dir / "predictions.parquet") as tmp:
+        predictions.to_parquet(tmp, index=False)
+    return {k: result["test"][k] for k in ("accuracy", "loss", "f1", "roc_auc", "n")}
+
+
+@task(name="evaluate", cache_policy=StepCachePolicy(step="evaluate"))
+def evaluate_task(root: str, section: dict, upstream: dict) -> StepOutput:
+    return produce_step(root, "evaluate", section, upstream, lambda out: evaluate_model(upstream["encode"].path, upstream["train"].path, out))

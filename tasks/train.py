@@ -1,0 +1,136 @@
+"""Train: a recurrent classifier on the encoded arrays, early stopping on validation loss, best model kept."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import keras
+import numpy as np
+from prefect import task
+
+from tasks.caching import StepCachePolicy, produce_step
+from tasks.config import ModelConfig, TrainConfig
+from tasks.encode import load_arrays
+from tasks.models import build_model, cudnn_eligible, summary_text
+from tasks.store import StepOutput, read_json, write_json, write_text
+
+EpochHook = Callable[[int, int, dict[str, float]], None]
+
+_OPTIMIZERS = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop, "sgd": keras.optimizers.SGD}
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """Prefect's run logger inside a run (so lines reach the UI), the module logger outside."""
+    from prefect.context import TaskRunContext
+    from prefect.logging import get_run_logger
+
+    return get_run_logger() if TaskRunContext.get() else logging.getLogger("rnnflow")
+
+
+class EpochReport(keras.callbacks.Callback):
+    """One line per epoch in the logs, and a hook for progress displays."""
+
+    def __init__(self, epochs: int, hook: EpochHook | None):
+        super().__init__()
+        self.epochs = epochs
+        self.hook = hook
+        self.started = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy"))
+        run_logger().info("epoch %d/%d  %s  (%.0f s)", epoch + 1, self.epochs, shown, time.perf_counter() - self.started)
+        if self.hook:
+            self.hook(epoch + 1, self.epochs, logs)
+
+
+def train_model(
+    model_cfg: ModelConfig, train_cfg: TrainConfig, encode_dir: Path, out_dir: Path, on_epoch: EpochHook | None = None
+) -> dict[str, Any]:
+    keras.utils.set_random_seed(train_cfg.seed)
+    encoding = read_json(Path(encode_dir) / "encode.json")
+    labels = read_json(Path(encode_dir) / "labels.json") if (Path(encode_dir) / "labels.json").exists() else None
+    x_train, y_train = load_arrays(encode_dir, "train")
+    x_val, y_val = load_arrays(encode_dir, "val")
+    n_classes = len(labels) if labels else max(2, int(max(y_train.max(), y_val.max())) + 1)
+
+    model = build_model(model_cfg, num_tokens=encoding["num_words"], max_len=encoding["max_len"], n_classes=n_classes)
+    model.compile(
+        optimizer=_OPTIMIZERS[train_cfg.optimizer](learning_rate=train_cfg.learning_rate),
+        loss="binary_crossentropy" if n_classes == 2 else "sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    checkpoint = out_dir / "model.keras"
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=train_cfg.patience, restore_best_weights=True),
+        keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_loss", save_best_only=True),
+        EpochReport(train_cfg.epochs, on_epoch),
+    ]
+    started = time.perf_counter()
+    history = model.fit(
+        x_train, y_train,
+        validation_data=(x_val, y_val),
+        batch_size=train_cfg.batch_size,
+        epochs=train_cfg.epochs,
+        shuffle=True,
+        callbacks=callbacks,
+        verbose=0,
+    )
+    seconds = time.perf_counter() - started
+    if not checkpoint.exists():  # val_loss was NaN every epoch: keep the last weights rather than nothing
+        model.save(checkpoint)
+
+    curves = {name: [float(v) for v in values] for name, values in history.history.items()}
+    epochs_run = len(curves.get("loss", []))
+    best_epoch = int(np.nanargmin(curves["val_loss"])) + 1 if np.isfinite(curves.get("val_loss", [np.nan])).any() else epochs_run
+    write_json(out_dir / "history.json", curves)
+    with open(out_dir / "history.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["epoch", *curves])
+        for i in range(epochs_run):
+            writer.writerow([i + 1, *(curves[k][i] for k in curves)])
+    summary = summary_text(model)
+    write_text(out_dir / "model_summary.txt", summary + "\n")
+    info = {
+        "epochs_run": epochs_run,
+        "best_epoch": best_epoch,
+        "stopped_early": epochs_run < train_cfg.epochs,
+        "params": int(model.count_params()),
+        "seconds": round(seconds, 2),
+        "samples_per_second": round(len(y_train) * epochs_run / seconds, 1) if seconds else None,
+        "best_val_loss": min(curves.get("val_loss", [float("nan")])),
+        "best_val_accuracy": curves.get("val_accuracy", [None])[best_epoch - 1] if epochs_run else None,
+        "cudnn_eligible": cudnn_eligible(model_cfg, encoding["padding"]),
+        "model_summary": summary,
+    }
+    write_json(out_dir / "train.json", info)
+    return {k: info[k] for k in ("epochs_run", "best_epoch", "params", "seconds", "best_val_accuracy", "cudnn_eligible")}
+
+
+def _progress_hook() -> EpochHook | None:
+    """A Prefect progress artifact that advances each epoch (shown on the run's Artifacts tab)."""
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+    from prefect.context import TaskRunContext
+
+    if not TaskRunContext.get():
+        return None
+    artifact_id = create_progress_artifact(progress=0.0, key="rnnflow-training", description="Training epochs done (%)")
+
+    def advance(epoch: int, epochs: int, logs: dict[str, float]) -> None:
+        update_progress_artifact(artifact_id=artifact_id, progress=100.0 * epoch / epochs)
+
+    return advance
+
+
+@task(name="train", cache_policy=StepCachePolicy(step="train"))
+def train_task(root: str, section: dict, upstream: dict) -> StepOutput:
+    model_cfg, train_cfg = ModelConfig(**section["model"]), TrainConfig(**section["train"])
+    hook = _progress_hook()
+    return produce_step(root, "train", section, upstream, lambda out: train_model(model_cfg, train_cfg, upstream["encode"].path, out, hook))
