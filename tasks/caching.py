@@ -21,9 +21,9 @@ from tasks.store import ArtifactStore, StepOutput, code_version, fingerprint
 
 # The tasks/ modules whose source makes up each step's code version.
 STEP_MODULES: dict[str, tuple[str, ...]] = {
-    "ingest": ("ingest", "synthetic"),
-    "validate": ("validate",),
-    "encode": ("encode",),
+    "ingest": ("ingest", "synthetic", "text"),
+    "validate": ("validate", "text"),
+    "encode": ("encode", "text"),
     "train": ("train", "models"),
     "evaluate": ("evaluate",),
     "report": ("report",),

@@ -33,22 +33,32 @@ class DataConfig(Section):
     retry_delay_seconds: float = Field(default=2.0, ge=0)
 
 
+DEFAULT_SEVERITY = {
+    "not_blank": "error",
+    "label_in_set": "error",
+    "class_balance": "error",
+    "token_length": "warning",
+    "duplicates": "warning",
+    "train_test_overlap": "warning",
+}
+
+
 class ValidateConfig(Section):
     min_class_fraction: float = Field(default=0.3, ge=0, le=0.5, description="smallest share a class may have")
     min_tokens: int = Field(default=1, ge=0, description="shortest allowed review, in tokens")
     max_tokens: int = Field(default=5000, ge=1, description="longest allowed review, in tokens")
     max_duplicate_fraction: float = Field(default=0.02, ge=0, le=1)
     max_train_test_overlap: float = Field(default=0.01, ge=0, le=1)
-    severity: dict[str, Literal["error", "warning"]] = Field(
-        default_factory=lambda: {
-            "not_blank": "error",
-            "label_in_set": "error",
-            "class_balance": "error",
-            "token_length": "warning",
-            "duplicates": "warning",
-            "train_test_overlap": "warning",
-        }
-    )
+    severity: dict[str, Literal["error", "warning"]] = Field(default_factory=lambda: dict(DEFAULT_SEVERITY))
+
+    @field_validator("severity")
+    @classmethod
+    def _known_checks_over_defaults(cls, value: dict[str, str]) -> dict[str, str]:
+        """--set validate.severity.duplicates=error changes one check and keeps the others' defaults."""
+        unknown = sorted(set(value) - set(DEFAULT_SEVERITY))
+        if unknown:
+            raise ValueError(f"unknown check {unknown[0]!r}; the checks are {', '.join(DEFAULT_SEVERITY)}")
+        return {**DEFAULT_SEVERITY, **value}
 
 
 class EncodeConfig(Section):
@@ -187,6 +197,8 @@ def load_config(
 ) -> RunConfig:
     """Build the run configuration from defaults, a preset or YAML file, and --set overrides, in that order."""
     layers: list[tuple[str, dict[str, Any]]] = []
+    if preset is None and config_file is None:
+        preset = "default"
     if preset:
         path = PRESETS_DIR / f"{preset}.yaml"
         if not path.exists():

@@ -1,0 +1,36 @@
+# The two commands a new user runs: `make run` and `make test`. Each sets everything up first.
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup run demo test bench ui clean
+
+# uv itself lives in its own small venv, so `uv sync` can manage .venv exactly.
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen
+	@touch $@
+
+setup: $(VENV)/.synced  ## build .venv (with .venv/bin/rnnflow) from the lockfile
+
+run: setup  ## the main job: the default preset on the IMDb archive (make run ARGS='--set ...')
+	$(VENV)/bin/rnnflow run $(ARGS)
+
+demo: setup  ## the whole flow offline on the synthetic corpus
+	$(VENV)/bin/rnnflow run --preset demo $(ARGS)
+
+test: setup  ## the test suite, offline
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+ui: setup  ## a local Prefect server and UI on http://127.0.0.1:4200
+	$(VENV)/bin/prefect server start
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .pytest_cache

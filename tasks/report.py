@@ -1,0 +1,785 @@
+"""The report step: a self-contained HTML page, its Markdown twin, the plots as PNG files, and Prefect artifacts.
+
+Everything in the report comes from the upstream steps' JSON files and the run configuration.
+No run id and no timestamp go in: the report is cached across runs, and the run manifest says
+which run and when.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless workers: never try to open a display
+
+# Figures are built with the object API (Figure + its Agg canvas), not pyplot: pyplot keeps
+# global state that is not thread-safe, and Prefect runs tasks in a thread pool. A Figure that
+# pyplot never registered is freed like any other object, so there is nothing left to close.
+from matplotlib.figure import Figure  # noqa: E402
+import yaml  # noqa: E402
+from prefect import get_run_logger, task  # noqa: E402
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact  # noqa: E402
+from prefect.context import FlowRunContext, TaskRunContext  # noqa: E402
+
+from tasks.caching import StepCachePolicy, produce_step  # noqa: E402
+from tasks.store import StepOutput, atomic_path, read_json, write_json, write_text  # noqa: E402
+
+REPORT_HTML = "report.html"
+REPORT_MARKDOWN = "report.md"
+REPORT_DATA = "report.json"
+PLOTS_DIR = "plots"
+
+MARKDOWN_ARTIFACT_KEY = "rnnflow-report"
+TABLE_ARTIFACT_KEY = "rnnflow-metrics"
+LINK_ARTIFACT_KEY = "rnnflow-report-html"
+
+# The upstream files the report reads, by step.
+INPUT_FILES = {
+    "validate": ("validation.json",),
+    "encode": ("encode.json",),
+    "train": ("train.json", "history.json"),
+    "evaluate": ("metrics.json",),
+}
+
+TEST_METRIC_ORDER = ("accuracy", "loss", "precision", "recall", "f1", "roc_auc", "n")
+CELL_NAMES = {"simple_rnn": "SimpleRNN", "lstm": "LSTM", "gru": "GRU"}
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+# Colours that read in print and for the common forms of colour blindness (matplotlib's tab10).
+TRAIN_COLOUR, VALIDATION_COLOUR, MARK_COLOUR = "#1f77b4", "#ff7f0e", "#d62728"
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """Everything the report shows, read once from the upstream steps' files."""
+
+    config: dict[str, Any]
+    validation: dict[str, Any]
+    encoding: dict[str, Any]
+    training: dict[str, Any]
+    history: dict[str, Any]
+    metrics: dict[str, Any]
+
+    @property
+    def test(self) -> dict[str, Any]:
+        return self.metrics.get("test") or {}
+
+
+def _read_upstream_json(upstream: dict[str, StepOutput], step: str, name: str) -> Any:
+    if step not in upstream:
+        raise ValueError(f"The report needs the {step} step's output and none was given: run the pipeline through {step} first.")
+    path = upstream[step].file(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"Report input {path} is missing: rerun the {step} step.")
+    try:
+        return read_json(path)
+    except ValueError:
+        raise ValueError(f"Report input {path} is not valid JSON: rerun the {step} step.") from None
+
+
+def load_report_inputs(config: dict[str, Any], upstream: dict[str, StepOutput]) -> ReportInputs:
+    """Read validation.json, encode.json, train.json, history.json and metrics.json from the upstream folders."""
+    return ReportInputs(
+        config=config or {},
+        validation=_read_upstream_json(upstream, "validate", "validation.json"),
+        encoding=_read_upstream_json(upstream, "encode", "encode.json"),
+        training=_read_upstream_json(upstream, "train", "train.json"),
+        history=_read_upstream_json(upstream, "train", "history.json"),
+        metrics=_read_upstream_json(upstream, "evaluate", "metrics.json"),
+    )
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _as_float(value: Any) -> float | None:
+    """A finite float, or None for missing, non-numeric or NaN values (JSON has no NaN)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def format_metric(value: Any) -> str:
+    """How the report shows a metric: four decimals, or 'n/a'."""
+    number = _as_float(value)
+    return "n/a" if number is None else f"{number:.4f}"
+
+
+def format_count(value: Any) -> str:
+    number = _as_float(value)
+    if number is None:
+        return "n/a"
+    return f"{int(number):,}" if number == int(number) else f"{number:,.2f}"
+
+
+def format_percent(value: Any) -> str:
+    number = _as_float(value)
+    return "n/a" if number is None else f"{100 * number:.1f}%"
+
+
+def format_value(value: Any) -> str:
+    """Observed values and bounds of validation checks: numbers, ranges, lists or text."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return "n/a" if not math.isfinite(value) else f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(format_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {format_value(item)}" for key, item in value.items())
+    return str(value)
+
+
+def describe_model(model: dict[str, Any]) -> str:
+    """One line for the header: 'Bidirectional LSTM(64), embedding 64'."""
+    if not model:
+        return "model not described in the configuration"
+    cells = list(model.get("stack_cells") or [model.get("cell", "?")] * int(model.get("layers") or 1))
+    units = list(model.get("stack_units") or [model.get("units", "?")] * len(cells))
+    units += [model.get("units", "?")] * (len(cells) - len(units))
+    stack = " → ".join(f"{CELL_NAMES.get(cell, cell)}({size})" for cell, size in zip(cells, units))
+    if model.get("bidirectional"):
+        stack = f"Bidirectional {stack}"
+    if model.get("input") == "onehot":
+        feeding = "one-hot input"
+    else:
+        feeding = f"embedding {model.get('embedding_dim', '?')}"
+    return f"{stack}, {feeding}"
+
+
+def _clean_summary(text: str) -> str:
+    # Keras may print through rich, which leaves terminal colour codes in captured text.
+    return _ANSI_ESCAPE.sub("", text or "").rstrip()
+
+
+# --------------------------------------------------------------------------- tables
+
+
+@dataclass
+class Table:
+    """Rows of already formatted text, rendered once as HTML and once as Markdown."""
+
+    headers: list[str]
+    rows: list[list[str]]
+    row_classes: list[str] = field(default_factory=list)  # a CSS class per row, HTML only
+
+    def __bool__(self) -> bool:
+        return bool(self.rows)
+
+
+def key_numbers_table(inputs: ReportInputs) -> Table:
+    test, training, encoding, validation = inputs.test, inputs.training, inputs.encoding, inputs.validation
+    epochs = f"{format_count(training.get('epochs_run'))} (best: {format_count(training.get('best_epoch'))}"
+    epochs += ", stopped early)" if training.get("stopped_early") else ")"
+    seconds, speed = _as_float(training.get("seconds")), _as_float(training.get("samples_per_second"))
+    timing = "n/a" if seconds is None else f"{seconds:.1f} s"
+    if speed is not None:
+        timing += f" ({speed:,.0f} samples/s)"
+    truncated = ", ".join(f"{split} {format_percent(share)}" for split, share in (encoding.get("truncated_fraction") or {}).items())
+    warnings = validation.get("warnings") or []
+    checks = validation.get("checks") or []
+    failed = sum(1 for check in checks if not check.get("passed", True))
+    verdict = "passed" if validation.get("passed", True) else "failed"
+    verdict += f" ({len(checks) - failed} of {len(checks)} checks passed, {len(warnings)} warning{'s' if len(warnings) != 1 else ''})"
+    rows = [
+        ["Test accuracy", format_metric(test.get("accuracy"))],
+        ["Test loss", format_metric(test.get("loss"))],
+        ["Precision", format_metric(test.get("precision"))],
+        ["Recall", format_metric(test.get("recall"))],
+        ["F1", format_metric(test.get("f1"))],
+        ["ROC AUC", format_metric(test.get("roc_auc"))],
+        ["Test reviews", format_count(test.get("n"))],
+        ["Epochs run", epochs],
+        ["Parameters", format_count(training.get("params"))],
+        ["Training time", timing],
+        ["cuDNN kernels eligible", format_value(training.get("cudnn_eligible"))],
+        ["Sequence length (max_len)", format_count(encoding.get("max_len"))],
+        ["Vocabulary size", format_count(encoding.get("vocab_size"))],
+        ["Words kept (num_words)", format_count(encoding.get("num_words"))],
+        ["Reviews truncated at max_len", truncated or "n/a"],
+        ["Data validation", verdict],
+    ]
+    return Table(["Measure", "Value"], rows)
+
+
+def metrics_table_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The test block of metrics.json as metric/value rows, in a reader's order."""
+    test = metrics.get("test") or {}
+    names = [name for name in TEST_METRIC_ORDER if name in test] + [name for name in test if name not in TEST_METRIC_ORDER]
+    rows = []
+    for name in names:
+        value = test[name]
+        rows.append({"metric": name, "value": value if name == "n" else _as_float(value)})
+    return rows
+
+
+def per_class_table(metrics: dict[str, Any]) -> Table:
+    rows = [
+        [str(label), format_metric(scores.get("precision")), format_metric(scores.get("recall")),
+         format_metric(scores.get("f1")), format_count(scores.get("support"))]
+        for label, scores in (metrics.get("per_class") or {}).items()
+    ]
+    return Table(["Class", "Precision", "Recall", "F1", "Support"], rows)
+
+
+def validation_checks_table(validation: dict[str, Any]) -> Table:
+    rows, classes = [], []
+    for check in validation.get("checks") or []:
+        passed = bool(check.get("passed", False))
+        severity = str(check.get("severity", ""))
+        rows.append([
+            str(check.get("check", "")), str(check.get("split", "") or "–"), format_value(check.get("observed")),
+            format_value(check.get("bound")), severity, "passed" if passed else "FAILED", str(check.get("message", "") or ""),
+        ])
+        classes.append("" if passed else ("fail" if severity == "error" else "warn"))
+    return Table(["Check", "Split", "Observed", "Bound", "Severity", "Result", "Message"], rows, classes)
+
+
+def length_stats_table(validation: dict[str, Any], encoding: dict[str, Any]) -> Table:
+    stats = validation.get("length_stats") or {}
+    truncated = encoding.get("truncated_fraction") or {}
+    rows = []
+    for split in list(stats) + [split for split in truncated if split not in stats]:
+        numbers = stats.get(split) or {}
+        cells = [format_count(numbers.get("min")), _format_mean(numbers.get("mean"))]
+        cells += [format_count(numbers.get(column)) for column in ("median", "p90", "p99", "max")]
+        rows.append([split] + cells + [format_percent(truncated.get(split))])
+    return Table(["Split", "Min", "Mean", "Median", "p90", "p99", "Max", "Truncated at max_len"], rows)
+
+
+def _format_mean(value: Any) -> str:
+    number = _as_float(value)
+    return "n/a" if number is None else f"{number:,.1f}"
+
+
+def _label_order(label_counts: dict[str, dict[str, int]]) -> list[str]:
+    labels: list[str] = []
+    for counts in label_counts.values():
+        labels += [label for label in counts if label not in labels]
+    return labels
+
+
+def label_balance_table(validation: dict[str, Any]) -> Table:
+    label_counts = validation.get("label_counts") or {}
+    labels = _label_order(label_counts)
+    rows = []
+    for split, counts in label_counts.items():
+        total = sum(counts.values())
+        cells = [f"{counts.get(label, 0):,} ({format_percent(counts.get(label, 0) / total if total else None)})" for label in labels]
+        rows.append([split] + cells + [f"{total:,}"])
+    return Table(["Split"] + [str(label) for label in labels] + ["Total"], rows)
+
+
+def _series(history: dict[str, Any], name: str) -> list[float | None]:
+    return [_as_float(value) for value in history.get(name) or []]
+
+
+def history_table(history: dict[str, Any], best_epoch: Any) -> Table:
+    names = [name for name in ("loss", "accuracy", "val_loss", "val_accuracy") if history.get(name)]
+    epochs = max((len(history[name]) for name in names), default=0)
+    rows, classes = [], []
+    for index in range(epochs):
+        epoch = index + 1
+        values = [format_metric(history[name][index]) if index < len(history[name]) else "n/a" for name in names]
+        is_best = _as_float(best_epoch) == epoch
+        rows.append([f"{epoch}{' (best)' if is_best else ''}"] + values)
+        classes.append("best" if is_best else "")
+    return Table(["Epoch"] + names, rows, classes)
+
+
+def confusion_table(metrics: dict[str, Any]) -> Table:
+    matrix = metrics.get("confusion_matrix") or []
+    labels = _class_labels(metrics, len(matrix))
+    rows = [[f"true {label}"] + [format_count(count) for count in row] for label, row in zip(labels, matrix)]
+    return Table(["true / predicted"] + [str(label) for label in labels], rows)
+
+
+def by_length_table(metrics: dict[str, Any]) -> Table:
+    rows = [[str(bucket.get("bucket", "")), format_count(bucket.get("n")), format_metric(bucket.get("accuracy"))]
+            for bucket in metrics.get("by_length") or []]
+    return Table(["Review length (tokens)", "Reviews", "Accuracy"], rows)
+
+
+def _class_labels(metrics: dict[str, Any], size: int) -> list[str]:
+    labels = [str(label) for label in metrics.get("labels") or []]
+    return labels[:size] + [str(index) for index in range(len(labels), size)]
+
+
+# --------------------------------------------------------------------------- plots
+
+
+@dataclass(frozen=True)
+class Plot:
+    name: str  # file stem under plots/
+    title: str
+    png: bytes
+
+    @property
+    def filename(self) -> str:
+        return f"{PLOTS_DIR}/{self.name}.png"
+
+
+def _figure(width: float = 7.0, height: float = 3.6) -> Figure:
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    # No 'Software' stamp: the bytes then depend only on the data (and matplotlib's drawing).
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    figure.clear()
+    return buffer.getvalue()
+
+
+def plot_length_histogram(encoding: dict[str, Any]) -> bytes | None:
+    histogram = encoding.get("length_histogram") or {}
+    edges, counts = histogram.get("edges") or [], histogram.get("counts") or []
+    if not counts or len(edges) != len(counts) + 1:
+        return None
+    figure = _figure()
+    axes = figure.add_subplot()
+    axes.stairs(counts, edges, fill=True, color=TRAIN_COLOUR, alpha=0.75, label="train reviews")
+    max_len = _as_float(encoding.get("max_len"))
+    if max_len is not None:
+        share = (encoding.get("truncated_fraction") or {}).get("train")
+        note = f" ({format_percent(share)} of train truncated)" if _as_float(share) is not None else ""
+        axes.axvline(max_len, color=MARK_COLOUR, linestyle="--", linewidth=2, label=f"max_len = {int(max_len):,}{note}")
+    axes.set_xlabel("review length (tokens)")
+    axes.set_ylabel("reviews")
+    axes.set_title("Training review lengths")
+    axes.legend(loc="best", framealpha=0.9)
+    return _png(figure)
+
+
+def plot_label_balance(validation: dict[str, Any]) -> bytes | None:
+    label_counts = validation.get("label_counts") or {}
+    labels = _label_order(label_counts)
+    if not labels:
+        return None
+    splits = list(label_counts)
+    figure = _figure()
+    axes = figure.add_subplot()
+    width = 0.8 / len(labels)
+    for position, label in enumerate(labels):
+        shares = []
+        for split in splits:
+            total = sum(label_counts[split].values())
+            shares.append(label_counts[split].get(label, 0) / total if total else 0.0)
+        xs = [index + (position - (len(labels) - 1) / 2) * width for index in range(len(splits))]
+        bars = axes.bar(xs, shares, width=width * 0.95, label=str(label))
+        axes.bar_label(bars, labels=[f"{share:.0%}" for share in shares], fontsize=8)
+    axes.set_xticks(range(len(splits)), splits)
+    axes.set_ylim(0, 1.1)
+    axes.set_ylabel("share of reviews")
+    axes.set_title("Label balance per split")
+    axes.legend(loc="upper right", ncols=min(len(labels), 4))
+    return _png(figure)
+
+
+def plot_learning_curves(history: dict[str, Any], best_epoch: Any) -> bytes | None:
+    panels = [(metric, [name for name in (metric, f"val_{metric}") if history.get(name)]) for metric in ("loss", "accuracy")]
+    panels = [(metric, names) for metric, names in panels if names]
+    if not panels:
+        return None
+    figure = _figure(9.0, 3.6)
+    best = _as_float(best_epoch)
+    for index, (metric, names) in enumerate(panels):
+        axes = figure.add_subplot(1, len(panels), index + 1)
+        for name in names:
+            values = _series(history, name)
+            epochs = list(range(1, len(values) + 1))
+            training = not name.startswith("val_")
+            axes.plot(epochs, [math.nan if v is None else v for v in values], marker="o",
+                      color=TRAIN_COLOUR if training else VALIDATION_COLOUR, label="train" if training else "validation")
+        if best is not None:
+            axes.axvline(best, color=MARK_COLOUR, linestyle="--", linewidth=1.5, label=f"best epoch {int(best)}")
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(metric)
+        axes.set_title(metric.capitalize())
+        axes.xaxis.get_major_locator().set_params(integer=True)
+        axes.legend()
+    return _png(figure)
+
+
+def plot_confusion_matrix(metrics: dict[str, Any]) -> bytes | None:
+    matrix = metrics.get("confusion_matrix") or []
+    if not matrix:
+        return None
+    size = len(matrix)
+    labels = _class_labels(metrics, size)
+    figure = _figure(1.6 + 1.3 * size, 1.0 + 1.2 * size)
+    axes = figure.add_subplot()
+    image = axes.imshow(matrix, cmap="Blues")
+    peak = max((max(row) for row in matrix if row), default=0) or 1
+    for true_index, row in enumerate(matrix):
+        total = sum(row) or 1
+        for predicted_index, count in enumerate(row):
+            colour = "white" if count > peak / 2 else "black"
+            axes.text(predicted_index, true_index, f"{count:,}\n{count / total:.0%}", ha="center", va="center", color=colour, fontsize=9)
+    axes.set_xticks(range(size), labels)
+    axes.set_yticks(range(size), labels)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title("Confusion matrix (test)")
+    figure.colorbar(image, ax=axes, shrink=0.8)
+    return _png(figure)
+
+
+def plot_roc_curve(metrics: dict[str, Any]) -> bytes | None:
+    curve = metrics.get("roc_curve") or {}
+    fpr, tpr = curve.get("fpr") or [], curve.get("tpr") or []
+    if not fpr or len(fpr) != len(tpr):
+        return None
+    figure = _figure(4.6, 4.2)
+    axes = figure.add_subplot()
+    auc = format_metric((metrics.get("test") or {}).get("roc_auc"))
+    axes.plot(fpr, tpr, color=TRAIN_COLOUR, linewidth=2, label=f"model (AUC {auc})")
+    axes.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1.01)
+    axes.set_xlabel("false positive rate")
+    axes.set_ylabel("true positive rate")
+    axes.set_title("ROC curve (test)")
+    axes.legend(loc="lower right")
+    return _png(figure)
+
+
+def plot_accuracy_by_length(metrics: dict[str, Any]) -> bytes | None:
+    buckets = metrics.get("by_length") or []
+    if not buckets:
+        return None
+    figure = _figure()
+    axes = figure.add_subplot()
+    names = [str(bucket.get("bucket", "")) for bucket in buckets]
+    accuracies = [_as_float(bucket.get("accuracy")) or 0.0 for bucket in buckets]
+    bars = axes.bar(range(len(names)), accuracies, color=TRAIN_COLOUR)
+    texts = [f"{accuracy:.3f}\nn={format_count(bucket.get('n'))}" for accuracy, bucket in zip(accuracies, buckets)]
+    axes.bar_label(bars, labels=texts, label_type="center", color="white", fontsize=9)
+    overall = _as_float((metrics.get("test") or {}).get("accuracy"))
+    if overall is not None:
+        axes.axhline(overall, color=MARK_COLOUR, linestyle="--", label=f"overall {overall:.4f}")
+        axes.legend(loc="upper right")
+    axes.set_xticks(range(len(names)), names)
+    axes.set_ylim(0, 1.2)
+    axes.set_xlabel("review length (tokens)")
+    axes.set_ylabel("accuracy")
+    axes.set_title("Test accuracy by review length")
+    return _png(figure)
+
+
+def build_plots(inputs: ReportInputs) -> dict[str, Plot]:
+    """Every figure the data allows, by name; a figure whose data is absent is left out."""
+    candidates = [
+        ("length_histogram", "Training review lengths", lambda: plot_length_histogram(inputs.encoding)),
+        ("label_balance", "Label balance per split", lambda: plot_label_balance(inputs.validation)),
+        ("learning_curves", "Learning curves", lambda: plot_learning_curves(inputs.history, inputs.training.get("best_epoch"))),
+        ("confusion_matrix", "Confusion matrix", lambda: plot_confusion_matrix(inputs.metrics)),
+        ("roc_curve", "ROC curve", lambda: plot_roc_curve(inputs.metrics)),
+        ("accuracy_by_length", "Accuracy by review length", lambda: plot_accuracy_by_length(inputs.metrics)),
+    ]
+    plots = {}
+    for name, title, draw in candidates:
+        png = draw()
+        if png is not None:
+            plots[name] = Plot(name, title, png)
+    return plots
+
+
+# --------------------------------------------------------------------------- the report document
+
+
+@dataclass
+class Section:
+    """One heading of the report, with its text, tables, figures and preformatted blocks in order."""
+
+    title: str
+    blocks: list[tuple[str, Any]] = field(default_factory=list)  # (kind, content): text | table | plot | pre | list
+
+    def add(self, kind: str, content: Any) -> "Section":
+        if content:
+            self.blocks.append((kind, content))
+        return self
+
+
+def report_title(config: dict[str, Any]) -> str:
+    return f"rnnflow report: preset {config.get('preset', 'unknown')}"
+
+
+def build_sections(inputs: ReportInputs, plots: dict[str, Plot]) -> list[Section]:
+    metrics, validation, encoding, training = inputs.metrics, inputs.validation, inputs.encoding, inputs.training
+    sections = [Section("Key numbers").add("table", key_numbers_table(inputs)).add("table", per_class_table(metrics))]
+
+    checks = Section("Data validation")
+    failed = [check for check in validation.get("checks") or [] if not check.get("passed", True)]
+    if not validation.get("passed", True):
+        verdict = "Validation failed: see the rows marked FAILED with severity error."
+    elif failed:
+        verdict = f"Validation passed: no error failed; {len(failed)} warning check{'s' if len(failed) != 1 else ''} failed (highlighted)."
+    else:
+        verdict = "All checks passed."
+    checks.add("text", verdict)
+    checks.add("table", validation_checks_table(validation))
+    warnings = [str(warning) for warning in validation.get("warnings") or []]
+    checks.add("text", "Warnings:" if warnings else "No warnings.").add("list", warnings)
+    sections.append(checks)
+
+    data = Section("Data")
+    data.add("plot", plots.get("length_histogram")).add("table", length_stats_table(validation, encoding))
+    data.add("text", f"Sequences are {encoding.get('padding', '?')}-padded and {encoding.get('truncating', '?')}-truncated to "
+                     f"max_len {format_count(encoding.get('max_len'))} tokens ({encoding.get('tokenizer', '?')} tokenizer).")
+    data.add("plot", plots.get("label_balance")).add("table", label_balance_table(validation))
+    sections.append(data)
+
+    learning = Section("Training")
+    stopped = ", stopped early" if training.get("stopped_early") else ""
+    learning.add("text", f"Best epoch {format_count(training.get('best_epoch'))} of {format_count(training.get('epochs_run'))} run{stopped}; "
+                         f"{format_count(training.get('params'))} parameters.")
+    learning.add("plot", plots.get("learning_curves")).add("table", history_table(inputs.history, training.get("best_epoch")))
+    sections.append(learning)
+
+    evaluation = Section("Evaluation on the test split")
+    evaluation.add("plot", plots.get("confusion_matrix")).add("table", confusion_table(metrics))
+    if "roc_curve" in plots:
+        evaluation.add("plot", plots["roc_curve"])
+    else:
+        classes = len(metrics.get("confusion_matrix") or metrics.get("labels") or [])
+        evaluation.add("text", f"No ROC curve: it is drawn for two classes, and this model has {classes}.")
+    evaluation.add("plot", plots.get("accuracy_by_length")).add("table", by_length_table(metrics))
+    sections.append(evaluation)
+
+    sections.append(Section("Model").add("pre", _clean_summary(str(training.get("model_summary") or "")) or "No model summary recorded."))
+    sections.append(Section("Configuration").add("pre", config_text(inputs.config)))
+    return sections
+
+
+def config_text(config: dict[str, Any]) -> str:
+    try:
+        return yaml.safe_dump(config, sort_keys=False, allow_unicode=True).rstrip()
+    except yaml.YAMLError:
+        return json.dumps(config, indent=2, default=str)
+
+
+# --------------------------------------------------------------------------- HTML
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d2330; background: #fff;
+       max-width: 1100px; margin: 0 auto; padding: 1.5rem 2rem 3rem; line-height: 1.45; }
+header { border-bottom: 2px solid #1f77b4; margin-bottom: 1.2rem; padding-bottom: 0.6rem; }
+h1 { margin: 0 0 0.3rem; font-size: 1.7rem; }
+h2 { margin-top: 2.2rem; border-bottom: 1px solid #d0d5dd; padding-bottom: 0.2rem; font-size: 1.3rem; }
+.subtitle { color: #475467; margin: 0.2rem 0; }
+.badge { display: inline-block; padding: 0.1rem 0.6rem; border-radius: 0.8rem; font-size: 0.85rem; font-weight: 600; }
+.badge.ok { background: #d1fadf; color: #05603a; } .badge.bad { background: #fee4e2; color: #912018; }
+table { border-collapse: collapse; margin: 0.8rem 0 1.2rem; font-size: 0.92rem; }
+th, td { border: 1px solid #d0d5dd; padding: 0.3rem 0.7rem; text-align: left; vertical-align: top; }
+th { background: #f2f4f7; }
+td.number { text-align: right; font-variant-numeric: tabular-nums; }
+tr.fail td { background: #fee4e2; } tr.warn td { background: #fef0c7; } tr.best td { background: #e0f2fe; font-weight: 600; }
+figure { margin: 1rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eaecf0; }
+figcaption { color: #475467; font-size: 0.88rem; }
+pre { background: #f8f9fb; border: 1px solid #eaecf0; padding: 0.8rem; overflow-x: auto; font-size: 0.82rem; line-height: 1.3;
+      font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace; }
+"""
+
+_NUMBER = re.compile(r"^[-+]?[\d,]*\.?\d+%?$")
+
+
+def _html_table(table: Table) -> str:
+    head = "".join(f"<th>{html.escape(header)}</th>" for header in table.headers)
+    body = []
+    for index, row in enumerate(table.rows):
+        css = table.row_classes[index] if index < len(table.row_classes) else ""
+        cells = "".join(
+            f'<td class="number">{html.escape(cell)}</td>' if _NUMBER.match(cell) else f"<td>{html.escape(cell)}</td>" for cell in row
+        )
+        body.append(f'<tr class="{css}">{cells}</tr>' if css else f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _html_block(kind: str, content: Any) -> str:
+    if kind == "table":
+        return _html_table(content)
+    if kind == "plot":
+        data = base64.b64encode(content.png).decode("ascii")
+        title = html.escape(content.title)
+        return f'<figure><img src="data:image/png;base64,{data}" alt="{title}"><figcaption>{title}</figcaption></figure>'
+    if kind == "pre":
+        return f"<pre>{html.escape(content)}</pre>"
+    if kind == "list":
+        return "<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in content) + "</ul>"
+    return f"<p>{html.escape(str(content))}</p>"
+
+
+def render_html(inputs: ReportInputs, sections: list[Section]) -> str:
+    """The whole report as one HTML page: inline CSS, plots as data URIs, nothing fetched from elsewhere."""
+    title = html.escape(report_title(inputs.config))
+    model = html.escape(describe_model(inputs.config.get("model") or {}))
+    passed = inputs.validation.get("passed", True)
+    badge = '<span class="badge ok">validation passed</span>' if passed else '<span class="badge bad">validation failed</span>'
+    accuracy = html.escape(format_metric(inputs.test.get("accuracy")))
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{title}</title><style>{_CSS}</style></head><body>",
+        f"<header><h1>{title}</h1>",
+        f'<p class="subtitle">Model: <strong>{model}</strong> · test accuracy <strong>{accuracy}</strong> · {badge}</p></header>',
+    ]
+    for section in sections:
+        parts.append(f"<section><h2>{html.escape(section.title)}</h2>")
+        parts.extend(_html_block(kind, content) for kind, content in section.blocks)
+        parts.append("</section>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+# --------------------------------------------------------------------------- Markdown
+
+
+def _markdown_cell(text: str) -> str:
+    # Text from data must not open HTML tags or break the table: escape <, >, & and pipes.
+    return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(table: Table) -> str:
+    lines = ["| " + " | ".join(_markdown_cell(header) for header in table.headers) + " |",
+             "|" + "|".join("---" for _ in table.headers) + "|"]
+    lines += ["| " + " | ".join(_markdown_cell(cell) for cell in row) + " |" for row in table.rows]
+    return "\n".join(lines)
+
+
+def _fence(text: str, language: str = "") -> str:
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{language}\n{text}\n{fence}"
+
+
+def _markdown_block(kind: str, content: Any, section_title: str) -> str:
+    if kind == "table":
+        return markdown_table(content)
+    if kind == "plot":
+        return f"![{content.title}]({content.filename})"
+    if kind == "pre":
+        return _fence(content, "yaml" if section_title == "Configuration" else "text")
+    if kind == "list":
+        return "\n".join(f"- {_markdown_cell(item)}" for item in content)
+    return _markdown_cell(str(content))
+
+
+def render_markdown(inputs: ReportInputs, sections: list[Section]) -> str:
+    """The same report in Markdown; figures are links to the PNG files under plots/."""
+    passed = "passed" if inputs.validation.get("passed", True) else "failed"
+    parts = [
+        f"# {_markdown_cell(report_title(inputs.config))}",
+        f"Model: **{_markdown_cell(describe_model(inputs.config.get('model') or {}))}** · "
+        f"test accuracy **{format_metric(inputs.test.get('accuracy'))}** · validation {passed}",
+    ]
+    for section in sections:
+        parts.append(f"## {section.title}")
+        parts.extend(_markdown_block(kind, content, section.title) for kind, content in section.blocks)
+    return "\n\n".join(parts) + "\n"
+
+
+# --------------------------------------------------------------------------- the step
+
+
+def _write_bytes(target: Path, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_report(config: dict, upstream: dict[str, StepOutput], out_dir: Path) -> dict:
+    """Write report.html, report.md, report.json and plots/*.png into out_dir; return the headline metrics."""
+    out_dir = Path(out_dir)
+    inputs = load_report_inputs(config, upstream)
+    plots = build_plots(inputs)
+    for plot in plots.values():
+        _write_bytes(out_dir / plot.filename, plot.png)
+    sections = build_sections(inputs, plots)
+    write_text(out_dir / REPORT_HTML, render_html(inputs, sections))
+    write_text(out_dir / REPORT_MARKDOWN, render_markdown(inputs, sections))
+    # The headline as data, so the Prefect artifacts (and other tools) show what the report shows.
+    key_numbers = key_numbers_table(inputs)
+    write_json(out_dir / REPORT_DATA, {
+        "title": report_title(inputs.config),
+        "model": describe_model(inputs.config.get("model") or {}),
+        "key_numbers": [{"measure": measure, "value": value} for measure, value in key_numbers.rows],
+        "plots": [plot.filename for plot in plots.values()],
+    })
+    test = inputs.test
+    return {
+        "accuracy": _as_float(test.get("accuracy")),
+        "f1": _as_float(test.get("f1")),
+        "roc_auc": _as_float(test.get("roc_auc")),
+        "loss": _as_float(test.get("loss")),
+        "report": REPORT_HTML,
+    }
+
+
+def _in_prefect_run() -> bool:
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+def artifact_markdown(output: StepOutput) -> str:
+    """The markdown artifact: the report's title, model line and key numbers table."""
+    data = read_json(output.file(REPORT_DATA))
+    table = Table(["Measure", "Value"], [[row["measure"], row["value"]] for row in data.get("key_numbers", [])])
+    return "\n\n".join([
+        f"# {_markdown_cell(data.get('title', 'rnnflow report'))}",
+        f"Model: **{_markdown_cell(data.get('model', ''))}**",
+        markdown_table(table),
+        f"Full report: `{output.file(REPORT_HTML)}`",
+    ]) + "\n"
+
+
+def publish_report_artifacts(output: StepOutput, upstream: dict[str, StepOutput]) -> bool:
+    """Show the report in Prefect's UI (key numbers, test metrics, a link to report.html); only inside a run.
+
+    Returns whether artifacts were created. A failure to publish is logged, not raised: the
+    report files are already written and are the record; the artifacts are a view of them.
+    """
+    if not _in_prefect_run():
+        return False
+    try:
+        metrics = _read_upstream_json(upstream, "evaluate", "metrics.json")
+        create_markdown_artifact(
+            markdown=artifact_markdown(output), key=MARKDOWN_ARTIFACT_KEY, description="Key numbers of the rnnflow report"
+        )
+        create_table_artifact(table=metrics_table_rows(metrics), key=TABLE_ARTIFACT_KEY, description="Test-split metrics")
+        create_link_artifact(
+            link=output.file(REPORT_HTML).resolve().as_uri(),
+            link_text=REPORT_HTML,
+            key=LINK_ARTIFACT_KEY,
+            description="The self-contained HTML report (a file on the machine that ran the flow)",
+        )
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        get_run_logger().warning("Could not publish the report artifacts to Prefect (%s); the report files are at %s.", error, output.path)
+        return False
+    return True
+
+
+@task(name="report", cache_policy=StepCachePolicy(step="report"))
+def report_task(root: str, section: dict, upstream: dict) -> StepOutput:
+    output = produce_step(root, "report", section, upstream, lambda out: write_report(section["config"], upstream, out))
+    publish_report_artifacts(output, upstream)
+    return output

@@ -1,0 +1,80 @@
+"""The whole flow against a real Prefect API, on a corpus the tests make themselves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flows.pipeline import rnnflow_pipeline
+from tasks.config import load_config
+from tasks.store import STEPS, ArtifactStore, sha256_file
+
+TINY = [
+    "data.synthetic_reviews=160",
+    "encode.num_words=200",
+    "encode.max_len=40",
+    "model.units=8",
+    "model.embedding_dim=8",
+    "train.epochs=2",
+    "train.learning_rate=0.01",
+]
+
+
+def _manifest(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text())
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "artifacts"
+
+
+def test_run_writes_a_complete_run_folder(prefect_api, root: Path):
+    config = load_config("demo", overrides=TINY)
+    folder = Path(rnnflow_pipeline(config=config, artifacts_root=str(root)))
+    manifest = _manifest(folder)
+    assert manifest["status"] == "completed"
+    assert list(manifest["steps"]) == list(STEPS)
+    assert manifest["config"]["train"]["epochs"] == 2
+    assert manifest["environment"]["tensorflow"].startswith("2.21")
+    for step, entry in manifest["steps"].items():
+        assert entry["status"] == "completed"
+        for name, digest in entry["outputs"].items():
+            assert sha256_file(folder / step / name) == digest, f"{step}/{name} matches the manifest"
+    metrics = json.loads((folder / "evaluate" / "metrics.json").read_text())
+    assert {"accuracy", "loss", "f1", "roc_auc"} <= set(metrics["test"])
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    html = (folder / "report" / "report.html").read_text()
+    assert "data:image/png;base64," in html
+    assert (folder / "validate" / "data_docs" / "index.html").exists()
+    assert (folder / "train" / "model.keras").exists()
+
+    # The same configuration again: nothing recomputes, and the new folder is complete on its own.
+    again = Path(rnnflow_pipeline(config=config, artifacts_root=str(root)))
+    assert again != folder
+    steps = _manifest(again)["steps"]
+    assert {name: entry["status"] for name, entry in steps.items()} == {name: "cached" for name in STEPS}
+    assert (again / "train" / "model.keras").read_bytes() == (folder / "train" / "model.keras").read_bytes()
+
+    # A train-only change recomputes exactly train, evaluate and report.
+    changed = load_config("demo", overrides=[*TINY, "train.epochs=1"])
+    third = _manifest(Path(rnnflow_pipeline(config=changed, artifacts_root=str(root))))
+    assert {n: e["status"] for n, e in third["steps"].items()} == {
+        "ingest": "cached", "validate": "cached", "encode": "cached",
+        "train": "completed", "evaluate": "completed", "report": "completed",
+    }
+    assert len(ArtifactStore(root).list_runs()) == 3
+
+
+def test_bad_data_stops_before_training_and_marks_the_run_failed(prefect_api, root: Path):
+    config = load_config("demo", overrides=[*TINY, "data.synthetic_positive_fraction=0.05"])
+    with pytest.raises(Exception, match="class_balance|class balance"):
+        rnnflow_pipeline(config=config, artifacts_root=str(root))
+    (folder,) = (root / "runs").iterdir()
+    manifest = _manifest(folder)
+    assert manifest["status"] == "failed"
+    assert manifest["steps"]["validate"]["status"] == "failed"
+    assert "train" not in manifest["steps"]
+    assert (folder / "validate" / "validation.json").exists(), "the failed checks are kept for reading"

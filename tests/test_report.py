@@ -1,0 +1,219 @@
+"""The report step: the files a reader opens, what they show, and that they stand alone."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+import tasks.report as report
+from tasks.report import format_metric, publish_report_artifacts, write_report
+from tasks.store import StepOutput
+
+MODEL_SUMMARY = (
+    'Model: "imdb_lstm"\n'
+    "┏━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━━━━━━━┓\n"
+    "┃ Layer (type)                    ┃ Output Shape           ┃\n"
+    "│ tokens (InputLayer)             │ (None, 100) <masked>   │\n"
+    "│ embedding (Embedding)           │ (None, 100, 16)        │\n"
+    "Total params: 8,209 (32.07 KB)\n"
+)
+
+CONFIG = {
+    "preset": "tiny",
+    "data": {"source": "synthetic", "url": "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"},
+    "encode": {"num_words": 500, "max_len": 100},
+    "model": {"cell": "lstm", "units": 8, "layers": 1, "bidirectional": True, "input": "embedding", "embedding_dim": 16},
+    "train": {"epochs": 3},
+}
+
+
+def _step(tmp_path: Path, step: str, files: dict[str, object]) -> StepOutput:
+    folder = tmp_path / "upstream" / step
+    folder.mkdir(parents=True)
+    for name, data in files.items():
+        (folder / name).write_text(json.dumps(data), encoding="utf-8")
+    return StepOutput(step=step, key="k", dir=str(folder), files={name: "0" for name in files}, summary={})
+
+
+def make_upstream(tmp_path: Path, labels: list[str], model_summary: str = MODEL_SUMMARY) -> dict[str, StepOutput]:
+    size = len(labels)
+    matrix = [[40 if row == col else 5 for col in range(size)] for row in range(size)]
+    binary = size == 2
+    validation = {
+        "passed": True,
+        "checks": [
+            {"check": "class_balance", "split": "train", "observed": 0.4987, "bound": [0.3, 0.7], "severity": "error",
+             "passed": True, "message": "smallest class share within bounds"},
+            {"check": "token_length", "split": "test", "observed": 5123, "bound": 5000, "severity": "warning",
+             "passed": False, "message": "1 review longer than 5000 tokens <check the source>"},
+        ],
+        "length_stats": {split: {"min": 3, "mean": 120.5, "median": 100, "p90": 210, "p99": 400, "max": 5123}
+                         for split in ("train", "val", "test")},
+        "label_counts": {split: {label: 50 + index for index, label in enumerate(labels)} for split in ("train", "val", "test")},
+        "warnings": ["test: 1 review longer than 5000 tokens & more"],
+    }
+    encode = {
+        "max_len": 100, "num_words": 500, "vocab_size": 500, "tokenizer": "word", "padding": "post", "truncating": "pre",
+        "length_histogram": {"edges": [0, 50, 100, 150, 200], "counts": [10, 30, 20, 5]},
+        "truncated_fraction": {"train": 0.3846, "val": 0.35, "test": 0.4}, "n": {"train": 80, "val": 20, "test": 90},
+    }
+    train = {
+        "epochs_run": 3, "best_epoch": 2, "params": 8209, "seconds": 12.34, "samples_per_second": 1500.0,
+        "model_summary": model_summary, "cudnn_eligible": True, "stopped_early": True,
+    }
+    history = {"loss": [0.69, 0.5, 0.45], "accuracy": [0.5, 0.75, 0.8], "val_loss": [0.68, 0.55, 0.58], "val_accuracy": [0.52, 0.74, 0.73]}
+    metrics = {
+        "test": {"accuracy": 0.87654, "loss": 0.3312, "precision": 0.8811, "recall": 0.8712, "f1": 0.8761,
+                 "roc_auc": 0.9423 if binary else None, "n": 90},
+        "labels": labels,
+        "confusion_matrix": matrix,
+        "roc_curve": {"fpr": [0.0, 0.1, 0.3, 1.0], "tpr": [0.0, 0.6, 0.9, 1.0]} if binary else None,
+        "by_length": [{"bucket": "0-100", "n": 50, "accuracy": 0.9}, {"bucket": "100+", "n": 40, "accuracy": 0.85}],
+        "per_class": {label: {"precision": 0.88, "recall": 0.87, "f1": 0.875, "support": 45} for label in labels},
+    }
+    return {
+        "validate": _step(tmp_path, "validate", {"validation.json": validation}),
+        "encode": _step(tmp_path, "encode", {"encode.json": encode}),
+        "train": _step(tmp_path, "train", {"train.json": train, "history.json": history}),
+        "evaluate": _step(tmp_path, "evaluate", {"metrics.json": metrics}),
+    }
+
+
+@pytest.fixture(scope="module")
+def binary_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    tmp_path = tmp_path_factory.mktemp("binary")
+    out = tmp_path / "report"
+    summary = write_report(CONFIG, make_upstream(tmp_path, ["neg", "pos"]), out)
+    return out, summary
+
+
+def test_summary_holds_the_headline_metrics(binary_report):
+    _, summary = binary_report
+    assert summary == {"accuracy": 0.87654, "f1": 0.8761, "roc_auc": 0.9423, "loss": 0.3312, "report": "report.html"}
+
+
+def test_html_report_shows_the_numbers_and_embeds_its_plots(binary_report):
+    out, _ = binary_report
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert format_metric(0.87654) == "0.8765"
+    assert "0.8765" in page
+    assert "preset tiny" in page
+    assert "Bidirectional LSTM(8)" in page
+    assert page.count("data:image/png;base64,") == 6
+    for section in ("Key numbers", "Data validation", "Training", "Confusion matrix", "ROC curve", "Configuration"):
+        assert section in page
+    assert "best epoch" in page.lower() and "2 (best)" in page
+
+
+def test_html_report_needs_nothing_from_the_network(binary_report):
+    out, _ = binary_report
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.IGNORECASE)
+    assert "<link" not in page and "<script" not in page and "url(" not in page
+    # The configuration's download URL is shown as text, not fetched.
+    assert "aclImdb_v1.tar.gz" in page
+
+
+def test_text_from_data_is_escaped(binary_report):
+    out, _ = binary_report
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "(None, 100) &lt;masked&gt;" in page
+    assert "<masked>" not in page
+    assert "&lt;check the source&gt;" in page
+    assert "tokens &amp; more" in page
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert "&lt;check the source&gt;" in markdown  # in a table cell, where Markdown would render HTML
+    assert "(None, 100) <masked>" in markdown  # in a code block, shown literally
+
+
+def test_validation_checks_show_observed_bound_severity_and_result(binary_report):
+    out, _ = binary_report
+    page = (out / "report.html").read_text(encoding="utf-8")
+    row = re.search(r'<tr class="warn">(.*?)</tr>', page).group(1)
+    for cell in ("token_length", "test", "5,123", "5,000", "warning", "FAILED"):
+        assert f">{cell}<" in row
+
+
+def test_markdown_report_has_the_metrics_table_and_plot_links(binary_report):
+    out, _ = binary_report
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert markdown.startswith("# rnnflow report: preset tiny")
+    assert "| Measure | Value |" in markdown
+    assert "| Test accuracy | 0.8765 |" in markdown
+    assert "| ROC AUC | 0.9423 |" in markdown
+    assert "| true neg | 40 | 5 |" in markdown
+    links = re.findall(r"!\[[^\]]*\]\((plots/[^)]+\.png)\)", markdown)
+    assert len(links) == 6
+    for link in links:
+        assert (out / link).is_file()
+
+
+def test_plots_are_png_files(binary_report):
+    out, _ = binary_report
+    names = sorted(path.name for path in (out / "plots").iterdir())
+    assert names == sorted(f"{name}.png" for name in
+                           ("length_histogram", "label_balance", "learning_curves", "confusion_matrix", "roc_curve", "accuracy_by_length"))
+    for name in names:
+        assert (out / "plots" / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert not [path for path in out.rglob("*") if path.name.endswith(".tmp")]
+
+
+def test_report_is_the_same_bytes_when_rerun(binary_report, tmp_path):
+    out, _ = binary_report
+    again = tmp_path / "again"
+    write_report(CONFIG, make_upstream(tmp_path, ["neg", "pos"]), again)
+    for name in ("report.html", "report.md", "plots/learning_curves.png"):
+        assert (again / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_three_classes_without_roc_curve(tmp_path):
+    out = tmp_path / "report"
+    summary = write_report(CONFIG, make_upstream(tmp_path, ["neg", "neutral", "pos"]), out)
+    assert summary["roc_auc"] is None
+    assert not (out / "plots" / "roc_curve.png").exists()
+    assert (out / "plots" / "confusion_matrix.png").is_file()
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "No ROC curve" in page and "has 3" in page
+    assert ">neutral<" in page
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert "| ROC AUC | n/a |" in markdown
+    assert "| true neutral | 5 | 40 | 5 |" in markdown
+
+
+def test_missing_upstream_file_is_named(tmp_path):
+    upstream = make_upstream(tmp_path, ["neg", "pos"])
+    (upstream["train"].path / "history.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"history\.json is missing: rerun the train step"):
+        write_report(CONFIG, upstream, tmp_path / "report")
+
+
+def test_publish_is_a_no_op_outside_a_prefect_run(binary_report, tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("an artifact was created outside a Prefect run")
+
+    for name in ("create_markdown_artifact", "create_table_artifact", "create_link_artifact"):
+        monkeypatch.setattr(report, name, refuse)
+    out, _ = binary_report
+    output = StepOutput(step="report", key="k", dir=str(out), files={}, summary={})
+    assert publish_report_artifacts(output, make_upstream(tmp_path, ["neg", "pos"])) is False
+
+
+def test_publish_inside_a_run_creates_three_keyed_artifacts(binary_report, tmp_path, monkeypatch):
+    created = {}
+    monkeypatch.setattr(report, "_in_prefect_run", lambda: True)
+    monkeypatch.setattr(report, "create_markdown_artifact", lambda **kw: created.setdefault("markdown", kw))
+    monkeypatch.setattr(report, "create_table_artifact", lambda **kw: created.setdefault("table", kw))
+    monkeypatch.setattr(report, "create_link_artifact", lambda **kw: created.setdefault("link", kw))
+    out, _ = binary_report
+    output = StepOutput(step="report", key="k", dir=str(out), files={}, summary={})
+    assert publish_report_artifacts(output, make_upstream(tmp_path, ["neg", "pos"])) is True
+    assert {kw["key"] for kw in created.values()} == {"rnnflow-report", "rnnflow-metrics", "rnnflow-report-html"}
+    for kw in created.values():
+        assert re.fullmatch(r"[a-z0-9-]+", kw["key"])
+    assert "| Test accuracy | 0.8765 |" in created["markdown"]["markdown"]
+    assert {"metric": "accuracy", "value": 0.87654} in created["table"]["table"]
+    assert created["link"]["link"] == (out / "report.html").resolve().as_uri()
+    assert created["link"]["link"].startswith("file://")

@@ -1,0 +1,199 @@
+"""The validate step on small hand-made corpora: what a user reads in validation.json, the summary and errors."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import pytest
+
+from tasks.config import ConfigError, ValidateConfig, load_config
+from tasks.store import StepOutput, write_json
+from tasks.validate import DataValidationError, first_error, validate_reviews, validate_task
+
+ROWS = 60
+LABELS = ["neg", "pos"]
+
+
+def split_frame(split: str, rows: int = ROWS) -> pd.DataFrame:
+    """Balanced, distinct texts; review i has i + 1 tokens, so lengths run 1..rows."""
+    return pd.DataFrame(
+        {
+            "text": [" ".join([f"{split}review{i}"] + ["word"] * i) for i in range(rows)],
+            "label": pd.Series([i % 2 for i in range(rows)], dtype="int64"),
+            "rating": pd.array([None] * rows, dtype="Int64"),
+            "id": [f"{split}_{i}" for i in range(rows)],
+        }
+    )
+
+
+def make_corpus(folder: Path, change: Callable[[dict[str, pd.DataFrame]], None] | None = None, labels=LABELS) -> Path:
+    frames = {split: split_frame(split) for split in ("train", "val", "test")}
+    if change:
+        change(frames)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, frame in frames.items():
+        frame.to_parquet(folder / f"{split}.parquet", index=False)
+    write_json(folder / "ingest.json", {"labels": labels})
+    return folder
+
+
+def run(tmp_path: Path, change=None, cfg: ValidateConfig | None = None) -> tuple[dict, dict]:
+    ingest = make_corpus(tmp_path / "ingest", change)
+    summary = validate_reviews(cfg or ValidateConfig(), ingest, tmp_path / "validate")
+    report = json.loads((tmp_path / "validate" / "validation.json").read_text())
+    return summary, report
+
+
+def failed(report: dict, check: str, split: str) -> list[dict]:
+    return [c for c in report["checks"] if c["check"] == check and c["split"] == split and not c["passed"]]
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory) -> tuple[dict, dict, Path]:
+    tmp_path = tmp_path_factory.mktemp("clean")
+    summary, report = run(tmp_path)
+    return summary, report, tmp_path / "validate"
+
+
+def test_clean_corpus_passes_and_writes_every_report(clean):
+    summary, report, out = clean
+    assert summary["passed"] is True and report["passed"] is True
+    assert summary["n_failed_errors"] == 0 and summary["n_warnings"] == 0 and summary["errors"] == []
+    assert summary["n_checks"] == len(report["checks"])
+    assert all(c["passed"] for c in report["checks"])
+    names = {c["check"] for c in report["checks"]}
+    assert names == {"not_blank", "label_in_set", "class_balance", "token_length", "duplicates", "train_test_overlap"}
+    assert {c["split"] for c in report["checks"]} == {"train", "val", "test"}
+    assert report["label_counts"]["train"] == {"neg": 30, "pos": 30}
+    assert report["warnings"] == []
+    json.dumps(summary)  # travels in the StepOutput: must be plain JSON
+
+    results = json.loads((out / "gx" / "results.json").read_text())
+    assert set(results) == {"train", "val", "test", "test_vs_train"}
+    assert all(r["success"] for r in results.values())
+    suites = json.loads((out / "gx" / "suite.json").read_text())
+    types = {e["type"] for suite in suites.values() for e in suite["expectations"]}
+    assert "expect_column_values_to_not_be_null" in types and "expect_column_values_to_be_in_set" in types
+    index = out / "data_docs" / "index.html"
+    assert index.is_file() and "Great Expectations" in index.read_text()
+    assert list((out / "data_docs" / "validations").rglob("*.html"))
+
+
+def test_length_stats_are_right_for_a_known_corpus(clean):
+    summary, report, _ = clean
+    # Token counts 1..60: mean and median 30.5, p90 = 1 + 0.9 * 59, p99 = 1 + 0.99 * 59 (linear interpolation).
+    expected = {"min": 1, "mean": 30.5, "median": 30.5, "p90": 54.1, "p99": 59.41, "max": 60}
+    for split in ("train", "val", "test"):
+        assert report["length_stats"][split] == pytest.approx(expected)
+    assert summary["length_stats"] == report["length_stats"]
+
+
+def test_single_class_train_is_an_error_naming_split_and_check(tmp_path):
+    def one_class(frames):
+        frames["train"]["label"] = 0
+
+    summary, report = run(tmp_path, one_class)
+    assert summary["passed"] is False and report["passed"] is False
+    message = first_error(summary)
+    assert "class_balance" in message and "split train" in message and "neg" in message
+    assert "\n" not in message and message.endswith(".")
+    assert failed(report, "class_balance", "train")
+    assert not failed(report, "class_balance", "val")
+    assert report["label_counts"]["train"] == {"neg": 60, "pos": 0}
+
+
+def test_blank_text_is_an_error_naming_not_blank(tmp_path):
+    def blank(frames):
+        frames["val"].loc[5, "text"] = "   "
+
+    summary, report = run(tmp_path, blank)
+    assert summary["passed"] is False
+    message = first_error(summary)
+    assert "not_blank" in message and "split val" in message and "1 of 60" in message
+    (check,) = failed(report, "not_blank", "val")
+    assert check["observed"] == 1 and check["severity"] == "error"
+
+
+def test_label_outside_the_classes_is_an_error(tmp_path):
+    def stray_label(frames):
+        frames["test"].loc[3, "label"] = 7
+
+    summary, report = run(tmp_path, stray_label)
+    assert summary["passed"] is False
+    message = first_error(summary)
+    assert "label_in_set" in message and "split test" in message and "7" in message
+    assert report["label_counts"]["test"]["7"] == 1
+
+
+def test_train_test_overlap_is_a_warning_by_default(tmp_path):
+    def leak(frames):
+        frames["test"].loc[:9, "text"] = frames["train"].loc[:9, "text"].to_numpy()
+
+    summary, report = run(tmp_path, leak)
+    assert summary["passed"] is True and report["passed"] is True
+    assert summary["n_warnings"] == 1
+    (check,) = failed(report, "train_test_overlap", "test")
+    assert check["severity"] == "warning"
+    assert check["observed"] == pytest.approx(10 / 60, abs=1e-6)
+    assert report["warnings"] == [check["message"]]
+    assert "16.67% of test texts also appear in train" in check["message"]
+
+
+def test_severity_override_makes_overlap_fail(tmp_path):
+    def leak(frames):
+        frames["test"].loc[:9, "text"] = frames["train"].loc[:9, "text"].to_numpy()
+
+    summary, report = run(tmp_path, leak, ValidateConfig(severity={"train_test_overlap": "error"}))
+    assert summary["passed"] is False and summary["n_failed_errors"] == 1
+    assert "train_test_overlap" in first_error(summary)
+    # The other checks keep their default severity.
+    assert {c["severity"] for c in report["checks"] if c["check"] == "class_balance"} == {"error"}
+
+
+def test_duplicates_and_length_bounds_are_warnings_with_observed_values(tmp_path):
+    def repeat(frames):
+        frames["train"].loc[:5, "text"] = frames["train"].loc[6, "text"]
+
+    summary, report = run(tmp_path, repeat, ValidateConfig(max_tokens=50))
+    assert summary["passed"] is True
+    (duplicates,) = failed(report, "duplicates", "train")
+    assert duplicates["observed"] == pytest.approx(6 / 60, abs=1e-6)
+    longest = [c for c in failed(report, "token_length", "val")]
+    assert longest and longest[0]["observed"] == 60 and "validate.max_tokens" in longest[0]["message"]
+
+
+def test_task_raises_one_sentence_and_keeps_the_report(tmp_path):
+    def one_class(frames):
+        frames["val"]["label"] = 1
+
+    ingest = make_corpus(tmp_path / "ingest", one_class)
+    upstream = {"ingest": StepOutput(step="ingest", key="k", dir=str(ingest), files={"train.parquet": "x"})}
+    with pytest.raises(DataValidationError) as caught:
+        validate_task.fn(str(tmp_path / "artifacts"), ValidateConfig().model_dump(mode="json"), upstream)
+    error = caught.value
+    assert "split val" in str(error) and "class_balance" in str(error)
+    assert (error.output_dir / "validation.json").is_file()
+    assert (error.output_dir / "data_docs" / "index.html").is_file()
+    copy = pickle.loads(pickle.dumps(error))  # Prefect stores task exceptions
+    assert str(copy) == str(error) and copy.output_dir == error.output_dir
+
+
+def test_missing_split_file_names_the_file(tmp_path):
+    ingest = make_corpus(tmp_path / "ingest")
+    (ingest / "val.parquet").unlink()
+    with pytest.raises(DataValidationError, match=r"val\.parquet does not exist"):
+        validate_reviews(ValidateConfig(), ingest, tmp_path / "validate")
+
+
+def test_unknown_check_in_severity_is_a_config_error():
+    with pytest.raises(ConfigError, match="validate.severity.*unknown check 'duplicate'"):
+        load_config(overrides=["validate.severity.duplicate=error"])
+
+
+def test_first_error_refuses_a_passing_summary():
+    with pytest.raises(ValueError):
+        first_error({"passed": True, "errors": []})
