@@ -11,7 +11,7 @@ from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
 from tasks.caching import bind_to_store
-from tasks.config import RunConfig
+from tasks.config import RunConfig, load_config
 from tasks.encode import encode_task
 from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task, locate_source_task, retry_unless_bad_input
@@ -79,38 +79,73 @@ def _run_name() -> str:
     return f"{config.get('preset', 'default')}-{cell}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def plan_steps(start_from: str | None, only_step: str | None, derived_from: str | None) -> tuple[list[str], list[str]]:
+    """(steps to reuse from the derived run, steps to execute)."""
+    for name in (start_from, only_step):
+        if name is not None and name not in STEPS:
+            raise ValueError(f"{name!r} is not a step: use one of {', '.join(STEPS)}")
+    first = only_step or start_from
+    if first is None or derived_from is None:
+        return [], [only_step] if only_step else list(STEPS)
+    index = STEPS.index(first)
+    return list(STEPS[:index]), [only_step] if only_step else list(STEPS[index:])
+
+
 @flow(name="rnnflow", flow_run_name=_run_name, log_prints=True)
 def rnnflow_pipeline(
-    config: RunConfig,
+    config: RunConfig | None = None,
     artifacts_root: str | None = None,
     run_id: str | None = None,
     refresh: list[str] | None = None,
     data_dir: str = "data",
+    start_from: str | None = None,
+    only_step: str | None = None,
+    derived_from: str | None = None,
 ) -> str:
-    """Train and report one recurrent classifier; returns the run folder."""
+    """Train and report one recurrent classifier; returns the run folder.
+
+    start_from recomputes that step and every later one; only_step recomputes just that
+    step. With derived_from (a run id) the steps before come from that run's recorded
+    outputs; without it they come from the cache like any run.
+    """
     logger = get_run_logger()
+    config = config or load_config()
     store = ArtifactStore(artifacts_root)
-    run = store.start_run(config.as_dict(), run_id=run_id, flow_run_id=str(flow_run.id or ""))
+    reuse, execute = plan_steps(start_from, only_step, derived_from)
+    wanted = set(refresh or []) | ({only_step} if only_step else set()) | (set(STEPS[STEPS.index(start_from):]) if start_from else set())
+    run = store.start_run(config.as_dict(), run_id=run_id, derived_from=derived_from, flow_run_id=str(flow_run.id or ""))
     logger.info("run folder: %s", run.folder)
-    wanted = set(refresh or [])
     outputs: dict[str, StepOutput] = {}
     try:
-        source = with_retries(locate_source_task, config)(config.data.model_dump(mode="json"), data_dir, return_state=True)
-        if not source.is_completed():
-            reason = _one_line(source.result(raise_on_failure=False))
-            run.record_failure("ingest", reason, 0.0)
-            raise StepFailed("ingest", reason)
-        run.manifest["inputs"] = source.result()
-        run.save()
-        for step in STEPS:
+        if reuse:
+            source_run = RunRecord.load(store.resolve_run(derived_from))
+            run.manifest["inputs"] = source_run.manifest.get("inputs", {})
+            for step in reuse:
+                if step in source_run.manifest["steps"]:
+                    outputs[step] = source_run.step_output(step)
+                    run.record_step(outputs[step], status="cached", seconds=0.0, reused_from=source_run.run_id)
+        if "ingest" in execute:
+            run.manifest["inputs"] = locate_input(run, config, data_dir)
+        for step in execute:
             outputs[step] = run_step(run, store, config, step, wanted, **inputs_for(step, config, outputs, run.manifest["inputs"]))
     except BaseException as error:
         run.finish("failed", error=_one_line(error))
         raise
     run.finish("completed")
-    metrics = outputs["evaluate"].summary
-    logger.info("test accuracy %.4f  f1 %.4f  roc_auc %s", metrics["accuracy"], metrics["f1"], metrics.get("roc_auc"))
+    if "evaluate" in outputs:
+        metrics = outputs["evaluate"].summary
+        logger.info("test accuracy %.4f  f1 %.4f  roc_auc %s", metrics["accuracy"], metrics["f1"], metrics.get("roc_auc"))
     return str(run.folder)
+
+
+def locate_input(run: RunRecord, config: RunConfig, data_dir: str) -> dict[str, Any]:
+    """Find (or download once) the input, with retries; its fingerprint goes into the manifest."""
+    state = with_retries(locate_source_task, config)(config.data.model_dump(mode="json"), data_dir, return_state=True)
+    if not state.is_completed():
+        reason = _one_line(state.result(raise_on_failure=False))
+        run.record_failure("ingest", reason, 0.0)
+        raise StepFailed("ingest", reason)
+    return state.result()
 
 
 def inputs_for(step: str, config: RunConfig, outputs: dict[str, StepOutput], source: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,9 @@ sha256; if not, it drops the stale record so the step recomputes.
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -76,6 +79,49 @@ def produce_step(
     return store.produce(step, step_key(step, section, upstream, extra), work)
 
 
+class ProcessBoundLockManager(FileSystemLockManager):
+    """Prefect's file locks, released when the holding process dies.
+
+    Prefect's transactions take locks with no expiry, so a run killed with SIGKILL mid-step
+    would leave a lock that blocks that step in every later run. Each lock here also records
+    its process id and host; a lock whose process is gone on this host counts as free.
+    """
+
+    def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None, hold_timeout: float | None = None) -> bool:
+        acquired = super().acquire_lock(key, holder, acquire_timeout, hold_timeout)
+        if acquired:
+            self._stamp(key, holder)
+        return acquired
+
+    async def aacquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None, hold_timeout: float | None = None) -> bool:
+        acquired = await super().aacquire_lock(key, holder, acquire_timeout, hold_timeout)
+        if acquired:
+            self._stamp(key, holder)
+        return acquired
+
+    def _stamp(self, key: str, holder: str) -> None:
+        stamp = {"holder": holder, "expiration": None, "pid": os.getpid(), "host": socket.gethostname()}
+        self._lock_path_for_key(key).write_text(json.dumps(stamp))
+
+    def is_locked(self, key: str, use_cache: bool = False) -> bool:
+        info = self._get_lock_info(key, use_cache=use_cache)
+        if info and info.get("pid") and info.get("host") == socket.gethostname() and not _process_alive(int(info["pid"])):
+            Path(info["path"]).unlink(missing_ok=True)
+            self._locks.pop(key, None)
+            return False
+        return super().is_locked(key, use_cache=use_cache)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def bind_to_store(step_task: Any, store: ArtifactStore, *, refresh: bool = False) -> Any:
     """The step's task with its results, cache records and locks kept under this artifacts root.
 
@@ -83,7 +129,7 @@ def bind_to_store(step_task: Any, store: ArtifactStore, *, refresh: bool = False
     each other, so the second reads the first's result instead of writing the entry twice.
     """
     policy = step_task.cache_policy.configure(
-        lock_manager=FileSystemLockManager(lock_files_directory=store.locks_dir),
+        lock_manager=ProcessBoundLockManager(lock_files_directory=store.locks_dir),
         isolation_level="SERIALIZABLE",
     )
     return step_task.with_options(

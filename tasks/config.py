@@ -21,14 +21,26 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    source: Literal["imdb", "synthetic"] = "imdb"
-    path: str = "data/aclImdb_v1.tar.gz"
+    source: Literal["imdb", "synthetic", "table", "keras_imdb"] = "imdb"
+    path: str = Field(default="data/aclImdb_v1.tar.gz", description="the input; source=keras_imdb reads data/imdb.npz unless set")
     url: str = IMDB_URL
     max_reviews: int | None = Field(default=None, ge=2, description="use at most N reviews per split")
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
     seed: int = 1337
     synthetic_reviews: int = Field(default=4000, ge=20, description="reviews per split for source=synthetic")
     synthetic_positive_fraction: float = Field(default=0.5, gt=0, lt=1)
+    # source=table: one file (split by split_column, or stratified by test_size) or a train/test pair.
+    test_path: str | None = Field(default=None, description="source=table: a separate test file")
+    text_column: str = "text"
+    label_column: str = "label"
+    split_column: str | None = Field(default=None, description="source=table: column of train/test values")
+    rating_column: str | None = None
+    id_column: str | None = None
+    test_size: float = Field(default=0.2, gt=0, lt=1, description="test share when the table has no split")
+    max_classes: int = Field(default=20, ge=2, description="more distinct labels than this look like free text")
+    strip_html: bool = True
+    # source=keras_imdb: Keras' imdb_word_index.json turns ids back into words; without it ids become "w<id>".
+    word_index_path: str | None = None
     retries: int = Field(default=2, ge=0)
     retry_delay_seconds: float = Field(default=2.0, ge=0)
 
@@ -62,7 +74,7 @@ class ValidateConfig(Section):
 
 
 class EncodeConfig(Section):
-    tokenizer: Literal["word"] = "word"
+    tokenizer: Literal["word", "char"] = "word"
     num_words: int = Field(default=20000, ge=4, description="vocabulary size, reserved ids included")
     max_len: int | Literal["auto"] = "auto"
     max_len_percentile: float = Field(default=90, gt=0, le=100)
@@ -194,10 +206,15 @@ def load_config(
     preset: str | None = None,
     config_file: str | Path | None = None,
     overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
 ) -> RunConfig:
-    """Build the run configuration from defaults, a preset or YAML file, and --set overrides, in that order."""
-    layers: list[tuple[str, dict[str, Any]]] = []
-    if preset is None and config_file is None:
+    """Build the run configuration from defaults, a preset or YAML file, and --set overrides, in that order.
+
+    base (a recorded run's whole configuration) replaces the defaults and the preset, for
+    rerunning a step of that run with a few keys changed.
+    """
+    layers: list[tuple[str, dict[str, Any]]] = [("the recorded run's configuration", base)] if base else []
+    if preset is None and config_file is None and base is None:
         preset = "default"
     if preset:
         path = PRESETS_DIR / f"{preset}.yaml"

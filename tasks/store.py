@@ -251,12 +251,24 @@ class ArtifactStore:
     ) -> "RunRecord":
         run_id = run_id or new_run_id()
         folder = self.run_dir(run_id)
+        if (folder / "manifest.json").is_file():
+            # A retried flow run (from the UI or `prefect flow-run retry`) comes back with the same
+            # run id: it resumes its own folder, and the step cache supplies what already finished.
+            record = RunRecord.load(folder)
+            if record.manifest["status"] == "completed":
+                raise FileExistsError(f"Run {run_id} already completed: start a new run instead of reusing its id.")
+            record.manifest["status"] = "running"
+            record.manifest["attempts"] = record.manifest.get("attempts", 1) + 1
+            record.manifest.pop("error", None)
+            record.save()
+            return record
         folder.mkdir(parents=True, exist_ok=False)
         record = RunRecord(folder)
         record.manifest = {
             "run_id": run_id,
             "status": "running",
             "started_at": _now(),
+            "attempts": 1,
             "finished_at": None,
             "derived_from": derived_from,
             "prefect_flow_run_id": flow_run_id,
@@ -295,7 +307,7 @@ class RunRecord:
             shutil.rmtree(target)
         _link_tree(Path(source), target)
 
-    def record_step(self, output: StepOutput, *, status: str, seconds: float) -> None:
+    def record_step(self, output: StepOutput, *, status: str, seconds: float, reused_from: str | None = None) -> None:
         """Link a step's outputs into the run folder and note them, with their sha256, in the manifest."""
         self.link_outputs(output.step, output.path)
         self.manifest["steps"][output.step] = {
@@ -305,6 +317,7 @@ class RunRecord:
             "dir": output.step,
             "outputs": output.files,
             "summary": output.summary,
+            **({"reused_from": reused_from} if reused_from else {}),
         }
         self.save()
 

@@ -1,0 +1,147 @@
+"""Caching, retries and reruns of single steps, against a real Prefect API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flows.pipeline import rnnflow_pipeline
+from tasks.caching import ProcessBoundLockManager, step_key
+from tasks.config import load_config
+from tasks.store import STEPS, ArtifactStore, StepOutput
+
+TINY = [
+    "data.synthetic_reviews=160",
+    "encode.num_words=200",
+    "encode.max_len=40",
+    "model.units=8",
+    "model.embedding_dim=8",
+    "train.epochs=2",
+    "train.learning_rate=0.01",
+]
+
+
+def _statuses(folder: str | Path) -> dict[str, str]:
+    manifest = json.loads((Path(folder) / "manifest.json").read_text())
+    return {name: entry["status"] for name, entry in manifest["steps"].items()}
+
+
+def _tree_digest(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_key_covers_section_upstream_and_code_but_not_the_run():
+    upstream = {"encode": StepOutput(step="encode", key="k", dir="/x", files={"X_train.npy": "aa"})}
+    changed = {"encode": StepOutput(step="encode", key="k", dir="/elsewhere", files={"X_train.npy": "bb"})}
+    moved = {"encode": StepOutput(step="encode", key="k", dir="/elsewhere", files={"X_train.npy": "aa"})}
+    key = step_key("train", {"epochs": 2}, upstream)
+    assert step_key("train", {"epochs": 2}, moved) == key, "where the files are does not matter, their bytes do"
+    assert step_key("train", {"epochs": 3}, upstream) != key
+    assert step_key("train", {"epochs": 2}, changed) != key
+
+
+def test_deleted_or_corrupted_cache_files_force_a_recompute(prefect_api, tmp_path: Path):
+    root = tmp_path / "artifacts"
+    config = load_config("demo", overrides=TINY)
+    rnnflow_pipeline(config=config, artifacts_root=str(root))
+    store = ArtifactStore(root)
+    (encode_entry,) = (store.cache_dir / "encode").iterdir()
+    (encode_entry / "X_train.npy").unlink()
+    (train_entry,) = (store.cache_dir / "train").iterdir()
+    with open(train_entry / "history.json", "a") as handle:
+        handle.write(" ")  # one byte changed: its sha256 no longer matches
+    statuses = _statuses(rnnflow_pipeline(config=config, artifacts_root=str(root)))
+    assert statuses["ingest"] == "cached"
+    assert statuses["encode"] == "completed"
+    assert statuses["train"] == "completed"
+    assert (encode_entry / "X_train.npy").exists()
+
+
+def test_refresh_and_from_recompute_what_they_name(prefect_api, tmp_path: Path):
+    root = str(tmp_path / "artifacts")
+    config = load_config("demo", overrides=TINY)
+    rnnflow_pipeline(config=config, artifacts_root=root)
+    assert _statuses(rnnflow_pipeline(config=config, artifacts_root=root, refresh=["encode"]))["encode"] == "completed"
+    statuses = _statuses(rnnflow_pipeline(config=config, artifacts_root=root, start_from="train"))
+    assert statuses == {"ingest": "cached", "validate": "cached", "encode": "cached",
+                        "train": "completed", "evaluate": "completed", "report": "completed"}
+
+
+def test_a_step_that_fails_once_succeeds_on_retry(prefect_api, tmp_path: Path, monkeypatch):
+    import tasks.ingest
+
+    calls = {"n": 0}
+    real = tasks.ingest.ingest_reviews
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError("disk hiccup")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.ingest, "ingest_reviews", flaky)
+    config = load_config("demo", overrides=[*TINY, "data.retry_delay_seconds=0.1", "data.seed=7"])
+    folder = Path(rnnflow_pipeline(config=config, artifacts_root=str(tmp_path / "a")))
+    assert calls["n"] == 2
+    assert _statuses(folder)["ingest"] == "completed"
+    assert not list((tmp_path / "a" / "cache" / "ingest").glob(".*partial")), "the failed try left no scratch files"
+
+
+def test_bad_input_is_not_retried(prefect_api, tmp_path: Path):
+    config = load_config("demo", overrides=[*TINY, "data.source=imdb", f"data.path={tmp_path / 'missing.tar.gz'}"])
+    with pytest.raises(Exception, match="does not exist"):
+        rnnflow_pipeline(config=config, artifacts_root=str(tmp_path / "a"))
+
+
+def test_rerunning_one_step_makes_a_new_folder_and_leaves_the_old_one_untouched(prefect_api, tmp_path: Path):
+    root = str(tmp_path / "artifacts")
+    config = load_config("demo", overrides=TINY)
+    first = Path(rnnflow_pipeline(config=config, artifacts_root=root))
+    before = _tree_digest(first)
+    changed = load_config(base=config.as_dict(), overrides=["train.epochs=1"])
+    second = Path(rnnflow_pipeline(config=changed, artifacts_root=root, only_step="train", derived_from=first.name))
+    assert second != first
+    assert _tree_digest(first) == before, "the original run is byte-identical"
+    manifest = json.loads((second / "manifest.json").read_text())
+    assert manifest["derived_from"] == first.name
+    assert manifest["status"] == "completed"
+    assert {n: e["status"] for n, e in manifest["steps"].items()} == {
+        "ingest": "cached", "validate": "cached", "encode": "cached", "train": "completed"
+    }
+    assert manifest["steps"]["encode"]["reused_from"] == first.name
+    assert json.loads((second / "train" / "train.json").read_text())["epochs_run"] == 1
+
+
+def test_a_retried_flow_run_resumes_its_folder_and_reuses_finished_steps(prefect_api, tmp_path: Path, monkeypatch):
+    import tasks.evaluate
+
+    calls = {"n": 0}
+    real = tasks.evaluate.evaluate_model
+
+    def fails_first(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("evaluation crashed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.evaluate, "evaluate_model", fails_first)
+    config = load_config("demo", overrides=[*TINY, "data.seed=11"])
+    folder = Path(rnnflow_pipeline.with_options(retries=1)(config=config, artifacts_root=str(tmp_path / "a"), run_id="20260101T000000000Z-beef"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and manifest["attempts"] == 2
+    assert _statuses(folder) == {"ingest": "cached", "validate": "cached", "encode": "cached",
+                                 "train": "cached", "evaluate": "completed", "report": "completed"}
+
+
+def test_locks_of_dead_processes_are_free(tmp_path: Path):
+    manager = ProcessBoundLockManager(lock_files_directory=tmp_path)
+    assert manager.acquire_lock("train-abc", holder="me")
+    assert manager.is_locked("train-abc")
+    stamp = json.loads((tmp_path / "train-abc.lock").read_text())
+    stamp["pid"] = 2**22 + 12345  # no such process
+    (tmp_path / "train-abc.lock").write_text(json.dumps(stamp))
+    other = ProcessBoundLockManager(lock_files_directory=tmp_path)
+    assert not other.is_locked("train-abc")
+    assert other.acquire_lock("train-abc", holder="next run", acquire_timeout=1)
