@@ -42,6 +42,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--refresh", nargs="?", const="all", action="append", metavar="STEP",
                      help="recompute STEP (or, alone, every step) instead of reusing the cache")
     run.add_argument("--data-dir", default="data", help="where downloads go (default: data/)")
+    run.add_argument("--from", dest="start_from", choices=STEPS, metavar="STEP",
+                     help="recompute STEP and every later step (with --run, the earlier ones come from that run)")
+    run.add_argument("--run", dest="derived_from", metavar="RUN_ID", help="with --from: the run whose earlier steps to reuse")
+
+    step = commands.add_parser("step", help="rerun one step of a recorded run, as a new run folder")
+    step.add_argument("step", choices=STEPS[1:], metavar="STEP", help=f"one of {', '.join(STEPS[1:])}")
+    step.add_argument("--run", dest="derived_from", required=True, metavar="RUN_ID", help="the run whose inputs to use ('latest' for the newest completed)")
+    step.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    step.add_argument("--artifacts", metavar="DIR")
+
+    serve = commands.add_parser("serve", help="serve the flow as a scheduled deployment (needs a Prefect server)")
+    _config_args(serve)
+    when = serve.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", help='a cron schedule, e.g. "0 3 * * *" (03:00 every night)')
+    when.add_argument("--interval", type=float, metavar="SECONDS", help="run every SECONDS")
+    serve.add_argument("--name", default="rnnflow-nightly", help="deployment name (default: rnnflow-nightly)")
 
     runs = commands.add_parser("runs", help="list runs with status and test accuracy")
     runs.add_argument("--artifacts", metavar="DIR")
@@ -50,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = commands.add_parser("config", help="print the resolved configuration as JSON")
     _config_args(show)
+
+    predict = commands.add_parser("predict", help="label texts with a run's model: a table, or a file with --output")
+    predict.add_argument("texts", nargs="*", metavar="TEXT", help="texts to label (or --input FILE)")
+    predict.add_argument("--run", default="latest", metavar="ID|latest", help="the run whose model to use (default: latest completed)")
+    predict.add_argument("--input", metavar="FILE", help=".txt (one text per line), .csv or .parquet")
+    predict.add_argument("--text-column", default="text", metavar="NAME", help="the text column of a .csv or .parquet input (default: text)")
+    predict.add_argument("--output", metavar="FILE.parquet|.csv", help="write every prediction there instead of printing a table")
+    predict.add_argument("--artifacts", metavar="DIR")
     return parser
 
 
@@ -67,21 +91,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     unknown = [s for s in refresh if s not in (*STEPS, "all")]
     if unknown:
         raise UsageError(f"--refresh {unknown[0]!r} is not a step: use one of {', '.join(STEPS)}, or --refresh alone for all.")
+    if args.derived_from and not args.start_from:
+        raise UsageError("--run needs --from STEP: say from which step to recompute, e.g. --from train --run RUN_ID.")
     store = _store(args)
-    run_id = new_run_id()
+    derived_from = store.resolve_run(args.derived_from).name if args.derived_from else None
+    return _execute(store, config, refresh=refresh, data_dir=args.data_dir, start_from=args.start_from, derived_from=derived_from)
 
+
+def cmd_step(args: argparse.Namespace) -> int:
+    store = _store(args)
+    source = store.resolve_run(args.derived_from)
+    recorded = read_json(source / "manifest.json")
+    config = load_config(base=recorded["config"], overrides=args.overrides)
+    return _execute(store, config, only_step=args.step, derived_from=source.name)
+
+
+def _execute(store: ArtifactStore, config: RunConfig, **options) -> int:
+    """Run the flow under a fresh run id; print the test metrics (if evaluated) and the run folder last."""
     from prefect import tags
 
     from flows.pipeline import rnnflow_pipeline
 
+    run_id = new_run_id()
     with tags(f"preset:{config.preset}", f"cell:{config.model.cell}"):
-        state = rnnflow_pipeline(
-            config=config, artifacts_root=str(store.root), run_id=run_id, refresh=refresh, data_dir=args.data_dir, return_state=True
-        )
+        state = rnnflow_pipeline(config=config, artifacts_root=str(store.root), run_id=run_id, return_state=True, **options)
     folder = store.run_dir(run_id)
     if state.is_completed():
-        metrics = read_json(folder / "evaluate" / "metrics.json")["test"]
-        print(f"test accuracy {metrics['accuracy']:.4f}  f1 {metrics['f1']:.4f}  roc_auc {metrics['roc_auc']}")
+        metrics_file = folder / "evaluate" / "metrics.json"
+        if metrics_file.exists():
+            metrics = read_json(metrics_file)["test"]
+            print(f"test accuracy {metrics['accuracy']:.4f}  f1 {metrics['f1']:.4f}  roc_auc {metrics['roc_auc']}")
         print(folder)
         return EXIT_OK
     manifest = read_json(folder / "manifest.json") if (folder / "manifest.json").exists() else {}
@@ -90,6 +129,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"rnnflow: {reason}", file=sys.stderr)
     print(folder)
     return EXIT_FAILED
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from prefect.settings import PREFECT_API_URL
+
+    config = _load(args)
+    if not (os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()):
+        raise UsageError(
+            "rnnflow serve needs a running Prefect server to hold the schedule: start one with 'make ui' "
+            "and export PREFECT_API_URL=http://127.0.0.1:4200/api."
+        )
+    from flows.pipeline import rnnflow_pipeline
+
+    schedule = {"cron": args.cron} if args.cron else {"interval": args.interval}
+    rnnflow_pipeline.serve(
+        name=args.name,
+        parameters={"config": config.as_dict(), "artifacts_root": str(_store(args).root)},
+        tags=[f"preset:{config.preset}", f"cell:{config.model.cell}"],
+        description="rnnflow: train and report a recurrent text classifier on a schedule.",
+        **schedule,
+    )
+    return EXIT_OK
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -119,7 +182,33 @@ def cmd_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "runs": cmd_runs, "presets": cmd_presets, "config": cmd_config}
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tasks.predict import (
+        PredictionInputError, check_output_path, format_predictions, load_predictor, predict_texts, read_texts, write_predictions,
+    )
+
+    if bool(args.texts) == bool(args.input):
+        raise UsageError("Give the texts to label or --input FILE (one of the two): e.g. rnnflow predict \"a moving film\".")
+    try:
+        output = check_output_path(Path(args.output)) if args.output else None
+        folder = _store(args).resolve_run(args.run)
+        texts = read_texts(Path(args.input), args.text_column) if args.input else list(args.texts)
+        predictor = load_predictor(folder)
+    except (PredictionInputError, FileNotFoundError) as error:
+        raise UsageError(str(error)) from None
+    predictions = predict_texts(predictor, texts)
+    if output is None:
+        print(f"run {folder.name}")
+        print(format_predictions(predictions))
+        return EXIT_OK
+    write_predictions(predictions, output)
+    counts = ", ".join(f"{label} {n}" for label, n in predictions["label"].value_counts().sort_index().items())
+    print(f"{len(predictions)} predictions from run {folder.name} ({counts})")
+    print(output)
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "step": cmd_step, "serve": cmd_serve, "runs": cmd_runs, "presets": cmd_presets, "config": cmd_config, "predict": cmd_predict}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

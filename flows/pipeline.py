@@ -1,6 +1,5 @@
 """The rnnflow pipeline: ingest -> validate -> encode -> train -> evaluate -> report. Wiring only."""
 
-from __future__ import annotations
 
 import time
 from pathlib import Path

@@ -27,7 +27,7 @@ STEP_MODULES: dict[str, tuple[str, ...]] = {
     "ingest": ("ingest", "synthetic", "text"),
     "validate": ("validate", "text"),
     "encode": ("encode", "text"),
-    "train": ("train", "models"),
+    "train": ("train", "models", "export"),
     "evaluate": ("evaluate",),
     "report": ("report",),
 }

@@ -101,6 +101,7 @@ class ModelConfig(Section):
     embedding_dim: int = Field(default=64, ge=1)
     mask_padding: bool = True
     dropout: float = Field(default=0.0, ge=0, lt=1)
+    pooling: Literal["last", "mean", "max"] = Field(default="last", description="the last state, or the mean/max over all steps")
     dense_units: int = Field(default=0, ge=0)
 
 

@@ -70,10 +70,14 @@ def build_model(cfg: ModelConfig, *, num_tokens: int, max_len: int, n_classes: i
     for depth, (cell, units) in enumerate(stack, start=1):
         last = depth == len(stack)
         # Defaults kept on purpose (tanh, sigmoid, no recurrent dropout): they are the cuDNN path.
-        rnn = _CELLS[cell](units, return_sequences=not last, name=f"{cell}_{depth}")
+        rnn = _CELLS[cell](units, return_sequences=not last or cfg.pooling != "last", name=f"{cell}_{depth}")
         x = layers.Bidirectional(rnn, name=f"bidirectional_{depth}")(x) if cfg.bidirectional else rnn(x)
         if cfg.dropout:
             x = layers.Dropout(cfg.dropout, name=f"dropout_{depth}")(x)
+    if cfg.pooling == "mean":  # the average state over the real (unmasked) steps
+        x = layers.GlobalAveragePooling1D(name="mean_over_time")(x)
+    elif cfg.pooling == "max":
+        x = layers.GlobalMaxPooling1D(name="max_over_time")(x)
     if cfg.dense_units:
         x = layers.Dense(cfg.dense_units, activation="relu", name="dense_hidden")(x)
     if n_classes == 2:

@@ -14,7 +14,8 @@ from prefect import task
 
 from tasks.caching import StepCachePolicy, produce_step
 from tasks.config import ModelConfig, TrainConfig
-from tasks.encode import load_arrays
+from tasks.encode import Vocabulary, load_arrays
+from tasks.export import export_text_model
 from tasks.models import build_model, cudnn_eligible, summary_text
 from tasks.store import StepOutput, read_json, write_json, write_text
 
@@ -52,8 +53,17 @@ class EpochReport(keras.callbacks.Callback):
 
 
 def train_model(
-    model_cfg: ModelConfig, train_cfg: TrainConfig, encode_dir: Path, out_dir: Path, on_epoch: EpochHook | None = None
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    encode_dir: Path,
+    out_dir: Path,
+    on_epoch: EpochHook | None = None,
+    strip_html: bool = True,
 ) -> dict[str, Any]:
+    """Fit, keep the best epoch as model.keras, and export it with its preprocessing as model_text.keras.
+
+    strip_html is ingest's data.strip_html, which the string model's cleaning must repeat.
+    """
     keras.utils.set_random_seed(train_cfg.seed)
     encoding = read_json(Path(encode_dir) / "encode.json")
     labels = read_json(Path(encode_dir) / "labels.json") if (Path(encode_dir) / "labels.json").exists() else None
@@ -86,6 +96,11 @@ def train_model(
     seconds = time.perf_counter() - started
     if not checkpoint.exists():  # val_loss was NaN every epoch: keep the last weights rather than nothing
         model.save(checkpoint)
+    # Wrap the checkpoint, the file evaluate and predict load, so both models hold the very same weights.
+    export_text_model(
+        keras.models.load_model(checkpoint, compile=False), Vocabulary.load(Path(encode_dir) / "vocab.json"),
+        out_dir / "model_text.keras", strip_html=strip_html,
+    )
 
     curves = {name: [float(v) for v in values] for name, values in history.history.items()}
     epochs_run = len(curves.get("loss", []))
@@ -133,4 +148,5 @@ def _progress_hook() -> EpochHook | None:
 def train_task(root: str, section: dict, upstream: dict) -> StepOutput:
     model_cfg, train_cfg = ModelConfig(**section["model"]), TrainConfig(**section["train"])
     hook = _progress_hook()
-    return produce_step(root, "train", section, upstream, lambda out: train_model(model_cfg, train_cfg, upstream["encode"].path, out, hook))
+    strip_html = section.get("strip_html", True)  # the flow does not pass data.strip_html to train yet: ingest's default
+    return produce_step(root, "train", section, upstream, lambda out: train_model(model_cfg, train_cfg, upstream["encode"].path, out, hook, strip_html))

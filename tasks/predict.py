@@ -1,0 +1,196 @@
+"""Predict: labels and probabilities for new texts, from a finished run's vocabulary and model.
+
+New texts take the path training texts took: ingest's cleaning (tasks.text.clean_text, with the
+run's data.strip_html), then the run's own Vocabulary.encode. Nothing here cleans, tokenizes or
+pads on its own, so serving cannot drift from training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from tasks.encode import OOV, Vocabulary
+from tasks.evaluate import predict_probabilities
+from tasks.store import atomic_path, read_json
+from tasks.text import clean_text
+
+INPUT_SUFFIXES = (".txt", ".csv", ".parquet")
+OUTPUT_SUFFIXES = (".parquet", ".csv")
+
+
+class PredictionInputError(ValueError):
+    """Input to predict that the user must fix; the message is one sentence naming the file and the way out."""
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """What predicting needs from a run: its encoder, its label names and its trained model."""
+
+    run_folder: Path
+    vocabulary: Vocabulary
+    labels: list[str]
+    model: Any  # keras.Model
+    strip_html: bool = True
+
+
+def ingest_strip_html(data_config: dict[str, Any]) -> bool:
+    """Whether ingest stripped HTML from a run's texts: data.strip_html, except keras_imdb, whose texts it never cleans."""
+    if data_config.get("source") == "keras_imdb":
+        return False
+    return bool(data_config.get("strip_html", True))  # runs from before the setting always stripped
+
+
+def load_predictor(run_folder: Path) -> Predictor:
+    """The run's vocabulary (encode/vocab.json), labels (encode/labels.json), model (train/model.keras)
+    and ingest's cleaning (manifest.json)."""
+    run_folder = Path(run_folder)
+    needed = [
+        run_folder / "encode" / "vocab.json", run_folder / "encode" / "labels.json", run_folder / "train" / "model.keras",
+        run_folder / "manifest.json",
+    ]
+    missing = [path for path in needed if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"Run {run_folder.name} has no {missing[0].relative_to(run_folder)}: its steps did not all complete; "
+            f"choose a completed run ('rnnflow runs' lists them)."
+        )
+    import keras
+
+    import tasks.models  # noqa: F401  (registers the custom layers before loading)
+
+    return Predictor(
+        run_folder=run_folder,
+        vocabulary=Vocabulary.load(needed[0]),
+        labels=list(read_json(needed[1])),
+        model=keras.models.load_model(needed[2], compile=False),
+        strip_html=ingest_strip_html((read_json(needed[3]).get("config") or {}).get("data") or {}),
+    )
+
+
+def encode_texts(predictor: Predictor, texts: Sequence[str]) -> tuple[np.ndarray, list[list[int]]]:
+    """Raw texts -> (padded ids, unpadded ids), exactly as ingest cleaned and encode encoded the training reviews."""
+    return predictor.vocabulary.encode([clean_text(text, predictor.strip_html) for text in texts])
+
+
+def predict_texts(predictor: Predictor, texts: Sequence[str], batch_size: int = 256) -> pd.DataFrame:
+    """One row per text, in order: text, label, probability (of that label), probability_<label> per class,
+    tokens (words found), unknown_tokens (words outside the vocabulary), truncated (longer than max_len)."""
+    texts = [str(text) for text in texts]
+    if texts:
+        padded, sequences = encode_texts(predictor, texts)
+        probabilities = predict_probabilities(predictor.model, padded, batch_size=batch_size)
+    else:  # Keras cannot predict on zero rows; an empty table keeps the columns and their types
+        sequences, probabilities = [], np.zeros((0, len(predictor.labels)))
+    best = probabilities.argmax(axis=1)
+    frame = pd.DataFrame({"text": pd.Series(texts, dtype="object")})
+    frame["label"] = pd.Series([predictor.labels[i] for i in best], dtype="object")
+    frame["probability"] = probabilities.max(axis=1)
+    for index, name in enumerate(predictor.labels):
+        frame[f"probability_{name}"] = probabilities[:, index]
+    # Each sequence starts with the start id, which is not a word.
+    frame["tokens"] = np.array([len(ids) - 1 for ids in sequences], dtype=np.int64)
+    frame["unknown_tokens"] = np.array([sum(1 for i in ids if i == OOV) for ids in sequences], dtype=np.int64)
+    frame["truncated"] = np.array([len(ids) > predictor.vocabulary.max_len for ids in sequences], dtype=bool)
+    return frame
+
+
+# --------------------------------------------------------------------------- files in and out
+
+
+def read_texts(path: Path, text_column: str = "text") -> list[str]:
+    """Texts from a .txt file (one per line, blank lines skipped) or the text column of a .csv or .parquet file."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in INPUT_SUFFIXES:
+        raise PredictionInputError(f"Input {path} is not a .txt, .csv or .parquet file: give one of those to --input.")
+    if not path.is_file():
+        raise PredictionInputError(f"Input {path} does not exist: check the path given to --input.")
+    try:
+        if suffix == ".txt":
+            texts = [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        elif suffix == ".csv":
+            texts = _csv_column(path, text_column)
+        else:
+            texts = _parquet_column(path, text_column)
+    except UnicodeDecodeError as error:
+        raise PredictionInputError(f"Input {path} is not valid UTF-8 (byte {error.start}): re-save it as UTF-8.") from None
+    if not texts:
+        raise PredictionInputError(f"Input {path} holds no texts: give a file with at least one review.")
+    return texts
+
+
+def _missing_column(path: Path, column: str, columns: Sequence[str]) -> PredictionInputError:
+    listed = ", ".join(repr(str(c)) for c in columns) or "none"
+    return PredictionInputError(f"Input {path} has no column {column!r} (its columns: {listed}): name the text column with --text-column.")
+
+
+def _csv_column(path: Path, column: str) -> list[str]:
+    import csv
+
+    try:
+        # Empty cells stay empty texts (keep_default_na=False): a review reading "NA" is still a review.
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")  # -sig: a BOM is not part of a name
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error) as error:
+        raise PredictionInputError(f"Input {path} could not be read as CSV ({str(error).strip().splitlines()[0]}): check its quoting and separators.") from None
+    if column not in frame.columns:
+        raise _missing_column(path, column, list(frame.columns))
+    return frame[column].tolist()
+
+
+def _parquet_column(path: Path, column: str) -> list[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as error:
+        raise PredictionInputError(f"Input {path} could not be read as Parquet ({error}): check that the file is complete.") from None
+    if column not in schema.names:
+        raise _missing_column(path, column, schema.names)
+    field_type = schema.field(column).type
+    if not (pa.types.is_string(field_type) or pa.types.is_large_string(field_type)):
+        raise PredictionInputError(f"Column {column!r} of {path} holds {field_type}, not text: name the text column with --text-column.")
+    values = pq.read_table(path, columns=[column]).column(column).to_pylist()
+    blanks = [row for row, value in enumerate(values, start=1) if value is None]
+    if blanks:
+        raise PredictionInputError(
+            f"Column {column!r} of {path} is empty in {len(blanks)} row(s), first row {blanks[0]}: fill or drop those rows."
+        )
+    return values
+
+
+def check_output_path(path: Path) -> Path:
+    """The --output path if its suffix is one we write; checked before any work is done."""
+    path = Path(path)
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise PredictionInputError(f"Output {path} must end in .parquet or .csv: rnnflow writes predictions in one of those.")
+    return path
+
+
+def write_predictions(frame: pd.DataFrame, path: Path) -> Path:
+    """Predictions as Parquet or CSV (by suffix), renamed into place only when complete."""
+    path = check_output_path(path)
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() == ".parquet":
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False)
+    return path
+
+
+def format_predictions(frame: pd.DataFrame, max_rows: int = 20, text_width: int = 60) -> str:
+    """A plain table of label, probability and the start of each text, for a terminal."""
+    label_width = max([5, *(len(str(label)) for label in frame["label"])])
+    lines = [f"{'label':<{label_width}}  {'probability':>11}  text"]
+    for row in frame.head(max_rows).itertuples(index=False):
+        text = " ".join(str(row.text).split())
+        shown = text if len(text) <= text_width else text[: text_width - 3] + "..."
+        lines.append(f"{row.label:<{label_width}}  {row.probability:>11.4f}  {shown}")
+    if len(frame) > max_rows:
+        lines.append(f"... {len(frame) - max_rows} more; write them all with --output FILE.parquet or FILE.csv")
+    return "\n".join(lines)

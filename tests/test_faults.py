@@ -1,0 +1,125 @@
+"""Real processes: a run killed mid-step, two runs at once, and a served deployment."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.store import ArtifactStore
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = [
+    "--preset", "demo",
+    "--set", "data.synthetic_reviews=160",
+    "--set", "encode.num_words=200",
+    "--set", "encode.max_len=40",
+    "--set", "model.units=8",
+    "--set", "model.embedding_dim=8",
+    "--set", "train.learning_rate=0.01",
+]
+
+
+def _env() -> dict[str, str]:
+    from prefect.settings import PREFECT_API_URL
+
+    env = dict(os.environ)
+    env["PREFECT_API_URL"] = PREFECT_API_URL.value()  # the test harness's server
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "flows.cli", *args]
+
+
+def _statuses(folder: Path) -> dict[str, str]:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return {name: entry["status"] for name, entry in manifest["steps"].items()}
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_run_killed_during_train_leaves_the_cache_whole(prefect_api, tmp_path: Path):
+    root = tmp_path / "artifacts"
+    args = [*TINY, "--set", "train.epochs=60", "--set", "train.patience=60", "--artifacts", str(root)]
+    victim = subprocess.Popen(_cli("run", *args), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    train_cache = root / "cache" / "train"
+    try:
+        _wait_for(lambda: train_cache.is_dir() and any(train_cache.glob(".*.partial")), 240, "training to start")
+        time.sleep(1.0)
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+    assert not [p for p in train_cache.iterdir() if not p.name.startswith(".")], "no train entry was published"
+
+    (killed,) = (root / "runs").iterdir()
+    assert json.loads((killed / "manifest.json").read_text())["status"] == "running", "the killed run shows it never finished"
+
+    done = subprocess.run(_cli("run", *args[:-4], "--set", "train.epochs=60", "--set", "train.patience=1", "--artifacts", str(root)),
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    folder = Path(done.stdout.strip().splitlines()[-1])
+    statuses = _statuses(folder)
+    assert statuses["ingest"] == statuses["validate"] == statuses["encode"] == "cached"
+    assert statuses["train"] == "completed"
+
+
+def test_two_runs_at_once_both_finish_sharing_the_cache(prefect_api, tmp_path: Path):
+    root = tmp_path / "artifacts"
+    args = _cli("run", *TINY, "--set", "train.epochs=2", "--artifacts", str(root))
+    runs = [subprocess.Popen(args, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [run.communicate(timeout=600) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in results]
+    folders = {Path(out.strip().splitlines()[-1]) for out, _ in results}
+    assert len(folders) == 2, "each run has its own folder"
+    store = ArtifactStore(root)
+    for step_dir in store.cache_dir.iterdir():
+        entries = [p for p in step_dir.iterdir() if not p.name.startswith(".")]
+        assert len(entries) == 1, f"{step_dir.name} computed once"
+        assert store.read_entry(step_dir.name, entries[0].name) is not None, f"{step_dir.name} entry intact"
+    for folder in folders:
+        assert json.loads((folder / "manifest.json").read_text())["status"] == "completed"
+
+
+def test_a_served_deployment_runs_when_triggered(prefect_api, tmp_path: Path):
+    from prefect.deployments import run_deployment
+
+    root = tmp_path / "artifacts"
+    server = subprocess.Popen(
+        _cli("serve", *TINY, "--set", "train.epochs=1", "--cron", "0 3 * * *", "--name", "rnnflow-test", "--artifacts", str(root)),
+        cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        state = None
+        deadline = time.monotonic() + 120
+        while state is None:
+            try:
+                flow_run = run_deployment("rnnflow/rnnflow-test", timeout=400)
+                state = flow_run.state
+            except Exception:  # the deployment is not registered yet
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(2)
+        assert state.is_completed(), state
+        (folder,) = (root / "runs").iterdir()
+        assert json.loads((folder / "manifest.json").read_text())["status"] == "completed"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
