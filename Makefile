@@ -7,7 +7,7 @@ VENV := .venv
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup run demo test bench ui clean
+.PHONY: setup run demo test bench ui deploy clean
 
 # uv itself lives in its own small venv, so `uv sync` can manage .venv exactly.
 $(UV):
@@ -31,6 +31,9 @@ test: setup  ## the test suite, offline
 
 ui: setup  ## a local Prefect server and UI on http://127.0.0.1:4200
 	$(VENV)/bin/prefect server start
+
+deploy: setup  ## register prefect.yaml's deployments with the server at $$PREFECT_API_URL
+	RNNFLOW_PROJECT_DIR=$(CURDIR) $(VENV)/bin/prefect --no-prompt deploy --all
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache

@@ -114,6 +114,17 @@ class TrainConfig(Section):
     seed: int = 1337
 
 
+# The keys of metrics.json's "test" block that a promotion can be judged on ("n" is a count, not a score).
+PromoteMetric = Literal["accuracy", "loss", "precision", "recall", "f1", "roc_auc"]
+
+
+class PromoteConfig(Section):
+    enabled: bool = Field(default=True, description="compare each run with the champion and promote it when better")
+    metric: PromoteMetric = Field(default="accuracy", description="the test metric that decides; loss counts lower as better")
+    min_delta: float = Field(default=0.0, ge=0, description="promote only when new > champion + min_delta (new < champion - min_delta for loss)")
+    floors: dict[PromoteMetric, float] = Field(default_factory=dict, description="metric -> the least the new run must reach (the most, for loss)")
+
+
 class RunConfig(Section):
     preset: str = "default"
     data: DataConfig = Field(default_factory=DataConfig)
@@ -121,6 +132,7 @@ class RunConfig(Section):
     encode: EncodeConfig = Field(default_factory=EncodeConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    promote: PromoteConfig = Field(default_factory=PromoteConfig)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
 

@@ -23,11 +23,18 @@ INDEX_FROM = 3
 
 
 class Vocabulary:
-    """Word -> id for the words kept from training; the one encoder for training and prediction alike."""
+    """Token -> id for the tokens kept from training; the one encoder for training and prediction alike.
 
-    def __init__(self, tokens: Sequence[str], *, lowercase: bool = True, max_len: int, padding: str, truncating: str):
+    Tokens are words or single characters (encode.tokenizer); either way ids 0, 1 and 2 are
+    reserved (padding, start, out of vocabulary) and kept tokens count up from 3 by frequency.
+    """
+
+    def __init__(
+        self, tokens: Sequence[str], *, lowercase: bool = True, max_len: int, padding: str, truncating: str, tokenizer: str = "word"
+    ):
         self.tokens = list(tokens)
-        self.ids = {word: i + INDEX_FROM for i, word in enumerate(self.tokens)}
+        self.ids = {token: i + INDEX_FROM for i, token in enumerate(self.tokens)}
+        self.tokenizer = tokenizer
         self.lowercase = lowercase
         self.max_len = max_len
         self.padding = padding
@@ -37,21 +44,25 @@ class Vocabulary:
     def build(cls, texts: Iterable[str], cfg: EncodeConfig, max_len: int) -> "Vocabulary":
         counts: Counter[str] = Counter()
         for text in texts:
-            counts.update(tokenize(text, cfg.lowercase))
+            counts.update(tokenize(text, cfg.lowercase, cfg.tokenizer))
         # Ties broken alphabetically so the same corpus always gives the same ids.
         ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-        kept = [word for word, _ in ranked[: cfg.num_words - INDEX_FROM]]
-        return cls(kept, lowercase=cfg.lowercase, max_len=max_len, padding=cfg.padding, truncating=cfg.truncating)
+        kept = [token for token, _ in ranked[: cfg.num_words - INDEX_FROM]]
+        return cls(kept, lowercase=cfg.lowercase, max_len=max_len, padding=cfg.padding, truncating=cfg.truncating, tokenizer=cfg.tokenizer)
 
     @classmethod
     def load(cls, path: Path) -> "Vocabulary":
         data = read_json(path)
-        return cls(data["tokens"], lowercase=data["lowercase"], max_len=data["max_len"], padding=data["padding"], truncating=data["truncating"])
+        return cls(
+            data["tokens"], lowercase=data["lowercase"], max_len=data["max_len"], padding=data["padding"], truncating=data["truncating"],
+            tokenizer=data.get("tokenizer", "word"),  # vocab.json files from before the char tokenizer are word-level
+        )
 
     def save(self, path: Path) -> None:
         write_json(
             path,
             {
+                "tokenizer": self.tokenizer,
                 "pad": PAD, "start": START, "oov": OOV, "index_from": INDEX_FROM,
                 "lowercase": self.lowercase, "max_len": self.max_len,
                 "padding": self.padding, "truncating": self.truncating,
@@ -65,7 +76,7 @@ class Vocabulary:
 
     def to_ids(self, text: str) -> list[int]:
         get = self.ids.get
-        return [START] + [get(word, OOV) for word in tokenize(text, self.lowercase)]
+        return [START] + [get(token, OOV) for token in tokenize(text, self.lowercase, self.tokenizer)]
 
     def encode(self, texts: Iterable[str]) -> tuple[np.ndarray, list[list[int]]]:
         """(padded int32 matrix, unpadded id lists) for raw texts."""
@@ -110,7 +121,9 @@ def encode_reviews(cfg: EncodeConfig, ingest_dir: Path, out_dir: Path) -> dict[s
     provisional = Vocabulary.build(train_texts, cfg, max_len=1)
     train_lengths = np.fromiter((len(provisional.to_ids(t)) for t in train_texts), dtype=np.int64)
     max_len = resolve_max_len(cfg, train_lengths)
-    vocab = Vocabulary(provisional.tokens, lowercase=cfg.lowercase, max_len=max_len, padding=cfg.padding, truncating=cfg.truncating)
+    vocab = Vocabulary(
+        provisional.tokens, lowercase=cfg.lowercase, max_len=max_len, padding=cfg.padding, truncating=cfg.truncating, tokenizer=cfg.tokenizer
+    )
     vocab.save(out_dir / "vocab.json")
     write_json(out_dir / "labels.json", read_json(Path(ingest_dir) / "ingest.json")["labels"])
 

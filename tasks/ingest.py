@@ -1,15 +1,26 @@
-"""Ingest: raw labelled reviews in, one Parquet file per split (train, val, test) out."""
+"""Ingest: raw labelled texts in, one Parquet file per split (train, val, test) out.
+
+Sources (data.source), all ending in the same files (text, label, rating, id + ingest.json):
+
+    imdb        the aclImdb archive or its unpacked folder
+    synthetic   seeded review-like texts, no file
+    table       CSV, TSV, Parquet or JSON Lines: one file, or a train/test pair
+    keras_imdb  Keras' imdb.npz (integer-encoded), decoded back to text
+"""
 
 from __future__ import annotations
 
+import json
+import pickle
 import re
 import shutil
 import tarfile
 import urllib.error
 import urllib.request
+import zipfile
 import zlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -25,6 +36,12 @@ from tasks.text import clean_text
 
 IMDB_LABELS = ["neg", "pos"]
 SPLITS = ("train", "val", "test")
+# Keras' copy of the integer-encoded reviews, and its sha256 as keras.datasets.imdb.load_data checks it.
+KERAS_IMDB_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/imdb.npz"
+KERAS_IMDB_SHA256 = "69664113be75683a8fe16e3ed0ab59fda8886cb3cd7ada244f7d9544e4676b9f"
+KERAS_IMDB_DEFAULT_PATH = "data/imdb.npz"
+TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}
+SPLIT_VALUES = ("train", "test")
 _MEMBER = re.compile(r"^(?:\./)?aclImdb/(train|test)/(pos|neg)/(\d+)_(\d+)\.txt$")
 _SCHEMA = pa.schema([("text", pa.string()), ("label", pa.int64()), ("rating", pa.int64()), ("id", pa.int64())])
 
@@ -75,10 +92,21 @@ def download(url: str, target: Path, timeout: float = 60) -> Path:
     return target
 
 
+def input_path(cfg: DataConfig) -> str:
+    """data.path, except that source=keras_imdb left at the aclImdb default means data/imdb.npz."""
+    if cfg.source == "keras_imdb" and Path(cfg.path) == Path(DataConfig().path):
+        return KERAS_IMDB_DEFAULT_PATH
+    return cfg.path
+
+
 def locate_source(cfg: DataConfig, data_dir: Path = Path("data")) -> dict[str, Any]:
     """Where the input is on disk (downloading it once if needed) and a fingerprint of its content."""
     if cfg.source == "synthetic":
         return {"source": "synthetic", "path": None, "fingerprint": fingerprint(["synthetic", cfg.synthetic_reviews, cfg.synthetic_positive_fraction, cfg.seed])}
+    if cfg.source == "table":
+        return _locate_table(cfg)
+    if cfg.source == "keras_imdb":
+        return _locate_keras_imdb(cfg)
     if is_url(cfg.path):
         local = data_dir / Path(cfg.path.split("?")[0]).name
         if not local.exists():
@@ -97,6 +125,83 @@ def locate_source(cfg: DataConfig, data_dir: Path = Path("data")) -> dict[str, A
     else:
         digest = sha256_file(local)
     return {"source": cfg.source, "path": str(local), "fingerprint": digest}
+
+
+def _existing_file(path: str, key: str, what: str) -> Path:
+    local = Path(path).expanduser()
+    if not local.exists():
+        raise IngestError(f"Input {local} does not exist: pass {what} with --set {key}=PATH.")
+    if not local.is_file():
+        raise IngestError(f"Input {local} is a folder, not a file: pass {what} with --set {key}=PATH.")
+    return local.resolve()
+
+
+def table_format(path: Path) -> str:
+    """csv, tsv, parquet or jsonl, from the file's extension."""
+    fmt = TABLE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise IngestError(
+            f"Input {path} has the extension {path.suffix or '(none)'!r}, which source=table cannot read: "
+            f"save it as .csv, .tsv, .parquet or .jsonl (JSON Lines; .json also works), or rename it to match its format."
+        )
+    return fmt
+
+
+def _locate_table(cfg: DataConfig) -> dict[str, Any]:
+    if Path(cfg.path) == Path(DataConfig().path):
+        raise IngestError("source=table reads the file named by data.path, which is still the IMDb archive default: pass your table with --set data.path=/path/to/reviews.csv.")
+    local = _existing_file(cfg.path, "data.path", "a .csv, .tsv, .parquet or .jsonl table")
+    formats = {"path": table_format(local)}
+    test = None
+    if cfg.test_path:
+        if cfg.split_column:
+            raise IngestError(f"Both data.test_path ({cfg.test_path}) and data.split_column ({cfg.split_column!r}) say where the test rows are: keep one of them.")
+        test = _existing_file(cfg.test_path, "data.test_path", "the test table")
+        formats["test_path"] = table_format(test)
+    digest = fingerprint([sha256_file(local), sha256_file(test) if test else None])
+    return {"source": "table", "path": str(local), "test_path": str(test) if test else None, "format": formats, "fingerprint": digest}
+
+
+def _locate_keras_imdb(cfg: DataConfig) -> dict[str, Any]:
+    path = input_path(cfg)
+    local = Path(path).expanduser()
+    if not local.exists() and Path(path) == Path(KERAS_IMDB_DEFAULT_PATH):
+        download_keras_imdb(local)
+    local = _existing_file(path, "data.path", "Keras' imdb.npz")
+    word_index = _existing_file(cfg.word_index_path, "data.word_index_path", "Keras' imdb_word_index.json") if cfg.word_index_path else None
+    digest = fingerprint([sha256_file(local), sha256_file(word_index) if word_index else None])
+    return {"source": "keras_imdb", "path": str(local), "word_index_path": str(word_index) if word_index else None, "fingerprint": digest}
+
+
+def download_keras_imdb(target: Path, url: str | None = None, timeout: float = 60) -> Path:
+    """Fetch Keras' imdb.npz into target through keras.utils.get_file, which checks its sha256."""
+    import socket
+
+    import keras
+
+    target = Path(target).expanduser().resolve()
+    url = url or KERAS_IMDB_URL
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # get_file's urlretrieve has no timeout of its own: on a network that drops packets it would wait forever.
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)
+    try:
+        # get_file takes a bare file name plus a folder; it removes a partial file when the fetch fails.
+        fetched = keras.utils.get_file(
+            fname=target.name, origin=url, file_hash=KERAS_IMDB_SHA256, cache_dir=str(target.parent), cache_subdir=""
+        )
+    except Exception as err:  # get_file wraps every network failure in a bare Exception
+        # "URL fetch failure on <url>: <code> -- <reason>": the url is in our sentence already.
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0].rsplit(" -- ", 1)[-1]
+        raise DownloadError(
+            f"Could not download {url} ({reason}): this machine may have no network; "
+            f"fetch imdb.npz elsewhere and pass it with --set data.path=/path/to/imdb.npz."
+        ) from None
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
+    if Path(fetched).resolve() != target:  # get_file falls back to /tmp when the folder is not writable
+        shutil.copyfile(fetched, target)
+    return target
 
 
 # --------------------------------------------------------------------------- reading the IMDb layout
@@ -136,7 +241,7 @@ def _iter_folder(path: Path) -> Iterator[tuple[str, str, int, int, bytes]]:
             yield split, polarity, int(review_id), int(rating), file.read_bytes()
 
 
-def read_imdb(path: Path) -> dict[str, pd.DataFrame]:
+def read_imdb(path: Path, strip_html: bool = True) -> dict[str, pd.DataFrame]:
     """The IMDb layout (aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt) as a frame per split."""
     rows: dict[str, list[tuple[str, int, int, int]]] = {"train": [], "test": []}
     reader = _iter_folder(path) if path.is_dir() else _iter_archive(path)
@@ -147,7 +252,7 @@ def read_imdb(path: Path) -> dict[str, pd.DataFrame]:
             raise IngestError(
                 f"{split}/{polarity}/{review_id}_{rating}.txt in {path} is not valid UTF-8 (byte {err.start}): re-save it as UTF-8."
             ) from None
-        rows[split].append((clean_text(text), IMDB_LABELS.index(polarity), rating, review_id))
+        rows[split].append((clean_text(text, strip_html), IMDB_LABELS.index(polarity), rating, review_id))
     frames = {}
     for split, items in rows.items():
         if not items:
@@ -155,6 +260,379 @@ def read_imdb(path: Path) -> dict[str, pd.DataFrame]:
         frame = pd.DataFrame(items, columns=["text", "label", "rating", "id"])
         frames[split] = frame.sort_values(["label", "id"], kind="stable").reset_index(drop=True)
     return frames
+
+
+# --------------------------------------------------------------------------- reading tables
+
+_COLUMN_KEYS = ("text_column", "label_column", "split_column", "rating_column", "id_column")
+
+
+def first_invalid_utf8(path: Path, block_size: int = 1 << 20) -> tuple[int, int] | None:
+    """(byte offset, line number) of the first byte that is not UTF-8, or None for a clean file."""
+    offset, line, carry = 0, 1, b""
+    with open(path, "rb") as handle:
+        while True:
+            block = handle.read(block_size)
+            data = carry + block
+            if not data:
+                return None
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as err:
+                if block and err.reason == "unexpected end of data":
+                    # A character cut in two by the block boundary: finish it with the next block.
+                    done, carry = data[: err.start], data[err.start :]
+                    offset, line = offset + len(done), line + done.count(b"\n")
+                    continue
+                return offset + err.start, line + data[: err.start].count(b"\n")
+            if not block:
+                return None
+            offset, line, carry = offset + len(data), line + data.count(b"\n"), b""
+
+
+def _short(error: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _header(path: Path, delimiter: str) -> list[str]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        return next(csv.reader(handle, delimiter=delimiter), [])
+
+
+def _read_json_records(path: Path) -> pd.DataFrame:
+    import pyarrow.json as pajson
+
+    with open(path, "rb") as handle:
+        opening = handle.read(256).lstrip()
+    if opening.startswith(b"["):  # a .json file holding one array of objects rather than JSON Lines
+        try:
+            records = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise IngestError(f"{path} is not valid JSON at line {err.lineno}, column {err.colno} ({err.msg}): fix it there.") from None
+        if not all(isinstance(record, dict) for record in records):
+            raise IngestError(f"{path} holds a JSON array whose items are not all objects: write one object per review, e.g. {{\"text\": \"...\", \"label\": 1}}.")
+        return pd.DataFrame.from_records(records)
+    try:
+        return pajson.read_json(path).to_pandas()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass  # mixed types in one column (label 1 on a line, "pos" on another), or a broken line: read line by line
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise IngestError(f"Line {number} of {path} is not valid JSON ({err.msg}): fix that line; JSON Lines holds one object per line.") from None
+            if not isinstance(record, dict):
+                raise IngestError(f"Line {number} of {path} is a JSON {type(record).__name__}, not an object: JSON Lines holds one object per line, e.g. {{\"text\": \"...\", \"label\": 1}}.")
+            records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def read_table(path: Path, fmt: str, columns: dict[str, str]) -> pd.DataFrame:
+    """The named columns of a table (columns: config key -> column name), read with pyarrow where it can.
+
+    CSV and TSV columns are read as strings and converted here, so a bad value is reported by row
+    rather than as a type clash deep in a block; an empty cell is missing.
+    """
+    path = Path(path)
+    if fmt in ("csv", "tsv", "jsonl"):
+        bad = first_invalid_utf8(path)
+        if bad:
+            raise IngestError(f"{path} is not valid UTF-8 at byte {bad[0]} (line {bad[1]}): re-save it with UTF-8 encoding (in a spreadsheet: CSV UTF-8).")
+    try:
+        if fmt in ("csv", "tsv"):
+            import pyarrow.csv as pacsv
+
+            delimiter = "," if fmt == "csv" else "\t"
+            present = _header(path, delimiter)
+        elif fmt == "parquet":
+            present = pq.read_schema(path).names
+        else:
+            frame = _read_json_records(path)
+            present = [str(c) for c in frame.columns]
+    except IngestError:
+        raise
+    except Exception as err:  # pyarrow and csv raise several types for a damaged file
+        raise IngestError(f"{path} could not be read as {fmt.upper()} ({_short(err)}): check that the file is complete and its extension matches its format.") from None
+    for key, name in columns.items():
+        if name not in present:
+            shown = ", ".join(map(repr, present[:20])) + (", ..." if len(present) > 20 else "")
+            raise IngestError(f"{path} has no column {name!r} for data.{key} (its columns: {shown or 'none'}): name the right one with --set data.{key}=NAME.")
+    wanted = list(dict.fromkeys(columns.values()))
+    try:
+        if fmt in ("csv", "tsv"):
+            table = pacsv.read_csv(
+                path,
+                parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=wanted, column_types={name: pa.string() for name in wanted},
+                    strings_can_be_null=True, null_values=[""],
+                ),
+            )
+            frame = table.to_pandas()
+        elif fmt == "parquet":
+            frame = pq.read_table(path, columns=wanted).to_pandas()
+        else:
+            frame = frame[wanted]
+    except Exception as err:
+        raise IngestError(f"{path} could not be read as {fmt.upper()} ({_short(err)}): fix the file there, or check that its extension matches its format.") from None
+    return frame.reset_index(drop=True)
+
+
+def _first_row(mask: pd.Series) -> int:
+    """The 1-based row number (header not counted) of the first True in mask."""
+    return int(np.flatnonzero(mask.to_numpy(dtype=bool))[0]) + 1
+
+
+def _whole_number(value: Any) -> int | None:
+    """value as an exact int (ids can exceed float precision), None when missing; ValueError when not whole."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    text = value.strip() if isinstance(value, str) else value
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        number = float(text)  # "5.0" is whole; "4.5" and "five" are not
+        if not number.is_integer():
+            raise ValueError(value) from None
+        return int(number)
+
+
+def _whole_numbers(values: pd.Series, path: Path, key: str, column: str) -> pd.Series:
+    """A column of whole numbers as nullable int64; the first value that is not one is named by row."""
+    numbers = []
+    for row, value in enumerate(values.tolist()):
+        try:
+            numbers.append(_whole_number(value))
+        except (TypeError, ValueError, OverflowError):
+            raise IngestError(
+                f"Column {column!r} of {path} (data.{key}) holds {value!r} at row {row + 1}, not a whole number: "
+                f"fix that value or leave data.{key} unset."
+            ) from None
+    return pd.array(numbers, dtype="Int64")
+
+
+def class_names(values: pd.Series) -> pd.Series:
+    """Each label as the string ingest.json records: 1 and 1.0 both become "1", booleans "true"/"false"."""
+    if pd.api.types.is_bool_dtype(values):
+        return values.map(lambda v: "true" if v else "false").astype(object)
+    if pd.api.types.is_numeric_dtype(values):
+        numbers = values.astype("float64")
+    else:
+        names = values.map(lambda v: str(v).lower() if isinstance(v, (bool, np.bool_)) else str(v).strip()).astype(object)
+        numbers = pd.to_numeric(names, errors="coerce")
+        if numbers.isna().any():
+            return names
+    return numbers.map(lambda v: str(int(v)) if float(v).is_integer() else repr(float(v))).astype(object)
+
+
+def sorted_classes(names: Iterable[str]) -> list[str]:
+    """Distinct class names in their recorded order: by value when all are numbers, else alphabetically."""
+    unique = sorted(set(names))
+    numbers = pd.to_numeric(pd.Series(unique, dtype=object), errors="coerce")
+    if not numbers.isna().any():
+        return [name for _, name in sorted(zip(numbers.tolist(), unique))]
+    return unique
+
+
+def _table_rows(path: Path, fmt: str, cfg: DataConfig, with_split: bool) -> pd.DataFrame:
+    """text (cleaned), label (class name), rating, id and, with_split, split: one row per table row, checked."""
+    columns = {key: getattr(cfg, key) for key in _COLUMN_KEYS if getattr(cfg, key) and (key != "split_column" or with_split)}
+    raw = read_table(path, fmt, columns)
+    if raw.empty:
+        raise IngestError(f"{path} has no rows: pass a table with a header and at least one labelled text per class.")
+    texts = raw[cfg.text_column]
+    blank = texts.isna() | texts.astype(object).map(lambda v: isinstance(v, str) and not v.strip())
+    if blank.any():
+        raise IngestError(
+            f"{path} has {int(blank.sum())} missing or empty texts in column {cfg.text_column!r}, the first at row {_first_row(blank)}: drop or fill those rows."
+        )
+    labels = raw[cfg.label_column]
+    if labels.isna().any():
+        missing = labels.isna()
+        raise IngestError(
+            f"{path} has {int(missing.sum())} missing labels in column {cfg.label_column!r}, the first at row {_first_row(missing)}: drop those rows or fill in their labels."
+        )
+    frame = pd.DataFrame(
+        {
+            "text": [clean_text(str(t), cfg.strip_html) for t in texts],
+            "label": class_names(labels).to_numpy(dtype=object),
+            "rating": _whole_numbers(raw[cfg.rating_column], path, "rating_column", cfg.rating_column)
+            if cfg.rating_column else pd.array([None] * len(raw), dtype="Int64"),
+        }
+    )
+    if cfg.id_column:
+        ids = raw[cfg.id_column]
+        if ids.isna().any():
+            raise IngestError(f"Column {cfg.id_column!r} of {path} (data.id_column) is empty at row {_first_row(ids.isna())}: give every row an id or leave data.id_column unset.")
+        frame["id"] = _whole_numbers(ids, path, "id_column", cfg.id_column).astype("int64")
+    else:
+        frame["id"] = np.arange(1, len(raw) + 1, dtype=np.int64)  # the row number, as error messages count rows
+    if with_split and cfg.split_column:
+        split = raw[cfg.split_column].astype(object).map(lambda v: v.strip().lower() if isinstance(v, str) else v)
+        bad = ~split.isin(SPLIT_VALUES)
+        if bad.any():
+            row = _first_row(bad)
+            raise IngestError(
+                f"Split column {cfg.split_column!r} of {path} holds {raw[cfg.split_column].iloc[row - 1]!r} at row {row}: use only train or test there "
+                f"(validation rows are carved from train by data.val_fraction), or leave data.split_column unset."
+            )
+        for wanted in SPLIT_VALUES:
+            if not (split == wanted).any():
+                raise IngestError(f"Split column {cfg.split_column!r} of {path} marks no {wanted} rows: mark some, or leave data.split_column unset to split by data.test_size.")
+        frame["split"] = split.to_numpy(dtype=object)
+    return frame
+
+
+def read_table_source(cfg: DataConfig, source: dict[str, Any]) -> tuple[dict[str, pd.DataFrame], list[str], dict[str, Any]]:
+    """A table source as {train, test} frames with class indices, the class names in index order, and how test was formed."""
+    path, formats = Path(source["path"]), source["format"]
+    test_path = Path(source["test_path"]) if source.get("test_path") else None
+    parts = {"train": _table_rows(path, formats["path"], cfg, with_split=test_path is None)}
+    if test_path:
+        parts["test"] = _table_rows(test_path, formats["test_path"], cfg, with_split=False)
+    where = f"{path} and {test_path}" if test_path else str(path)
+
+    # One mapping over every file, so train and test agree on what index 2 means.
+    classes = sorted_classes(pd.concat([part["label"] for part in parts.values()]))
+    if len(classes) > cfg.max_classes:
+        raise IngestError(
+            f"Label column {cfg.label_column!r} of {where} has {len(classes)} distinct values, more than data.max_classes={cfg.max_classes}, so it looks like free text, not classes: "
+            f"point data.label_column at the class column, or raise data.max_classes."
+        )
+    if len(classes) < 2:
+        raise IngestError(
+            f"Label column {cfg.label_column!r} of {where} holds one class only ({classes[0]!r}): a classifier needs at least two; add rows of other classes or check data.label_column."
+        )
+    index = {name: i for i, name in enumerate(classes)}
+    for part in parts.values():
+        part["label"] = part["label"].map(index).astype("int64")
+
+    if test_path:
+        raw, test_from = parts, f"test file {test_path.name}"
+    elif cfg.split_column:
+        table = parts["train"]
+        raw = {name: table[table["split"] == name].drop(columns="split").reset_index(drop=True) for name in SPLIT_VALUES}
+        test_from = f"split column {cfg.split_column!r}"
+    else:
+        train, test = stratified_split(parts["train"], cfg.test_size, cfg.seed)
+        raw, test_from = {"train": train, "test": test}, f"stratified, seeded split of {cfg.test_size:g} (data.test_size)"
+    details = {
+        "format": formats,
+        "columns": {key: getattr(cfg, key) for key in _COLUMN_KEYS},
+        "test_from": test_from,
+        "strip_html": cfg.strip_html,
+    }
+    return raw, classes, details
+
+
+# --------------------------------------------------------------------------- reading Keras' imdb.npz
+
+# imdb.npz stores ragged sequences as numpy object arrays, which numpy can only save as a pickle
+# stream: np.load refuses them unless allow_pickle=True, and a pickle can run any code it names.
+# So object arrays are rebuilt with an unpickler that allows numpy's array-building functions
+# and nothing else (the approach Keras' own load_data takes); numeric arrays load with pickling off.
+# Still, read only imdb.npz files you trust (the README says so).
+_NUMPY_PICKLE_GLOBALS = frozenset(
+    (module, name)
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    for name in ("_reconstruct", "scalar")
+) | {("numpy", "ndarray"), ("numpy", "dtype")}
+KERAS_IMDB_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _NUMPY_PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it asks to run {module}.{name}, which an array never needs")
+
+
+def _read_npy(raw: bytes) -> np.ndarray:
+    import io
+
+    handle = io.BytesIO(raw)
+    try:
+        return np.lib.format.read_array(handle, allow_pickle=False)
+    except ValueError:  # an object array: read past the header, then unpickle numpy types only
+        handle.seek(0)
+        version = np.lib.format.read_magic(handle)
+        # Format 3.0 differs from 2.0 only in the header's text encoding, so 2.0's reader skips both.
+        (np.lib.format.read_array_header_1_0 if version[0] == 1 else np.lib.format.read_array_header_2_0)(handle)
+        return _NumpyOnlyUnpickler(handle).load()
+
+
+def _word_index(path: Path) -> dict[int, str]:
+    """id -> word from Keras' imdb_word_index.json ({word: id})."""
+    try:
+        index = json.loads(Path(path).read_text(encoding="utf-8"))
+        return {int(i): str(word) for word, i in index.items()}
+    except (ValueError, AttributeError, TypeError) as err:
+        raise IngestError(f"{path} is not a word index ({_short(err)}): pass Keras' imdb_word_index.json, a JSON object of word to id.") from None
+
+
+def read_keras_imdb(path: Path, word_index_path: str | Path | None = None) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """Keras' imdb.npz as {train, test} frames of text, and the class names.
+
+    The file holds word ids as imdb_word_index.json numbers them (1 = "the"), without the start id
+    and the index_from=3 shift that keras.datasets.imdb.load_data adds when loading. Downstream
+    steps need text, so each id becomes its word from the word index, or the token "w<id>" without
+    one (or for an id the index lacks); encode then builds its own vocabulary with the same
+    reserved ids (0 pad, 1 start, 2 out of vocabulary) and encode.num_words.
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            present = [name[: -len(".npy")] for name in archive.namelist() if name.endswith(".npy")]
+            missing = [name for name in KERAS_IMDB_ARRAYS if name not in present]
+            if missing:
+                raise IngestError(
+                    f"{path} has no array {missing[0]!r} (its arrays: {', '.join(present) or 'none'}): pass Keras' imdb.npz, which holds x_train, y_train, x_test and y_test."
+                )
+            arrays = {name: _read_npy(archive.read(f"{name}.npy")) for name in KERAS_IMDB_ARRAYS}
+    except IngestError:
+        raise
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, pickle.UnpicklingError, AttributeError, TypeError) as err:
+        raise IngestError(f"{path} could not be read as Keras' imdb.npz ({_short(err)}): download it again, or pass a file saved with numpy.savez.") from None
+    words = _word_index(Path(word_index_path)) if word_index_path else {}
+
+    all_labels = np.concatenate([np.asarray(arrays["y_train"]).reshape(-1), np.asarray(arrays["y_test"]).reshape(-1)])
+    if all_labels.dtype.kind not in "iub" and not (all_labels.dtype.kind == "f" and np.all(all_labels % 1 == 0)):
+        raise IngestError(f"{path} holds labels of type {all_labels.dtype} in y_train/y_test: they must be whole numbers (0 and 1 for IMDb).")
+    values = sorted(int(v) for v in np.unique(all_labels))
+    classes = IMDB_LABELS if set(values) <= {0, 1} else [str(v) for v in values]
+    codes = {v: (v if classes is IMDB_LABELS else i) for i, v in enumerate(values)}
+
+    frames = {}
+    for split in ("train", "test"):
+        sequences, y = arrays[f"x_{split}"], np.asarray(arrays[f"y_{split}"]).reshape(-1)
+        if len(sequences) != len(y):
+            raise IngestError(f"{path} holds {len(sequences)} x_{split} sequences but {len(y)} y_{split} labels: pass an unmodified imdb.npz.")
+        texts = []
+        for row, sequence in enumerate(sequences):
+            try:
+                texts.append(" ".join(words.get(i) or f"w{int(i)}" for i in sequence))
+            except (TypeError, ValueError):
+                raise IngestError(f"x_{split}[{row}] of {path} is not a list of word ids: pass Keras' imdb.npz (object arrays of integer lists).") from None
+        frames[split] = pd.DataFrame(
+            {
+                "text": texts,
+                "label": np.array([codes[int(v)] for v in y], dtype=np.int64),
+                "rating": pd.array([None] * len(y), dtype="Int64"),
+                "id": np.arange(len(y), dtype=np.int64),  # the position in x_train / x_test
+            }
+        )
+    return frames, classes
 
 
 # --------------------------------------------------------------------------- splitting and writing
@@ -190,13 +668,20 @@ def stratified_split(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[p
 
 
 def write_split(frame: pd.DataFrame, target: Path) -> None:
-    table = pa.Table.from_pandas(frame[["text", "label", "rating", "id"]], schema=_SCHEMA, preserve_index=False)
+    # rating is nullable (a table may have no rating column): one dtype for every source, so the
+    # same reviews give the same bytes whichever source they came from.
+    columns = frame[["text", "label", "rating", "id"]].astype({"rating": "Int64"})
+    table = pa.Table.from_pandas(columns, schema=_SCHEMA, preserve_index=False)
     with atomic_path(target) as tmp:
         pq.write_table(table, tmp, compression="zstd")
 
 
 def ingest_reviews(cfg: DataConfig, source: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    """Read the source, cap it at max_reviews per split, carve a stratified validation split, write Parquet."""
+    """Read the source, cap it at max_reviews per split, carve a stratified validation split, write Parquet.
+
+    ingest.json records the class names in index order (labels), counts per split, and the source.
+    """
+    details: dict[str, Any] = {}
     if cfg.source == "synthetic":
         n = cfg.synthetic_reviews
         raw = {
@@ -204,10 +689,14 @@ def ingest_reviews(cfg: DataConfig, source: dict[str, Any], out_dir: Path) -> di
             "test": synthetic_reviews(n, cfg.synthetic_positive_fraction, seed=cfg.seed + 1),
         }
         for frame in raw.values():
-            frame["text"] = [clean_text(t) for t in frame["text"]]
+            frame["text"] = [clean_text(t, cfg.strip_html) for t in frame["text"]]
         labels = IMDB_LABELS
+    elif cfg.source == "table":
+        raw, labels, details = read_table_source(cfg, source)
+    elif cfg.source == "keras_imdb":
+        raw, labels = read_keras_imdb(Path(source["path"]), source.get("word_index_path"))
     else:
-        raw = read_imdb(Path(source["path"]))
+        raw = read_imdb(Path(source["path"]), cfg.strip_html)
         labels = IMDB_LABELS
     if cfg.max_reviews:
         raw = {split: stratified_sample(frame, cfg.max_reviews, cfg.seed) for split, frame in raw.items()}
@@ -217,6 +706,8 @@ def ingest_reviews(cfg: DataConfig, source: dict[str, Any], out_dir: Path) -> di
         write_split(frame, out_dir / f"{name}.parquet")
     counts = {name: {labels[k]: int(v) for k, v in frame["label"].value_counts().sort_index().items()} for name, frame in splits.items()}
     summary = {"labels": labels, "n": {name: len(frame) for name, frame in splits.items()}, "label_counts": counts, "source": source}
+    if details:
+        summary["input"] = details
     write_json(out_dir / "ingest.json", summary)
     return {"n": summary["n"], "labels": labels}
 

@@ -25,7 +25,8 @@ from typing import Any, Callable, Iterator
 
 from pydantic import BaseModel
 
-STEPS = ("ingest", "validate", "encode", "train", "evaluate", "report")
+STEPS = ("ingest", "validate", "encode", "train", "evaluate", "promote", "report")
+CHAMPION_FILE = "champion.json"  # <root>/champion.json: the run whose model is promoted (tasks/promote.py)
 ENTRY_FILE = "_entry.json"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -235,7 +236,16 @@ class ArtifactStore:
         return runs
 
     def resolve_run(self, run_id: str) -> Path:
-        """A run folder by id, or 'latest' for the newest completed run; one clear sentence when missing."""
+        """A run folder by id, 'latest' for the newest completed run, or 'champion' for the promoted one;
+        one clear sentence when missing."""
+        if run_id == "champion":
+            pointer = self.root / CHAMPION_FILE
+            try:
+                run_id = read_json(pointer)["run_id"]
+            except FileNotFoundError:
+                raise FileNotFoundError(f"No champion under {self.root}: the first completed run becomes champion, or use 'rnnflow promote RUN_ID'.") from None
+            except (ValueError, KeyError, TypeError):
+                raise FileNotFoundError(f"{pointer} is not a valid champion pointer: promote a run again with 'rnnflow promote RUN_ID'.") from None
         if run_id == "latest":
             done = [r for r in self.list_runs() if r.get("status") == "completed"]
             if not done:
@@ -303,6 +313,8 @@ class RunRecord:
 
     def link_outputs(self, step: str, source: Path) -> None:
         target = self.folder / step
+        if Path(source).resolve() == target.resolve():
+            return  # a step that writes straight into the run folder (promote, never cached)
         if target.exists():
             shutil.rmtree(target)
         _link_tree(Path(source), target)

@@ -1,11 +1,14 @@
-"""Text rules shared by every step that reads words: one tokenizer for validate, encode and predict."""
+"""Text rules shared by every step that reads text: one tokenize entry point for validate, encode and predict."""
 
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from typing import Iterable, Literal
 
 import numpy as np
+
+Tokenizer = Literal["word", "char"]
+TOKENIZERS: tuple[str, ...] = ("word", "char")
 
 _HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 _HTML_TAG = re.compile(r"<[^>]{1,200}>")
@@ -20,10 +23,17 @@ def clean_text(text: str, strip_html: bool = True) -> str:
     return " ".join(text.split())
 
 
-def tokenize(text: str, lowercase: bool = True) -> list[str]:
-    return _WORD.findall(text.lower() if lowercase else text)
+def tokenize(text: str, lowercase: bool = True, tokenizer: Tokenizer | str = "word") -> list[str]:
+    """The tokens a model sees: words (punctuation dropped) or every character (spaces and punctuation kept)."""
+    if lowercase:
+        text = text.lower()
+    if tokenizer == "word":
+        return _WORD.findall(text)
+    if tokenizer == "char":
+        return list(text)
+    raise ValueError(f"Unknown tokenizer {tokenizer!r}: use one of {', '.join(TOKENIZERS)}.")
 
 
-def token_counts(texts: Iterable[str], lowercase: bool = True) -> np.ndarray:
+def token_counts(texts: Iterable[str], lowercase: bool = True, tokenizer: Tokenizer | str = "word") -> np.ndarray:
     """Number of tokens per text, as int64."""
-    return np.fromiter((len(tokenize(t, lowercase)) for t in texts), dtype=np.int64)
+    return np.fromiter((len(tokenize(t, lowercase, tokenizer)) for t in texts), dtype=np.int64)

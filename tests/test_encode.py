@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +8,8 @@ import pytest
 from tasks.config import DataConfig, EncodeConfig
 from tasks.encode import OOV, PAD, START, Vocabulary, encode_reviews, load_arrays
 from tasks.ingest import ingest_reviews, locate_source
+from tasks.store import read_json
+from tasks.text import tokenize
 
 
 @pytest.fixture
@@ -55,3 +58,45 @@ def test_auto_max_len_is_the_chosen_percentile_of_train_lengths(tmp_path: Path, 
     summary = encode_reviews(EncodeConfig(max_len="auto", max_len_percentile=50), ingested, out)
     lengths = pd.read_parquet(out / "tokens_train.parquet")["length"]
     assert summary["max_len"] == int(np.ceil(np.percentile(lengths, 50)))
+
+
+def test_char_vocabulary_keeps_the_most_frequent_characters_with_the_same_reserved_ids():
+    vocab = Vocabulary.build(["aab", "Ab!"], EncodeConfig(tokenizer="char", num_words=5), max_len=10)
+    assert vocab.tokens == ["a", "b"], "3 a's, 2 b's; '!' does not fit in num_words=5 with ids 0-2 reserved"
+    assert vocab.to_ids("ba!") == [START, 4, 3, OOV]
+    assert vocab.tokenizer == "char"
+
+
+def test_char_encoding_records_its_tokenizer_and_prediction_reuses_it(tmp_path: Path, ingested: Path):
+    out = tmp_path / "encode"
+    out.mkdir()
+    summary = encode_reviews(EncodeConfig(tokenizer="char", num_words=30, max_len="auto", max_len_percentile=50), ingested, out)
+    info = read_json(out / "encode.json")
+    assert info["tokenizer"] == "char"
+    assert read_json(out / "vocab.json")["tokenizer"] == "char"
+    tokens = pd.read_parquet(out / "tokens_train.parquet")
+    train = pd.read_parquet(ingested / "train.parquet")
+    assert tokens["length"].tolist() == [len(text) + 1 for text in train["text"]], "one id per character, plus the start id"
+    assert summary["vocab_size"] <= 30
+    x, _ = load_arrays(out, "test")
+    assert x.max() < 30
+    reloaded = Vocabulary.load(out / "vocab.json")
+    assert reloaded.tokenizer == "char"
+    assert reloaded.encode(train["text"].head(3).tolist())[0].tolist() == np.load(out / "X_train.npy")[:3].tolist()
+
+
+def test_vocab_files_without_a_tokenizer_load_as_word_level(tmp_path: Path):
+    path = tmp_path / "vocab.json"
+    Vocabulary(["good"], max_len=4, padding="post", truncating="pre").save(path)
+    data = read_json(path)
+    del data["tokenizer"]
+    path.write_text(json.dumps(data))
+    assert Vocabulary.load(path).to_ids("good film") == [START, 3, OOV]
+
+
+def test_one_tokenize_entry_point_for_both_tokenizers():
+    assert tokenize("Don't stop!", tokenizer="word") == ["don't", "stop"]
+    assert tokenize("Hi, x", tokenizer="char") == ["h", "i", ",", " ", "x"]
+    assert tokenize("Hi", lowercase=False, tokenizer="char") == ["H", "i"]
+    with pytest.raises(ValueError, match="Unknown tokenizer 'bpe'"):
+        tokenize("hi", tokenizer="bpe")

@@ -141,3 +141,14 @@ def test_retry_condition_retries_network_but_not_bad_input():
     assert retry_unless_bad_input(None, None, FakeState(DownloadError("offline")))
     assert not retry_unless_bad_input(None, None, FakeState(IngestError("corrupt")))
     assert retry_unless_bad_input(None, None, FakeState(OSError("disk hiccup")))
+
+
+def test_strip_html_false_keeps_the_tags(tmp_path: Path, imdb_archive: Path):
+    _, out = _ingest(tmp_path, path=str(imdb_archive), strip_html=False)
+    assert pd.read_parquet(out / "train.parquet")["text"].str.contains("<br /><br />").all()
+
+
+def test_new_data_keys_have_their_documented_defaults():
+    cfg = DataConfig()
+    assert (cfg.text_column, cfg.label_column, cfg.split_column, cfg.rating_column, cfg.id_column) == ("text", "label", None, None, None)
+    assert (cfg.test_path, cfg.test_size, cfg.max_classes, cfg.strip_html, cfg.word_index_path) == (None, 0.2, 20, True, None)
