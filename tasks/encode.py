@@ -15,7 +15,7 @@ from tasks.caching import StepCachePolicy, produce_step
 from tasks.config import EncodeConfig
 from tasks.ingest import SPLITS, load_split
 from tasks.store import StepOutput, atomic_path, read_json, write_json
-from tasks.text import tokenize
+from tasks.text import clean_text, tokenize
 
 # Keras' IMDb conventions: 0 pads, 1 starts a review, 2 stands for a word out of the vocabulary.
 PAD, START, OOV = 0, 1, 2
@@ -30,9 +30,11 @@ class Vocabulary:
     """
 
     def __init__(
-        self, tokens: Sequence[str], *, lowercase: bool = True, max_len: int, padding: str, truncating: str, tokenizer: str = "word"
+        self, tokens: Sequence[str], *, lowercase: bool = True, max_len: int, padding: str, truncating: str, tokenizer: str = "word",
+        strip_html: bool = True,
     ):
         self.tokens = list(tokens)
+        self.strip_html = strip_html  # the cleaning ingest gave the training texts, repeated for raw input
         self.ids = {token: i + INDEX_FROM for i, token in enumerate(self.tokens)}
         self.tokenizer = tokenizer
         self.lowercase = lowercase
@@ -56,6 +58,7 @@ class Vocabulary:
         return cls(
             data["tokens"], lowercase=data["lowercase"], max_len=data["max_len"], padding=data["padding"], truncating=data["truncating"],
             tokenizer=data.get("tokenizer", "word"),  # vocab.json files from before the char tokenizer are word-level
+            strip_html=data.get("strip_html", True),  # and from before the setting, ingest always stripped HTML
         )
 
     def save(self, path: Path) -> None:
@@ -63,6 +66,7 @@ class Vocabulary:
             path,
             {
                 "tokenizer": self.tokenizer,
+                "strip_html": self.strip_html,
                 "pad": PAD, "start": START, "oov": OOV, "index_from": INDEX_FROM,
                 "lowercase": self.lowercase, "max_len": self.max_len,
                 "padding": self.padding, "truncating": self.truncating,
@@ -78,8 +82,12 @@ class Vocabulary:
         get = self.ids.get
         return [START] + [get(token, OOV) for token in tokenize(text, self.lowercase, self.tokenizer)]
 
+    def encode_raw(self, texts: Iterable[str]) -> tuple[np.ndarray, list[list[int]]]:
+        """encode() for texts as they arrive from outside: first the cleaning ingest applied in training."""
+        return self.encode(clean_text(text, self.strip_html) for text in texts)
+
     def encode(self, texts: Iterable[str]) -> tuple[np.ndarray, list[list[int]]]:
-        """(padded int32 matrix, unpadded id lists) for raw texts."""
+        """(padded int32 matrix, unpadded id lists) for texts already cleaned as ingest cleans them."""
         import keras
 
         sequences = [self.to_ids(text) for text in texts]
@@ -121,11 +129,13 @@ def encode_reviews(cfg: EncodeConfig, ingest_dir: Path, out_dir: Path) -> dict[s
     provisional = Vocabulary.build(train_texts, cfg, max_len=1)
     train_lengths = np.fromiter((len(provisional.to_ids(t)) for t in train_texts), dtype=np.int64)
     max_len = resolve_max_len(cfg, train_lengths)
+    ingest_info = read_json(Path(ingest_dir) / "ingest.json")
     vocab = Vocabulary(
-        provisional.tokens, lowercase=cfg.lowercase, max_len=max_len, padding=cfg.padding, truncating=cfg.truncating, tokenizer=cfg.tokenizer
+        provisional.tokens, lowercase=cfg.lowercase, max_len=max_len, padding=cfg.padding, truncating=cfg.truncating,
+        tokenizer=cfg.tokenizer, strip_html=ingest_info.get("strip_html", True),
     )
     vocab.save(out_dir / "vocab.json")
-    write_json(out_dir / "labels.json", read_json(Path(ingest_dir) / "ingest.json")["labels"])
+    write_json(out_dir / "labels.json", ingest_info["labels"])
 
     truncated, counts = {}, {}
     for split, frame in frames.items():

@@ -131,8 +131,9 @@ class VocabularyIds(keras.layers.Layer):
         return {**super().get_config(), "max_len": self.max_len, "padding": self.padding, "truncating": self.truncating}
 
 
-def build_text_encoder(vocab: Vocabulary, strip_html: bool = True) -> keras.Model:
-    """Raw strings, shape (n,) -> int32 ids, shape (n, max_len): vocab.encode of clean_text(text, strip_html) for each."""
+def build_text_encoder(vocab: Vocabulary) -> keras.Model:
+    """Raw strings, shape (n,) -> int32 ids, shape (n, max_len): what vocab.encode_raw gives for each."""
+    strip_html = vocab.strip_html
     assert OOV == 2 and INDEX_FROM == 3, "VocabularyIds assumes ids 0 pad, 1 start, 2 out of vocabulary"
     tokenizer = getattr(vocab, "tokenizer", "word")
     stand_in = _nul_stand_in(vocab.tokens)
@@ -149,12 +150,12 @@ def build_text_encoder(vocab: Vocabulary, strip_html: bool = True) -> keras.Mode
     return keras.Model(texts, ids, name="rnnflow_text_encoder")
 
 
-def export_text_model(model: keras.Model, vocab: Vocabulary, path: Path, strip_html: bool = True) -> Path:
+def export_text_model(model: keras.Model, vocab: Vocabulary, path: Path) -> Path:
     """Save one model from raw strings to the trained model's outputs, written atomically to path (.keras).
 
-    strip_html must be what ingest used (data.strip_html), as the string model does ingest's cleaning too.
+    The cleaning (vocab.strip_html) and tokenizing are the vocabulary's own, as in training.
     """
-    encoder = build_text_encoder(vocab, strip_html=strip_html)
+    encoder = build_text_encoder(vocab)
     texts = encoder.input
     text_model = keras.Model(texts, model(encoder(texts)), name=f"{model.name}_text")
     path = Path(path)

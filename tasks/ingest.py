@@ -705,7 +705,14 @@ def ingest_reviews(cfg: DataConfig, source: dict[str, Any], out_dir: Path) -> di
     for name, frame in splits.items():
         write_split(frame, out_dir / f"{name}.parquet")
     counts = {name: {labels[k]: int(v) for k, v in frame["label"].value_counts().sort_index().items()} for name, frame in splits.items()}
-    summary = {"labels": labels, "n": {name: len(frame) for name, frame in splits.items()}, "label_counts": counts, "source": source}
+    summary = {
+        "labels": labels,
+        "n": {name: len(frame) for name, frame in splits.items()},
+        "label_counts": counts,
+        "source": source,
+        # The cleaning every text went through; encode hands it on in vocab.json so prediction repeats it.
+        "strip_html": cfg.strip_html and cfg.source != "keras_imdb",
+    }
     if details:
         summary["input"] = details
     write_json(out_dir / "ingest.json", summary)

@@ -1,7 +1,7 @@
 """Predict: labels and probabilities for new texts, from a finished run's vocabulary and model.
 
-New texts take the path training texts took: ingest's cleaning (tasks.text.clean_text, with the
-run's data.strip_html), then the run's own Vocabulary.encode. Nothing here cleans, tokenizes or
+New texts take the path training texts took: the run's own Vocabulary.encode_raw, which repeats
+ingest's cleaning (recorded in vocab.json) and then encodes. Nothing here cleans, tokenizes or
 pads on its own, so serving cannot drift from training.
 """
 
@@ -17,7 +17,6 @@ import pandas as pd
 from tasks.encode import OOV, Vocabulary
 from tasks.evaluate import predict_probabilities
 from tasks.store import atomic_path, read_json
-from tasks.text import clean_text
 
 INPUT_SUFFIXES = (".txt", ".csv", ".parquet")
 OUTPUT_SUFFIXES = (".parquet", ".csv")
@@ -35,24 +34,12 @@ class Predictor:
     vocabulary: Vocabulary
     labels: list[str]
     model: Any  # keras.Model
-    strip_html: bool = True
-
-
-def ingest_strip_html(data_config: dict[str, Any]) -> bool:
-    """Whether ingest stripped HTML from a run's texts: data.strip_html, except keras_imdb, whose texts it never cleans."""
-    if data_config.get("source") == "keras_imdb":
-        return False
-    return bool(data_config.get("strip_html", True))  # runs from before the setting always stripped
 
 
 def load_predictor(run_folder: Path) -> Predictor:
-    """The run's vocabulary (encode/vocab.json), labels (encode/labels.json), model (train/model.keras)
-    and ingest's cleaning (manifest.json)."""
+    """The run's vocabulary and cleaning (encode/vocab.json), labels (encode/labels.json), model (train/model.keras)."""
     run_folder = Path(run_folder)
-    needed = [
-        run_folder / "encode" / "vocab.json", run_folder / "encode" / "labels.json", run_folder / "train" / "model.keras",
-        run_folder / "manifest.json",
-    ]
+    needed = [run_folder / "encode" / "vocab.json", run_folder / "encode" / "labels.json", run_folder / "train" / "model.keras"]
     missing = [path for path in needed if not path.is_file()]
     if missing:
         raise FileNotFoundError(
@@ -68,13 +55,12 @@ def load_predictor(run_folder: Path) -> Predictor:
         vocabulary=Vocabulary.load(needed[0]),
         labels=list(read_json(needed[1])),
         model=keras.models.load_model(needed[2], compile=False),
-        strip_html=ingest_strip_html((read_json(needed[3]).get("config") or {}).get("data") or {}),
     )
 
 
 def encode_texts(predictor: Predictor, texts: Sequence[str]) -> tuple[np.ndarray, list[list[int]]]:
     """Raw texts -> (padded ids, unpadded ids), exactly as ingest cleaned and encode encoded the training reviews."""
-    return predictor.vocabulary.encode([clean_text(text, predictor.strip_html) for text in texts])
+    return predictor.vocabulary.encode_raw(texts)
 
 
 def predict_texts(predictor: Predictor, texts: Sequence[str], batch_size: int = 256) -> pd.DataFrame:

@@ -58,12 +58,8 @@ def train_model(
     encode_dir: Path,
     out_dir: Path,
     on_epoch: EpochHook | None = None,
-    strip_html: bool = True,
 ) -> dict[str, Any]:
-    """Fit, keep the best epoch as model.keras, and export it with its preprocessing as model_text.keras.
-
-    strip_html is ingest's data.strip_html, which the string model's cleaning must repeat.
-    """
+    """Fit, keep the best epoch as model.keras, and export it with its preprocessing as model_text.keras."""
     keras.utils.set_random_seed(train_cfg.seed)
     encoding = read_json(Path(encode_dir) / "encode.json")
     labels = read_json(Path(encode_dir) / "labels.json") if (Path(encode_dir) / "labels.json").exists() else None
@@ -99,7 +95,7 @@ def train_model(
     # Wrap the checkpoint, the file evaluate and predict load, so both models hold the very same weights.
     export_text_model(
         keras.models.load_model(checkpoint, compile=False), Vocabulary.load(Path(encode_dir) / "vocab.json"),
-        out_dir / "model_text.keras", strip_html=strip_html,
+        out_dir / "model_text.keras",
     )
 
     curves = {name: [float(v) for v in values] for name, values in history.history.items()}
@@ -148,5 +144,4 @@ def _progress_hook() -> EpochHook | None:
 def train_task(root: str, section: dict, upstream: dict) -> StepOutput:
     model_cfg, train_cfg = ModelConfig(**section["model"]), TrainConfig(**section["train"])
     hook = _progress_hook()
-    strip_html = section.get("strip_html", True)  # the flow does not pass data.strip_html to train yet: ingest's default
-    return produce_step(root, "train", section, upstream, lambda out: train_model(model_cfg, train_cfg, upstream["encode"].path, out, hook, strip_html))
+    return produce_step(root, "train", section, upstream, lambda out: train_model(model_cfg, train_cfg, upstream["encode"].path, out, hook))
