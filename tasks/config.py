@@ -56,7 +56,7 @@ DEFAULT_SEVERITY = {
 
 
 class ValidateConfig(Section):
-    min_class_fraction: float = Field(default=0.3, ge=0, le=0.5, description="smallest share a class may have")
+    min_class_fraction: float = Field(default=0.3, ge=0, le=0.5, description="smallest share a class may have (two classes; scaled by 2/N for N)")
     min_tokens: int = Field(default=1, ge=0, description="shortest allowed review, in tokens")
     max_tokens: int = Field(default=5000, ge=1, description="longest allowed review, in tokens")
     max_duplicate_fraction: float = Field(default=0.02, ge=0, le=1)
@@ -100,6 +100,7 @@ class ModelConfig(Section):
     input: Literal["embedding", "onehot"] = "embedding"
     embedding_dim: int = Field(default=64, ge=1)
     mask_padding: bool = True
+    embedding_dropout: float = Field(default=0.0, ge=0, lt=1, description="SpatialDropout1D rate on the input vectors")
     dropout: float = Field(default=0.0, ge=0, lt=1)
     pooling: Literal["last", "mean", "max"] = Field(default="last", description="the last state, or the mean/max over all steps")
     dense_units: int = Field(default=0, ge=0)

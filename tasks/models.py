@@ -66,6 +66,8 @@ def build_model(cfg: ModelConfig, *, num_tokens: int, max_len: int, n_classes: i
         x = layers.Embedding(num_tokens, cfg.embedding_dim, mask_zero=cfg.mask_padding, name="embedding")(inputs)
     else:
         x = OneHotTokens(num_tokens, mask_zero=cfg.mask_padding, name="one_hot")(inputs)
+    if cfg.embedding_dropout:  # drops whole word vectors: the vocabulary is large and memorised fast
+        x = layers.SpatialDropout1D(cfg.embedding_dropout, name="embedding_dropout")(x)
     stack = recurrent_stack(cfg)
     for depth, (cell, units) in enumerate(stack, start=1):
         last = depth == len(stack)

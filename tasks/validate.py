@@ -174,13 +174,16 @@ def _suite_rules(gxe: Any, cfg: ValidateConfig, labels: list[str], severity: dic
             ),
         ),
     ]
+    # min_class_fraction is stated for two classes; with N classes an even share is 1/N, so the
+    # bound scales by 2/N (0.3 for two classes, 0.15 for four, 0.06 for ten stars).
+    min_share = cfg.min_class_fraction * 2 / max(2, len(labels))
     for class_id, name in enumerate(labels):
-        # "at least min_class_fraction of labels are this class" is GX's `mostly` on a one-value set.
+        # "at least min_share of labels are this class" is GX's `mostly` on a one-value set.
         rules.append(
             _Rule(
                 f"class_share:{name}", "class_balance",
-                gxe.ExpectColumnValuesToBeInSet(column="label", value_set=[class_id], mostly=cfg.min_class_fraction),
-                f"at least {cfg.min_class_fraction:.2%} (validate.min_class_fraction)",
+                gxe.ExpectColumnValuesToBeInSet(column="label", value_set=[class_id], mostly=min_share),
+                f"at least {min_share:.2%} (validate.min_class_fraction x 2/{max(2, len(labels))} classes)",
                 lambda r, name=name: (round(_share_in_set(r), 6), f"class {name} is {_share_in_set(r):.2%} of the reviews"),
                 "split the reviews shuffled and stratified, or lower validate.min_class_fraction",
             )
