@@ -52,6 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     step.add_argument("--artifacts", metavar="DIR")
 
+    sweep = commands.add_parser("sweep", help="one run per grid point, in parallel, and sweep.html comparing them")
+    _config_args(sweep)
+    sweep.add_argument("--grid", action="append", required=True, metavar="SECTION.KEY=V1,V2",
+                       help="values to try for one model.* or train.* key, e.g. --grid model.cell=lstm,gru (repeatable: every combination runs)")
+    sweep.add_argument("--runner", choices=("thread", "dask"), help="run the points in threads of this process (default) or on Dask")
+    sweep.add_argument("--dask-address", metavar="tcp://HOST:PORT", help="an existing Dask scheduler (implies --runner dask); default: a local cluster")
+    sweep.add_argument("--workers", type=int, metavar="N", help="points at a time: threads, or local Dask worker processes (default: 2)")
+    sweep.add_argument("--data-dir", default="data", help="where downloads go (default: data/)")
+
     serve = commands.add_parser("serve", help="serve the flow as a scheduled deployment (needs a Prefect server)")
     _config_args(serve)
     when = serve.add_mutually_exclusive_group(required=True)
@@ -69,11 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="label texts with a run's model: a table, or a file with --output")
     predict.add_argument("texts", nargs="*", metavar="TEXT", help="texts to label (or --input FILE)")
-    predict.add_argument("--run", default="latest", metavar="ID|latest", help="the run whose model to use (default: latest completed)")
+    predict.add_argument("--run", default="latest", metavar="ID|latest|champion", help="the run whose model to use (default: latest completed)")
     predict.add_argument("--input", metavar="FILE", help=".txt (one text per line), .csv or .parquet")
     predict.add_argument("--text-column", default="text", metavar="NAME", help="the text column of a .csv or .parquet input (default: text)")
     predict.add_argument("--output", metavar="FILE.parquet|.csv", help="write every prediction there instead of printing a table")
     predict.add_argument("--artifacts", metavar="DIR")
+
+    champion = commands.add_parser("champion", help="print the champion (the promoted run) and its test metrics")
+    champion.add_argument("--artifacts", metavar="DIR")
+
+    promote = commands.add_parser("promote", help="make a run the champion by hand, if it beats the champion (or with --force)")
+    promote.add_argument("run", metavar="RUN_ID", help="the run to promote ('latest' for the newest completed)")
+    promote.add_argument("--force", action="store_true", help="promote even when it does not beat the champion or a check failed")
+    promote.add_argument("--reason", metavar="TEXT", help="why, for champion.json and the run's manifest")
+    promote.add_argument("--artifacts", metavar="DIR")
     return parser
 
 
@@ -121,14 +139,66 @@ def _execute(store: ArtifactStore, config: RunConfig, **options) -> int:
         if metrics_file.exists():
             metrics = read_json(metrics_file)["test"]
             print(f"test accuracy {metrics['accuracy']:.4f}  f1 {metrics['f1']:.4f}  roc_auc {metrics['roc_auc']}")
+        _print_promotion(folder)
         print(folder)
         return EXIT_OK
     manifest = read_json(folder / "manifest.json") if (folder / "manifest.json").exists() else {}
+    _print_promotion(folder)  # a run can be promoted and then fail its report
     failed = [(name, step.get("error")) for name, step in manifest.get("steps", {}).items() if step.get("status") == "failed"]
     reason = f"step {failed[0][0]} failed: {failed[0][1]}" if failed else (manifest.get("error") or state.message)
     print(f"rnnflow: {reason}", file=sys.stderr)
     print(folder)
     return EXIT_FAILED
+
+
+def _print_promotion(folder: Path) -> None:
+    """'promoted: ...' or 'not promoted: accuracy 0.8100 <= champion 0.8600 + 0.0000', when the run decided one."""
+    from tasks.promote import outcome_line
+
+    manifest = folder / "manifest.json"
+    promotion = read_json(manifest).get("promotion") if manifest.exists() else None
+    if promotion:
+        print(outcome_line(promotion))
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from tasks.sweep import SWEEP_JSON, format_sweep_table, parse_grid, point_configs
+
+    config = _load(args)
+    grid = parse_grid(args.grid)
+    point_configs(config, grid)  # a bad key or value stops here, exit 2, before any cluster starts
+    if args.dask_address and args.runner == "thread":
+        raise UsageError("--dask-address needs --runner dask (or leave --runner out): threads run in this process.")
+    if args.dask_address and args.workers:
+        raise UsageError("--workers sizes a local cluster; with --dask-address the scheduler's own workers run the points.")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, not {args.workers}.")
+    import contextlib
+
+    from flows.sweep import prefect_api_for_workers, rnnflow_sweep, sweep_folder, task_runner
+
+    kind = "dask" if args.dask_address else (args.runner or "thread")
+    runner = task_runner(kind, workers=args.workers or 2, dask_address=args.dask_address)
+    store, sweep_id = _store(args), new_run_id()
+    with contextlib.ExitStack() as stack:
+        if kind == "dask":  # worker processes must report to this run's Prefect API
+            try:
+                stack.enter_context(prefect_api_for_workers(args.dask_address))
+            except ValueError as error:
+                raise UsageError(str(error)) from None
+        state = rnnflow_sweep.with_options(task_runner=runner)(
+            grid=grid, config=config, artifacts_root=str(store.root), sweep_id=sweep_id, data_dir=args.data_dir, return_state=True
+        )
+    folder = sweep_folder(store.root, sweep_id)
+    if (folder / SWEEP_JSON).exists():
+        print(format_sweep_table(read_json(folder / SWEEP_JSON)))
+    if not state.is_completed():
+        manifest = read_json(folder / "manifest.json") if (folder / "manifest.json").exists() else {}
+        print(f"rnnflow: {manifest.get('error') or state.message}", file=sys.stderr)
+        print(folder)
+        return EXIT_FAILED
+    print(folder)
+    return EXIT_OK
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -208,7 +278,58 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "step": cmd_step, "serve": cmd_serve, "runs": cmd_runs, "presets": cmd_presets, "config": cmd_config, "predict": cmd_predict}
+def cmd_champion(args: argparse.Namespace) -> int:
+    from tasks.promote import PromotionError, read_champion
+
+    store = _store(args)
+    try:
+        pointer = read_champion(store)
+    except PromotionError as error:
+        print(f"rnnflow: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    if pointer is None:
+        print(f"no champion under {store.root}: the first completed run becomes champion, or use 'rnnflow promote RUN_ID'")
+        return EXIT_FAILED
+    folder = store.run_dir(pointer["run_id"])
+    print(f"champion     {pointer['run_id']}")
+    print(f"promoted at  {pointer.get('promoted_at')} by {pointer.get('decided_by')}")
+    print(f"reason       {pointer.get('reason')}")
+    metrics_file = folder / "evaluate" / "metrics.json"
+    if metrics_file.is_file():
+        test = read_json(metrics_file).get("test") or {}
+        shown = "  ".join(f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}" for name, value in test.items())
+        print(f"test         {shown}")
+    else:
+        print(f"test         no metrics: {metrics_file} is missing")
+    print(folder)
+    return EXIT_OK
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from tasks.promote import PromotionError, outcome_line, promote_by_hand
+
+    store = _store(args)
+    try:
+        store.resolve_run(args.run)
+    except FileNotFoundError as error:
+        raise UsageError(str(error)) from None
+    try:
+        decision = promote_by_hand(store, args.run, force=args.force, reason=args.reason)
+    except PromotionError as error:
+        print(f"rnnflow: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(outcome_line(decision))
+    if not decision["promoted"]:
+        print("rnnflow: the champion is unchanged; add --force to promote this run anyway", file=sys.stderr)
+        return EXIT_FAILED
+    print(store.resolve_run("champion"))
+    return EXIT_OK
+
+
+COMMANDS = {
+    "run": cmd_run, "step": cmd_step, "serve": cmd_serve, "runs": cmd_runs, "presets": cmd_presets, "config": cmd_config,
+    "predict": cmd_predict, "sweep": cmd_sweep, "champion": cmd_champion, "promote": cmd_promote,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""The rnnflow pipeline: ingest -> validate -> encode -> train -> evaluate -> report. Wiring only."""
+"""The rnnflow pipeline: ingest -> validate -> encode -> train -> evaluate -> promote -> report. Wiring only."""
 
 
 import time
@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
@@ -14,6 +15,7 @@ from tasks.config import RunConfig, load_config
 from tasks.encode import encode_task
 from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task, locate_source_task, retry_unless_bad_input
+from tasks.promote import manifest_promotion, outcome_line, promote_task
 from tasks.report import report_task
 from tasks.store import STEPS, ArtifactStore, RunRecord, StepOutput
 from tasks.train import train_task
@@ -25,6 +27,7 @@ STEP_TASKS = {
     "encode": encode_task,
     "train": train_task,
     "evaluate": evaluate_task,
+    "promote": promote_task,
     "report": report_task,
 }
 
@@ -53,7 +56,9 @@ def with_retries(task: Any, config: RunConfig) -> Any:
 
 def run_step(run: RunRecord, store: ArtifactStore, config: RunConfig, step: str, refresh: set[str], **params: Any) -> StepOutput:
     """Call one step's task, then link its outputs into the run folder and note them in the manifest."""
-    task = bind_to_store(STEP_TASKS[step], store, refresh=step in refresh or "all" in refresh)
+    task = STEP_TASKS[step]
+    if task.cache_policy != NO_CACHE:  # promote is never cached: it writes into the run folder itself
+        task = bind_to_store(task, store, refresh=step in refresh or "all" in refresh)
     if step == "ingest":
         task = with_retries(task, config)
     started = time.perf_counter()
@@ -67,6 +72,9 @@ def run_step(run: RunRecord, store: ArtifactStore, config: RunConfig, step: str,
         raise StepFailed(step, _one_line(error))
     output: StepOutput = state.result()
     run.record_step(output, status="cached" if state.name == "Cached" else "completed", seconds=seconds)
+    if step == "promote":
+        run.manifest["promotion"] = manifest_promotion(output, run.run_id)
+        run.save()
     return output
 
 
@@ -126,7 +134,7 @@ def rnnflow_pipeline(
         if "ingest" in execute:
             run.manifest["inputs"] = locate_input(run, config, data_dir)
         for step in execute:
-            outputs[step] = run_step(run, store, config, step, wanted, **inputs_for(step, config, outputs, run.manifest["inputs"]))
+            outputs[step] = run_step(run, store, config, step, wanted, **inputs_for(step, config, outputs, run.manifest["inputs"], run))
     except BaseException as error:
         run.finish("failed", error=_one_line(error))
         raise
@@ -134,6 +142,8 @@ def rnnflow_pipeline(
     if "evaluate" in outputs:
         metrics = outputs["evaluate"].summary
         logger.info("test accuracy %.4f  f1 %.4f  roc_auc %s", metrics["accuracy"], metrics["f1"], metrics.get("roc_auc"))
+    if "promotion" in run.manifest:
+        logger.info(outcome_line(run.manifest["promotion"]))
     return str(run.folder)
 
 
@@ -147,7 +157,7 @@ def locate_input(run: RunRecord, config: RunConfig, data_dir: str) -> dict[str, 
     return state.result()
 
 
-def inputs_for(step: str, config: RunConfig, outputs: dict[str, StepOutput], source: dict[str, Any]) -> dict[str, Any]:
+def inputs_for(step: str, config: RunConfig, outputs: dict[str, StepOutput], source: dict[str, Any], run: RunRecord | None = None) -> dict[str, Any]:
     """What each step's task is called with: its configuration section and its upstream outputs."""
     pick = lambda *names: {n: outputs[n] for n in names}  # noqa: E731
     if step == "ingest":
@@ -160,4 +170,7 @@ def inputs_for(step: str, config: RunConfig, outputs: dict[str, StepOutput], sou
         return {"section": {"model": config.section("model"), "train": config.section("train")}, "upstream": pick("encode")}
     if step == "evaluate":
         return {"section": {}, "upstream": pick("encode", "train")}
-    return {"section": {"config": config.as_dict()}, "upstream": pick("validate", "encode", "train", "evaluate")}
+    if step == "promote":
+        return {"section": config.section("promote"), "upstream": pick("ingest", "validate", "encode", "evaluate"), "run_folder": str(run.folder)}
+    # The report shows the promotion when there was one (runs recorded before the step have none).
+    return {"section": {"config": config.as_dict()}, "upstream": pick("validate", "encode", "train", "evaluate", *(["promote"] if "promote" in outputs else []))}

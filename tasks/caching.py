@@ -29,7 +29,7 @@ STEP_MODULES: dict[str, tuple[str, ...]] = {
     "encode": ("encode", "text"),
     "train": ("train", "models", "export"),
     "evaluate": ("evaluate",),
-    "report": ("report",),
+    "report": ("report", "promote"),  # the Promotion section is drawn by tasks.promote.promotion_rows
 }
 
 

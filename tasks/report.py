@@ -31,6 +31,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.context import FlowRunContext, TaskRunContext  # noqa: E402
 
 from tasks.caching import StepCachePolicy, produce_step  # noqa: E402
+from tasks.promote import promotion_rows  # noqa: E402
 from tasks.store import StepOutput, atomic_path, read_json, write_json, write_text  # noqa: E402
 
 REPORT_HTML = "report.html"
@@ -48,6 +49,7 @@ INPUT_FILES = {
     "encode": ("encode.json",),
     "train": ("train.json", "history.json"),
     "evaluate": ("metrics.json",),
+    "promote": ("decision.json",),  # optional: runs recorded before the promote step have none
 }
 
 TEST_METRIC_ORDER = ("accuracy", "loss", "precision", "recall", "f1", "roc_auc", "n")
@@ -71,6 +73,7 @@ class ReportInputs:
     training: dict[str, Any]
     history: dict[str, Any]
     metrics: dict[str, Any]
+    promotion: dict[str, Any] | None = None  # promote/decision.json, when the run had a promote step
 
     @property
     def test(self) -> dict[str, Any]:
@@ -98,6 +101,7 @@ def load_report_inputs(config: dict[str, Any], upstream: dict[str, StepOutput]) 
         training=_read_upstream_json(upstream, "train", "train.json"),
         history=_read_upstream_json(upstream, "train", "history.json"),
         metrics=_read_upstream_json(upstream, "evaluate", "metrics.json"),
+        promotion=_read_upstream_json(upstream, "promote", "decision.json") if "promote" in upstream else None,
     )
 
 
@@ -219,6 +223,8 @@ def key_numbers_table(inputs: ReportInputs) -> Table:
         ["Reviews truncated at max_len", truncated or "n/a"],
         ["Data validation", verdict],
     ]
+    if inputs.promotion:
+        rows.append(["Promotion", promotion_rows(inputs.promotion)[0][1]])
     return Table(["Measure", "Value"], rows)
 
 
@@ -528,6 +534,9 @@ def report_title(config: dict[str, Any]) -> str:
 def build_sections(inputs: ReportInputs, plots: dict[str, Plot]) -> list[Section]:
     metrics, validation, encoding, training = inputs.metrics, inputs.validation, inputs.encoding, inputs.training
     sections = [Section("Key numbers").add("table", key_numbers_table(inputs)).add("table", per_class_table(metrics))]
+    if inputs.promotion:
+        rows = promotion_rows(inputs.promotion)
+        sections.append(Section("Promotion").add("text", f"{rows[0][1]}: {rows[1][1]}.").add("table", Table(["Measure", "Value"], rows[2:])))
 
     checks = Section("Data validation")
     failed = [check for check in validation.get("checks") or [] if not check.get("passed", True)]

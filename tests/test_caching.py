@@ -66,7 +66,7 @@ def test_refresh_and_from_recompute_what_they_name(prefect_api, tmp_path: Path):
     assert _statuses(rnnflow_pipeline(config=config, artifacts_root=root, refresh=["encode"]))["encode"] == "completed"
     statuses = _statuses(rnnflow_pipeline(config=config, artifacts_root=root, start_from="train"))
     assert statuses == {"ingest": "cached", "validate": "cached", "encode": "cached",
-                        "train": "completed", "evaluate": "completed", "report": "completed"}
+                        "train": "completed", "evaluate": "completed", "promote": "completed", "report": "completed"}
 
 
 def test_a_step_that_fails_once_succeeds_on_retry(prefect_api, tmp_path: Path, monkeypatch):
@@ -132,7 +132,7 @@ def test_a_retried_flow_run_resumes_its_folder_and_reuses_finished_steps(prefect
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["status"] == "completed" and manifest["attempts"] == 2
     assert _statuses(folder) == {"ingest": "cached", "validate": "cached", "encode": "cached",
-                                 "train": "cached", "evaluate": "completed", "report": "completed"}
+                                 "train": "cached", "evaluate": "completed", "promote": "completed", "report": "completed"}
 
 
 def test_locks_of_dead_processes_are_free(tmp_path: Path):

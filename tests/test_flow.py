@@ -51,19 +51,21 @@ def test_run_writes_a_complete_run_folder(prefect_api, root: Path):
     assert (folder / "validate" / "data_docs" / "index.html").exists()
     assert (folder / "train" / "model.keras").exists()
 
-    # The same configuration again: nothing recomputes, and the new folder is complete on its own.
+    # The same configuration again: nothing recomputes but promote (never cached: it asks the
+    # champion) and the report that shows its new decision; the new folder is complete on its own.
     again = Path(rnnflow_pipeline(config=config, artifacts_root=str(root)))
     assert again != folder
     steps = _manifest(again)["steps"]
-    assert {name: entry["status"] for name, entry in steps.items()} == {name: "cached" for name in STEPS}
+    expected = {name: "cached" for name in STEPS} | {"promote": "completed", "report": "completed"}
+    assert {name: entry["status"] for name, entry in steps.items()} == expected
     assert (again / "train" / "model.keras").read_bytes() == (folder / "train" / "model.keras").read_bytes()
 
-    # A train-only change recomputes exactly train, evaluate and report.
+    # A train-only change recomputes exactly train, evaluate, promote and report.
     changed = load_config("demo", overrides=[*TINY, "train.epochs=1"])
     third = _manifest(Path(rnnflow_pipeline(config=changed, artifacts_root=str(root))))
     assert {n: e["status"] for n, e in third["steps"].items()} == {
         "ingest": "cached", "validate": "cached", "encode": "cached",
-        "train": "completed", "evaluate": "completed", "report": "completed",
+        "train": "completed", "evaluate": "completed", "promote": "completed", "report": "completed",
     }
     assert len(ArtifactStore(root).list_runs()) == 3
 
