@@ -7,7 +7,7 @@ VENV := .venv
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup run demo test bench ui deploy clean
+.PHONY: setup run demo test bench bench-quick ui deploy clean
 
 # uv itself lives in its own small venv, so `uv sync` can manage .venv exactly.
 $(UV):
@@ -28,6 +28,12 @@ demo: setup  ## the whole flow offline on the synthetic corpus
 
 test: setup  ## the test suite, offline
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+bench: setup  ## benchmarks, not tests: artifacts/bench/*.json, then BENCHMARKS.md (make bench ARGS='--archive PATH')
+	$(VENV)/bin/python -m bench $(ARGS); status=$$?; $(VENV)/bin/python bench/summarize.py && exit $$status
+
+bench-quick: setup  ## the same suites shrunk (sizes / 10, 1 repeat, 1 epoch): figures indicative only
+	$(VENV)/bin/python -m bench --quick $(ARGS); status=$$?; $(VENV)/bin/python bench/summarize.py && exit $$status
 
 ui: setup  ## a local Prefect server and UI on http://127.0.0.1:4200
 	$(VENV)/bin/prefect server start

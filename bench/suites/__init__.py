@@ -1,0 +1,1 @@
+"""One module per suite; each exposes run(opts) -> the suite's record (rows, summary, goals, notes)."""

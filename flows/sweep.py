@@ -1,0 +1,205 @@
+"""The sweep flow: ingest, validate and encode once, then the later steps once per grid point, in parallel. Wiring only.
+
+The points run through the flow's Prefect task runner: ThreadPoolTaskRunner (threads of this
+process) or prefect_dask.DaskTaskRunner (a LocalCluster of worker processes, or an existing
+Dask scheduler). What crosses to a worker is small: the artifacts root, the point's run folder,
+its configuration and the shared steps' StepOutput pointers (paths). The files themselves are
+read where they lie, so every worker must see the artifacts root at the same path (a shared
+filesystem for workers on other machines).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlsplit
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+from prefect.futures import wait
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.pipeline import inputs_for, locate_input, run_step
+from tasks.config import RunConfig, load_config
+from tasks.store import STEPS, ArtifactStore, RunRecord, StepOutput, new_run_id
+from tasks.sweep import Grid, point_configs, point_label, point_row, start_sweep, sweep_report_task, sweeps_dir
+
+SHARED_STEPS = STEPS[: STEPS.index("train")]  # ingest, validate, encode: once per sweep
+POINT_STEPS = STEPS[STEPS.index("train"):]  # train, evaluate, promote, report: once per point
+
+
+class SweepPointsFailed(RuntimeError):
+    """Some grid points failed; the others finished and sweep.html compares them all."""
+
+
+def task_runner(kind: str = "thread", *, workers: int = 2, dask_address: str | None = None) -> Any:
+    """The Prefect task runner the points run on: threads here, or Dask (a local cluster, or the scheduler at dask_address)."""
+    if kind == "thread":
+        return ThreadPoolTaskRunner(max_workers=workers)
+    if kind == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if dask_address:
+            return DaskTaskRunner(address=dask_address)
+        # One thread per worker process: Keras training already uses every core it is given.
+        # No dashboard: nobody watches it here, and it would take a port (or warn that 8787 is taken).
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None})
+    raise ValueError(f"unknown task runner {kind!r}: use thread or dask")
+
+
+def describe_task_runner(runner: Any) -> dict[str, Any]:
+    """What ran the points, for the sweep's manifest."""
+    name = type(runner).__name__
+    if name == "DaskTaskRunner":
+        if runner.address:
+            return {"kind": "dask", "address": runner.address}
+        return {"kind": "dask", "cluster": "temporary LocalCluster", "cluster_kwargs": runner.cluster_kwargs}
+    return {"kind": "thread" if name == "ThreadPoolTaskRunner" else name, "max_workers": getattr(runner, "_max_workers", None)}
+
+
+@contextlib.contextmanager
+def prefect_api_for_workers(dask_address: str | None = None) -> Iterator[str]:
+    """Make sure Dask worker processes report to this flow's Prefect API, not each to a server of its own.
+
+    With PREFECT_API_URL unset, Prefect starts a temporary server for the process that asks; a
+    Dask worker is another process, so it would start (or time out starting) its own, and its
+    task runs would land in another database. Here the temporary server is started up front and
+    its address set as PREFECT_API_URL, which the task runner hands to every worker with the
+    rest of the settings. It listens on 127.0.0.1 only: workers on other machines need
+    PREFECT_API_URL set to a server they can reach.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield PREFECT_API_URL.value()
+        return
+    host = urlsplit(dask_address if "://" in (dask_address or "") else f"tcp://{dask_address}").hostname if dask_address else None
+    if host and host not in ("localhost", "127.0.0.1", "::1"):
+        raise ValueError(
+            f"Dask workers behind {dask_address} report their task runs to the Prefect API: set PREFECT_API_URL to a "
+            "Prefect server they can reach (e.g. prefect server start --host 0.0.0.0 on this machine)."
+        )
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the same instance Prefect's own client would start in this process
+    server.start()
+    with temporary_settings({PREFECT_API_URL: server.api_url}):
+        yield server.api_url
+
+
+def _one_line(error: BaseException | Any) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+@task(name="sweep-point", cache_policy=NO_CACHE)
+def sweep_point_task(root: str, run_folder: str, config: RunConfig, shared: dict[str, StepOutput]) -> str:
+    """Train, evaluate, promote and report one grid point into its run folder, on whichever worker runs it."""
+    store, run = ArtifactStore(root), RunRecord.load(Path(run_folder))
+    outputs = dict(shared)
+    try:
+        for step in POINT_STEPS:
+            outputs[step] = run_step(run, store, config, step, set(), **inputs_for(step, config, outputs, run.manifest["inputs"], run))
+    except BaseException as error:
+        run.finish("failed", error=_one_line(error))
+        raise
+    run.finish("completed")
+    return run_folder
+
+
+def _failure_reason(future: Any) -> str:
+    """Why a point's task ended without finishing its run, in one line."""
+    try:
+        outcome = future.result(raise_on_failure=False)
+    except Exception as error:  # raised on the worker before Prefect recorded a state
+        return _one_line(error)
+    if isinstance(outcome, BaseException):
+        return _one_line(outcome)
+    return _one_line(future.state.message or f"its task ended {future.state.name}")
+
+
+def start_point(store: ArtifactStore, sweep: RunRecord, point: dict[str, Any], config: RunConfig, shared: dict[str, StepOutput]) -> RunRecord:
+    """A run folder for one grid point, with the shared steps linked in as cached."""
+    run = store.start_run(config.as_dict(), flow_run_id=sweep.manifest["prefect_flow_run_id"])
+    run.manifest["sweep_id"] = sweep.manifest["sweep_id"]
+    run.manifest["grid_point"] = point
+    run.manifest["inputs"] = sweep.manifest["inputs"]
+    for output in shared.values():
+        run.record_step(output, status="cached", seconds=0.0)  # saves the manifest
+    return run
+
+
+def _sweep_name() -> str:
+    config = flow_run.parameters.get("config") or {}
+    if isinstance(config, RunConfig):
+        config = config.as_dict()
+    return f"sweep-{config.get('preset', 'default')}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@flow(name="rnnflow-sweep", flow_run_name=_sweep_name, log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
+def rnnflow_sweep(
+    grid: Grid,
+    config: RunConfig | None = None,
+    artifacts_root: str | None = None,
+    sweep_id: str | None = None,
+    data_dir: str = "data",
+) -> str:
+    """One run per grid point over shared ingest/validate/encode, then sweep.html comparing them; returns the sweep folder.
+
+    The grid maps model.* and train.* keys to their values (tasks.sweep.parse_grid); every
+    combination is a point. Choose where the points run with
+    rnnflow_sweep.with_options(task_runner=task_runner("dask")).
+    """
+    logger = get_run_logger()
+    config = config or load_config()
+    points = point_configs(config, grid)  # every point validated before anything is written
+    store = ArtifactStore(artifacts_root)
+    context = FlowRunContext.get()
+    sweep = start_sweep(
+        store, config, grid, sweep_id=sweep_id or new_run_id(),
+        task_runner=describe_task_runner(context.task_runner), flow_run_id=str(flow_run.id or ""),
+    )
+    logger.info("sweep folder: %s (%d points)", sweep.folder, len(points))
+    shared: dict[str, StepOutput] = {}
+    try:
+        sweep.manifest["inputs"] = locate_input(sweep, config, data_dir)
+        for step in SHARED_STEPS:
+            shared[step] = run_step(sweep, store, config, step, set(), **inputs_for(step, config, shared, sweep.manifest["inputs"]))
+    except BaseException as error:  # raised, as the pipeline does, so the flow run ends Failed with the reason
+        sweep.finish("failed", error=_one_line(error))
+        raise
+
+    runs = [(point, point_config, start_point(store, sweep, point, point_config, shared)) for point, point_config in points]
+    sweep.manifest["points"] = [{"run_id": run.run_id, "grid_point": point} for point, _, run in runs]
+    sweep.save()
+    futures = [
+        sweep_point_task.with_options(task_run_name=f"point-{point_label(point)}").submit(str(store.root), str(run.folder), point_config, shared)
+        for point, point_config, run in runs
+    ]
+    wait(futures)
+    for (point, _, run), future in zip(runs, futures):
+        record = RunRecord.load(run.folder)
+        if record.manifest["status"] == "running":  # the task never started, or its worker died
+            record.finish("failed", error=_failure_reason(future))
+        logger.info("%s: %s", point_label(point), record.manifest["status"])
+
+    rows = [point_row(run.folder, point) for point, _, run in runs]
+    summary = sweep_report_task(str(sweep.folder), sweep.manifest, rows)
+    failed = [row for row in rows if row["status"] != "completed"]
+    sweep.manifest["best_run_id"] = summary["best_run_id"]
+    if failed:
+        reason = f"{len(failed)} of {len(rows)} grid points failed; first: {point_label(failed[0]['grid_point'])}: {failed[0]['error']}"
+        sweep.finish("failed", error=reason)
+        raise SweepPointsFailed(reason)
+    sweep.finish("completed")
+    if summary["best"]:
+        logger.info("best: %s, test accuracy %.4f (run %s)", point_label(summary["best"]["grid_point"]), summary["best"]["test_accuracy"], summary["best_run_id"])
+    return str(sweep.folder)
+
+
+def sweep_folder(artifacts_root: str | Path | None, sweep_id: str) -> Path:
+    return sweeps_dir(ArtifactStore(artifacts_root)) / sweep_id

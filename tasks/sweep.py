@@ -1,0 +1,361 @@
+"""A grid sweep: parse the grid, expand it into validated run configurations, and compare the finished points.
+
+    rnnflow sweep --grid model.cell=lstm,gru --grid model.units=32,64
+
+The points share one ingest, validate and encode (the flow in flows/sweep.py runs them once),
+so only model.* and train.* keys can vary. Each point is a run folder of its own under
+<root>/runs/; the sweep's folder <root>/sweeps/<sweep-id>/ holds its manifest (the shared
+steps, the grid, the points' run ids), sweep.json and sweep.html (a table and a plot of every
+point's test accuracy and training time, the best one marked).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import itertools
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless workers: never try to open a display
+
+# The object API (Figure + its Agg canvas), not pyplot: pyplot's global state is not thread-safe.
+from matplotlib.figure import Figure  # noqa: E402
+from prefect import task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from tasks.config import ConfigError, RunConfig, load_config, parse_override  # noqa: E402
+from tasks.store import ArtifactStore, RunRecord, environment_versions, read_json, write_json, write_text  # noqa: E402
+
+SWEEPABLE_SECTIONS = ("model", "train")
+SWEEP_MANIFEST = "manifest.json"
+SWEEP_JSON = "sweep.json"
+SWEEP_HTML = "sweep.html"
+ARTIFACT_KEY = "rnnflow-sweep"
+
+Grid = dict[str, list[Any]]
+
+
+# --------------------------------------------------------------------------- the grid
+
+
+def _split_values(raw: str) -> list[str]:
+    """Split on commas outside brackets, so list values survive: model.stack_units=[64,32],[32,16]."""
+    pieces, depth, current = [], 0, ""
+    for char in raw:
+        if char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        if char == "," and depth == 0:
+            pieces.append(current.strip())
+            current = ""
+        else:
+            current += char
+    pieces.append(current.strip())
+    return pieces
+
+
+def parse_grid(items: Sequence[str]) -> Grid:
+    """--grid SECTION.KEY=V1,V2 items as {key: [values]}, values read like --set values (64 a number, true a bool).
+
+    Raises ConfigError (one sentence) for an item without values, an empty value, a key outside
+    model.* and train.*, or a key given twice. Whether the key exists and each value fits is
+    checked against the configuration by point_configs.
+    """
+    if not items:
+        raise ConfigError("A sweep needs at least one --grid SECTION.KEY=V1,V2, for example --grid model.cell=lstm,gru.")
+    grid: Grid = {}
+    for item in items:
+        dotted, _, raw = item.partition("=")
+        key = dotted.strip()
+        if not raw.strip():
+            raise ConfigError(f"--grid {item!r} needs values: write KEY=V1,V2, for example --grid {key or 'model.cell'}=lstm,gru.")
+        parts = key.split(".")
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError(f"--grid {item!r} must name a section and a key, for example --grid model.units=32,64.")
+        if parts[0] not in SWEEPABLE_SECTIONS:
+            raise ConfigError(
+                f"--grid {key}: the points of a sweep share one ingest, validate and encode, so only "
+                f"{' and '.join(s + '.*' for s in SWEEPABLE_SECTIONS)} keys can vary; set {key} with --set, or run one sweep per value."
+            )
+        if key in grid:
+            raise ConfigError(f"--grid {key} is given twice: list all its values in one --grid {key}=V1,V2.")
+        values = []
+        for piece in _split_values(raw):
+            if not piece:
+                raise ConfigError(f"--grid {item!r} has an empty value: separate values with single commas, e.g. {key}=32,64.")
+            values.append(parse_override(f"{key}={piece}")[1])
+        grid[key] = values
+    return grid
+
+
+def grid_points(grid: Grid) -> list[dict[str, Any]]:
+    """Every combination of the grid's values (the cartesian product), the first key varying slowest."""
+    keys = list(grid)
+    return [dict(zip(keys, combination)) for combination in itertools.product(*(grid[k] for k in keys))]
+
+
+def _value_at(config: RunConfig, key: str) -> Any:
+    node: Any = config.as_dict()
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _overrides(point: dict[str, Any]) -> list[str]:
+    # JSON is YAML: the parsed value goes back through load_config exactly as it was read.
+    return [f"{key}={json.dumps(value)}" for key, value in point.items()]
+
+
+def _checked(base: RunConfig, point: dict[str, Any]) -> RunConfig:
+    try:
+        return load_config(base=base.as_dict(), overrides=_overrides(point))
+    except ConfigError as error:
+        # load_config names its override layer '--set'; here the values came from --grid.
+        raise ConfigError(str(error).replace(" in --set", " in --grid")) from None
+
+
+def point_configs(base: RunConfig, grid: Grid) -> list[tuple[dict[str, Any], RunConfig]]:
+    """(grid point, its whole run configuration) for every point, validated by load_config.
+
+    The point's values are read back from its validated configuration (32.0 becomes 32), so
+    the manifest records what the run used. Raises ConfigError for an unknown key, a value of
+    the wrong type, a value listed twice, or a combination the configuration rejects.
+    """
+    for key, values in grid.items():
+        seen: list[Any] = []
+        for value in values:
+            resolved = _value_at(_checked(base, {key: value}), key)
+            if resolved in seen:
+                raise ConfigError(f"--grid {key} lists {json.dumps(resolved)} twice: give each value once.")
+            seen.append(resolved)
+    result = []
+    for point in grid_points(grid):
+        config = _checked(base, point)
+        result.append(({key: _value_at(config, key) for key in point}, config))
+    return result
+
+
+def point_label(point: dict[str, Any]) -> str:
+    """'cell=lstm, units=32': the grid point as a short label (the section is left out)."""
+    return ", ".join(f"{key.split('.')[-1]}={_format_value(value)}" for key, value in point.items())
+
+
+def _format_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+# --------------------------------------------------------------------------- the sweep's folder
+
+
+def sweeps_dir(store: ArtifactStore) -> Path:
+    return store.root / "sweeps"
+
+
+def start_sweep(store: ArtifactStore, config: RunConfig, grid: Grid, *, sweep_id: str, task_runner: dict[str, Any], flow_run_id: str | None) -> RunRecord:
+    """Create <root>/sweeps/<sweep-id>/ and its manifest: the record the shared steps are linked into."""
+    folder = sweeps_dir(store) / sweep_id
+    folder.mkdir(parents=True, exist_ok=False)
+    record = RunRecord(folder)
+    record.manifest = {
+        "sweep_id": sweep_id,
+        "status": "running",
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": None,
+        "prefect_flow_run_id": flow_run_id,
+        "task_runner": task_runner,
+        "grid": grid,
+        "config": config.as_dict(),
+        "inputs": {},
+        "steps": {},
+        "points": [],
+        "environment": environment_versions(),
+    }
+    record.save()
+    return record
+
+
+def point_row(run_folder: Path, point: dict[str, Any]) -> dict[str, Any]:
+    """One point's line of the comparison, from its run folder's manifest."""
+    manifest = read_json(Path(run_folder) / "manifest.json")
+    steps = manifest.get("steps") or {}
+    evaluate = (steps.get("evaluate") or {}).get("summary") or {}
+    train = (steps.get("train") or {}).get("summary") or {}
+    failed = [(name, entry.get("error")) for name, entry in steps.items() if entry.get("status") == "failed"]
+    return {
+        "run_id": manifest["run_id"],
+        "grid_point": point,
+        "status": manifest.get("status"),
+        "error": f"step {failed[0][0]} failed: {failed[0][1]}" if failed else manifest.get("error"),
+        "test_accuracy": evaluate.get("accuracy"),
+        "test_f1": evaluate.get("f1"),
+        "test_roc_auc": evaluate.get("roc_auc"),
+        # The fit's own time, recorded by train: the same whether this run trained or took it from the cache.
+        "train_seconds": train.get("seconds"),
+        "train_status": (steps.get("train") or {}).get("status"),
+        "epochs_run": train.get("epochs_run"),
+        "params": train.get("params"),
+        "promotion": (manifest.get("promotion") or {}).get("outcome"),
+    }
+
+
+def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The completed point with the highest test accuracy; on a tie, the faster to train."""
+    scored = [row for row in rows if row["status"] == "completed" and row["test_accuracy"] is not None]
+    if not scored:
+        return None
+    return max(scored, key=lambda row: (row["test_accuracy"], -(row["train_seconds"] or 0.0)))
+
+
+# --------------------------------------------------------------------------- the comparison report
+
+
+def _number(value: Any, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def plot_sweep(rows: list[dict[str, Any]], best_run_id: str | None) -> bytes:
+    """Two bar charts side by side: test accuracy and training seconds per point, the best point in orange."""
+    labels = [point_label(row["grid_point"]) for row in rows]
+    colors = ["tab:orange" if row["run_id"] == best_run_id else "tab:blue" for row in rows]
+    figure = Figure(figsize=(9.0, 1.2 + 0.45 * len(rows)), dpi=100, layout="constrained")
+    accuracy_axes, time_axes = figure.subplots(1, 2, sharey=True)
+    positions = list(range(len(rows)))
+    accuracy_bars = accuracy_axes.barh(positions, [row["test_accuracy"] or 0.0 for row in rows], color=colors)
+    time_bars = time_axes.barh(positions, [row["train_seconds"] or 0.0 for row in rows], color=colors)
+    accuracy_axes.bar_label(accuracy_bars, labels=[_number(row["test_accuracy"], 3) if row["test_accuracy"] is not None else "" for row in rows], padding=3, fontsize=8)
+    time_axes.bar_label(time_bars, labels=[_number(row["train_seconds"], 1) if row["train_seconds"] is not None else "" for row in rows], padding=3, fontsize=8)
+    for position, row in zip(positions, rows):
+        if row["test_accuracy"] is None:
+            accuracy_axes.text(0.01, position, row["status"] or "no result", va="center", fontsize=8)
+    accuracy_axes.set_yticks(positions, labels)
+    accuracy_axes.invert_yaxis()
+    accuracy_axes.set_xlim(0, 1.1)  # room for the labels
+    accuracy_axes.set_xlabel("test accuracy")
+    time_axes.set_xlabel("training time (s)")
+    for axes in (accuracy_axes, time_axes):
+        axes.grid(axis="x", alpha=0.3)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    figure.clear()
+    return buffer.getvalue()
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 70rem; color: #222; }
+table { border-collapse: collapse; margin: 1rem 0; }
+th, td { border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: left; }
+td.number { text-align: right; font-variant-numeric: tabular-nums; }
+tr.best { background: #fff1dc; font-weight: 600; }
+tr.failed { color: #a00; }
+img { max-width: 100%; }
+"""
+
+
+def render_sweep_html(summary: dict[str, Any], png: bytes) -> str:
+    keys = list(summary["grid"])
+    best = summary["best_run_id"]
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["", *keys, "run", "status", "test accuracy", "test f1", "train s", "epochs", "params"])
+    lines = []
+    for row in summary["points"]:
+        is_best = row["run_id"] == best
+        css = "point best" if is_best else ("point" if row["status"] == "completed" else "point failed")
+        report = f"../../runs/{row['run_id']}/report/report.html"
+        cells = [
+            "<td>★ best</td>" if is_best else "<td></td>",
+            *(f"<td>{html.escape(_format_value(row['grid_point'][key]))}</td>" for key in keys),
+            f'<td><a href="{html.escape(report)}">{html.escape(row["run_id"])}</a></td>',
+            f"<td>{html.escape(str(row['status']))}" + (f": {html.escape(row['error'])}" if row.get("error") else "") + "</td>",
+            f'<td class="number">{_number(row["test_accuracy"], 4)}</td>',
+            f'<td class="number">{_number(row["test_f1"], 4)}</td>',
+            f'<td class="number">{_number(row["train_seconds"], 1)}</td>',
+            f'<td class="number">{row["epochs_run"] if row["epochs_run"] is not None else "n/a"}</td>',
+            f'<td class="number">{row["params"] if row["params"] is not None else "n/a"}</td>',
+        ]
+        lines.append(f'<tr class="{css}">{"".join(cells)}</tr>')
+    verdict = (
+        f"Best: {html.escape(point_label(summary['best']['grid_point']))} (run {html.escape(best)}), "
+        f"test accuracy {_number(summary['best']['test_accuracy'], 4)}."
+        if summary.get("best") else "No point completed: there is no best."
+    )
+    grid = "; ".join(f"{html.escape(key)} = {html.escape(', '.join(_format_value(v) for v in values))}" for key, values in summary["grid"].items())
+    picture = base64.b64encode(png).decode("ascii")
+    return "\n".join([
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>rnnflow sweep {html.escape(summary['sweep_id'])}</title><style>{_CSS}</style></head><body>",
+        f"<h1>Sweep {html.escape(summary['sweep_id'])}</h1>",
+        f"<p>Preset {html.escape(str(summary.get('preset')))}; grid: {grid}; {len(summary['points'])} points. {verdict}</p>",
+        f"<table><thead><tr>{head}</tr></thead><tbody>",
+        *lines,
+        "</tbody></table>",
+        "<p>Training time is the fit's own time, as recorded by the train step. "
+        "Each run links to its own report.</p>",
+        f'<img alt="test accuracy and training time per grid point" src="data:image/png;base64,{picture}">',
+        "</body></html>",
+    ])
+
+
+def write_sweep_report(folder: Path, sweep_manifest: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write sweep.json and sweep.html (table + embedded plot) into the sweep's folder; return the summary."""
+    best = best_row(rows)
+    summary = {
+        "sweep_id": sweep_manifest["sweep_id"],
+        "preset": (sweep_manifest.get("config") or {}).get("preset"),
+        "grid": sweep_manifest["grid"],
+        "metric": "test accuracy",
+        "best_run_id": best["run_id"] if best else None,
+        "best": best,
+        "points": rows,
+    }
+    write_json(Path(folder) / SWEEP_JSON, summary)
+    write_text(Path(folder) / SWEEP_HTML, render_sweep_html(summary, plot_sweep(rows, summary["best_run_id"])))
+    return summary
+
+
+def format_sweep_table(summary: dict[str, Any]) -> str:
+    """The comparison as a plain-text table, for the command line."""
+    keys = list(summary["grid"])
+    headers = ["", *(key.split(".")[-1] for key in keys), "run id", "status", "test acc", "train s"]
+    body = [
+        [
+            "*" if row["run_id"] == summary["best_run_id"] else "",
+            *(_format_value(row["grid_point"][key]) for key in keys),
+            row["run_id"],
+            str(row["status"]),
+            _number(row["test_accuracy"], 4),
+            _number(row["train_seconds"], 1),
+        ]
+        for row in summary["points"]
+    ]
+    widths = [max(len(line[i]) for line in [headers, *body]) for i in range(len(headers))]
+    numeric = {len(headers) - 2, len(headers) - 1}
+    render = lambda line: "  ".join(cell.rjust(w) if i in numeric else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths))).rstrip()  # noqa: E731
+    lines = [render(headers), *(render(line) for line in body)]
+    if summary.get("best"):
+        lines.append(f"* best: {point_label(summary['best']['grid_point'])}, test accuracy {_number(summary['best']['test_accuracy'], 4)}")
+    return "\n".join(lines)
+
+
+@task(name="sweep-report", cache_policy=NO_CACHE)
+def sweep_report_task(folder: str, sweep_manifest: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write the comparison, and show it in Prefect's UI as a table artifact."""
+    from prefect.artifacts import create_table_artifact
+
+    summary = write_sweep_report(Path(folder), sweep_manifest, rows)
+    create_table_artifact(
+        key=ARTIFACT_KEY,
+        table=[
+            {"best": "★" if row["run_id"] == summary["best_run_id"] else "", "point": point_label(row["grid_point"]), "run": row["run_id"],
+             "status": row["status"], "test accuracy": row["test_accuracy"], "train seconds": row["train_seconds"]}
+            for row in rows
+        ],
+        description=f"Sweep {summary['sweep_id']}: test accuracy and training time per grid point ({Path(folder) / SWEEP_HTML})",
+    )
+    return summary
