@@ -100,7 +100,8 @@ class ModelConfig(Section):
     input: Literal["embedding", "onehot"] = "embedding"
     embedding_dim: int = Field(default=64, ge=1)
     mask_padding: bool = True
-    embedding_dropout: float = Field(default=0.0, ge=0, lt=1, description="SpatialDropout1D rate on the input vectors")
+    word_dropout: float = Field(default=0.0, ge=0, lt=1, description="rate at which whole input words are dropped while training")
+    embedding_dropout: float = Field(default=0.0, ge=0, lt=1, description="SpatialDropout1D rate: whole vector dimensions dropped at every step")
     dropout: float = Field(default=0.0, ge=0, lt=1)
     pooling: Literal["last", "mean", "max"] = Field(default="last", description="the last state, or the mean/max over all steps")
     dense_units: int = Field(default=0, ge=0)

@@ -66,7 +66,9 @@ def build_model(cfg: ModelConfig, *, num_tokens: int, max_len: int, n_classes: i
         x = layers.Embedding(num_tokens, cfg.embedding_dim, mask_zero=cfg.mask_padding, name="embedding")(inputs)
     else:
         x = OneHotTokens(num_tokens, mask_zero=cfg.mask_padding, name="one_hot")(inputs)
-    if cfg.embedding_dropout:  # drops whole word vectors: the vocabulary is large and memorised fast
+    if cfg.word_dropout:  # drops whole words (a review reads as if they were not there): against memorising the vocabulary
+        x = layers.Dropout(cfg.word_dropout, noise_shape=(None, max_len, 1), name="word_dropout")(x)
+    if cfg.embedding_dropout:  # drops whole vector dimensions at every step
         x = layers.SpatialDropout1D(cfg.embedding_dropout, name="embedding_dropout")(x)
     stack = recurrent_stack(cfg)
     for depth, (cell, units) in enumerate(stack, start=1):
