@@ -1,4 +1,4 @@
-"""The rnnflow pipeline: ingest -> validate -> encode -> train -> evaluate -> promote -> report. Wiring only."""
+"""The rnnflow pipeline: ingest -> validate -> encode -> train -> evaluate -> report -> promote. Wiring only."""
 
 
 import time
@@ -16,7 +16,7 @@ from tasks.encode import encode_task
 from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task, locate_source_task, retry_unless_bad_input
 from tasks.promote import manifest_promotion, outcome_line, promote_task
-from tasks.report import report_task
+from tasks.report import publish_report_artifacts, report_task
 from tasks.store import STEPS, ArtifactStore, RunRecord, StepOutput
 from tasks.train import train_task
 from tasks.validate import DataValidationError, validate_task
@@ -72,6 +72,8 @@ def run_step(run: RunRecord, store: ArtifactStore, config: RunConfig, step: str,
         raise StepFailed(step, _one_line(error))
     output: StepOutput = state.result()
     run.record_step(output, status="cached" if state.name == "Cached" else "completed", seconds=seconds)
+    if step == "report":  # from the run folder, so the link outlives the cache and a cached report shows too
+        publish_report_artifacts(run.step_output("report"), {"evaluate": run.step_output("evaluate")})
     if step == "promote":
         run.manifest["promotion"] = manifest_promotion(output, run.run_id)
         run.save()
@@ -172,5 +174,5 @@ def inputs_for(step: str, config: RunConfig, outputs: dict[str, StepOutput], sou
         return {"section": {}, "upstream": pick("encode", "train")}
     if step == "promote":
         return {"section": config.section("promote"), "upstream": pick("ingest", "validate", "encode", "evaluate"), "run_folder": str(run.folder)}
-    # The report shows the promotion when there was one (runs recorded before the step have none).
-    return {"section": {"config": config.as_dict()}, "upstream": pick("validate", "encode", "train", "evaluate", *(["promote"] if "promote" in outputs else []))}
+    # The report leaves the promotion out: it changes from run to run, and the report is cached.
+    return {"section": {"config": config.as_dict()}, "upstream": pick("validate", "encode", "train", "evaluate")}

@@ -29,7 +29,7 @@ from tasks.store import STEPS, ArtifactStore, RunRecord, StepOutput, new_run_id
 from tasks.sweep import Grid, point_configs, point_label, point_row, start_sweep, sweep_report_task, sweeps_dir
 
 SHARED_STEPS = STEPS[: STEPS.index("train")]  # ingest, validate, encode: once per sweep
-POINT_STEPS = STEPS[STEPS.index("train"):]  # train, evaluate, promote, report: once per point
+POINT_STEPS = STEPS[STEPS.index("train"):]  # train, evaluate, report, promote: once per point
 
 
 class SweepPointsFailed(RuntimeError):
@@ -98,7 +98,7 @@ def _one_line(error: BaseException | Any) -> str:
 
 @task(name="sweep-point", cache_policy=NO_CACHE)
 def sweep_point_task(root: str, run_folder: str, config: RunConfig, shared: dict[str, StepOutput]) -> str:
-    """Train, evaluate, promote and report one grid point into its run folder, on whichever worker runs it."""
+    """Train, evaluate, report and promote one grid point into its run folder, on whichever worker runs it."""
     store, run = ArtifactStore(root), RunRecord.load(Path(run_folder))
     outputs = dict(shared)
     try:

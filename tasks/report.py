@@ -31,7 +31,6 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.context import FlowRunContext, TaskRunContext  # noqa: E402
 
 from tasks.caching import StepCachePolicy, produce_step  # noqa: E402
-from tasks.promote import promotion_rows  # noqa: E402
 from tasks.store import StepOutput, atomic_path, read_json, write_json, write_text  # noqa: E402
 
 REPORT_HTML = "report.html"
@@ -49,7 +48,6 @@ INPUT_FILES = {
     "encode": ("encode.json",),
     "train": ("train.json", "history.json"),
     "evaluate": ("metrics.json",),
-    "promote": ("decision.json",),  # optional: runs recorded before the promote step have none
 }
 
 TEST_METRIC_ORDER = ("accuracy", "loss", "precision", "recall", "f1", "roc_auc", "n")
@@ -73,7 +71,6 @@ class ReportInputs:
     training: dict[str, Any]
     history: dict[str, Any]
     metrics: dict[str, Any]
-    promotion: dict[str, Any] | None = None  # promote/decision.json, when the run had a promote step
 
     @property
     def test(self) -> dict[str, Any]:
@@ -101,7 +98,6 @@ def load_report_inputs(config: dict[str, Any], upstream: dict[str, StepOutput]) 
         training=_read_upstream_json(upstream, "train", "train.json"),
         history=_read_upstream_json(upstream, "train", "history.json"),
         metrics=_read_upstream_json(upstream, "evaluate", "metrics.json"),
-        promotion=_read_upstream_json(upstream, "promote", "decision.json") if "promote" in upstream else None,
     )
 
 
@@ -223,8 +219,6 @@ def key_numbers_table(inputs: ReportInputs) -> Table:
         ["Reviews truncated at max_len", truncated or "n/a"],
         ["Data validation", verdict],
     ]
-    if inputs.promotion:
-        rows.append(["Promotion", promotion_rows(inputs.promotion)[0][1]])
     return Table(["Measure", "Value"], rows)
 
 
@@ -534,9 +528,6 @@ def report_title(config: dict[str, Any]) -> str:
 def build_sections(inputs: ReportInputs, plots: dict[str, Plot]) -> list[Section]:
     metrics, validation, encoding, training = inputs.metrics, inputs.validation, inputs.encoding, inputs.training
     sections = [Section("Key numbers").add("table", key_numbers_table(inputs)).add("table", per_class_table(metrics))]
-    if inputs.promotion:
-        rows = promotion_rows(inputs.promotion)
-        sections.append(Section("Promotion").add("text", f"{rows[0][1]}: {rows[1][1]}.").add("table", Table(["Measure", "Value"], rows[2:])))
 
     checks = Section("Data validation")
     failed = [check for check in validation.get("checks") or [] if not check.get("passed", True)]
@@ -764,6 +755,9 @@ def artifact_markdown(output: StepOutput) -> str:
 def publish_report_artifacts(output: StepOutput, upstream: dict[str, StepOutput]) -> bool:
     """Show the report in Prefect's UI (key numbers, test metrics, a link to report.html); only inside a run.
 
+    The flow calls this after the report step with pointers into the run folder, whether the
+    report was computed or cached, so every flow run in the UI carries its report.
+
     Returns whether artifacts were created. A failure to publish is logged, not raised: the
     report files are already written and are the record; the artifacts are a view of them.
     """
@@ -789,6 +783,5 @@ def publish_report_artifacts(output: StepOutput, upstream: dict[str, StepOutput]
 
 @task(name="report", cache_policy=StepCachePolicy(step="report"))
 def report_task(root: str, section: dict, upstream: dict) -> StepOutput:
-    output = produce_step(root, "report", section, upstream, lambda out: write_report(section["config"], upstream, out))
-    publish_report_artifacts(output, upstream)
-    return output
+    # The artifacts are published by the flow from the run folder, so a cached report shows too.
+    return produce_step(root, "report", section, upstream, lambda out: write_report(section["config"], upstream, out))

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 
 from pydantic import BaseModel
 
-STEPS = ("ingest", "validate", "encode", "train", "evaluate", "promote", "report")
+STEPS = ("ingest", "validate", "encode", "train", "evaluate", "report", "promote")
 CHAMPION_FILE = "champion.json"  # <root>/champion.json: the run whose model is promoted (tasks/promote.py)
 ENTRY_FILE = "_entry.json"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from prefect.artifacts import Artifact
 
 from flows.pipeline import rnnflow_pipeline
 from tasks.config import load_config
@@ -52,20 +53,22 @@ def test_run_writes_a_complete_run_folder(prefect_api, root: Path):
     assert (folder / "train" / "model.keras").exists()
 
     # The same configuration again: nothing recomputes but promote (never cached: it asks the
-    # champion) and the report that shows its new decision; the new folder is complete on its own.
+    # champion); the new folder is complete on its own, and the UI still gets its report.
     again = Path(rnnflow_pipeline(config=config, artifacts_root=str(root)))
     assert again != folder
     steps = _manifest(again)["steps"]
-    expected = {name: "cached" for name in STEPS} | {"promote": "completed", "report": "completed"}
+    expected = {name: "cached" for name in STEPS} | {"promote": "completed"}
     assert {name: entry["status"] for name, entry in steps.items()} == expected
     assert (again / "train" / "model.keras").read_bytes() == (folder / "train" / "model.keras").read_bytes()
+    link = Artifact.get("rnnflow-report-html")
+    assert link is not None and (again / "report" / "report.html").resolve().as_uri() in link.data
 
-    # A train-only change recomputes exactly train, evaluate, promote and report.
+    # A train-only change recomputes exactly train, evaluate, report and promote.
     changed = load_config("demo", overrides=[*TINY, "train.epochs=1"])
     third = _manifest(Path(rnnflow_pipeline(config=changed, artifacts_root=str(root))))
     assert {n: e["status"] for n, e in third["steps"].items()} == {
         "ingest": "cached", "validate": "cached", "encode": "cached",
-        "train": "completed", "evaluate": "completed", "promote": "completed", "report": "completed",
+        "train": "completed", "evaluate": "completed", "report": "completed", "promote": "completed",
     }
     assert len(ArtifactStore(root).list_runs()) == 3
 

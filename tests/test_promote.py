@@ -203,8 +203,6 @@ def test_runs_are_promoted_only_when_better_and_by_hand_on_request(prefect_api, 
     manifest = read_json(worse / "manifest.json")
     assert manifest["status"] == "completed" and manifest["promotion"]["outcome"] == "not_promoted"
     assert (root / "champion.json").read_bytes() == pointer_bytes, "the champion is unchanged"
-    report = (worse / "report" / "report.md").read_text()
-    assert "## Promotion" in report and "Not promoted: accuracy" in report
     artifact = Artifact.get("rnnflow-promotion")
     assert artifact is not None and artifact.data.startswith("# Not promoted")
 
