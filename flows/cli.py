@@ -84,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", metavar="FILE.parquet|.csv", help="write every prediction there instead of printing a table")
     predict.add_argument("--artifacts", metavar="DIR")
 
+    generate = commands.add_parser("generate", help="continue a text with a next_token run's model and print it")
+    generate.add_argument("--run", default="latest", metavar="ID|latest|champion", help="a run trained with model.task next_token (default: latest completed)")
+    generate.add_argument("--prompt", required=True, metavar="TEXT", help="the start of the text to continue")
+    generate.add_argument("--length", type=int, default=200, metavar="N", help="at most N more characters; the model may end the text sooner (default: 200)")
+    generate.add_argument("--temperature", type=float, default=0.0, metavar="T",
+                          help="0 takes the likeliest character each time (the default); above 0 draws one, more varied as T grows")
+    generate.add_argument("--artifacts", metavar="DIR")
+
     champion = commands.add_parser("champion", help="print the champion (the promoted run) and its test metrics")
     champion.add_argument("--artifacts", metavar="DIR")
 
@@ -278,6 +286,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tasks.generate import GenerationError, generate, load_generator
+
+    if args.length < 0:
+        raise UsageError(f"--length must be 0 or more characters, not {args.length}.")
+    if args.temperature < 0:
+        raise UsageError(f"--temperature must be 0 (always the likeliest character) or more, not {args.temperature:g}.")
+    try:
+        generator = load_generator(_store(args).resolve_run(args.run))
+        text = generate(generator, args.prompt, length=args.length, temperature=args.temperature)
+    except (GenerationError, FileNotFoundError) as error:
+        raise UsageError(str(error)) from None
+    print(text)
+    return EXIT_OK
+
+
 def cmd_champion(args: argparse.Namespace) -> int:
     from tasks.promote import PromotionError, read_champion
 
@@ -328,7 +352,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": cmd_run, "step": cmd_step, "serve": cmd_serve, "runs": cmd_runs, "presets": cmd_presets, "config": cmd_config,
-    "predict": cmd_predict, "sweep": cmd_sweep, "champion": cmd_champion, "promote": cmd_promote,
+    "predict": cmd_predict, "generate": cmd_generate, "sweep": cmd_sweep, "champion": cmd_champion, "promote": cmd_promote,
 }
 
 

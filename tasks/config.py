@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
@@ -91,6 +91,9 @@ class EncodeConfig(Section):
 
 
 class ModelConfig(Section):
+    task: Literal["classify", "next_token"] = Field(
+        default="classify", description="classify: one label per text; next_token: predict every next character (char tokenizer)"
+    )
     cell: Literal["simple_rnn", "lstm", "gru"] = "lstm"
     units: int = Field(default=64, ge=1)
     layers: int = Field(default=1, ge=1)
@@ -153,6 +156,30 @@ class RunConfig(Section):
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
 
+    @model_validator(mode="after")
+    def _next_token_fits(self) -> "RunConfig":
+        """model.task next_token reads text one character at a time, left to right: the rules that follow from it."""
+        if self.model.task != "next_token":
+            return self
+        # A word model could be trained the same way, but generate would have to guess how to join
+        # words back into text (spaces, punctuation dropped by the word rule): characters only.
+        if self.encode.tokenizer != "char":
+            raise ValueError(
+                f"model.task next_token predicts the next character and needs encode.tokenizer char, not {self.encode.tokenizer}: "
+                "add --set encode.tokenizer=char or start from --preset seed-char-next"
+            )
+        if self.model.bidirectional:
+            raise ValueError(
+                "model.task next_token predicts each character from the ones before it, and a bidirectional layer would read "
+                "the answer from the right: add --set model.bidirectional=false"
+            )
+        if self.model.pooling != "last":
+            raise ValueError(
+                f"model.task next_token predicts at every step and pools nothing, so model.pooling {self.model.pooling} does not apply: "
+                "leave it at last"
+            )
+        return self
+
 
 def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
@@ -210,6 +237,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 def _describe_error(err: ValidationError, origin: str) -> str:
     first = err.errors()[0]
+    if not first["loc"]:  # a rule across sections (RunConfig's own validators): its message names the keys
+        return f"The configuration from {origin} does not hold together: {first['msg'].removeprefix('Value error, ')}."
     where = ".".join(str(p) for p in first["loc"]).replace("validate_", "validate")
     if first["type"] == "extra_forbidden":
         return f"Unknown configuration key {where!r} in {origin}: check its spelling against the README's configuration table."

@@ -1,4 +1,8 @@
-"""Evaluate: the trained model on the test split; metrics.json, predictions, and slices by review length."""
+"""Evaluate: the trained model on the test split; metrics.json, predictions, and slices by review length.
+
+A next_token model (train.json's task) is scored per step instead: how often its most likely next
+token is the right one, and its loss, over the steps train weighed in (padding excluded).
+"""
 
 from __future__ import annotations
 
@@ -76,11 +80,102 @@ def score(probabilities: np.ndarray, y_true: np.ndarray, lengths: np.ndarray, la
     }
 
 
+def _macro_scores(confusion: np.ndarray) -> tuple[float, float, float]:
+    """Macro precision, recall and F1 over the classes that occur (true or predicted), as sklearn's defaults."""
+    true, predicted, hits = confusion.sum(axis=1), confusion.sum(axis=0), np.diag(confusion).astype(np.float64)
+    present = (true + predicted) > 0
+    precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)
+    recall = np.divide(hits, true, out=np.zeros_like(hits), where=true > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(hits), where=(precision + recall) > 0)
+    if not present.any():
+        return 0.0, 0.0, 0.0
+    return float(precision[present].mean()), float(recall[present].mean()), float(f1[present].mean())
+
+
+def score_next_token(model: Any, x: np.ndarray, lengths: np.ndarray, chunk: int = 256) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """(metrics.json, steps scored per row, right guesses per row) for a next_token model: next-token
+    accuracy and loss over the weighted steps.
+
+    The test rows go through train's next_token_arrays, so the same steps count (a padding step
+    never does; the step after a text's last token, whose answer is "the text ends", does).
+    Scored chunk by chunk: the per-step probabilities of a whole split would not fit in memory.
+    """
+    from tasks.models import next_token_arrays
+
+    inputs, targets, weights = next_token_arrays(x)
+    vocabulary = int(model.output_shape[-1])
+    confusion = np.zeros((vocabulary, vocabulary), dtype=np.int64)
+    row_steps = np.zeros(len(inputs), dtype=np.int64)
+    row_hits = np.zeros(len(inputs), dtype=np.int64)
+    log_loss = 0.0
+    for start in range(0, len(inputs), chunk):
+        stop = start + chunk
+        probabilities = np.asarray(model.predict(inputs[start:stop], batch_size=chunk, verbose=0), dtype=np.float64)
+        counted = weights[start:stop] > 0
+        truth, guess = targets[start:stop], probabilities.argmax(axis=-1)
+        picked = np.take_along_axis(probabilities, truth[..., None], axis=-1)[..., 0]
+        log_loss -= float(np.log(np.clip(picked[counted], 1e-7, 1.0)).sum())
+        pairs = truth[counted] * vocabulary + guess[counted]
+        confusion += np.bincount(pairs, minlength=vocabulary * vocabulary).reshape(vocabulary, vocabulary)
+        row_steps[start:stop] = counted.sum(axis=1)
+        row_hits[start:stop] = ((guess == truth) & counted).sum(axis=1)
+    steps = int(row_steps.sum())
+    precision, recall, f1 = _macro_scores(confusion)
+    by_length = []
+    for low, high in zip(LENGTH_BUCKETS, LENGTH_BUCKETS[1:]):
+        mask = (lengths >= low) & (lengths < high) & (row_steps > 0)
+        if mask.any():
+            accuracy = float(row_hits[mask].sum() / row_steps[mask].sum())
+            by_length.append({"bucket": _bucket_name(low, high), "n": int(mask.sum()), "accuracy": accuracy})
+    return {
+        "task": "next_token",
+        "test": {
+            "n": int(len(inputs)),
+            "steps": steps,  # the next tokens scored
+            "accuracy": float(np.trace(confusion) / steps) if steps else None,
+            "loss": log_loss / steps if steps else None,
+            # Macro over the tokens that occur; no ROC curve for a choice among a whole vocabulary.
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "roc_auc": None,
+        },
+        "labels": [],
+        "confusion_matrix": [],
+        "roc_curve": None,
+        "by_length": by_length,
+        "per_class": {},
+    }, row_steps, row_hits
+
+
+def _evaluate_next_token(model: Any, encode_dir: Path, out_dir: Path) -> dict[str, Any]:
+    x_test, _ = load_arrays(encode_dir, "test")
+    tokens = pd.read_parquet(Path(encode_dir) / "tokens_test.parquet", columns=["id", "length"])
+    result, row_steps, row_hits = score_next_token(model, np.asarray(x_test), tokens["length"].to_numpy())
+    write_json(out_dir / "metrics.json", result)
+    predictions = pd.DataFrame(
+        {
+            "id": tokens["id"],
+            "steps": row_steps,
+            "correct": row_hits,
+            "accuracy": np.divide(row_hits, row_steps, out=np.full(len(row_steps), np.nan), where=row_steps > 0).round(6),
+            "length": tokens["length"],
+        }
+    )
+    with atomic_path(out_dir / "predictions.parquet") as tmp:
+        predictions.to_parquet(tmp, index=False)
+    return {k: result["test"][k] for k in ("accuracy", "loss", "f1", "roc_auc", "n")}
+
+
 def evaluate_model(encode_dir: Path, train_dir: Path, out_dir: Path) -> dict[str, Any]:
     import keras
 
     import tasks.models  # noqa: F401  (registers the custom layers before loading)
 
+    training = Path(train_dir) / "train.json"
+    if training.is_file() and read_json(training).get("task") == "next_token":  # runs from before the setting are classifiers
+        model = keras.models.load_model(Path(train_dir) / "model.keras", compile=False)
+        return _evaluate_next_token(model, encode_dir, out_dir)
     model = keras.models.load_model(Path(train_dir) / "model.keras")
     x_test, y_test = load_arrays(encode_dir, "test")
     labels = read_json(Path(encode_dir) / "labels.json")

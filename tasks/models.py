@@ -1,10 +1,11 @@
-"""Model builders: a Keras recurrent classifier from the model section of the configuration."""
+"""Model builders: a Keras recurrent classifier, or a next-character model, from the model section of the configuration."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import keras
+import numpy as np
 from keras import layers
 
 from tasks.config import ModelConfig
@@ -56,11 +57,15 @@ def cudnn_eligible(cfg: ModelConfig, padding: str) -> bool:
     the first four always; cell and padding are the configuration's choice.
     """
     cells_ok = all(cell in ("lstm", "gru") for cell, _ in recurrent_stack(cfg))
-    mask_ok = not cfg.mask_padding or padding == "post"
+    # next_token rows are laid out right-padded whatever encode.padding says (next_token_arrays).
+    mask_ok = not cfg.mask_padding or padding == "post" or cfg.task == "next_token"
     return cells_ok and mask_ok
 
 
 def build_model(cfg: ModelConfig, *, num_tokens: int, max_len: int, n_classes: int) -> keras.Model:
+    """The classifier (model.task classify), or for next_token a model of every next token (see build_next_token_model)."""
+    if cfg.task == "next_token":
+        return build_next_token_model(cfg, num_tokens=num_tokens)
     inputs = keras.Input(shape=(max_len,), dtype="int32", name="token_ids")
     if cfg.input == "embedding":
         x = layers.Embedding(num_tokens, cfg.embedding_dim, mask_zero=cfg.mask_padding, name="embedding")(inputs)
@@ -89,6 +94,53 @@ def build_model(cfg: ModelConfig, *, num_tokens: int, max_len: int, n_classes: i
     else:
         outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=f"rnnflow_{cfg.cell}")
+
+
+def build_next_token_model(cfg: ModelConfig, *, num_tokens: int) -> keras.Model:
+    """Many to many: at every step, a softmax over the vocabulary for the token that comes next.
+
+    Any sequence length (the steps are None): training feeds max_len - 1 steps, generating one more
+    step at a time. The recurrent layers return every step; the configuration has ruled out
+    bidirectional layers (they would read the answer) and pooling. Padding is weighted out of the
+    loss by train.py's sample weights, whether or not model.mask_padding masks it inside.
+    """
+    inputs = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+    if cfg.input == "embedding":
+        x = layers.Embedding(num_tokens, cfg.embedding_dim, mask_zero=cfg.mask_padding, name="embedding")(inputs)
+    else:
+        x = OneHotTokens(num_tokens, mask_zero=cfg.mask_padding, name="one_hot")(inputs)
+    if cfg.word_dropout:  # here whole characters: the model learns to read on over a missing one
+        x = layers.Dropout(cfg.word_dropout, noise_shape=(None, None, 1), name="word_dropout")(x)
+    if cfg.embedding_dropout:
+        x = layers.SpatialDropout1D(cfg.embedding_dropout, name="embedding_dropout")(x)
+    for depth, (cell, units) in enumerate(recurrent_stack(cfg), start=1):
+        # Defaults kept on purpose (tanh, sigmoid, no recurrent dropout): they are the cuDNN path.
+        x = _CELLS[cell](units, return_sequences=True, name=f"{cell}_{depth}")(x)
+        if cfg.dropout:
+            x = layers.Dropout(cfg.dropout, name=f"dropout_{depth}")(x)
+    if cfg.dense_units:
+        x = layers.Dense(cfg.dense_units, activation="relu", name="dense_hidden")(x)
+    # Dense acts on the last axis, so on every step alike (what TimeDistributed(Dense) would do).
+    outputs = layers.Dense(num_tokens, activation="softmax", name="next_token")(x)
+    return keras.Model(inputs, outputs, name=f"rnnflow_{cfg.cell}_next_token")
+
+
+def next_token_arrays(x: np.ndarray, pad: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(inputs, targets, weights) for next-token training from encode's padded rows.
+
+    Each row is first laid out left-aligned (pre-padded rows moved left), so its steps read
+    start id, tokens, padding: right padding, the layout cuDNN's masked kernels accept. The target
+    at a step is the row's next id. A step counts (weight 1) when its input is a real token;
+    padding steps weigh 0. So the first padding id after a text is a target: the model learns
+    where texts end, which is how generating knows when to stop.
+    """
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[1] < 2:
+        raise ValueError(f"next_token needs at least 2 ids per row (encode.max_len >= 2), got rows of shape {x.shape[1:]}")
+    order = np.argsort(x == pad, axis=1, kind="stable")  # real ids first, in their order; padding after
+    aligned = np.take_along_axis(x, order, axis=1)
+    inputs, targets = aligned[:, :-1], aligned[:, 1:]
+    return inputs.astype("int32"), targets.astype("int32"), (inputs != pad).astype("float32")
 
 
 def summary_text(model: keras.Model) -> str:

@@ -46,6 +46,12 @@ def load_predictor(run_folder: Path) -> Predictor:
             f"Run {run_folder.name} has no {missing[0].relative_to(run_folder)}: its steps did not all complete; "
             f"choose a completed run ('rnnflow runs' lists them)."
         )
+    training = run_folder / "train" / "train.json"
+    if training.is_file() and read_json(training).get("task") == "next_token":
+        raise PredictionInputError(
+            f"Run {run_folder.name} holds a next_token model, which continues texts rather than labelling them: "
+            f"use 'rnnflow generate --run {run_folder.name} --prompt TEXT', or give --run a classifier run."
+        )
     import keras
 
     import tasks.models  # noqa: F401  (registers the custom layers before loading)

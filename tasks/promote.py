@@ -66,6 +66,7 @@ class Candidate:
     n_checks: int = 0
     test_fingerprint: str | None = None  # sha256 of ingest/test.parquet: which texts it was tested on
     test_texts: Path | None = None  # that file, to score a champion tested on other texts
+    task: str = "classify"  # metrics.json "task": a next_token model's accuracy is per character, not per text
 
 
 @dataclass(frozen=True)
@@ -103,9 +104,11 @@ def candidate_from_files(run_id: str, ingest_dir: Path, validate_dir: Path, enco
     """A candidate from its steps' folders (cache entries in the flow, run-folder steps by hand)."""
     validation = read_json(Path(validate_dir) / "validation.json")
     test_texts = Path(ingest_dir) / "test.parquet"
+    metrics = read_json(Path(evaluate_dir) / "metrics.json")
     return Candidate(
         run_id=run_id,
-        test=read_json(Path(evaluate_dir) / "metrics.json").get("test") or {},
+        task=metrics.get("task", "classify"),
+        test=metrics.get("test") or {},
         labels=[str(label) for label in read_json(Path(encode_dir) / "labels.json")],
         failed_checks=failed_validation_checks(validation),
         n_checks=len(validation.get("checks") or []),
@@ -280,6 +283,12 @@ def score_champion(store: ArtifactStore, run_id: str, candidate: Candidate, metr
     except (OSError, ValueError):
         return ChampionScore(run_id=run_id, value=None, missing=True)
     own = _number(_recorded_test(folder).get(metric))
+    metrics_file = folder / "evaluate" / "metrics.json"
+    task = read_json(metrics_file).get("task", "classify") if metrics_file.is_file() else "classify"
+    if task != candidate.task:
+        return ChampionScore(run_id=run_id, value=None, own_value=own,
+                             note=f"the champion {run_id} is a {task} model and this run a {candidate.task} model, whose {metric} "
+                                  f"does not compare: promote one by hand with 'rnnflow promote RUN_ID --force'")
     # Same texts, same labels: each model was judged on them through its own cleaning and
     # vocabulary, so the recorded numbers compare. (encode's X_test would differ for the same
     # texts under another vocabulary, and force a needless re-score.)
@@ -288,6 +297,10 @@ def score_champion(store: ArtifactStore, run_id: str, candidate: Candidate, metr
     if candidate.test_texts is None:
         return ChampionScore(run_id=run_id, value=None, own_value=own,
                              note=f"this run has no ingest/test.parquet to score the champion {run_id} on")
+    if task == "next_token":  # re-scoring goes through tasks.predict, which labels texts
+        return ChampionScore(run_id=run_id, value=None, own_value=own,
+                             note=f"the next_token champion {run_id} was tested on other texts and is not re-scored on this run's: "
+                                  f"compare them by hand and use 'rnnflow promote RUN_ID --force'")
     try:
         test = rescore_run(folder, candidate.test_texts, candidate.labels)
     except PromotionError as error:

@@ -558,10 +558,15 @@ def build_sections(inputs: ReportInputs, plots: dict[str, Plot]) -> list[Section
     sections.append(learning)
 
     evaluation = Section("Evaluation on the test split")
+    if metrics.get("task") == "next_token":
+        evaluation.add("text", f"A next_token model: accuracy is how often its likeliest next character was the right one, over "
+                               f"{format_count(inputs.test.get('steps'))} characters of {format_count(inputs.test.get('n'))} test texts "
+                               f"(padding excluded; the end of each text counts); precision, recall and F1 are macro over the "
+                               f"characters. No confusion matrix or ROC curve: the classes are the whole vocabulary.")
     evaluation.add("plot", plots.get("confusion_matrix")).add("table", confusion_table(metrics))
     if "roc_curve" in plots:
         evaluation.add("plot", plots["roc_curve"])
-    else:
+    elif metrics.get("task") != "next_token":  # for next_token the text above says why there is none
         classes = len(metrics.get("confusion_matrix") or metrics.get("labels") or [])
         evaluation.add("text", f"No ROC curve: it is drawn for two classes, and this model has {classes}.")
     evaluation.add("plot", plots.get("accuracy_by_length")).add("table", by_length_table(metrics))

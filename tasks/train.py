@@ -1,4 +1,4 @@
-"""Train: a recurrent classifier on the encoded arrays, early stopping on validation loss, best model kept."""
+"""Train: a recurrent classifier (or next-character model) on the encoded arrays, early stopping on validation loss, best model kept."""
 
 from __future__ import annotations
 
@@ -16,12 +16,15 @@ from tasks.caching import StepCachePolicy, produce_step
 from tasks.config import ModelConfig, TrainConfig
 from tasks.encode import Vocabulary, load_arrays
 from tasks.export import export_text_model
-from tasks.models import build_model, cudnn_eligible, summary_text
+from tasks.models import build_model, cudnn_eligible, next_token_arrays, summary_text
 from tasks.store import StepOutput, read_json, write_json, write_text
 
 EpochHook = Callable[[int, int, dict[str, float]], None]
 
 _OPTIMIZERS = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop, "sgd": keras.optimizers.SGD}
+
+# Why train.json says there is no model_text.keras for a next_token run.
+NO_TEXT_MODEL = "not exported: a next_token model continues texts (rnnflow generate) rather than labelling them"
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter:
@@ -59,20 +62,34 @@ def train_model(
     out_dir: Path,
     on_epoch: EpochHook | None = None,
 ) -> dict[str, Any]:
-    """Fit, keep the best epoch as model.keras, and export it with its preprocessing as model_text.keras."""
+    """Fit, keep the best epoch as model.keras, and export it with its preprocessing as model_text.keras.
+
+    model.task next_token fits every step's next token instead of the label (next_token_arrays:
+    padding steps weigh 0), with the same early stopping and checkpoint; it has no model_text.keras.
+    """
     keras.utils.set_random_seed(train_cfg.seed)
     encoding = read_json(Path(encode_dir) / "encode.json")
     labels = read_json(Path(encode_dir) / "labels.json") if (Path(encode_dir) / "labels.json").exists() else None
     x_train, y_train = load_arrays(encode_dir, "train")
     x_val, y_val = load_arrays(encode_dir, "val")
+    next_token = model_cfg.task == "next_token"
     n_classes = len(labels) if labels else max(2, int(max(y_train.max(), y_val.max())) + 1)
 
     model = build_model(model_cfg, num_tokens=encoding["num_words"], max_len=encoding["max_len"], n_classes=n_classes)
-    model.compile(
-        optimizer=_OPTIMIZERS[train_cfg.optimizer](learning_rate=train_cfg.learning_rate),
-        loss="binary_crossentropy" if n_classes == 2 else "sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    if next_token:
+        x_train, y_train, weights_train = next_token_arrays(x_train)
+        x_val, y_val, weights_val = next_token_arrays(x_val)
+        # The mean over the steps that count (weight 1), not over every step padding included.
+        loss: Any = keras.losses.SparseCategoricalCrossentropy(reduction="mean_with_sample_weight")
+        # Keras weighs only weighted_metrics by the sample weights: accuracy over the real steps.
+        metrics: dict[str, Any] = {"weighted_metrics": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]}
+        validation_data: tuple = (x_val, y_val, weights_val)
+    else:
+        weights_train = None
+        loss = "binary_crossentropy" if n_classes == 2 else "sparse_categorical_crossentropy"
+        metrics = {"metrics": ["accuracy"]}
+        validation_data = (x_val, y_val)
+    model.compile(optimizer=_OPTIMIZERS[train_cfg.optimizer](learning_rate=train_cfg.learning_rate), loss=loss, **metrics)
     checkpoint = out_dir / "model.keras"
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=train_cfg.patience, restore_best_weights=True),
@@ -82,7 +99,8 @@ def train_model(
     started = time.perf_counter()
     history = model.fit(
         x_train, y_train,
-        validation_data=(x_val, y_val),
+        sample_weight=weights_train,
+        validation_data=validation_data,
         batch_size=train_cfg.batch_size,
         epochs=train_cfg.epochs,
         shuffle=True,
@@ -92,11 +110,12 @@ def train_model(
     seconds = time.perf_counter() - started
     if not checkpoint.exists():  # val_loss was NaN every epoch: keep the last weights rather than nothing
         model.save(checkpoint)
-    # Wrap the checkpoint, the file evaluate and predict load, so both models hold the very same weights.
-    export_text_model(
-        keras.models.load_model(checkpoint, compile=False), Vocabulary.load(Path(encode_dir) / "vocab.json"),
-        out_dir / "model_text.keras",
-    )
+    if not next_token:
+        # Wrap the checkpoint, the file evaluate and predict load, so both models hold the very same weights.
+        export_text_model(
+            keras.models.load_model(checkpoint, compile=False), Vocabulary.load(Path(encode_dir) / "vocab.json"),
+            out_dir / "model_text.keras",
+        )
 
     curves = {name: [float(v) for v in values] for name, values in history.history.items()}
     epochs_run = len(curves.get("loss", []))
@@ -110,6 +129,7 @@ def train_model(
     summary = summary_text(model)
     write_text(out_dir / "model_summary.txt", summary + "\n")
     info = {
+        "task": model_cfg.task,
         "epochs_run": epochs_run,
         "best_epoch": best_epoch,
         "stopped_early": epochs_run < train_cfg.epochs,
@@ -121,6 +141,8 @@ def train_model(
         "cudnn_eligible": cudnn_eligible(model_cfg, encoding["padding"]),
         "model_summary": summary,
     }
+    if next_token:
+        info["model_text"] = NO_TEXT_MODEL
     write_json(out_dir / "train.json", info)
     return {k: info[k] for k in ("epochs_run", "best_epoch", "params", "seconds", "best_val_accuracy", "cudnn_eligible")}
 
