@@ -28,8 +28,8 @@ STEP_MODULES: dict[str, tuple[str, ...]] = {
     "validate": ("validate", "text"),
     "encode": ("encode", "text"),
     "train": ("train", "models", "export"),
-    "evaluate": ("evaluate",),
-    "report": ("report", "promote"),  # the Promotion section is drawn by tasks.promote.promotion_rows
+    "evaluate": ("evaluate", "models"),  # next_token scoring shifts targets with tasks.models.next_token_arrays
+    "report": ("report",),
 }
 
 

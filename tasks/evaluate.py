@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from prefect import task
-from sklearn import metrics as skm
 
 from tasks.caching import StepCachePolicy, produce_step
 from tasks.encode import load_arrays
@@ -36,6 +35,7 @@ def _bucket_name(low: int, high: int) -> str:
 
 def score(probabilities: np.ndarray, y_true: np.ndarray, lengths: np.ndarray, labels: list[str]) -> dict[str, Any]:
     """Every number the report shows, from predicted probabilities and the true labels."""
+    from sklearn import metrics as skm  # here, not at import: a flow whose evaluate is cached never needs it
     y_pred = probabilities.argmax(axis=1)
     n_classes = probabilities.shape[1]
     binary = n_classes == 2

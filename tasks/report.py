@@ -17,21 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import yaml
+from prefect import get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.context import FlowRunContext, TaskRunContext
 
-matplotlib.use("Agg")  # headless workers: never try to open a display
-
-# Figures are built with the object API (Figure + its Agg canvas), not pyplot: pyplot keeps
-# global state that is not thread-safe, and Prefect runs tasks in a thread pool. A Figure that
-# pyplot never registered is freed like any other object, so there is nothing left to close.
-from matplotlib.figure import Figure  # noqa: E402
-import yaml  # noqa: E402
-from prefect import get_run_logger, task  # noqa: E402
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact  # noqa: E402
-from prefect.context import FlowRunContext, TaskRunContext  # noqa: E402
-
-from tasks.caching import StepCachePolicy, produce_step  # noqa: E402
-from tasks.store import StepOutput, atomic_path, read_json, write_json, write_text  # noqa: E402
+from tasks.caching import StepCachePolicy, produce_step
+from tasks.store import StepOutput, atomic_path, read_json, write_json, write_text
 
 REPORT_HTML = "report.html"
 REPORT_MARKDOWN = "report.md"
@@ -339,11 +331,22 @@ class Plot:
         return f"{PLOTS_DIR}/{self.name}.png"
 
 
-def _figure(width: float = 7.0, height: float = 3.6) -> Figure:
+def _figure(width: float = 7.0, height: float = 3.6) -> Any:
+    """A matplotlib Figure, imported here so that a flow whose report is cached never loads matplotlib.
+
+    Figures are built with the object API (Figure + its Agg canvas), not pyplot: pyplot keeps
+    global state that is not thread-safe, and Prefect runs tasks in a thread pool. A Figure that
+    pyplot never registered is freed like any other object, so there is nothing left to close.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless workers: never try to open a display
+    from matplotlib.figure import Figure
+
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def _png(figure: Figure) -> bytes:
+def _png(figure: Any) -> bytes:
     buffer = io.BytesIO()
     # No 'Software' stamp: the bytes then depend only on the data (and matplotlib's drawing).
     figure.savefig(buffer, format="png", metadata={"Software": None})

@@ -8,20 +8,21 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import keras
 import numpy as np
 from prefect import task
 
 from tasks.caching import StepCachePolicy, produce_step
 from tasks.config import ModelConfig, TrainConfig
 from tasks.encode import Vocabulary, load_arrays
-from tasks.export import export_text_model
-from tasks.models import build_model, cudnn_eligible, next_token_arrays, summary_text
 from tasks.store import StepOutput, read_json, write_json, write_text
+
+# Keras (and TensorFlow under it) is imported inside train_model, not here: the flow imports this
+# module for its task, and a run whose train step comes from the cache should not pay seconds of
+# TensorFlow start-up for nothing.
 
 EpochHook = Callable[[int, int, dict[str, float]], None]
 
-_OPTIMIZERS = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop, "sgd": keras.optimizers.SGD}
+_OPTIMIZERS = {"adam": "Adam", "rmsprop": "RMSprop", "sgd": "SGD"}  # names in keras.optimizers
 
 # Why train.json says there is no model_text.keras for a next_token run.
 NO_TEXT_MODEL = "not exported: a next_token model continues texts (rnnflow generate) rather than labelling them"
@@ -35,24 +36,23 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
     return get_run_logger() if TaskRunContext.get() else logging.getLogger("rnnflow")
 
 
-class EpochReport(keras.callbacks.Callback):
-    """One line per epoch in the logs, and a hook for progress displays."""
+def epoch_report(epochs: int, hook: EpochHook | None) -> Any:
+    """A Keras callback: one line per epoch in the logs, and a hook for progress displays."""
+    import keras
 
-    def __init__(self, epochs: int, hook: EpochHook | None):
-        super().__init__()
-        self.epochs = epochs
-        self.hook = hook
-        self.started = 0.0
+    started = [0.0]
 
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.started = time.perf_counter()
+    def begin(epoch: int, logs: dict | None = None) -> None:
+        started[0] = time.perf_counter()
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+    def end(epoch: int, logs: dict | None = None) -> None:
         logs = {k: float(v) for k, v in (logs or {}).items()}
         shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy"))
-        run_logger().info("epoch %d/%d  %s  (%.0f s)", epoch + 1, self.epochs, shown, time.perf_counter() - self.started)
-        if self.hook:
-            self.hook(epoch + 1, self.epochs, logs)
+        run_logger().info("epoch %d/%d  %s  (%.0f s)", epoch + 1, epochs, shown, time.perf_counter() - started[0])
+        if hook:
+            hook(epoch + 1, epochs, logs)
+
+    return keras.callbacks.LambdaCallback(on_epoch_begin=begin, on_epoch_end=end)
 
 
 def train_model(
@@ -67,6 +67,11 @@ def train_model(
     model.task next_token fits every step's next token instead of the label (next_token_arrays:
     padding steps weigh 0), with the same early stopping and checkpoint; it has no model_text.keras.
     """
+    import keras
+
+    from tasks.export import export_text_model
+    from tasks.models import build_model, cudnn_eligible, next_token_arrays, summary_text
+
     keras.utils.set_random_seed(train_cfg.seed)
     encoding = read_json(Path(encode_dir) / "encode.json")
     labels = read_json(Path(encode_dir) / "labels.json") if (Path(encode_dir) / "labels.json").exists() else None
@@ -89,12 +94,12 @@ def train_model(
         loss = "binary_crossentropy" if n_classes == 2 else "sparse_categorical_crossentropy"
         metrics = {"metrics": ["accuracy"]}
         validation_data = (x_val, y_val)
-    model.compile(optimizer=_OPTIMIZERS[train_cfg.optimizer](learning_rate=train_cfg.learning_rate), loss=loss, **metrics)
+    model.compile(optimizer=getattr(keras.optimizers, _OPTIMIZERS[train_cfg.optimizer])(learning_rate=train_cfg.learning_rate), loss=loss, **metrics)
     checkpoint = out_dir / "model.keras"
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=train_cfg.patience, restore_best_weights=True),
         keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_loss", save_best_only=True),
-        EpochReport(train_cfg.epochs, on_epoch),
+        epoch_report(train_cfg.epochs, on_epoch),
     ]
     started = time.perf_counter()
     history = model.fit(
