@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from tasks.encode import INDEX_FROM, OOV, PAD, Vocabulary
+from tasks.predict import load_run_model, run_files
 from tasks.store import read_json
 from tasks.text import clean_text
 
@@ -41,13 +42,7 @@ class Generator:
 def load_generator(run_folder: Path) -> Generator:
     """The run's vocabulary and cleaning (encode/vocab.json) and its next_token model (train/model.keras)."""
     run_folder = Path(run_folder)
-    needed = [run_folder / "encode" / "vocab.json", run_folder / "train" / "train.json", run_folder / "train" / "model.keras"]
-    missing = [path for path in needed if not path.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"Run {run_folder.name} has no {missing[0].relative_to(run_folder)}: its steps did not all complete; "
-            f"choose a completed run ('rnnflow runs' lists them)."
-        )
+    needed = run_files(run_folder, "encode/vocab.json", "train/train.json", "train/model.keras")
     task = read_json(needed[1]).get("task", "classify")  # runs from before model.task are classifiers
     if task != "next_token":
         raise GenerationError(
@@ -55,11 +50,7 @@ def load_generator(run_folder: Path) -> Generator:
             f"give --run a run trained with model.task next_token (e.g. rnnflow run --preset seed-char-next), "
             f"or label texts with 'rnnflow predict --run {run_folder.name}'."
         )
-    import keras
-
-    import tasks.models  # noqa: F401  (registers the custom layers before loading)
-
-    return Generator(run_folder=run_folder, vocabulary=Vocabulary.load(needed[0]), model=keras.models.load_model(needed[2], compile=False))
+    return Generator(run_folder=run_folder, vocabulary=Vocabulary.load(needed[0]), model=load_run_model(needed[2]))
 
 
 def prompt_ids(vocabulary: Vocabulary, prompt: str) -> list[int]:

@@ -36,31 +36,42 @@ class Predictor:
     model: Any  # keras.Model
 
 
+def run_files(run_folder: Path, *names: str) -> list[Path]:
+    """The named files of a run folder, or one sentence saying which is missing (predict and generate)."""
+    paths = [Path(run_folder) / name for name in names]
+    missing = [path for path in paths if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"Run {Path(run_folder).name} has no {missing[0].relative_to(run_folder)}: its steps did not all complete; "
+            f"choose a completed run ('rnnflow runs' lists them)."
+        )
+    return paths
+
+
+def load_run_model(path: Path) -> Any:
+    """A run's model.keras, with rnnflow's custom layers registered; Keras is imported only here."""
+    import keras
+
+    import tasks.models  # noqa: F401  (registers the custom layers before loading)
+
+    return keras.models.load_model(path, compile=False)
+
+
 def load_predictor(run_folder: Path) -> Predictor:
     """The run's vocabulary and cleaning (encode/vocab.json), labels (encode/labels.json), model (train/model.keras)."""
     run_folder = Path(run_folder)
-    needed = [run_folder / "encode" / "vocab.json", run_folder / "encode" / "labels.json", run_folder / "train" / "model.keras"]
-    missing = [path for path in needed if not path.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"Run {run_folder.name} has no {missing[0].relative_to(run_folder)}: its steps did not all complete; "
-            f"choose a completed run ('rnnflow runs' lists them)."
-        )
+    needed = run_files(run_folder, "encode/vocab.json", "encode/labels.json", "train/model.keras")
     training = run_folder / "train" / "train.json"
     if training.is_file() and read_json(training).get("task") == "next_token":
         raise PredictionInputError(
             f"Run {run_folder.name} holds a next_token model, which continues texts rather than labelling them: "
             f"use 'rnnflow generate --run {run_folder.name} --prompt TEXT', or give --run a classifier run."
         )
-    import keras
-
-    import tasks.models  # noqa: F401  (registers the custom layers before loading)
-
     return Predictor(
         run_folder=run_folder,
         vocabulary=Vocabulary.load(needed[0]),
         labels=list(read_json(needed[1])),
-        model=keras.models.load_model(needed[2], compile=False),
+        model=load_run_model(needed[2]),
     )
 
 
