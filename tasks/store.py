@@ -64,6 +64,27 @@ def atomic_path(target: Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+# Rows per record batch where a step streams a split (ingest, validate, encode): memory per step
+# stays near one batch of text however large the corpus grows.
+STREAM_ROWS = 50_000
+
+
+def parquet_rows(path: Path) -> int:
+    """A Parquet file's row count, from its footer alone."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def iter_parquet(path: Path, columns: list[str] | None = None, batch_rows: int = STREAM_ROWS) -> Iterator[Any]:
+    """A Parquet file as pandas frames of at most batch_rows rows, in file order, one record batch at a time."""
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path) as handle:
+        for batch in handle.iter_batches(batch_size=batch_rows, columns=columns):
+            yield batch.to_pandas()
+
+
 def write_text(target: Path, text: str) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
