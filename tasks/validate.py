@@ -10,9 +10,24 @@ Every check a user can tune lives in ValidateConfig and is named in its `severit
     train_test_overlap  share of test texts also in train <= max_train_test_overlap
 
 All of them run as GX expectations, one batch per split, against one ephemeral context.
-Cross-split and derived values (token counts, "this test text is in train") are computed
-with pandas first and handed to GX as extra columns, so every check lands in the same
-suite results and Data Docs. Files written to the step folder:
+GX never sees the texts themselves. Each split is streamed from Parquet in record batches
+(tasks.store.iter_parquet, STREAM_ROWS rows at a time) and every review is reduced on the way
+to a few numbers, the columns GX checks:
+
+    label        as ingested, nulls kept as nulls
+    n_tokens     tokens after clean_text, as encoding will count them (a null text counts as "")
+    text_chars   length of the stripped text (0: empty or whitespace only), null for a null text
+    text_hash    64-bit hash of the raw text (pandas' hash_pandas_object), null for a null text
+
+So memory holds one batch of text plus about 25 bytes per review (label 8, n_tokens 4,
+text_chars 4, text_hash 8 and its null flag 1), flat in the length of the texts, and about
+25 MB per million reviews in their number. The hash stands for the text in
+the duplicates and train_test_overlap checks: two texts are "the same" when their hashes are;
+with 2**64 values, the chance that any two of a million distinct reviews collide is about
+3 in 100 million, so a false duplicate is negligible. Cross-split values ("this test review's
+hash is in train") are computed with pandas on these columns and handed to GX as an extra
+column, so every check lands in the same suite results and Data Docs. Length stats and label
+counts come from the same columns. Files written to the step folder:
 
     validation.json   passed, checks, length_stats, label_counts, warnings
     gx/suite.json     {suite name: GX expectation suite JSON}
@@ -34,7 +49,8 @@ from prefect import task
 
 from tasks.caching import StepCachePolicy, produce_step
 from tasks.config import ValidateConfig
-from tasks.store import StepOutput, read_json, write_json
+from tasks import store
+from tasks.store import StepOutput, iter_parquet, parquet_rows, read_json, write_json
 from tasks.text import clean_text, token_counts
 
 SPLITS = ("train", "val", "test")
@@ -64,7 +80,8 @@ class DataValidationError(Exception):
 # --------------------------------------------------------------------------- inputs
 
 
-def _read_split(ingest_dir: Path, split: str) -> pd.DataFrame:
+def _split_input(ingest_dir: Path, split: str) -> tuple[Path, int]:
+    """The split's Parquet file and its row count, from the footer: every input problem is found before any text is read."""
     import pyarrow.parquet as pq
 
     path = Path(ingest_dir) / f"{split}.parquet"
@@ -72,6 +89,7 @@ def _read_split(ingest_dir: Path, split: str) -> pd.DataFrame:
         raise DataValidationError(f"Validation input {path} does not exist: run the ingest step first (rnnflow run).")
     try:
         names = pq.read_schema(path).names
+        rows = parquet_rows(path)
     except Exception as err:  # pyarrow raises several types for a damaged file
         raise DataValidationError(f"Validation input {path} is not a readable Parquet file ({err}): rerun the ingest step.") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in names]
@@ -79,10 +97,41 @@ def _read_split(ingest_dir: Path, split: str) -> pd.DataFrame:
         raise DataValidationError(
             f"Validation input {path} has no column {missing[0]!r} (columns: {', '.join(names)}): rerun the ingest step."
         )
-    frame = pd.read_parquet(path, columns=list(REQUIRED_COLUMNS))
-    if frame.empty:
+    if rows == 0:
         raise DataValidationError(f"Validation input {path} has no rows: check data.max_reviews and data.val_fraction, then rerun ingest.")
-    return frame
+    return path, rows
+
+
+def _read_split(ingest_dir: Path, split: str, batch_rows: int) -> pd.DataFrame:
+    """One split as GX sees it: label, n_tokens, text_chars, text_hash per review, streamed batch by batch.
+
+    Only one batch of text is in memory at a time; the per-review arrays are preallocated from the footer's row count.
+    """
+    path, rows = _split_input(ingest_dir, split)
+    n_tokens = np.zeros(rows, dtype=np.int32)
+    text_chars = np.full(rows, np.nan, dtype=np.float32)
+    text_hash = np.zeros(rows, dtype=np.uint64)
+    text_null = np.ones(rows, dtype=bool)
+    labels = []
+    start = 0
+    for batch in iter_parquet(path, columns=list(REQUIRED_COLUMNS), batch_rows=batch_rows):
+        stop = start + len(batch)
+        texts = batch["text"]
+        # Tags such as <br /> are not words: count tokens the way encoding will see them.
+        n_tokens[start:stop] = token_counts(clean_text(t) for t in texts.fillna("").astype(str))
+        text_chars[start:stop] = texts.str.strip().str.len().to_numpy(dtype=np.float32, na_value=np.nan)
+        text_hash[start:stop] = pd.util.hash_pandas_object(texts, index=False).to_numpy()
+        text_null[start:stop] = texts.isna().to_numpy()
+        labels.append(batch["label"].reset_index(drop=True))
+        start = stop
+    return pd.DataFrame(
+        {
+            "label": pd.concat(labels, ignore_index=True),
+            "n_tokens": n_tokens,
+            "text_chars": text_chars,
+            "text_hash": pd.arrays.IntegerArray(text_hash, text_null),  # UInt64 with nulls where the text is null
+        }
+    )
 
 
 def _read_labels(ingest_dir: Path) -> list[str]:
@@ -133,14 +182,15 @@ def _suite_rules(gxe: Any, cfg: ValidateConfig, labels: list[str], severity: dic
     rules = [
         _Rule(
             "text_not_null", "not_blank",
-            gxe.ExpectColumnValuesToNotBeNull(column="text"),
+            gxe.ExpectColumnValuesToNotBeNull(column="text_hash"),
             "at most 0",
             lambda r: (_count_of(r), f"{_count_of(r)} of {_total(r)} texts are missing (null)"),
             "drop or repair those rows at ingest",
         ),
         _Rule(
             "text_not_blank", "not_blank",
-            gxe.ExpectColumnValuesToNotMatchRegex(column="text", regex=r"^\s*$"),
+            # text_chars is the stripped length, null for a null text (counted by the rule above, not here).
+            gxe.ExpectColumnValuesToBeBetween(column="text_chars", min_value=1),
             "at most 0",
             lambda r: (_count_of(r), f"{_count_of(r)} of {_total(r)} texts are empty or whitespace only"),
             "drop or repair those rows at ingest",
@@ -206,7 +256,8 @@ def _suite_rules(gxe: Any, cfg: ValidateConfig, labels: list[str], severity: dic
         _Rule(
             "duplicate_texts", "duplicates",
             # Rounded so that a share exactly at the bound does not fail on float noise.
-            gxe.ExpectColumnProportionOfUniqueValuesToBeBetween(column="text", min_value=round(1 - cfg.max_duplicate_fraction, 12)),
+            # The text's 64-bit hash stands for the text (see the module docstring).
+            gxe.ExpectColumnProportionOfUniqueValuesToBeBetween(column="text_hash", min_value=round(1 - cfg.max_duplicate_fraction, 12)),
             f"at most {cfg.max_duplicate_fraction:.2%} (validate.max_duplicate_fraction)",
             lambda r: (_duplicate_share(r), f"{_duplicate_share(r):.2%} of texts repeat another text of the split"),
             "deduplicate the reviews at ingest or raise validate.max_duplicate_fraction",
@@ -218,7 +269,7 @@ def _suite_rules(gxe: Any, cfg: ValidateConfig, labels: list[str], severity: dic
 
 
 def _overlap_rules(gxe: Any, cfg: ValidateConfig, severity: dict[str, str]) -> list[_Rule]:
-    # GX has no expectation across tables: pandas marks each test text found in train, GX checks the share.
+    # GX has no expectation across tables: pandas marks each test text whose hash is in train, GX checks the share.
     rule = _Rule(
         "test_texts_in_train", "train_test_overlap",
         gxe.ExpectColumnMeanToBeBetween(column="in_train", max_value=cfg.max_train_test_overlap),
@@ -251,14 +302,8 @@ def _duplicate_share(result: dict) -> float:
 # --------------------------------------------------------------------------- derived columns and stats
 
 
-def _with_token_counts(frame: pd.DataFrame) -> pd.DataFrame:
-    # Tags such as <br /> are not words: count tokens the way encoding will see them.
-    texts = frame["text"].fillna("").astype(str)
-    return frame.assign(n_tokens=token_counts(clean_text(t) for t in texts))
-
-
 def _length_stats(n_tokens: pd.Series) -> dict[str, float | int]:
-    values = n_tokens.to_numpy()
+    values = n_tokens.to_numpy(dtype=np.int64)
     p50, p90, p99 = np.percentile(values, [50, 90, 99])
     return {
         "min": int(values.min()),
@@ -369,19 +414,22 @@ def _checks_from(result: Any, rules: list[_Rule], split: str, severity: dict[str
 # --------------------------------------------------------------------------- the step
 
 
-def validate_reviews(cfg: ValidateConfig, ingest_dir: Path, out_dir: Path) -> dict[str, Any]:
+def validate_reviews(cfg: ValidateConfig, ingest_dir: Path, out_dir: Path, *, batch_rows: int | None = None) -> dict[str, Any]:
     """Run the review suite over train, val and test; write results and Data Docs to out_dir; return a summary.
 
     Failed data checks do not raise: they are written down and the summary says passed=False.
     Only unusable input (a missing or unreadable file, a missing column, an empty split) raises.
+    Splits are read batch_rows reviews at a time (default tasks.store.STREAM_ROWS, read at call time).
     """
     # GX's filesystem store wants an absolute base directory.
     ingest_dir, out_dir = Path(ingest_dir), Path(out_dir).resolve()
     severity = cfg.severity  # merged over the defaults, names checked, by ValidateConfig
     labels = _read_labels(ingest_dir)
-    frames = {split: _with_token_counts(_read_split(ingest_dir, split)) for split in SPLITS}
-    train_texts = frames["train"]["text"].dropna()
-    test_frame = frames["test"].assign(in_train=frames["test"]["text"].isin(train_texts).astype(bool))
+    batch_rows = batch_rows or store.STREAM_ROWS
+    frames = {split: _read_split(ingest_dir, split, batch_rows) for split in SPLITS}
+    train_hashes = frames["train"]["text_hash"].dropna()
+    # A null test text is in train never (isin leaves a null hash False), as before with the texts.
+    test_frame = frames["test"].assign(in_train=frames["test"]["text_hash"].isin(train_hashes).astype(bool))
 
     gx, gxe = _import_gx()
     from great_expectations.core.run_identifier import RunIdentifier
@@ -402,7 +450,7 @@ def validate_reviews(cfg: ValidateConfig, ingest_dir: Path, out_dir: Path) -> di
         result = _run(gx, context, source, split, suite, frames[split], run_id)
         gx_results[split] = result
         checks += _checks_from(result, rules, split, severity, facts)
-    result = _run(gx, context, source, "test_vs_train", overlap_suite, test_frame[["text", "in_train"]], run_id)
+    result = _run(gx, context, source, "test_vs_train", overlap_suite, test_frame[["text_hash", "in_train"]], run_id)
     gx_results["test_vs_train"] = result
     checks += _checks_from(result, overlap_rules, "test", severity, {})
     context.build_data_docs(site_names=[DATA_DOCS_SITE])

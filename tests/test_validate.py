@@ -10,6 +10,9 @@ from typing import Callable
 import pandas as pd
 import pytest
 
+import tasks.store
+import tasks.validate
+
 from tasks.config import ConfigError, ValidateConfig, load_config
 from tasks.store import StepOutput, write_json
 from tasks.validate import DataValidationError, first_error, validate_reviews, validate_task
@@ -41,9 +44,9 @@ def make_corpus(folder: Path, change: Callable[[dict[str, pd.DataFrame]], None] 
     return folder
 
 
-def run(tmp_path: Path, change=None, cfg: ValidateConfig | None = None) -> tuple[dict, dict]:
+def run(tmp_path: Path, change=None, cfg: ValidateConfig | None = None, batch_rows: int | None = None) -> tuple[dict, dict]:
     ingest = make_corpus(tmp_path / "ingest", change)
-    summary = validate_reviews(cfg or ValidateConfig(), ingest, tmp_path / "validate")
+    summary = validate_reviews(cfg or ValidateConfig(), ingest, tmp_path / "validate", batch_rows=batch_rows)
     report = json.loads((tmp_path / "validate" / "validation.json").read_text())
     return summary, report
 
@@ -197,3 +200,96 @@ def test_unknown_check_in_severity_is_a_config_error():
 def test_first_error_refuses_a_passing_summary():
     with pytest.raises(ValueError):
         first_error({"passed": True, "errors": []})
+
+
+# --------------------------------------------------------------------------- streaming in record batches
+
+SMALL_BATCH = 7  # 60 rows -> 9 batches, the last one short
+
+
+def test_many_batches_give_the_same_report_as_one(tmp_path, monkeypatch):
+    _, whole = run(tmp_path / "whole", batch_rows=1000)
+    # The default batch size is read at call time: the store's constant decides.
+    monkeypatch.setattr(tasks.store, "STREAM_ROWS", SMALL_BATCH)
+    sizes = []
+
+    def spy(path, columns=None, batch_rows=None):
+        for frame in tasks.store.iter_parquet(path, columns=columns, batch_rows=batch_rows):
+            sizes.append(len(frame))
+            yield frame
+
+    monkeypatch.setattr(tasks.validate, "iter_parquet", spy)
+    _, batched = run(tmp_path / "batched")
+    assert max(sizes) == SMALL_BATCH and len(sizes) == 3 * 9
+    for key in ("passed", "checks", "length_stats", "label_counts", "warnings"):
+        assert batched[key] == whole[key], key
+
+
+def test_duplicates_and_overlap_are_found_across_batches(tmp_path):
+    def repeat_and_leak(frames):
+        # Rows 0..5 (batch 1) repeat row 59 (batch 9); test rows 50..59 (batches 8-9) are train rows 10..19 (batches 2-3).
+        frames["train"].loc[:5, "text"] = frames["train"].loc[59, "text"]
+        frames["test"].loc[50:, "text"] = frames["train"].loc[10:19, "text"].to_numpy()
+
+    summary, report = run(tmp_path, repeat_and_leak, batch_rows=SMALL_BATCH)
+    (duplicates,) = failed(report, "duplicates", "train")
+    assert duplicates["observed"] == pytest.approx(6 / 60, abs=1e-6)
+    assert "10.00% of texts repeat another text of the split" in duplicates["message"]
+    (overlap,) = failed(report, "train_test_overlap", "test")
+    assert overlap["observed"] == pytest.approx(10 / 60, abs=1e-6)
+    assert "16.67% of test texts also appear in train" in overlap["message"]
+    assert summary["passed"] is True and summary["n_warnings"] == 2
+
+
+def test_null_and_whitespace_texts_are_reported_from_any_batch(tmp_path):
+    def null_and_blank(frames):
+        frames["val"].loc[5, "text"] = None
+        frames["val"].loc[40, "text"] = " \t\n "
+        frames["val"].loc[41, "text"] = ""
+
+    summary, report = run(tmp_path, null_and_blank, batch_rows=SMALL_BATCH)
+    assert summary["passed"] is False
+    messages = [c["message"] for c in failed(report, "not_blank", "val")]
+    assert len(messages) == 2
+    assert "1 of 60 texts are missing (null)" in messages[0]
+    assert "2 of 60 texts are empty or whitespace only" in messages[1]
+    assert first_error(summary) == messages[0]
+
+
+def test_null_texts_are_neither_duplicates_nor_overlap(tmp_path):
+    def nulls(frames):
+        frames["train"].loc[[3, 30], "text"] = None
+        frames["test"].loc[[4, 50], "text"] = None
+
+    _, report = run(tmp_path, nulls, batch_rows=SMALL_BATCH)
+    assert not failed(report, "duplicates", "train")
+    (overlap,) = [c for c in report["checks"] if c["check"] == "train_test_overlap"]
+    assert overlap["passed"] and overlap["observed"] == 0
+
+
+def test_missing_labels_are_still_seen_when_streamed(tmp_path):
+    def no_label(frames):
+        frames["train"]["label"] = frames["train"]["label"].astype("Int64")
+        frames["train"].loc[[2, 45], "label"] = None
+
+    summary, report = run(tmp_path, no_label, batch_rows=SMALL_BATCH)
+    assert summary["passed"] is False
+    assert "2 of 60 labels are missing" in first_error(summary)
+    assert report["label_counts"]["train"]["missing"] == 2
+
+
+def test_empty_split_and_missing_column_name_the_file(tmp_path):
+    ingest = make_corpus(tmp_path / "ingest")
+    split_frame("test").iloc[:0].to_parquet(ingest / "test.parquet", index=False)
+    with pytest.raises(DataValidationError, match=r"test\.parquet has no rows"):
+        validate_reviews(ValidateConfig(), ingest, tmp_path / "validate")
+    split_frame("test").drop(columns="label").to_parquet(ingest / "test.parquet", index=False)
+    with pytest.raises(DataValidationError, match=r"test\.parquet has no column 'label'"):
+        validate_reviews(ValidateConfig(), ingest, tmp_path / "validate")
+
+
+def test_gx_sees_derived_columns_not_texts(clean):
+    _, _, out = clean
+    suites = json.loads((out / "gx" / "suite.json").read_text())
+    columns = {e["kwargs"].get("column") for suite in suites.values() for e in suite["expectations"]}
+    assert columns == {"text_hash", "text_chars", "label", "n_tokens", "in_train"}
