@@ -15,6 +15,7 @@ import pickle
 import re
 import shutil
 import tarfile
+import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -30,7 +31,8 @@ from prefect import task
 
 from tasks.caching import StepCachePolicy, produce_step
 from tasks.config import DataConfig
-from tasks.store import StepOutput, atomic_path, fingerprint, sha256_file, write_json
+from tasks import store
+from tasks.store import StepOutput, atomic_path, fingerprint, iter_parquet, sha256_file, write_json
 from tasks.synthetic import synthetic_reviews
 from tasks.text import clean_text
 
@@ -44,6 +46,12 @@ TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".jsonl": 
 SPLIT_VALUES = ("train", "test")
 _MEMBER = re.compile(r"^(?:\./)?aclImdb/(train|test)/(pos|neg)/(\d+)_(\d+)\.txt$")
 _SCHEMA = pa.schema([("text", pa.string()), ("label", pa.int64()), ("rating", pa.int64()), ("id", pa.int64())])
+# Every source yields its rows in batches of this shape: the text cleaned, the label as its class
+# name, and the split the source puts the row in (train or test; val is carved from train later).
+ROW_COLUMNS = ["text", "label", "rating", "id", "split"]
+_SPILL_SCHEMA = pa.schema(
+    [("text", pa.string()), ("label", pa.string()), ("rating", pa.int64()), ("id", pa.int64()), ("split", pa.string())]
+)
 
 
 class IngestError(ValueError):
@@ -241,10 +249,11 @@ def _iter_folder(path: Path) -> Iterator[tuple[str, str, int, int, bytes]]:
             yield split, polarity, int(review_id), int(rating), file.read_bytes()
 
 
-def read_imdb(path: Path, strip_html: bool = True) -> dict[str, pd.DataFrame]:
-    """The IMDb layout (aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt) as a frame per split."""
-    rows: dict[str, list[tuple[str, int, int, int]]] = {"train": [], "test": []}
+def iter_imdb(path: Path, strip_html: bool = True, batch_rows: int | None = None) -> Iterator[pd.DataFrame]:
+    """The IMDb layout (aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt) as batches of ROW_COLUMNS, in archive order."""
+    batch_rows = batch_rows or store.STREAM_ROWS
     reader = _iter_folder(path) if path.is_dir() else _iter_archive(path)
+    rows: list[tuple[str, str, int, int, str]] = []
     for split, polarity, review_id, rating, raw in reader:
         try:
             text = raw.decode("utf-8")
@@ -252,12 +261,28 @@ def read_imdb(path: Path, strip_html: bool = True) -> dict[str, pd.DataFrame]:
             raise IngestError(
                 f"{split}/{polarity}/{review_id}_{rating}.txt in {path} is not valid UTF-8 (byte {err.start}): re-save it as UTF-8."
             ) from None
-        rows[split].append((clean_text(text, strip_html), IMDB_LABELS.index(polarity), rating, review_id))
+        rows.append((clean_text(text, strip_html), polarity, rating, review_id, split))
+        if len(rows) >= batch_rows:
+            yield pd.DataFrame(rows, columns=ROW_COLUMNS)
+            rows = []
+    if rows:
+        yield pd.DataFrame(rows, columns=ROW_COLUMNS)
+
+
+def _require_imdb_split(path: Path, split: str, n: int) -> None:
+    if not n:
+        raise IngestError(f"{path} has no {split} reviews in the aclImdb/{split}/pos|neg/<id>_<rating>.txt layout: pass the IMDb archive or its unpacked folder.")
+
+
+def read_imdb(path: Path, strip_html: bool = True) -> dict[str, pd.DataFrame]:
+    """The whole IMDb layout in memory, a frame per split ordered by label and id (ingest streams instead)."""
+    batches = list(iter_imdb(path, strip_html))
+    rows = pd.concat(batches, ignore_index=True) if batches else pd.DataFrame(columns=ROW_COLUMNS)
     frames = {}
-    for split, items in rows.items():
-        if not items:
-            raise IngestError(f"{path} has no {split} reviews in the aclImdb/{split}/pos|neg/<id>_<rating>.txt layout: pass the IMDb archive or its unpacked folder.")
-        frame = pd.DataFrame(items, columns=["text", "label", "rating", "id"])
+    for split in ("train", "test"):
+        frame = rows[rows["split"] == split].drop(columns="split")
+        _require_imdb_split(path, split, len(frame))
+        frame = frame.assign(label=frame["label"].map(IMDB_LABELS.index).astype("int64"))
         frames[split] = frame.sort_values(["label", "id"], kind="stable").reset_index(drop=True)
     return frames
 
@@ -334,17 +359,21 @@ def _read_json_records(path: Path) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def read_table(path: Path, fmt: str, columns: dict[str, str]) -> pd.DataFrame:
-    """The named columns of a table (columns: config key -> column name), read with pyarrow where it can.
+def iter_table(path: Path, fmt: str, columns: dict[str, str], batch_rows: int | None = None) -> Iterator[pd.DataFrame]:
+    """The named columns of a table (columns: config key -> column name) in batches, read with pyarrow where it can.
 
-    CSV and TSV columns are read as strings and converted here, so a bad value is reported by row
-    rather than as a type clash deep in a block; an empty cell is missing.
+    CSV, TSV and Parquet stream (pyarrow's streaming CSV reader, Parquet record batches); JSON
+    Lines is read whole and handed on in slices. CSV and TSV columns are read as strings and
+    converted here, so a bad value is reported by row rather than as a type clash deep in a block;
+    an empty cell is missing.
     """
     path = Path(path)
+    batch_rows = batch_rows or store.STREAM_ROWS
     if fmt in ("csv", "tsv", "jsonl"):
         bad = first_invalid_utf8(path)
         if bad:
             raise IngestError(f"{path} is not valid UTF-8 at byte {bad[0]} (line {bad[1]}): re-save it with UTF-8 encoding (in a spreadsheet: CSV UTF-8).")
+    frame = None
     try:
         if fmt in ("csv", "tsv"):
             import pyarrow.csv as pacsv
@@ -367,27 +396,35 @@ def read_table(path: Path, fmt: str, columns: dict[str, str]) -> pd.DataFrame:
     wanted = list(dict.fromkeys(columns.values()))
     try:
         if fmt in ("csv", "tsv"):
-            table = pacsv.read_csv(
+            reader = pacsv.open_csv(
                 path,
+                # Blocks of about 16 MB: tens of thousands of reviews per batch.
+                read_options=pacsv.ReadOptions(block_size=1 << 24),
                 parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
                 convert_options=pacsv.ConvertOptions(
                     include_columns=wanted, column_types={name: pa.string() for name in wanted},
                     strings_can_be_null=True, null_values=[""],
                 ),
             )
-            frame = table.to_pandas()
+            for batch in reader:
+                yield batch.to_pandas()
         elif fmt == "parquet":
-            frame = pq.read_table(path, columns=wanted).to_pandas()
+            with pq.ParquetFile(path) as handle:
+                for batch in handle.iter_batches(batch_size=batch_rows, columns=wanted):
+                    yield batch.to_pandas()
         else:
-            frame = frame[wanted]
+            frame = frame[wanted].reset_index(drop=True)
+            for start in range(0, len(frame), batch_rows):
+                yield frame.iloc[start : start + batch_rows].reset_index(drop=True)
+    except IngestError:
+        raise
     except Exception as err:
         raise IngestError(f"{path} could not be read as {fmt.upper()} ({_short(err)}): fix the file there, or check that its extension matches its format.") from None
-    return frame.reset_index(drop=True)
 
 
-def _first_row(mask: pd.Series) -> int:
-    """The 1-based row number (header not counted) of the first True in mask."""
-    return int(np.flatnonzero(mask.to_numpy(dtype=bool))[0]) + 1
+def _first_row(mask: pd.Series, offset: int = 0) -> int:
+    """The 1-based row number (header not counted) of the first True in mask, for a batch starting offset rows in."""
+    return offset + int(np.flatnonzero(mask.to_numpy(dtype=bool))[0]) + 1
 
 
 def _whole_number(value: Any) -> int | None:
@@ -408,7 +445,7 @@ def _whole_number(value: Any) -> int | None:
         return int(number)
 
 
-def _whole_numbers(values: pd.Series, path: Path, key: str, column: str) -> pd.Series:
+def _whole_numbers(values: pd.Series, path: Path, key: str, column: str, offset: int = 0) -> pd.Series:
     """A column of whole numbers as nullable int64; the first value that is not one is named by row."""
     numbers = []
     for row, value in enumerate(values.tolist()):
@@ -416,7 +453,7 @@ def _whole_numbers(values: pd.Series, path: Path, key: str, column: str) -> pd.S
             numbers.append(_whole_number(value))
         except (TypeError, ValueError, OverflowError):
             raise IngestError(
-                f"Column {column!r} of {path} (data.{key}) holds {value!r} at row {row + 1}, not a whole number: "
+                f"Column {column!r} of {path} (data.{key}) holds {value!r} at row {offset + row + 1}, not a whole number: "
                 f"fix that value or leave data.{key} unset."
             ) from None
     return pd.array(numbers, dtype="Int64")
@@ -445,66 +482,94 @@ def sorted_classes(names: Iterable[str]) -> list[str]:
     return unique
 
 
-def _table_rows(path: Path, fmt: str, cfg: DataConfig, with_split: bool) -> pd.DataFrame:
-    """text (cleaned), label (class name), rating, id and, with_split, split: one row per table row, checked."""
-    columns = {key: getattr(cfg, key) for key in _COLUMN_KEYS if getattr(cfg, key) and (key != "split_column" or with_split)}
-    raw = read_table(path, fmt, columns)
-    if raw.empty:
-        raise IngestError(f"{path} has no rows: pass a table with a header and at least one labelled text per class.")
+def _count_missing(missing: dict[str, list[int]], key: str, mask: pd.Series, offset: int) -> None:
+    """Tally rows the table lacks a value in (how many, the first row): reported once the file has streamed by."""
+    if mask.any():
+        tally = missing.setdefault(key, [0, _first_row(mask, offset)])
+        tally[0] += int(mask.sum())
+
+
+def _raise_missing(missing: dict[str, list[int]], path: Path, cfg: DataConfig) -> None:
+    if "text" in missing:
+        n, row = missing["text"]
+        raise IngestError(f"{path} has {n} missing or empty texts in column {cfg.text_column!r}, the first at row {row}: drop or fill those rows.")
+    if "label" in missing:
+        n, row = missing["label"]
+        raise IngestError(f"{path} has {n} missing labels in column {cfg.label_column!r}, the first at row {row}: drop those rows or fill in their labels.")
+
+
+def _table_rows(raw: pd.DataFrame, path: Path, cfg: DataConfig, split_values: bool, offset: int, missing: dict[str, list[int]]) -> pd.DataFrame:
+    """One batch of table rows as ROW_COLUMNS (text cleaned, label as class name), checked; offset rows came before it.
+
+    Rows without a text or label are tallied in missing (the caller reports them after the file) and left out.
+    """
     texts = raw[cfg.text_column]
     blank = texts.isna() | texts.astype(object).map(lambda v: isinstance(v, str) and not v.strip())
-    if blank.any():
-        raise IngestError(
-            f"{path} has {int(blank.sum())} missing or empty texts in column {cfg.text_column!r}, the first at row {_first_row(blank)}: drop or fill those rows."
-        )
+    _count_missing(missing, "text", blank, offset)
     labels = raw[cfg.label_column]
-    if labels.isna().any():
-        missing = labels.isna()
-        raise IngestError(
-            f"{path} has {int(missing.sum())} missing labels in column {cfg.label_column!r}, the first at row {_first_row(missing)}: drop those rows or fill in their labels."
-        )
+    _count_missing(missing, "label", labels.isna(), offset)
+    if missing:
+        return pd.DataFrame(columns=ROW_COLUMNS)  # the file fails once it has been read: no point in converting
     frame = pd.DataFrame(
         {
             "text": [clean_text(str(t), cfg.strip_html) for t in texts],
             "label": class_names(labels).to_numpy(dtype=object),
-            "rating": _whole_numbers(raw[cfg.rating_column], path, "rating_column", cfg.rating_column)
+            "rating": _whole_numbers(raw[cfg.rating_column], path, "rating_column", cfg.rating_column, offset)
             if cfg.rating_column else pd.array([None] * len(raw), dtype="Int64"),
         }
     )
     if cfg.id_column:
         ids = raw[cfg.id_column]
         if ids.isna().any():
-            raise IngestError(f"Column {cfg.id_column!r} of {path} (data.id_column) is empty at row {_first_row(ids.isna())}: give every row an id or leave data.id_column unset.")
-        frame["id"] = _whole_numbers(ids, path, "id_column", cfg.id_column).astype("int64")
+            raise IngestError(f"Column {cfg.id_column!r} of {path} (data.id_column) is empty at row {_first_row(ids.isna(), offset)}: give every row an id or leave data.id_column unset.")
+        frame["id"] = _whole_numbers(ids, path, "id_column", cfg.id_column, offset).astype("int64")
     else:
-        frame["id"] = np.arange(1, len(raw) + 1, dtype=np.int64)  # the row number, as error messages count rows
-    if with_split and cfg.split_column:
+        frame["id"] = np.arange(offset + 1, offset + len(raw) + 1, dtype=np.int64)  # the row number, as error messages count rows
+    frame["split"] = "train"
+    if split_values:
         split = raw[cfg.split_column].astype(object).map(lambda v: v.strip().lower() if isinstance(v, str) else v)
         bad = ~split.isin(SPLIT_VALUES)
         if bad.any():
             row = _first_row(bad)
             raise IngestError(
-                f"Split column {cfg.split_column!r} of {path} holds {raw[cfg.split_column].iloc[row - 1]!r} at row {row}: use only train or test there "
+                f"Split column {cfg.split_column!r} of {path} holds {raw[cfg.split_column].iloc[row - 1]!r} at row {offset + row}: use only train or test there "
                 f"(validation rows are carved from train by data.val_fraction), or leave data.split_column unset."
             )
-        for wanted in SPLIT_VALUES:
-            if not (split == wanted).any():
-                raise IngestError(f"Split column {cfg.split_column!r} of {path} marks no {wanted} rows: mark some, or leave data.split_column unset to split by data.test_size.")
         frame["split"] = split.to_numpy(dtype=object)
     return frame
 
 
-def read_table_source(cfg: DataConfig, source: dict[str, Any]) -> tuple[dict[str, pd.DataFrame], list[str], dict[str, Any]]:
-    """A table source as {train, test} frames with class indices, the class names in index order, and how test was formed."""
-    path, formats = Path(source["path"]), source["format"]
-    test_path = Path(source["test_path"]) if source.get("test_path") else None
-    parts = {"train": _table_rows(path, formats["path"], cfg, with_split=test_path is None)}
-    if test_path:
-        parts["test"] = _table_rows(test_path, formats["test_path"], cfg, with_split=False)
-    where = f"{path} and {test_path}" if test_path else str(path)
+def _table_batches(cfg: DataConfig, source: dict[str, Any], batch_rows: int, seen: dict[str, int]) -> Iterator[pd.DataFrame]:
+    """A table source (one file, or a train/test pair) as batches of ROW_COLUMNS; seen counts each file's rows."""
+    files = [(Path(source["path"]), source["format"]["path"], "train")]
+    if source.get("test_path"):
+        files.append((Path(source["test_path"]), source["format"]["test_path"], "test"))
+    split_values = bool(cfg.split_column) and len(files) == 1
+    columns = {key: getattr(cfg, key) for key in _COLUMN_KEYS if getattr(cfg, key) and (key != "split_column" or split_values)}
+    for path, fmt, split in files:
+        offset, missing = 0, {}
+        for raw in iter_table(path, fmt, columns, batch_rows):
+            rows = _table_rows(raw, path, cfg, split_values, offset, missing)
+            if not split_values:
+                rows["split"] = split
+            offset += len(raw)
+            yield rows
+        _raise_missing(missing, path, cfg)
+        seen[str(path)] = offset
 
+
+def _check_table(cfg: DataConfig, source: dict[str, Any], seen: dict[str, int], meta: pd.DataFrame) -> list[str]:
+    """After the table source streamed by: each file had rows, each split has rows, and the class names in index order."""
+    for path, n in seen.items():
+        if not n:
+            raise IngestError(f"{path} has no rows: pass a table with a header and at least one labelled text per class.")
+    if cfg.split_column and not source.get("test_path"):
+        for wanted in SPLIT_VALUES:
+            if not (meta["split"] == wanted).any():
+                raise IngestError(f"Split column {cfg.split_column!r} of {source['path']} marks no {wanted} rows: mark some, or leave data.split_column unset to split by data.test_size.")
+    where = f"{source['path']} and {source['test_path']}" if source.get("test_path") else str(source["path"])
     # One mapping over every file, so train and test agree on what index 2 means.
-    classes = sorted_classes(pd.concat([part["label"] for part in parts.values()]))
+    classes = sorted_classes(meta["label"].unique())
     if len(classes) > cfg.max_classes:
         raise IngestError(
             f"Label column {cfg.label_column!r} of {where} has {len(classes)} distinct values, more than data.max_classes={cfg.max_classes}, so it looks like free text, not classes: "
@@ -514,26 +579,22 @@ def read_table_source(cfg: DataConfig, source: dict[str, Any]) -> tuple[dict[str
         raise IngestError(
             f"Label column {cfg.label_column!r} of {where} holds one class only ({classes[0]!r}): a classifier needs at least two; add rows of other classes or check data.label_column."
         )
-    index = {name: i for i, name in enumerate(classes)}
-    for part in parts.values():
-        part["label"] = part["label"].map(index).astype("int64")
+    return classes
 
-    if test_path:
-        raw, test_from = parts, f"test file {test_path.name}"
+
+def _table_details(cfg: DataConfig, source: dict[str, Any]) -> dict[str, Any]:
+    if source.get("test_path"):
+        test_from = f"test file {Path(source['test_path']).name}"
     elif cfg.split_column:
-        table = parts["train"]
-        raw = {name: table[table["split"] == name].drop(columns="split").reset_index(drop=True) for name in SPLIT_VALUES}
         test_from = f"split column {cfg.split_column!r}"
     else:
-        train, test = stratified_split(parts["train"], cfg.test_size, cfg.seed)
-        raw, test_from = {"train": train, "test": test}, f"stratified, seeded split of {cfg.test_size:g} (data.test_size)"
-    details = {
-        "format": formats,
+        test_from = f"stratified, seeded split of {cfg.test_size:g} (data.test_size)"
+    return {
+        "format": source["format"],
         "columns": {key: getattr(cfg, key) for key in _COLUMN_KEYS},
         "test_from": test_from,
         "strip_html": cfg.strip_html,
     }
-    return raw, classes, details
 
 
 # --------------------------------------------------------------------------- reading Keras' imdb.npz
@@ -667,47 +728,151 @@ def stratified_split(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[p
     return shuffle(frame[~mask]), shuffle(frame[mask])
 
 
-def write_split(frame: pd.DataFrame, target: Path) -> None:
-    # rating is nullable (a table may have no rating column): one dtype for every source, so the
-    # same reviews give the same bytes whichever source they came from.
-    columns = frame[["text", "label", "rating", "id"]].astype({"rating": "Int64"})
-    table = pa.Table.from_pandas(columns, schema=_SCHEMA, preserve_index=False)
-    with atomic_path(target) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+SYNTHETIC_CHUNK = 50_000  # reviews generated per seed; fixed, so the corpus never depends on the batch size
 
 
-def ingest_reviews(cfg: DataConfig, source: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+def _synthetic_batches(cfg: DataConfig, batch_rows: int) -> Iterator[pd.DataFrame]:
+    """source=synthetic as batches of ROW_COLUMNS: train from data.seed, test from data.seed + 1, chunk by chunk."""
+    for split, seed in (("train", cfg.seed), ("test", cfg.seed + 1)):
+        for chunk, start in enumerate(range(0, cfg.synthetic_reviews, SYNTHETIC_CHUNK)):
+            n = min(SYNTHETIC_CHUNK, cfg.synthetic_reviews - start)
+            # The first chunk keeps the plain seed, so a corpus of one chunk is what it always was.
+            frame = synthetic_reviews(n, cfg.synthetic_positive_fraction, seed=seed if chunk == 0 else [seed, chunk])
+            frame = frame.assign(
+                text=[clean_text(t, cfg.strip_html) for t in frame["text"]],
+                label=[IMDB_LABELS[k] for k in frame["label"]],
+                id=frame["id"] + start,
+                split=split,
+            )[ROW_COLUMNS]
+            for first in range(0, n, batch_rows):
+                yield frame.iloc[first : first + batch_rows]
+
+
+def _frame_batches(frames: dict[str, pd.DataFrame], classes: list[str], batch_rows: int) -> Iterator[pd.DataFrame]:
+    """Frames already in memory (Keras' imdb.npz is read whole) as batches of ROW_COLUMNS."""
+    for split, frame in frames.items():
+        for start in range(0, len(frame), batch_rows):
+            part = frame.iloc[start : start + batch_rows]
+            yield part.assign(label=[classes[k] for k in part["label"]], split=split)[ROW_COLUMNS]
+
+
+def _spill(batches: Iterable[pd.DataFrame], target: Path) -> None:
+    """Write every batch, as it comes, to one uncompressed Parquet file that ingest_reviews reads back twice."""
+    with pq.ParquetWriter(target, _SPILL_SCHEMA, compression="none") as writer:
+        for batch in batches:
+            if len(batch):
+                writer.write_table(pa.Table.from_pandas(batch[ROW_COLUMNS], schema=_SPILL_SCHEMA, preserve_index=False))
+
+
+def _split_orders(cfg: DataConfig, meta: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Which spilled rows go to train, val and test, in which order: decided on labels and ids alone.
+
+    meta holds one row per spilled review (label as class index, id, split, row = its place in the
+    spill). The decisions are those made when the corpus sat in memory: IMDb ordered by label and
+    id, a table's test carved by data.test_size, data.max_reviews per split, then a stratified
+    validation split from train and a shuffled test split, all seeded.
+    """
+    raw = {name: meta[meta["split"] == name].drop(columns="split").reset_index(drop=True) for name in SPLIT_VALUES}
+    if cfg.source == "imdb":
+        raw = {name: part.sort_values(["label", "id"], kind="stable").reset_index(drop=True) for name, part in raw.items()}
+    elif cfg.source == "table" and not cfg.test_path and not cfg.split_column:
+        raw["train"], raw["test"] = stratified_split(raw["train"], cfg.test_size, cfg.seed)
+    if cfg.max_reviews:
+        raw = {name: stratified_sample(part, cfg.max_reviews, cfg.seed) for name, part in raw.items()}
+    train, val = stratified_split(raw["train"], cfg.val_fraction, cfg.seed)
+    return {"train": train, "val": val, "test": raw["test"].sample(frac=1.0, random_state=cfg.seed).reset_index(drop=True)}
+
+
+def _write_splits(spill: Path, orders: dict[str, pd.DataFrame], classes: list[str], out_dir: Path, work: Path, batch_rows: int) -> None:
+    """Write each split's Parquet file in its final order, holding no more than a bucket of text.
+
+    Every review's place (split, position) is known from orders. One pass over the spill sends each
+    batch's rows to bucket files of batch_rows consecutive positions; then each split is written
+    bucket by bucket, each bucket sorted in memory: two reads and writes of the text, whatever its size.
+    """
+    n_rows = store.parquet_rows(spill)
+    dest_split = np.full(n_rows, -1, dtype=np.int8)
+    dest_pos = np.zeros(n_rows, dtype=np.int64)
+    for code, name in enumerate(SPLITS):
+        rows = orders[name]["row"].to_numpy()
+        dest_split[rows], dest_pos[rows] = code, np.arange(len(rows))
+    label_index = {name: i for i, name in enumerate(classes)}
+    writers: dict[tuple[int, int], pq.ParquetWriter] = {}
+    start = 0
+    try:
+        for batch in iter_parquet(spill, ["text", "label", "rating", "id"], batch_rows):
+            stop = start + len(batch)
+            where, place = dest_split[start:stop], dest_pos[start:stop]
+            batch = batch.assign(label=batch["label"].map(label_index).astype("int64"), rating=batch["rating"].astype("Int64"), pos=place)
+            for code in np.unique(where[where >= 0]):
+                chosen = batch[where == code]
+                for bucket, piece in chosen.groupby(chosen["pos"].to_numpy() // batch_rows, sort=True):
+                    table = pa.Table.from_pandas(piece, preserve_index=False)
+                    key = (int(code), int(bucket))
+                    if key not in writers:
+                        writers[key] = pq.ParquetWriter(work / f"bucket-{key[0]}-{key[1]}.parquet", table.schema, compression="none")
+                    writers[key].write_table(table)
+            start = stop
+    finally:
+        for writer in writers.values():
+            writer.close()
+    for code, name in enumerate(SPLITS):
+        with atomic_path(out_dir / f"{name}.parquet") as tmp:
+            writer = None
+            for bucket in range(-(-len(orders[name]) // batch_rows)):
+                piece = pq.read_table(work / f"bucket-{code}-{bucket}.parquet").to_pandas()
+                piece = piece.sort_values("pos", kind="stable")[["text", "label", "rating", "id"]]
+                table = pa.Table.from_pandas(piece, schema=_SCHEMA, preserve_index=False)
+                writer = writer or pq.ParquetWriter(tmp, table.schema, compression="zstd")
+                writer.write_table(table)
+            if writer is None:  # an empty split still gets its file, with the columns
+                pq.write_table(_SCHEMA.empty_table(), tmp, compression="zstd")
+            else:
+                writer.close()
+
+
+def ingest_reviews(cfg: DataConfig, source: dict[str, Any], out_dir: Path, batch_rows: int | None = None) -> dict[str, Any]:
     """Read the source, cap it at max_reviews per split, carve a stratified validation split, write Parquet.
 
-    ingest.json records the class names in index order (labels), counts per split, and the source.
+    The source streams through in batches of batch_rows (tasks.store.STREAM_ROWS): spilled to disk
+    as read, split on labels and ids alone, and written out bucket by bucket, so memory holds a batch
+    of text, never the corpus. ingest.json records the class names in index order (labels), counts
+    per split, and the source.
     """
+    batch_rows = batch_rows or store.STREAM_ROWS
+    out_dir = Path(out_dir)
     details: dict[str, Any] = {}
+    seen: dict[str, int] = {}
+    classes: list[str] | None = IMDB_LABELS
     if cfg.source == "synthetic":
-        n = cfg.synthetic_reviews
-        raw = {
-            "train": synthetic_reviews(n, cfg.synthetic_positive_fraction, seed=cfg.seed),
-            "test": synthetic_reviews(n, cfg.synthetic_positive_fraction, seed=cfg.seed + 1),
-        }
-        for frame in raw.values():
-            frame["text"] = [clean_text(t, cfg.strip_html) for t in frame["text"]]
-        labels = IMDB_LABELS
+        batches: Iterable[pd.DataFrame] = _synthetic_batches(cfg, batch_rows)
     elif cfg.source == "table":
-        raw, labels, details = read_table_source(cfg, source)
+        batches, classes, details = _table_batches(cfg, source, batch_rows, seen), None, _table_details(cfg, source)
     elif cfg.source == "keras_imdb":
-        raw, labels = read_keras_imdb(Path(source["path"]), source.get("word_index_path"))
+        frames, classes = read_keras_imdb(Path(source["path"]), source.get("word_index_path"))
+        batches = _frame_batches(frames, classes, batch_rows)
     else:
-        raw = read_imdb(Path(source["path"]), cfg.strip_html)
-        labels = IMDB_LABELS
-    if cfg.max_reviews:
-        raw = {split: stratified_sample(frame, cfg.max_reviews, cfg.seed) for split, frame in raw.items()}
-    train, val = stratified_split(raw["train"], cfg.val_fraction, cfg.seed)
-    splits = {"train": train, "val": val, "test": raw["test"].sample(frac=1.0, random_state=cfg.seed).reset_index(drop=True)}
-    for name, frame in splits.items():
-        write_split(frame, out_dir / f"{name}.parquet")
-    counts = {name: {labels[k]: int(v) for k, v in frame["label"].value_counts().sort_index().items()} for name, frame in splits.items()}
+        batches = iter_imdb(Path(source["path"]), cfg.strip_html, batch_rows)
+    work = Path(tempfile.mkdtemp(prefix=".ingest-", dir=out_dir))
+    try:
+        spill = work / "rows.parquet"
+        _spill(batches, spill)
+        meta = pq.read_table(spill, columns=["label", "id", "split"]).to_pandas()
+        if cfg.source == "imdb":
+            for split in SPLIT_VALUES:
+                _require_imdb_split(Path(source["path"]), split, int((meta["split"] == split).sum()))
+        if classes is None:
+            classes = _check_table(cfg, source, seen, meta)
+        meta["label"] = meta["label"].map({name: i for i, name in enumerate(classes)}).astype("int64")
+        meta["row"] = np.arange(len(meta), dtype=np.int64)
+        orders = _split_orders(cfg, meta)
+        _write_splits(spill, orders, classes, out_dir, work, batch_rows)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    counts = {name: {classes[k]: int(v) for k, v in frame["label"].value_counts().sort_index().items()} for name, frame in orders.items()}
     summary = {
-        "labels": labels,
-        "n": {name: len(frame) for name, frame in splits.items()},
+        "labels": classes,
+        "n": {name: len(frame) for name, frame in orders.items()},
         "label_counts": counts,
         "source": source,
         # The cleaning every text went through; encode hands it on in vocab.json so prediction repeats it.
@@ -716,7 +881,7 @@ def ingest_reviews(cfg: DataConfig, source: dict[str, Any], out_dir: Path) -> di
     if details:
         summary["input"] = details
     write_json(out_dir / "ingest.json", summary)
-    return {"n": summary["n"], "labels": labels}
+    return {"n": summary["n"], "labels": classes}
 
 
 def load_split(ingest_dir: Path, split: str) -> pd.DataFrame:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -25,7 +27,7 @@ _VERBS = "is was felt seemed looked".split()
 _DEGREE = ["", "", "really ", "quite ", "very ", "somewhat "]
 
 
-def synthetic_reviews(n: int, positive_fraction: float = 0.5, seed: int = 0) -> pd.DataFrame:
+def synthetic_reviews(n: int, positive_fraction: float = 0.5, seed: int | Sequence[int] = 0) -> pd.DataFrame:
     """n reviews (text, label, rating, id); label 1 = positive; texts mix filler with sentiment phrases.
 
     The signal is learnable but noisy: each review carries a few phrases of its own class, one

@@ -152,3 +152,47 @@ def test_new_data_keys_have_their_documented_defaults():
     cfg = DataConfig()
     assert (cfg.text_column, cfg.label_column, cfg.split_column, cfg.rating_column, cfg.id_column) == ("text", "label", None, None, None)
     assert (cfg.test_path, cfg.test_size, cfg.max_classes, cfg.strip_html, cfg.word_index_path) == (None, 0.2, 20, True, None)
+
+
+# --------------------------------------------------------------------------- streaming in batches
+
+
+def _splits(out: Path) -> dict[str, pd.DataFrame]:
+    return {name: pd.read_parquet(out / f"{name}.parquet") for name in ("train", "val", "test")}
+
+
+def _ingest_in_batches(tmp_path: Path, batch_rows: int, **data) -> tuple[dict, Path]:
+    cfg = DataConfig(**data)
+    out = tmp_path / f"batches-{batch_rows}"
+    out.mkdir(parents=True)
+    return ingest_reviews(cfg, locate_source(cfg), out, batch_rows=batch_rows), out
+
+
+@pytest.mark.parametrize("data", [{}, {"max_reviews": 20}], ids=["all", "max_reviews"])
+def test_archive_streamed_in_small_batches_gives_the_same_splits(tmp_path: Path, imdb_archive: Path, data: dict):
+    whole, whole_out = _ingest_in_batches(tmp_path, 10_000, path=str(imdb_archive), **data)
+    small, small_out = _ingest_in_batches(tmp_path, 7, path=str(imdb_archive), **data)
+    assert small == whole
+    for name, frame in _splits(whole_out).items():
+        pd.testing.assert_frame_equal(_splits(small_out)[name], frame)
+    assert (small_out / "ingest.json").read_text() == (whole_out / "ingest.json").read_text()
+    assert sorted(p.name for p in small_out.iterdir()) == ["ingest.json", "test.parquet", "train.parquet", "val.parquet"], (
+        "the spill and bucket files are gone"
+    )
+
+
+def test_synthetic_corpus_does_not_depend_on_the_batch_size(tmp_path: Path):
+    _, whole = _ingest_in_batches(tmp_path, 10_000, source="synthetic", synthetic_reviews=300)
+    _, small = _ingest_in_batches(tmp_path, 11, source="synthetic", synthetic_reviews=300)
+    for name, frame in _splits(whole).items():
+        pd.testing.assert_frame_equal(_splits(small)[name], frame)
+
+
+def test_table_errors_count_rows_across_batches(tmp_path: Path):
+    frame = pd.DataFrame({"text": [f"review {i}" for i in range(40)], "label": ["pos", "neg"] * 20})
+    frame.loc[[25, 33], "text"] = ""
+    path = tmp_path / "reviews.parquet"
+    frame.to_parquet(path, index=False)
+    with pytest.raises(IngestError, match=r"has 2 missing or empty texts in column 'text', the first at row 26: drop or fill those rows"):
+        _ingest_in_batches(tmp_path, 10, source="table", path=str(path))
+    assert not list((tmp_path / "batches-10").iterdir()), "a failed ingest leaves nothing behind"
