@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -14,7 +15,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from tasks.store import read_json
 
@@ -64,7 +65,7 @@ class ChildRun:
         return lines[-1] if lines else ""
 
 
-def run_child(argv: Sequence[str], log_dir: Path, name: str, *, check: bool = True) -> ChildRun:
+def run_child(argv: Sequence[str], log_dir: Path, name: str, *, check: bool = True, env: dict[str, str] | None = None) -> ChildRun:
     """Run argv from the repository root; its wall time and peak RSS, stdout and stderr kept in log_dir/name.*.
 
     os.wait4 gives this one child's rusage (Linux reports the child's own peak or its
@@ -74,7 +75,7 @@ def run_child(argv: Sequence[str], log_dir: Path, name: str, *, check: bool = Tr
     out_path, err_path = log_dir / f"{name}.out", log_dir / f"{name}.err"
     with open(out_path, "w") as out, open(err_path, "w") as err:
         started_epoch, started = time.time(), time.perf_counter()
-        process = subprocess.Popen(list(argv), cwd=ROOT, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(list(argv), cwd=ROOT, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
@@ -85,6 +86,22 @@ def run_child(argv: Sequence[str], log_dir: Path, name: str, *, check: bool = Tr
     if check and run.returncode != 0:
         raise BenchError(f"{run.command} exited {run.returncode} (log: {relative(err_path)}):\n{stderr_tail}")
     return run
+
+
+@contextlib.contextmanager
+def running_prefect_server() -> Iterator[dict[str, str]]:
+    """Prefect's own server, started once and kept running: yields the environment of a child that uses it.
+
+    What scheduled runs find (a server the deployment reports to), so the child starts none of its own.
+    """
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start(timeout=180)
+    try:
+        yield {**os.environ, "PREFECT_API_URL": server.api_url}
+    finally:
+        server.stop()
 
 
 _LOG_TIME = re.compile(r"^(\d\d):(\d\d):(\d\d\.\d+) \| \w+ +\| (.*)$")
