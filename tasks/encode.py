@@ -1,7 +1,14 @@
-"""Encode: a vocabulary from the train split, token ids padded to max_len, as .npy and Parquet."""
+"""Encode: a vocabulary from the train split, token ids padded to max_len, as .npy and Parquet.
+
+Every split is read in record batches (tasks.store.iter_parquet) and written batch by batch, so
+memory stays near one batch of text however large the corpus grows: one pass over train counts
+tokens and lengths, then one pass per split writes its rows into preallocated .npy files.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from array import array
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -11,15 +18,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 
+import tasks.store
 from tasks.caching import StepCachePolicy, produce_step
 from tasks.config import EncodeConfig
-from tasks.ingest import SPLITS, load_split
-from tasks.store import StepOutput, atomic_path, read_json, write_json
+from tasks.ingest import SPLITS
+from tasks.store import StepOutput, atomic_path, iter_parquet, parquet_rows, read_json, write_json
 from tasks.text import clean_text, tokenize
 
 # Keras' IMDb conventions: 0 pads, 1 starts a review, 2 stands for a word out of the vocabulary.
 PAD, START, OOV = 0, 1, 2
 INDEX_FROM = 3
+# encode.json's oov_token_share is measured on the first this-many train texts.
+OOV_SAMPLE_TEXTS = 2000
+TOKENS_SCHEMA = pa.schema(
+    [("id", pa.int64()), ("label", pa.int64()), ("length", pa.int32()), ("token_ids", pa.list_(pa.int32()))]
+)
 
 
 class Vocabulary:
@@ -47,10 +60,15 @@ class Vocabulary:
         counts: Counter[str] = Counter()
         for text in texts:
             counts.update(tokenize(text, cfg.lowercase, cfg.tokenizer))
-        # Ties broken alphabetically so the same corpus always gives the same ids.
-        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-        kept = [token for token, _ in ranked[: cfg.num_words - INDEX_FROM]]
-        return cls(kept, lowercase=cfg.lowercase, max_len=max_len, padding=cfg.padding, truncating=cfg.truncating, tokenizer=cfg.tokenizer)
+        return cls.from_counts(counts, cfg, max_len)
+
+    @classmethod
+    def from_counts(cls, counts: Counter[str], cfg: EncodeConfig, max_len: int, strip_html: bool = True) -> "Vocabulary":
+        """The vocabulary of token counts gathered however (whole, or one record batch at a time)."""
+        return cls(
+            ranked_tokens(counts, cfg.num_words), lowercase=cfg.lowercase, max_len=max_len, padding=cfg.padding,
+            truncating=cfg.truncating, tokenizer=cfg.tokenizer, strip_html=strip_html,
+        )
 
     @classmethod
     def load(cls, path: Path) -> "Vocabulary":
@@ -97,6 +115,13 @@ class Vocabulary:
         return padded, sequences
 
 
+def ranked_tokens(counts: Counter[str], num_words: int) -> list[str]:
+    """The tokens kept: most frequent first, as many as fit in num_words beside the reserved ids."""
+    # Ties broken alphabetically so the same corpus always gives the same ids.
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return [token for token, _ in ranked[: num_words - INDEX_FROM]]
+
+
 def resolve_max_len(cfg: EncodeConfig, lengths: np.ndarray) -> int:
     """A fixed max_len, or 'auto': the chosen percentile of train lengths (the seeds read 100 off a histogram)."""
     if cfg.max_len != "auto":
@@ -104,52 +129,124 @@ def resolve_max_len(cfg: EncodeConfig, lengths: np.ndarray) -> int:
     return max(1, int(np.ceil(np.percentile(lengths, cfg.max_len_percentile))))
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
+def _count_train(path: Path, cfg: EncodeConfig, batch_rows: int) -> tuple[Counter[str], np.ndarray, list[str]]:
+    """One pass over the train split: token counts, id-sequence lengths (start id included), the OOV sample texts."""
+    counts: Counter[str] = Counter()
+    lengths = np.empty(parquet_rows(path), dtype=np.int64)
+    sample: list[str] = []
+    row = 0
+    for frame in iter_parquet(path, columns=["text"], batch_rows=batch_rows):
+        texts = frame["text"].tolist()
+        for text in texts:
+            tokens = tokenize(text, cfg.lowercase, cfg.tokenizer)
+            counts.update(tokens)
+            lengths[row] = len(tokens) + 1
+            row += 1
+        sample.extend(texts[: OOV_SAMPLE_TEXTS - len(sample)])
+    return counts, lengths, sample
 
 
-def _save_tokens(path: Path, ids: np.ndarray, labels: np.ndarray, sequences: list[list[int]]) -> None:
-    table = pa.table(
-        {
-            "id": pa.array(ids, pa.int64()),
-            "label": pa.array(labels, pa.int64()),
-            "length": pa.array([len(s) for s in sequences], pa.int32()),
-            "token_ids": pa.array(sequences, pa.list_(pa.int32())),
-        }
-    )
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+def _encode_batch(vocab: Vocabulary, texts: list[str], padded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Write texts' ids into padded (rows x max_len, PAD-filled) as keras.utils.pad_sequences lays them out;
+    return every id end to end (int32) and each text's length.
+
+    The same rows pad_sequences(dtype="int32", value=PAD) gives, without holding a batch of id lists
+    twice or importing Keras (and TensorFlow) into the encode step.
+    """
+    max_len = vocab.max_len
+    flat = array("i")
+    lengths = np.empty(len(texts), dtype=np.int32)
+    for row, text in enumerate(texts):
+        ids = vocab.to_ids(text)
+        flat.extend(ids)
+        lengths[row] = len(ids)
+        kept = ids[-max_len:] if vocab.truncating == "pre" else ids[:max_len]
+        if not kept:
+            continue
+        if vocab.padding == "post":
+            padded[row, : len(kept)] = kept
+        else:
+            padded[row, max_len - len(kept) :] = kept
+    return np.frombuffer(flat, dtype=np.intc).astype(np.int32, copy=False), lengths
 
 
-def encode_reviews(cfg: EncodeConfig, ingest_dir: Path, out_dir: Path) -> dict[str, Any]:
-    frames = {split: load_split(ingest_dir, split) for split in SPLITS}
-    train_texts = frames["train"]["text"].tolist()
-    provisional = Vocabulary.build(train_texts, cfg, max_len=1)
-    train_lengths = np.fromiter((len(provisional.to_ids(t)) for t in train_texts), dtype=np.int64)
+def _encode_split(vocab: Vocabulary, source: Path, out_dir: Path, split: str, batch_rows: int) -> tuple[int, int]:
+    """Stream one split into X_<split>.npy, y_<split>.npy and tokens_<split>.parquet; (rows, rows longer than max_len).
+
+    The .npy files are preallocated and filled batch by batch; all three appear by rename only once
+    complete.
+    """
+    n, max_len = parquet_rows(source), vocab.max_len
+    changed = f"{source} holds other rows than its footer says ({n}): the file changed while encode read it; run encode again."
+    truncated = 0
+    with contextlib.ExitStack() as files:
+        x_tmp = files.enter_context(atomic_path(out_dir / f"X_{split}.npy"))
+        y_tmp = files.enter_context(atomic_path(out_dir / f"y_{split}.npy"))
+        tokens_tmp = files.enter_context(atomic_path(out_dir / f"tokens_{split}.parquet"))
+        x = np.lib.format.open_memmap(x_tmp, mode="w+", dtype=np.int32, shape=(n, max_len))
+        x_offset = x.offset  # where row 0 starts, after the .npy header
+        del x
+        y = np.lib.format.open_memmap(y_tmp, mode="w+", dtype=np.int32, shape=(n,))
+        start = 0
+        with pq.ParquetWriter(tokens_tmp, TOKENS_SCHEMA, compression="zstd") as writer:
+            for frame in iter_parquet(source, columns=["text", "label", "id"], batch_rows=batch_rows):
+                stop = start + len(frame)
+                if stop > n:
+                    raise ValueError(changed)
+                # Only this batch's rows of X are mapped, so the pages written stay out of the
+                # process's resident memory once the batch is done, however long the split.
+                padded = np.memmap(x_tmp, dtype=np.int32, mode="r+", offset=x_offset + start * max_len * 4, shape=(stop - start, max_len))
+                padded[...] = PAD
+                values, lengths = _encode_batch(vocab, frame["text"].tolist(), padded)
+                padded.flush()
+                del padded
+                labels = frame["label"].to_numpy(dtype=np.int32)
+                y[start:stop] = labels
+                offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+                np.cumsum(lengths, out=offsets[1:])
+                batch = pa.table(
+                    {
+                        "id": pa.array(frame["id"].to_numpy(), pa.int64()),
+                        "label": pa.array(labels, pa.int64()),
+                        "length": pa.array(lengths, pa.int32()),
+                        "token_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
+                    },
+                    schema=TOKENS_SCHEMA,
+                )
+                writer.write_table(batch)
+                truncated += int((lengths > max_len).sum())
+                start = stop
+        if start != n:
+            raise ValueError(changed)
+        y.flush()
+        del y  # unmapped before the rename
+    return n, truncated
+
+
+def encode_reviews(cfg: EncodeConfig, ingest_dir: Path, out_dir: Path, *, batch_rows: int | None = None) -> dict[str, Any]:
+    """Vocabulary and max_len from train, then every split encoded to .npy and Parquet, batch_rows rows at a time.
+
+    batch_rows defaults to tasks.store.STREAM_ROWS (read at call time).
+    """
+    batch_rows = batch_rows or tasks.store.STREAM_ROWS
+    ingest_dir, out_dir = Path(ingest_dir), Path(out_dir)
+    token_counts, train_lengths, sample_texts = _count_train(ingest_dir / "train.parquet", cfg, batch_rows)
     max_len = resolve_max_len(cfg, train_lengths)
-    ingest_info = read_json(Path(ingest_dir) / "ingest.json")
-    vocab = Vocabulary(
-        provisional.tokens, lowercase=cfg.lowercase, max_len=max_len, padding=cfg.padding, truncating=cfg.truncating,
-        tokenizer=cfg.tokenizer, strip_html=ingest_info.get("strip_html", True),
-    )
+    ingest_info = read_json(ingest_dir / "ingest.json")
+    vocab = Vocabulary.from_counts(token_counts, cfg, max_len, strip_html=ingest_info.get("strip_html", True))
+    del token_counts
     vocab.save(out_dir / "vocab.json")
     write_json(out_dir / "labels.json", ingest_info["labels"])
 
     truncated, counts = {}, {}
-    for split, frame in frames.items():
-        padded, sequences = vocab.encode(frame["text"].tolist())
-        labels = frame["label"].to_numpy(dtype=np.int32)
-        _save_npy(out_dir / f"X_{split}.npy", padded)
-        _save_npy(out_dir / f"y_{split}.npy", labels)
-        _save_tokens(out_dir / f"tokens_{split}.parquet", frame["id"].to_numpy(), labels, sequences)
-        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64)
-        truncated[split] = round(float((lengths > max_len).mean()), 4)
-        counts[split] = len(frame)
+    for split in SPLITS:
+        rows, too_long = _encode_split(vocab, ingest_dir / f"{split}.parquet", out_dir, split, batch_rows)
+        # As numpy's mean of a boolean array: nan for an empty split.
+        truncated[split] = round(float(too_long / rows), 4) if rows else float("nan")
+        counts[split] = rows
 
     hist_counts, edges = np.histogram(train_lengths, bins=50)
-    oov_share = float(np.mean([tid == OOV for tid in provisional.to_ids(" ".join(train_texts[:2000]))]))
+    oov_share = float(np.mean([tid == OOV for tid in vocab.to_ids(" ".join(sample_texts))]))
     info = {
         "tokenizer": cfg.tokenizer,
         "num_words": cfg.num_words,

@@ -24,6 +24,11 @@ EpochHook = Callable[[int, int, dict[str, float]], None]
 
 _OPTIMIZERS = {"adam": "Adam", "rmsprop": "RMSprop", "sgd": "SGD"}  # names in keras.optimizers
 
+# A train array up to this size is handed to model.fit whole (Keras copies it into one tensor);
+# a larger one is read from its memory-mapped .npy a batch at a time through tf.data (memmap_dataset).
+# Read when train_model runs, so tests can lower it.
+IN_MEMORY_MAX_BYTES = 1 << 30
+
 # Why train.json says there is no model_text.keras for a next_token run.
 NO_TEXT_MODEL = "not exported: a next_token model continues texts (rnnflow generate) rather than labelling them"
 
@@ -55,6 +60,59 @@ def epoch_report(epochs: int, hook: EpochHook | None) -> Any:
     return keras.callbacks.LambdaCallback(on_epoch_begin=begin, on_epoch_end=end)
 
 
+def memmap_dataset(
+    x: np.ndarray, y: np.ndarray, batch_size: int, *, epochs: int = 1, seed: int | None = None, next_token: bool = False,
+) -> tuple[Any, int]:
+    """(tf.data.Dataset, batches per epoch) reading rows of x and y (memory-mapped .npy) one batch at a time.
+
+    With a seed, epoch e visits every row once in the order of a permutation seeded with seed + e,
+    and the dataset holds epochs of them back to back (fit with steps_per_epoch = batches per epoch);
+    without, one epoch in file order (validation). Each batch's indices are sorted, so its rows are read
+    front to back; its labels are gathered with the same indices. next_token batches are
+    next_token_arrays of the rows: (inputs, targets, weights).
+    """
+    import tensorflow as tf
+
+    from tasks.models import next_token_arrays
+
+    n, max_len = x.shape
+    steps = -(-n // batch_size)
+    permutation: dict[int, np.ndarray] = {}
+
+    def rows(step: np.int64) -> np.ndarray:
+        epoch, start = divmod(int(step), steps)
+        start *= batch_size
+        if seed is None:
+            return np.arange(start, min(start + batch_size, n))
+        order = permutation.get(epoch)
+        if order is None:  # a pure function of the epoch: recomputing it (if tf.data ever loads out of order) is only slower
+            order = np.random.default_rng(seed + epoch).permutation(n)
+            permutation.clear()  # one epoch's order held at a time
+            permutation[epoch] = order
+        return np.sort(order[start : start + batch_size])
+
+    if next_token:
+        def load(step: np.int64) -> tuple[np.ndarray, ...]:
+            return next_token_arrays(np.asarray(x[rows(step)]))
+
+        types, shapes = (tf.int32, tf.int32, tf.float32), ([None, max_len - 1],) * 3
+    else:
+        def load(step: np.int64) -> tuple[np.ndarray, ...]:
+            index = rows(step)
+            return np.asarray(x[index], dtype=np.int32), np.asarray(y[index], dtype=np.int32)
+
+        types, shapes = (tf.int32, tf.int32), ([None, max_len], [None])
+
+    def load_tensors(step: Any) -> tuple[Any, ...]:
+        tensors = tf.numpy_function(load, [step], types, stateful=False)
+        for tensor, shape in zip(tensors, shapes):
+            tensor.set_shape(shape)
+        return tuple(tensors)
+
+    dataset = tf.data.Dataset.range(steps * (epochs if seed is not None else 1)).map(load_tensors)
+    return dataset.prefetch(tf.data.AUTOTUNE), steps
+
+
 def train_model(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -82,18 +140,35 @@ def train_model(
 
     model = build_model(model_cfg, num_tokens=encoding["num_words"], max_len=encoding["max_len"], n_classes=n_classes)
     if next_token:
-        x_train, y_train, weights_train = next_token_arrays(x_train)
-        x_val, y_val, weights_val = next_token_arrays(x_val)
         # The mean over the steps that count (weight 1), not over every step padding included.
         loss: Any = keras.losses.SparseCategoricalCrossentropy(reduction="mean_with_sample_weight")
         # Keras weighs only weighted_metrics by the sample weights: accuracy over the real steps.
         metrics: dict[str, Any] = {"weighted_metrics": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]}
-        validation_data: tuple = (x_val, y_val, weights_val)
     else:
-        weights_train = None
         loss = "binary_crossentropy" if n_classes == 2 else "sparse_categorical_crossentropy"
         metrics = {"metrics": ["accuracy"]}
-        validation_data = (x_val, y_val)
+    n_train = len(x_train)
+    streamed = x_train.nbytes > IN_MEMORY_MAX_BYTES
+    if streamed:
+        train_data, steps_per_epoch = memmap_dataset(
+            x_train, y_train, train_cfg.batch_size, epochs=train_cfg.epochs, seed=train_cfg.seed, next_token=next_token
+        )
+        val_data, _ = memmap_dataset(x_val, y_val, train_cfg.batch_size, next_token=next_token)
+        # shuffle=False: the dataset brings each epoch's own order (Keras would only warn that it ignores True).
+        data: dict[str, Any] = {"x": train_data, "validation_data": val_data, "steps_per_epoch": steps_per_epoch, "shuffle": False}
+    else:
+        # As before the tf.data path, so runs measured with it reproduce: whole arrays, Keras shuffles.
+        weights_train = None
+        if next_token:
+            x_train, y_train, weights_train = next_token_arrays(x_train)
+            x_val, y_val, weights_val = next_token_arrays(x_val)
+            validation_data: tuple = (x_val, y_val, weights_val)
+        else:
+            validation_data = (x_val, y_val)
+        data = {
+            "x": x_train, "y": y_train, "sample_weight": weights_train, "validation_data": validation_data,
+            "batch_size": train_cfg.batch_size, "shuffle": True,
+        }
     model.compile(optimizer=getattr(keras.optimizers, _OPTIMIZERS[train_cfg.optimizer])(learning_rate=train_cfg.learning_rate), loss=loss, **metrics)
     checkpoint = out_dir / "model.keras"
     callbacks = [
@@ -102,16 +177,7 @@ def train_model(
         epoch_report(train_cfg.epochs, on_epoch),
     ]
     started = time.perf_counter()
-    history = model.fit(
-        x_train, y_train,
-        sample_weight=weights_train,
-        validation_data=validation_data,
-        batch_size=train_cfg.batch_size,
-        epochs=train_cfg.epochs,
-        shuffle=True,
-        callbacks=callbacks,
-        verbose=0,
-    )
+    history = model.fit(**data, epochs=train_cfg.epochs, callbacks=callbacks, verbose=0)
     seconds = time.perf_counter() - started
     if not checkpoint.exists():  # val_loss was NaN every epoch: keep the last weights rather than nothing
         model.save(checkpoint)
@@ -140,7 +206,9 @@ def train_model(
         "stopped_early": epochs_run < train_cfg.epochs,
         "params": int(model.count_params()),
         "seconds": round(seconds, 2),
-        "samples_per_second": round(len(y_train) * epochs_run / seconds, 1) if seconds else None,
+        "samples_per_second": round(n_train * epochs_run / seconds, 1) if seconds else None,
+        # in_memory: the arrays handed to model.fit whole; memmap_tf_data: batches read from the .npy (IN_MEMORY_MAX_BYTES).
+        "input": "memmap_tf_data" if streamed else "in_memory",
         "best_val_loss": min(curves.get("val_loss", [float("nan")])),
         "best_val_accuracy": curves.get("val_accuracy", [None])[best_epoch - 1] if epochs_run else None,
         "cudnn_eligible": cudnn_eligible(model_cfg, encoding["padding"]),

@@ -1,8 +1,10 @@
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from tasks.config import DataConfig, EncodeConfig
@@ -100,3 +102,43 @@ def test_one_tokenize_entry_point_for_both_tokenizers():
     assert tokenize("Hi", lowercase=False, tokenizer="char") == ["H", "i"]
     with pytest.raises(ValueError, match="Unknown tokenizer 'bpe'"):
         tokenize("hi", tokenizer="bpe")
+
+
+@pytest.mark.parametrize("padding,truncating", [("pre", "pre"), ("pre", "post"), ("post", "pre"), ("post", "post")])
+def test_streaming_in_small_batches_gives_the_same_files_as_one_batch(tmp_path: Path, ingested: Path, padding: str, truncating: str):
+    cfg = EncodeConfig(num_words=40, max_len="auto", max_len_percentile=50, padding=padding, truncating=truncating)
+    outputs = {}
+    for batch_rows in (7, 10_000):  # 96 train rows: 14 batches, or all in one
+        out = tmp_path / f"rows{batch_rows}"
+        out.mkdir()
+        outputs[batch_rows] = (out, encode_reviews(cfg, ingested, out, batch_rows=batch_rows))
+    (small, small_summary), (whole, whole_summary) = outputs[7], outputs[10_000]
+    assert small_summary == whole_summary
+    for name in ("vocab.json", "encode.json", "labels.json", *(f"{a}_{s}.npy" for a in "Xy" for s in ("train", "val", "test"))):
+        assert (small / name).read_bytes() == (whole / name).read_bytes(), name
+    for split in ("train", "val", "test"):
+        assert pq.read_table(small / f"tokens_{split}.parquet").equals(pq.read_table(whole / f"tokens_{split}.parquet"))
+        assert pq.ParquetFile(small / f"tokens_{split}.parquet").metadata.num_row_groups > 1, "written one batch at a time"
+    # Rows as keras.utils.pad_sequences lays them out (Vocabulary.encode), which encode used to call on a whole split.
+    texts = pd.read_parquet(ingested / "val.parquet")["text"].tolist()
+    padded, sequences = Vocabulary.load(small / "vocab.json").encode(texts)
+    assert np.array_equal(np.load(small / "X_val.npy"), padded)
+    assert pq.read_table(small / "tokens_val.parquet")["token_ids"].to_pylist() == sequences
+    assert not list(small.glob(".*.tmp")), "no temporary files left behind"
+
+
+def test_the_default_batch_size_is_read_when_encode_runs(tmp_path: Path, ingested: Path, monkeypatch: pytest.MonkeyPatch):
+    import tasks.store
+
+    monkeypatch.setattr(tasks.store, "STREAM_ROWS", 10)
+    out = tmp_path / "encode"
+    out.mkdir()
+    encode_reviews(EncodeConfig(num_words=50, max_len=20), ingested, out)
+    assert pq.ParquetFile(out / "tokens_train.parquet").metadata.num_row_groups == 10, "96 rows in batches of 10"
+
+
+def test_vocabulary_from_counts_matches_building_from_texts():
+    texts = ["b a c", "a b", "c c d", "e"]
+    cfg = EncodeConfig(num_words=6)
+    counts = Counter(token for text in texts for token in tokenize(text))
+    assert Vocabulary.from_counts(counts, cfg, max_len=4).tokens == Vocabulary.build(texts, cfg, max_len=4).tokens == ["c", "a", "b"]
