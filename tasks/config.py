@@ -117,6 +117,10 @@ class TrainConfig(Section):
     epochs: int = Field(default=4, ge=1)
     patience: int = Field(default=1, ge=0)
     seed: int = 1337
+    in_memory_max_mb: float = Field(
+        default=1024, ge=0,
+        description="train arrays larger than this (MiB) are read batch by batch, memory-mapped through tf.data, instead of handed to Keras whole",
+    )
 
 
 # The keys of metrics.json's "test" block that a promotion can be judged on ("n" is a count, not a score).

@@ -24,11 +24,6 @@ EpochHook = Callable[[int, int, dict[str, float]], None]
 
 _OPTIMIZERS = {"adam": "Adam", "rmsprop": "RMSprop", "sgd": "SGD"}  # names in keras.optimizers
 
-# A train array up to this size is handed to model.fit whole (Keras copies it into one tensor);
-# a larger one is read from its memory-mapped .npy a batch at a time through tf.data (memmap_dataset).
-# Read when train_model runs, so tests can lower it.
-IN_MEMORY_MAX_BYTES = 1 << 30
-
 # Why train.json says there is no model_text.keras for a next_token run.
 NO_TEXT_MODEL = "not exported: a next_token model continues texts (rnnflow generate) rather than labelling them"
 
@@ -148,7 +143,9 @@ def train_model(
         loss = "binary_crossentropy" if n_classes == 2 else "sparse_categorical_crossentropy"
         metrics = {"metrics": ["accuracy"]}
     n_train = len(x_train)
-    streamed = x_train.nbytes > IN_MEMORY_MAX_BYTES
+    # Up to train.in_memory_max_mb the arrays go to model.fit whole (Keras copies them into one tensor);
+    # a larger train array is read from its memory-mapped .npy a batch at a time through tf.data.
+    streamed = x_train.nbytes > train_cfg.in_memory_max_mb * 2**20
     if streamed:
         train_data, steps_per_epoch = memmap_dataset(
             x_train, y_train, train_cfg.batch_size, epochs=train_cfg.epochs, seed=train_cfg.seed, next_token=next_token
@@ -207,7 +204,7 @@ def train_model(
         "params": int(model.count_params()),
         "seconds": round(seconds, 2),
         "samples_per_second": round(n_train * epochs_run / seconds, 1) if seconds else None,
-        # in_memory: the arrays handed to model.fit whole; memmap_tf_data: batches read from the .npy (IN_MEMORY_MAX_BYTES).
+        # in_memory: the arrays handed to model.fit whole; memmap_tf_data: batches read from the .npy (train.in_memory_max_mb).
         "input": "memmap_tf_data" if streamed else "in_memory",
         "best_val_loss": min(curves.get("val_loss", [float("nan")])),
         "best_val_accuracy": curves.get("val_accuracy", [None])[best_epoch - 1] if epochs_run else None,

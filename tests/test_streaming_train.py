@@ -1,4 +1,4 @@
-"""Training from memory-mapped .npy through tf.data: the path for train arrays over IN_MEMORY_MAX_BYTES."""
+"""Training from memory-mapped .npy through tf.data: the path for train arrays over train.in_memory_max_mb."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import tasks.train
 from tasks.config import ModelConfig, TrainConfig
 from tasks.encode import PAD, START, Vocabulary
 from tasks.models import next_token_arrays
@@ -83,15 +82,13 @@ def _toy_encoding(folder: Path, *, n_train: int = 256, n_val: int = 64, max_len:
     return folder
 
 
-@pytest.mark.parametrize("budget,expected_input", [(0, "memmap_tf_data"), (None, "in_memory")])
-def test_classifier_learns_through_either_input_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget, expected_input):
-    if budget is not None:
-        monkeypatch.setattr(tasks.train, "IN_MEMORY_MAX_BYTES", budget)
+@pytest.mark.parametrize("budget,expected_input", [({"in_memory_max_mb": 0}, "memmap_tf_data"), ({}, "in_memory")])
+def test_classifier_learns_through_either_input_path(tmp_path: Path, budget: dict, expected_input: str):
     encoded = _toy_encoding(tmp_path / "encode")
     out = tmp_path / "train"
     out.mkdir()
     model = ModelConfig(cell="gru", units=8, embedding_dim=8, bidirectional=False)
-    train_model(model, TrainConfig(epochs=4, patience=4, batch_size=16, learning_rate=0.02), encoded, out)
+    train_model(model, TrainConfig(epochs=4, patience=4, batch_size=16, learning_rate=0.02, **budget), encoded, out)
     info = read_json(out / "train.json")
     assert info["input"] == expected_input
     assert info["epochs_run"] == 4
@@ -102,8 +99,7 @@ def test_classifier_learns_through_either_input_path(tmp_path: Path, monkeypatch
     assert (out / "model.keras").exists() and (out / "model_text.keras").exists()
 
 
-def test_next_token_model_trains_through_the_memmap_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(tasks.train, "IN_MEMORY_MAX_BYTES", 0)
+def test_next_token_model_trains_through_the_memmap_path(tmp_path: Path):
     encoded = _toy_encoding(tmp_path / "encode")
     x = np.load(encoded / "X_train.npy")
     alternating = np.where(x > PAD, np.where(np.arange(x.shape[1]) % 2 == 0, 3, 4), PAD).astype(np.int32)
@@ -112,7 +108,7 @@ def test_next_token_model_trains_through_the_memmap_path(tmp_path: Path, monkeyp
     out = tmp_path / "train"
     out.mkdir()
     model = ModelConfig(task="next_token", cell="gru", units=8, embedding_dim=8, bidirectional=False)
-    train_model(model, TrainConfig(epochs=3, patience=3, batch_size=32, learning_rate=0.02), encoded, out)
+    train_model(model, TrainConfig(epochs=3, patience=3, batch_size=32, learning_rate=0.02, in_memory_max_mb=0), encoded, out)
     info = read_json(out / "train.json")
     assert info["input"] == "memmap_tf_data" and info["task"] == "next_token"
     history = read_json(out / "history.json")
