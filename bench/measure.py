@@ -68,20 +68,24 @@ class ChildRun:
 def run_child(argv: Sequence[str], log_dir: Path, name: str, *, check: bool = True, env: dict[str, str] | None = None) -> ChildRun:
     """Run argv from the repository root; its wall time and peak RSS, stdout and stderr kept in log_dir/name.*.
 
-    os.wait4 gives this one child's rusage (Linux reports the child's own peak or its
-    waited-for descendants', whichever is larger), so runs do not mix as getrusage(RUSAGE_CHILDREN) would.
+    bench.launch runs it and reads os.wait4's rusage for that one child (Linux reports the child's
+    own peak or its waited-for descendants', whichever is larger), so runs do not mix as
+    getrusage(RUSAGE_CHILDREN) would, and the bench's own size does not leak into the figure.
     """
     log_dir.mkdir(parents=True, exist_ok=True)
-    out_path, err_path = log_dir / f"{name}.out", log_dir / f"{name}.err"
+    out_path, err_path, rss_path = log_dir / f"{name}.out", log_dir / f"{name}.err", log_dir / f"{name}.rss"
+    rss_path.unlink(missing_ok=True)
+    # Through bench.launch, a small process: the peak it reads is the command's own, not this process's.
+    launched = [sys.executable, "-m", "bench.launch", str(rss_path), *argv]
     with open(out_path, "w") as out, open(err_path, "w") as err:
         started_epoch, started = time.time(), time.perf_counter()
-        process = subprocess.Popen(list(argv), cwd=ROOT, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
-        _, status, usage = os.wait4(process.pid, 0)
+        process = subprocess.Popen(launched, cwd=ROOT, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
+        returncode = process.wait()
         wall = time.perf_counter() - started
-        process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
     stdout = out_path.read_text(errors="replace")
     stderr_tail = "\n".join(err_path.read_text(errors="replace").splitlines()[-15:])
-    run = ChildRun(list(argv), process.returncode, round(wall, 3), round(usage.ru_maxrss / 1024, 1), stdout, stderr_tail,
+    peak_kib = int(rss_path.read_text()) if rss_path.is_file() else 0
+    run = ChildRun(list(argv), returncode, round(wall, 3), round(peak_kib / 1024, 1), stdout, stderr_tail,
                    started_epoch, err_path)
     if check and run.returncode != 0:
         raise BenchError(f"{run.command} exited {run.returncode} (log: {relative(err_path)}):\n{stderr_tail}")

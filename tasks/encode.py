@@ -8,7 +8,6 @@ tokens and lengths, then one pass per split writes its rows into preallocated .n
 from __future__ import annotations
 
 import contextlib
-from array import array
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -23,7 +22,7 @@ from tasks.caching import StepCachePolicy, produce_step
 from tasks.config import EncodeConfig
 from tasks.ingest import SPLITS
 from tasks.store import StepOutput, atomic_path, iter_parquet, parquet_rows, read_json, write_json
-from tasks.text import clean_text, tokenize
+from tasks.text import clean_text, tokenize, tokenize_many
 
 # Keras' IMDb conventions: 0 pads, 1 starts a review, 2 stands for a word out of the vocabulary.
 PAD, START, OOV = 0, 1, 2
@@ -49,6 +48,7 @@ class Vocabulary:
         self.tokens = list(tokens)
         self.strip_html = strip_html  # the cleaning ingest gave the training texts, repeated for raw input
         self.ids = {token: i + INDEX_FROM for i, token in enumerate(self.tokens)}
+        self._token_array = None
         self.tokenizer = tokenizer
         self.lowercase = lowercase
         self.max_len = max_len
@@ -93,6 +93,15 @@ class Vocabulary:
         )
 
     @property
+    def token_array(self) -> Any:
+        """The kept tokens as an Arrow string array (id = place + INDEX_FROM), built once, for batch lookups."""
+        if self._token_array is None:
+            import pyarrow as pa
+
+            self._token_array = pa.array(self.tokens, pa.string())
+        return self._token_array
+
+    @property
     def size(self) -> int:
         return len(self.tokens) + INDEX_FROM
 
@@ -129,6 +138,16 @@ def resolve_max_len(cfg: EncodeConfig, lengths: np.ndarray) -> int:
     return max(1, int(np.ceil(np.percentile(lengths, cfg.max_len_percentile))))
 
 
+def count_tokens(texts: list[str], cfg: EncodeConfig) -> tuple[Counter[str], np.ndarray]:
+    """Token counts over texts, and each text's id-sequence length (start id included): one tokenising pass."""
+    import pyarrow.compute as pc
+
+    tokens, offsets = tokenize_many(texts, cfg.lowercase, cfg.tokenizer)
+    tally = pc.value_counts(tokens)
+    counts = Counter(dict(zip(tally.field("values").to_pylist(), tally.field("counts").to_pylist())))
+    return counts, np.diff(offsets) + 1
+
+
 def _count_train(path: Path, cfg: EncodeConfig, batch_rows: int) -> tuple[Counter[str], np.ndarray, list[str]]:
     """One pass over the train split: token counts, id-sequence lengths (start id included), the OOV sample texts."""
     counts: Counter[str] = Counter()
@@ -137,37 +156,44 @@ def _count_train(path: Path, cfg: EncodeConfig, batch_rows: int) -> tuple[Counte
     row = 0
     for frame in iter_parquet(path, columns=["text"], batch_rows=batch_rows):
         texts = frame["text"].tolist()
-        for text in texts:
-            tokens = tokenize(text, cfg.lowercase, cfg.tokenizer)
-            counts.update(tokens)
-            lengths[row] = len(tokens) + 1
-            row += 1
+        batch_counts, batch_lengths = count_tokens(texts, cfg)
+        counts.update(batch_counts)
+        lengths[row : row + len(texts)] = batch_lengths
+        row += len(texts)
         sample.extend(texts[: OOV_SAMPLE_TEXTS - len(sample)])
     return counts, lengths, sample
 
 
-def _encode_batch(vocab: Vocabulary, texts: list[str], padded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def encode_batch(vocab: Vocabulary, texts: list[str], padded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Write texts' ids into padded (rows x max_len, PAD-filled) as keras.utils.pad_sequences lays them out;
-    return every id end to end (int32) and each text's length.
+    return every id end to end (int32, each text's start id first) and each text's length.
 
-    The same rows pad_sequences(dtype="int32", value=PAD) gives, without holding a batch of id lists
-    twice or importing Keras (and TensorFlow) into the encode step.
+    The ids Vocabulary.to_ids gives text by text (tests/test_encode.py), found for the whole batch at
+    once: tokens by tokenize_many, their places in the vocabulary by Arrow's index_in. No Keras, so
+    the encode step does not load TensorFlow.
     """
-    max_len = vocab.max_len
-    flat = array("i")
-    lengths = np.empty(len(texts), dtype=np.int32)
-    for row, text in enumerate(texts):
-        ids = vocab.to_ids(text)
-        flat.extend(ids)
-        lengths[row] = len(ids)
-        kept = ids[-max_len:] if vocab.truncating == "pre" else ids[:max_len]
-        if not kept:
-            continue
-        if vocab.padding == "post":
-            padded[row, : len(kept)] = kept
+    import pyarrow.compute as pc
+
+    tokens, offsets = tokenize_many(texts, vocab.lowercase, vocab.tokenizer)
+    found = pc.index_in(tokens, value_set=vocab.token_array)  # place in vocab.tokens, null when absent
+    ids = pc.fill_null(pc.add(found, INDEX_FROM), OOV).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+    n = len(texts)
+    lengths = (np.diff(offsets) + 1).astype(np.int32)
+    starts = offsets[:-1] + np.arange(n)
+    values = np.empty(len(ids) + n, dtype=np.int32)
+    values[starts] = START
+    words = np.ones(len(values), dtype=bool)
+    words[starts] = False
+    values[words] = ids
+    max_len, pre_truncating, post_padding = vocab.max_len, vocab.truncating == "pre", vocab.padding == "post"
+    for row, (first, length) in enumerate(zip(starts.tolist(), lengths.tolist())):
+        kept = min(length, max_len)
+        first = first + length - kept if pre_truncating else first
+        if post_padding:
+            padded[row, :kept] = values[first : first + kept]
         else:
-            padded[row, max_len - len(kept) :] = kept
-    return np.frombuffer(flat, dtype=np.intc).astype(np.int32, copy=False), lengths
+            padded[row, max_len - kept :] = values[first : first + kept]
+    return values, lengths
 
 
 def _encode_split(vocab: Vocabulary, source: Path, out_dir: Path, split: str, batch_rows: int) -> tuple[int, int]:
@@ -197,7 +223,7 @@ def _encode_split(vocab: Vocabulary, source: Path, out_dir: Path, split: str, ba
                 # process's resident memory once the batch is done, however long the split.
                 padded = np.memmap(x_tmp, dtype=np.int32, mode="r+", offset=x_offset + start * max_len * 4, shape=(stop - start, max_len))
                 padded[...] = PAD
-                values, lengths = _encode_batch(vocab, frame["text"].tolist(), padded)
+                values, lengths = encode_batch(vocab, frame["text"].tolist(), padded)
                 padded.flush()
                 del padded
                 labels = frame["label"].to_numpy(dtype=np.int32)

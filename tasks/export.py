@@ -8,7 +8,7 @@ Loading it needs the objects registered here: `import tasks.export` before `kera
 tasks/text.py stays the definition of the rules; the patterns below mirror it for RE2 (the regex
 engine of tf.strings) and tests/test_predict.py checks that both give the same ids.
 Limits: TensorFlow backend only (tf.strings). Exact for ASCII text (tested); for other text it
-agreed with Python on every Unicode code point tried one at a time (see _WORD_CHARS and
+agreed with Python on every Unicode code point tried one at a time (see tasks.text.WORD_CHARS_RE2 and
 _NUL_STAND_INS for the two adjustments), which is evidence, not proof, for every Unicode sequence;
 known exceptions, char tokenizer with lowercase only: the ~40 capital letters newer than
 TensorFlow's Unicode tables (e.g. U+2C2F) stay capital, and a text's own U+FFFF counts as NUL.
@@ -26,17 +26,13 @@ import tensorflow as tf
 import tasks.models  # noqa: F401  (registers OneHotTokens, which the wrapped model may hold)
 from tasks.encode import INDEX_FROM, OOV, PAD, START, Vocabulary
 from tasks.store import atomic_path
+from tasks.text import WORD_OR_GAP_RE2
 
 # What tasks/text.py says, spelled for RE2. Python's \s and str.split() whitespace (the same set,
 # all below U+3001) is listed out, as RE2's \s is ASCII only and leaves out \v.
 _PYTHON_WHITESPACE = "".join(f"\\x{{{code:x}}}" for code in range(0x3001) if re.match(r"\s", chr(code)))
 _HTML_BREAK = rf"(?i)<br[{_PYTHON_WHITESPACE}]*/?>"
 _HTML_TAG = r"<[^>]{1,200}>"
-# Python's re.IGNORECASE lets [a-z] match four non-ASCII letters (İ ı ſ K); RE2's (?i) folds
-# only ſ and K, so İ (U+0130) and ı (U+0131) are added by hand.
-_WORD_CHARS = r"a-z0-9\x{130}\x{131}"
-# Every word becomes " word ", everything between words a space: findall, as a rewrite.
-_WORD_OR_GAP = rf"(?i)([{_WORD_CHARS}]+(?:'[{_WORD_CHARS}]+)*)|[^{_WORD_CHARS}]+"
 _TOKENIZER_SPLIT = {"word": "whitespace", "char": "character"}
 
 
@@ -78,7 +74,7 @@ class TextStandardizer:
         if self.lowercase:
             texts = tf.strings.lower(texts, encoding="utf-8")
         if self.tokenizer == "word":
-            texts = tf.strings.regex_replace(texts, _WORD_OR_GAP, r" \1 ")
+            texts = tf.strings.regex_replace(texts, WORD_OR_GAP_RE2, r" \1 ")
         return texts
 
     def get_config(self) -> dict[str, Any]:

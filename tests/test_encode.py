@@ -8,10 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks.config import DataConfig, EncodeConfig
-from tasks.encode import OOV, PAD, START, Vocabulary, encode_reviews, load_arrays
+from tasks.encode import OOV, PAD, START, Vocabulary, encode_batch, encode_reviews, load_arrays
 from tasks.ingest import ingest_reviews, locate_source
 from tasks.store import read_json
-from tasks.text import tokenize
+from tasks.text import tokenize, tokenize_many
 
 
 @pytest.fixture
@@ -142,3 +142,43 @@ def test_vocabulary_from_counts_matches_building_from_texts():
     cfg = EncodeConfig(num_words=6)
     counts = Counter(token for text in texts for token in tokenize(text))
     assert Vocabulary.from_counts(counts, cfg, max_len=4).tokens == Vocabulary.build(texts, cfg, max_len=4).tokens == ["c", "a", "b"]
+
+
+# --------------------------------------------------------------------------- tokenising a batch at once
+
+AWKWARD_TEXTS = [
+    "", "   ", "Don't stop", "it's 'quoted' text", "a''b", "''", "'a'", "rock'n'roll", "a'b'c'", "123 4'5 '6",
+    "İstanbul ıs ſo K", "İİ i̇", "Ünïcode café naïve", "x\x00y", "tab\tnew\nline\x0bvt", "UPPER lower MiXeD",
+    "ＦＵＬＬ width", "ß ẞ straße", "emoji 😀ok", "ǅungla ǈj", "ΣΊΣΥΦΟΣ", "Ⅻ ⓐ", "don’t curly", "_under_score_",
+]
+
+
+def _random_texts(n: int, seed: int = 7) -> list[str]:
+    alphabet = list("abcXYZ019' \t\n.,-_") + ["İ", "ı", "ſ", "K", "é", "\x00", "’", "ǅ", "😀"]
+    rng = np.random.default_rng(seed)
+    return ["".join(rng.choice(alphabet, size=int(rng.integers(0, 30)))) for _ in range(n)]
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_tokenize_many_gives_the_tokens_tokenize_gives(lowercase: bool):
+    texts = AWKWARD_TEXTS + _random_texts(3000)
+    tokens, offsets = tokenize_many(texts, lowercase)
+    found = tokens.to_pylist()
+    for i, text in enumerate(texts):
+        assert found[offsets[i] : offsets[i + 1]] == tokenize(text, lowercase), repr(text)
+
+
+def test_encode_batch_gives_the_ids_to_ids_gives():
+    texts = AWKWARD_TEXTS + _random_texts(500, seed=3)
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(tokenize(text))
+    for padding, truncating in [("post", "pre"), ("pre", "post")]:
+        cfg = EncodeConfig(num_words=12, padding=padding, truncating=truncating)
+        vocab = Vocabulary.from_counts(counts, cfg, max_len=6)
+        padded = np.zeros((len(texts), 6), dtype=np.int32)
+        values, lengths = encode_batch(vocab, texts, padded)
+        expected_padded, expected = vocab.encode(texts)
+        assert lengths.tolist() == [len(ids) for ids in expected]
+        assert values.tolist() == [i for ids in expected for i in ids]
+        np.testing.assert_array_equal(padded, expected_padded)

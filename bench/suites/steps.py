@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from tasks.config import DataConfig, ValidateConfig, load_config
-from tasks.encode import OOV, PAD, Vocabulary, encode_reviews
+from tasks.encode import OOV, PAD, Vocabulary, count_tokens, encode_batch, encode_reviews
 from tasks.ingest import ingest_reviews, load_split, locate_source, read_imdb
 from tasks.store import read_json
 from tasks.text import tokenize
@@ -48,16 +48,10 @@ def matched_standardize(texts: Any) -> Any:
 
 def step_encode(texts: list[str], cfg: Any, max_len: int) -> tuple[Vocabulary, list[list[int]]]:
     """The encode step's work on one list of texts, in memory: one tokenising pass to count, the vocabulary,
-    then every text's ids written into a preallocated padded matrix (tasks.encode's per-batch code)."""
-    from collections import Counter
-
-    from tasks.encode import _encode_batch
-
-    counts: Counter[str] = Counter()
-    for text in texts:
-        counts.update(tokenize(text, cfg.lowercase, cfg.tokenizer))
+    then every text's ids written into a preallocated padded matrix (tasks.encode's per-batch functions)."""
+    counts, _ = count_tokens(texts, cfg)
     vocab = Vocabulary.from_counts(counts, cfg, max_len)
-    values, lengths = _encode_batch(vocab, texts, np.zeros((len(texts), max_len), dtype=np.int32))
+    values, lengths = encode_batch(vocab, texts, np.zeros((len(texts), max_len), dtype=np.int32))
     return vocab, [ids.tolist() for ids in np.split(values, np.cumsum(lengths)[:-1])]
 
 
