@@ -728,6 +728,7 @@ def stratified_split(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[p
     return shuffle(frame[~mask]), shuffle(frame[mask])
 
 
+BUCKET_BATCHES = 10  # positions per bucket file, in batches: see _write_splits
 SYNTHETIC_CHUNK = 50_000  # reviews generated per seed; fixed, so the corpus never depends on the batch size
 
 
@@ -758,7 +759,7 @@ def _frame_batches(frames: dict[str, pd.DataFrame], classes: list[str], batch_ro
 
 def _spill(batches: Iterable[pd.DataFrame], target: Path) -> None:
     """Write every batch, as it comes, to one uncompressed Parquet file that ingest_reviews reads back twice."""
-    with pq.ParquetWriter(target, _SPILL_SCHEMA, compression="none") as writer:
+    with pq.ParquetWriter(target, _SPILL_SCHEMA, compression="none", use_dictionary=False) as writer:
         for batch in batches:
             if len(batch):
                 writer.write_table(pa.Table.from_pandas(batch[ROW_COLUMNS], schema=_SPILL_SCHEMA, preserve_index=False))
@@ -789,7 +790,10 @@ def _write_splits(spill: Path, orders: dict[str, pd.DataFrame], classes: list[st
     Every review's place (split, position) is known from orders. One pass over the spill sends each
     batch's rows to bucket files of batch_rows consecutive positions; then each split is written
     bucket by bucket, each bucket sorted in memory: two reads and writes of the text, whatever its size.
+    A bucket holds BUCKET_BATCHES batches' worth of positions, so a million reviews need tens of bucket
+    files open at once, not hundreds.
     """
+    bucket_rows = batch_rows * BUCKET_BATCHES
     n_rows = store.parquet_rows(spill)
     dest_split = np.full(n_rows, -1, dtype=np.int8)
     dest_pos = np.zeros(n_rows, dtype=np.int64)
@@ -806,11 +810,13 @@ def _write_splits(spill: Path, orders: dict[str, pd.DataFrame], classes: list[st
             batch = batch.assign(label=batch["label"].map(label_index).astype("int64"), rating=batch["rating"].astype("Int64"), pos=place)
             for code in np.unique(where[where >= 0]):
                 chosen = batch[where == code]
-                for bucket, piece in chosen.groupby(chosen["pos"].to_numpy() // batch_rows, sort=True):
+                for bucket, piece in chosen.groupby(chosen["pos"].to_numpy() // bucket_rows, sort=True):
                     table = pa.Table.from_pandas(piece, preserve_index=False)
                     key = (int(code), int(bucket))
                     if key not in writers:
-                        writers[key] = pq.ParquetWriter(work / f"bucket-{key[0]}-{key[1]}.parquet", table.schema, compression="none")
+                        writers[key] = pq.ParquetWriter(
+                            work / f"bucket-{key[0]}-{key[1]}.parquet", table.schema, compression="none", use_dictionary=False
+                        )
                     writers[key].write_table(table)
             start = stop
     finally:
@@ -819,7 +825,7 @@ def _write_splits(spill: Path, orders: dict[str, pd.DataFrame], classes: list[st
     for code, name in enumerate(SPLITS):
         with atomic_path(out_dir / f"{name}.parquet") as tmp:
             writer = None
-            for bucket in range(-(-len(orders[name]) // batch_rows)):
+            for bucket in range(-(-len(orders[name]) // bucket_rows)):
                 piece = pq.read_table(work / f"bucket-{code}-{bucket}.parquet").to_pandas()
                 piece = piece.sort_values("pos", kind="stable")[["text", "label", "rating", "id"]]
                 table = pa.Table.from_pandas(piece, schema=_SCHEMA, preserve_index=False)

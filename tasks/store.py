@@ -66,7 +66,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
 
 # Rows per record batch where a step streams a split (ingest, validate, encode): memory per step
 # stays near one batch of text however large the corpus grows.
-STREAM_ROWS = 50_000
+STREAM_ROWS = 10_000
 
 
 def parquet_rows(path: Path) -> int:
