@@ -237,6 +237,9 @@ def render(records: dict[str, dict[str, Any] | None]) -> str:
                 goal_rows.append([name, item["target"], observed, verdict(item, record), f"`{suite}`: {item['basis']}"])
     lines += table(["goal", "target", "observed", "verdict", "measured by"], goal_rows)
 
+    if PROFILES.is_file():  # hand-written: what the profiles of the missed goals show, and what was changed
+        lines += ["", PROFILES.read_text(encoding="utf-8").strip()]
+
     latest = max((r for r in records.values() if r), key=lambda r: r.get("started_at", ""), default=None)
     lines += ["", "## Machine", "", f"Latest suite: {machine_line(latest['machine'])}." if latest else "No suite has run yet.",
               "Each suite below names the machine and load it ran with: other jobs may share the machine, so read timings "
@@ -261,6 +264,9 @@ def render(records: dict[str, dict[str, Any] | None]) -> str:
         if record.get("notes"):
             lines += ["", *(f"- {note}" for note in record["notes"])]
     return "\n".join(lines) + "\n"
+
+
+PROFILES = ROOT / "bench" / "profiles.md"
 
 
 def load(bench_dir: Path) -> dict[str, dict[str, Any] | None]:

@@ -131,8 +131,9 @@ def run(opts: BenchOptions) -> dict[str, Any]:
             goal("memory flat where streamed", f"memory exponent ≤ {FLAT_SLOPE:.2f}", worst_memory,
                  None if worst_memory is None else all(memory_flat.values()), basis,
                  "; ".join(f"{s} {e['memory']}" for s, e in exponents.items())
-                 + ". None of the three steps streams: each holds its whole input in memory (pandas frames, token lists), "
-                   "so flat memory is not expected until one does."),
+                 + ". All three stream record batches; what still grows is what each keeps per review "
+                   "(ingest: labels, ids and places to decide the splits; validate: a few numbers for Great Expectations; "
+                   "encode: lengths)."),
         ],
         "notes": [
             "Time = the step function's own seconds inside its child (imports excluded); peak memory = the child's peak RSS.",
