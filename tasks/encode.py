@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 
-import tasks.store
+from tasks import store
 from tasks.caching import StepCachePolicy, produce_step
 from tasks.config import EncodeConfig
 from tasks.ingest import SPLITS
@@ -254,7 +254,7 @@ def encode_reviews(cfg: EncodeConfig, ingest_dir: Path, out_dir: Path, *, batch_
 
     batch_rows defaults to tasks.store.STREAM_ROWS (read at call time).
     """
-    batch_rows = batch_rows or tasks.store.STREAM_ROWS
+    batch_rows = batch_rows or store.STREAM_ROWS
     ingest_dir, out_dir = Path(ingest_dir), Path(out_dir)
     token_counts, train_lengths, sample_texts = _count_train(ingest_dir / "train.parquet", cfg, batch_rows)
     max_len = resolve_max_len(cfg, train_lengths)

@@ -32,7 +32,7 @@ from prefect import task
 from tasks.caching import StepCachePolicy, produce_step
 from tasks.config import DataConfig
 from tasks import store
-from tasks.store import StepOutput, atomic_path, fingerprint, iter_parquet, sha256_file, write_json
+from tasks.store import StepOutput, atomic_path, fingerprint, iter_parquet, parquet_rows, sha256_file, write_json
 from tasks.synthetic import synthetic_reviews
 from tasks.text import clean_text
 
@@ -794,7 +794,7 @@ def _write_splits(spill: Path, orders: dict[str, pd.DataFrame], classes: list[st
     files open at once, not hundreds.
     """
     bucket_rows = batch_rows * BUCKET_BATCHES
-    n_rows = store.parquet_rows(spill)
+    n_rows = parquet_rows(spill)
     dest_split = np.full(n_rows, -1, dtype=np.int8)
     dest_pos = np.zeros(n_rows, dtype=np.int64)
     for code, name in enumerate(SPLITS):
