@@ -106,7 +106,6 @@ class ModelConfig(Section):
     word_dropout: float = Field(default=0.0, ge=0, lt=1, description="rate at which whole input words are dropped while training")
     embedding_dropout: float = Field(default=0.0, ge=0, lt=1, description="SpatialDropout1D rate: whole vector dimensions dropped at every step")
     dropout: float = Field(default=0.0, ge=0, lt=1)
-    ensemble: int = Field(default=1, ge=1, description="N > 1: N classifiers with their own weights, their probabilities averaged")
     pooling: Literal["last", "mean", "max"] = Field(default="last", description="the last state, or the mean/max over the real steps")
     dense_units: int = Field(default=0, ge=0)
 
@@ -183,8 +182,6 @@ class RunConfig(Section):
                 f"model.task next_token predicts at every step and pools nothing, so model.pooling {self.model.pooling} does not apply: "
                 "leave it at last"
             )
-        if self.model.ensemble != 1:
-            raise ValueError("model.task next_token trains a single model: leave model.ensemble at 1")
         return self
 
 

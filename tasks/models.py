@@ -91,52 +91,37 @@ def cudnn_eligible(cfg: ModelConfig, padding: str) -> bool:
 
 
 def build_model(cfg: ModelConfig, *, num_tokens: int, max_len: int, n_classes: int) -> keras.Model:
-    """The classifier (model.task classify), or for next_token a model of every next token (see build_next_token_model).
-
-    With model.ensemble N > 1, N classifiers of the same shape, each with its own weights, read the
-    same ids, and the model's output is the average of their probabilities (trained as one model).
-    """
+    """The classifier (model.task classify), or for next_token a model of every next token (see build_next_token_model)."""
     if cfg.task == "next_token":
         return build_next_token_model(cfg, num_tokens=num_tokens)
     inputs = keras.Input(shape=(max_len,), dtype="int32", name="token_ids")
-    if cfg.ensemble == 1:
-        outputs = _classifier(cfg, inputs, num_tokens=num_tokens, max_len=max_len, n_classes=n_classes)
-    else:
-        members = [
-            _classifier(cfg, inputs, num_tokens=num_tokens, max_len=max_len, n_classes=n_classes, prefix=f"member{k}_")
-            for k in range(1, cfg.ensemble + 1)
-        ]
-        outputs = layers.Average(name="probability" if n_classes == 2 else "probabilities")(members)
-    return keras.Model(inputs, outputs, name=f"rnnflow_{cfg.cell}")
-
-
-def _classifier(cfg: ModelConfig, inputs, *, num_tokens: int, max_len: int, n_classes: int, prefix: str = ""):
-    """Ids -> vectors -> recurrent layers -> pooling -> probabilities; layer names start with prefix."""
     if cfg.input == "embedding":
-        x = layers.Embedding(num_tokens, cfg.embedding_dim, mask_zero=cfg.mask_padding, name=f"{prefix}embedding")(inputs)
+        x = layers.Embedding(num_tokens, cfg.embedding_dim, mask_zero=cfg.mask_padding, name="embedding")(inputs)
     else:
-        x = OneHotTokens(num_tokens, mask_zero=cfg.mask_padding, name=f"{prefix}one_hot")(inputs)
+        x = OneHotTokens(num_tokens, mask_zero=cfg.mask_padding, name="one_hot")(inputs)
     if cfg.word_dropout:  # drops whole words (a review reads as if they were not there): against memorising the vocabulary
-        x = layers.Dropout(cfg.word_dropout, noise_shape=(None, max_len, 1), name=f"{prefix}word_dropout")(x)
+        x = layers.Dropout(cfg.word_dropout, noise_shape=(None, max_len, 1), name="word_dropout")(x)
     if cfg.embedding_dropout:  # drops whole vector dimensions at every step
-        x = layers.SpatialDropout1D(cfg.embedding_dropout, name=f"{prefix}embedding_dropout")(x)
+        x = layers.SpatialDropout1D(cfg.embedding_dropout, name="embedding_dropout")(x)
     stack = recurrent_stack(cfg)
     for depth, (cell, units) in enumerate(stack, start=1):
         last = depth == len(stack)
         # Defaults kept on purpose (tanh, sigmoid, no recurrent dropout): they are the cuDNN path.
-        rnn = _CELLS[cell](units, return_sequences=not last or cfg.pooling != "last", name=f"{prefix}{cell}_{depth}")
-        x = layers.Bidirectional(rnn, name=f"{prefix}bidirectional_{depth}")(x) if cfg.bidirectional else rnn(x)
+        rnn = _CELLS[cell](units, return_sequences=not last or cfg.pooling != "last", name=f"{cell}_{depth}")
+        x = layers.Bidirectional(rnn, name=f"bidirectional_{depth}")(x) if cfg.bidirectional else rnn(x)
         if cfg.dropout:
-            x = layers.Dropout(cfg.dropout, name=f"{prefix}dropout_{depth}")(x)
+            x = layers.Dropout(cfg.dropout, name=f"dropout_{depth}")(x)
     if cfg.pooling == "mean":  # the average state over the real (unmasked) steps
-        x = layers.GlobalAveragePooling1D(name=f"{prefix}mean_over_time")(x)
+        x = layers.GlobalAveragePooling1D(name="mean_over_time")(x)
     elif cfg.pooling == "max":  # the largest value of each unit over the real steps
-        x = MaxOverSteps(name=f"{prefix}max_over_time")(x)
+        x = MaxOverSteps(name="max_over_time")(x)
     if cfg.dense_units:
-        x = layers.Dense(cfg.dense_units, activation="relu", name=f"{prefix}dense_hidden")(x)
+        x = layers.Dense(cfg.dense_units, activation="relu", name="dense_hidden")(x)
     if n_classes == 2:
-        return layers.Dense(1, activation="sigmoid", name=f"{prefix}probability")(x)
-    return layers.Dense(n_classes, activation="softmax", name=f"{prefix}probabilities")(x)
+        outputs = layers.Dense(1, activation="sigmoid", name="probability")(x)
+    else:
+        outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=f"rnnflow_{cfg.cell}")
 
 
 def build_next_token_model(cfg: ModelConfig, *, num_tokens: int) -> keras.Model:

@@ -157,8 +157,6 @@ def test_config_needs_the_char_tokenizer_and_a_one_way_model():
         load_config(overrides=["model.task=next_token"])
     with pytest.raises(ConfigError, match="model.bidirectional=false"):
         load_config("seed-char-next", overrides=["model.bidirectional=true"])
-    with pytest.raises(ConfigError, match="leave model.ensemble at 1"):
-        load_config("seed-char-next", overrides=["model.ensemble=3"])
 
 
 def test_next_token_model_predicts_every_step_on_the_cudnn_path():

@@ -55,20 +55,3 @@ def test_max_pooling_leaves_padded_steps_out():
     np.testing.assert_allclose(np.asarray(MaxOverSteps()(steps, mask=mask)), [[-0.3, 0.2]])
     np.testing.assert_allclose(np.asarray(MaxOverSteps()(steps, mask=np.zeros((1, 3), bool))), [[0.0, 0.0]])
 
-
-def test_an_ensemble_averages_members_with_their_own_weights(tmp_path):
-    import keras
-
-    single = ModelConfig(cell="gru", units=4, bidirectional=False, embedding_dim=8, pooling="max")
-    ensemble = single.model_copy(update={"ensemble": 3})
-    model = build_model(ensemble, num_tokens=30, max_len=12, n_classes=2)
-    assert model.count_params() == 3 * build_model(single, num_tokens=30, max_len=12, n_classes=2).count_params()
-    x = np.random.default_rng(0).integers(0, 30, size=(8, 12)).astype("int32")
-    members = [keras.Model(model.input, model.get_layer(f"member{k}_probability").output) for k in (1, 2, 3)]
-    np.testing.assert_allclose(
-        model.predict(x, verbose=0), np.mean([m.predict(x, verbose=0) for m in members], axis=0), rtol=1e-5
-    )
-    model.save(tmp_path / "m.keras")
-    np.testing.assert_allclose(
-        keras.models.load_model(tmp_path / "m.keras").predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5
-    )
