@@ -47,11 +47,16 @@ def test_stacked_layers_follow_the_stack_lists():
     assert names[2:4] == ["gru_1", "simple_rnn_2"]
 
 
-def test_max_pooling_leaves_padded_steps_out():
+def test_max_pooling_leaves_padded_steps_out(tmp_path):
+    import keras
+
     from tasks.models import MaxOverSteps
 
     steps = np.array([[[-0.5, 0.2], [-0.3, 0.1], [0.0, 0.0]]], dtype="float32")  # the last step is padding
     mask = np.array([[True, True, False]])
     np.testing.assert_allclose(np.asarray(MaxOverSteps()(steps, mask=mask)), [[-0.3, 0.2]])
     np.testing.assert_allclose(np.asarray(MaxOverSteps()(steps, mask=np.zeros((1, 3), bool))), [[0.0, 0.0]])
-
+    model = build_model(ModelConfig(cell="gru", units=4, bidirectional=False, pooling="max"), num_tokens=30, max_len=12, n_classes=2)
+    x = np.array([[5, 6, 7] + [0] * 9, [5, 6, 7, 8, 9, 10] + [0] * 6], dtype="int32")
+    model.save(tmp_path / "m.keras")
+    np.testing.assert_allclose(keras.models.load_model(tmp_path / "m.keras").predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5)
