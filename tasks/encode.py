@@ -14,6 +14,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from prefect import task
 
@@ -96,8 +97,6 @@ class Vocabulary:
     def token_array(self) -> Any:
         """The kept tokens as an Arrow string array (id = place + INDEX_FROM), built once, for batch lookups."""
         if self._token_array is None:
-            import pyarrow as pa
-
             self._token_array = pa.array(self.tokens, pa.string())
         return self._token_array
 
@@ -140,8 +139,6 @@ def resolve_max_len(cfg: EncodeConfig, lengths: np.ndarray) -> int:
 
 def count_tokens(texts: list[str], cfg: EncodeConfig) -> tuple[Counter[str], np.ndarray]:
     """Token counts over texts, and each text's id-sequence length (start id included): one tokenising pass."""
-    import pyarrow.compute as pc
-
     tokens, offsets = tokenize_many(texts, cfg.lowercase, cfg.tokenizer)
     tally = pc.value_counts(tokens)
     counts = Counter(dict(zip(tally.field("values").to_pylist(), tally.field("counts").to_pylist())))
@@ -172,8 +169,6 @@ def encode_batch(vocab: Vocabulary, texts: list[str], padded: np.ndarray) -> tup
     once: tokens by tokenize_many, their places in the vocabulary by Arrow's index_in. No Keras, so
     the encode step does not load TensorFlow.
     """
-    import pyarrow.compute as pc
-
     tokens, offsets = tokenize_many(texts, vocab.lowercase, vocab.tokenizer)
     found = pc.index_in(tokens, value_set=vocab.token_array)  # place in vocab.tokens, null when absent
     ids = pc.fill_null(pc.add(found, INDEX_FROM), OOV).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
