@@ -117,6 +117,10 @@ class TrainConfig(Section):
     epochs: int = Field(default=4, ge=1)
     patience: int = Field(default=1, ge=0)
     seed: int = 1337
+    members: int = Field(
+        default=1, ge=1,
+        description="classifiers trained one after another, each with its own seed and its own validation block of train+val; model.keras averages their probabilities",
+    )
     in_memory_max_mb: float = Field(
         default=1024, ge=0,
         description="train arrays larger than this (MiB) are read batch by batch, memory-mapped through tf.data, instead of handed to Keras whole",
@@ -181,6 +185,11 @@ class RunConfig(Section):
             raise ValueError(
                 f"model.task next_token predicts at every step and pools nothing, so model.pooling {self.model.pooling} does not apply: "
                 "leave it at last"
+            )
+        if self.train.members > 1:
+            raise ValueError(
+                f"model.task next_token trains one model that generate continues texts with, so train.members {self.train.members} "
+                "does not apply: leave it at 1"
             )
         return self
 

@@ -22,7 +22,12 @@ LENGTH_BUCKETS = (0, 100, 200, 400, 800, 10**9)
 
 def predict_probabilities(model: Any, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """Class probabilities, shape (n, n_classes), whether the model ends in a sigmoid or a softmax."""
-    raw = np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float64)
+    return class_probabilities(model.predict(x, batch_size=batch_size, verbose=0))
+
+
+def class_probabilities(outputs: Any) -> np.ndarray:
+    """A classifier's outputs as probabilities per class: one sigmoid column becomes (1 - p, p)."""
+    raw = np.asarray(outputs, dtype=np.float64)
     if raw.ndim == 1 or raw.shape[1] == 1:
         positive = raw.reshape(-1)
         return np.stack([1.0 - positive, positive], axis=1)
@@ -180,8 +185,20 @@ def evaluate_model(encode_dir: Path, train_dir: Path, out_dir: Path) -> dict[str
     x_test, y_test = load_arrays(encode_dir, "test")
     labels = read_json(Path(encode_dir) / "labels.json")
     tokens = pd.read_parquet(Path(encode_dir) / "tokens_test.parquet", columns=["id", "length"])
-    probabilities = predict_probabilities(model, x_test)
-    result = score(probabilities, np.asarray(y_test), tokens["length"].to_numpy(), labels)
+    members = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if members:  # train.members > 1: score the average, and each member on its own beside it, in one pass
+        probe = keras.Model(model.inputs, [model.outputs[0], *(member(model.inputs[0]) for member in members)])
+        outputs = probe.predict(x_test, batch_size=512, verbose=0)
+        probabilities, member_outputs = class_probabilities(outputs[0]), outputs[1:]
+    else:
+        probabilities, member_outputs = predict_probabilities(model, x_test), []
+    lengths = tokens["length"].to_numpy()
+    result = score(probabilities, np.asarray(y_test), lengths, labels)
+    if members:
+        result["members"] = []
+        for member, outputs in zip(members, member_outputs):
+            alone = score(class_probabilities(outputs), np.asarray(y_test), lengths, labels)["test"]
+            result["members"].append({"name": member.name, **{k: alone[k] for k in ("accuracy", "loss", "f1", "roc_auc")}})
     write_json(out_dir / "metrics.json", result)
     predictions = pd.DataFrame(
         {

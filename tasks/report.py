@@ -181,7 +181,10 @@ class Table:
 
 def key_numbers_table(inputs: ReportInputs) -> Table:
     test, training, encoding, validation = inputs.test, inputs.training, inputs.encoding, inputs.validation
-    epochs = f"{format_count(training.get('epochs_run'))} (best: {format_count(training.get('best_epoch'))}"
+    member_runs = training.get("member_runs") or []
+    best = ", ".join(format_count(run.get("best_epoch")) for run in member_runs) or format_count(training.get("best_epoch"))
+    members = f" over {len(member_runs)} members" if member_runs else ""
+    epochs = f"{format_count(training.get('epochs_run'))}{members} (best: {best}"
     epochs += ", stopped early)" if training.get("stopped_early") else ")"
     seconds, speed = _as_float(training.get("seconds")), _as_float(training.get("samples_per_second"))
     timing = "n/a" if seconds is None else f"{seconds:.1f} s"
@@ -284,6 +287,18 @@ def label_balance_table(validation: dict[str, Any]) -> Table:
 
 def _series(history: dict[str, Any], name: str) -> list[float | None]:
     return [_as_float(value) for value in history.get(name) or []]
+
+
+def members_table(member_runs: list[dict[str, Any]], scored: list[dict[str, Any]]) -> Table:
+    """One row per member of an averaged model: its training, and its test accuracy alone (evaluate's metrics.json)."""
+    rows = []
+    for index, run in enumerate(member_runs):
+        alone = scored[index] if index < len(scored) else {}
+        rows.append([
+            str(index + 1), format_count(run.get("seed")), f"{format_count(run.get('best_epoch'))} of {format_count(run.get('epochs_run'))}",
+            format_metric(run.get("best_val_accuracy")), format_metric(alone.get("accuracy")), format_metric(alone.get("roc_auc")),
+        ])
+    return Table(["Member", "Seed", "Best epoch", "Val accuracy", "Test accuracy alone", "Test ROC AUC alone"], rows)
 
 
 def history_table(history: dict[str, Any], best_epoch: Any) -> Table:
@@ -555,8 +570,19 @@ def build_sections(inputs: ReportInputs, plots: dict[str, Plot]) -> list[Section
 
     learning = Section("Training")
     stopped = ", stopped early" if training.get("stopped_early") else ""
-    learning.add("text", f"Best epoch {format_count(training.get('best_epoch'))} of {format_count(training.get('epochs_run'))} run{stopped}; "
-                         f"{format_count(training.get('params'))} parameters.")
+    if training.get("member_runs"):
+        learning.add("text", f"{format_count(training.get('epochs_run'))} epochs run over all members{stopped}; "
+                             f"{format_count(training.get('params'))} parameters in all.")
+    else:
+        learning.add("text", f"Best epoch {format_count(training.get('best_epoch'))} of {format_count(training.get('epochs_run'))} run{stopped}; "
+                             f"{format_count(training.get('params'))} parameters.")
+    member_runs = training.get("member_runs") or []
+    if member_runs:
+        alone = {m.get("name"): m for m in metrics.get("members") or []}
+        learning.add("text", f"{len(member_runs)} members trained one after another, each stopping early on its own "
+                             f"{format_count(member_runs[0].get('validation_rows'))} validation rows of train and val; "
+                             "the model averages their probabilities. The curves below are member 1's.")
+        learning.add("table", members_table(member_runs, list(alone.values())))
     learning.add("plot", plots.get("learning_curves")).add("table", history_table(inputs.history, training.get("best_epoch")))
     sections.append(learning)
 

@@ -36,8 +36,8 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
     return get_run_logger() if TaskRunContext.get() else logging.getLogger("rnnflow")
 
 
-def epoch_report(epochs: int, hook: EpochHook | None) -> Any:
-    """A Keras callback: one line per epoch in the logs, and a hook for progress displays."""
+def epoch_report(epochs: int, hook: EpochHook | None, prefix: str = "") -> Any:
+    """A Keras callback: one line per epoch in the logs (after prefix), and a hook for progress displays."""
     import keras
 
     started = [0.0]
@@ -48,7 +48,7 @@ def epoch_report(epochs: int, hook: EpochHook | None) -> Any:
     def end(epoch: int, logs: dict | None = None) -> None:
         logs = {k: float(v) for k, v in (logs or {}).items()}
         shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy"))
-        run_logger().info("epoch %d/%d  %s  (%.0f s)", epoch + 1, epochs, shown, time.perf_counter() - started[0])
+        run_logger().info("%sepoch %d/%d  %s  (%.0f s)", prefix, epoch + 1, epochs, shown, time.perf_counter() - started[0])
         if hook:
             hook(epoch + 1, epochs, logs)
 
@@ -108,6 +108,36 @@ def memmap_dataset(
     return dataset.prefetch(tf.data.AUTOTUNE), steps
 
 
+def member_rows(n_train: int, n_val: int, members: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train rows, validation rows) of each member, as indices into train and val laid end to end.
+
+    Member k validates on the k-th block of n_val rows counted from the end: member 0 on val itself
+    (so one member is exactly the single model), the others on blocks of train, which then train
+    member 0. Together the members learn from every labelled row; each stops early on rows it never saw.
+    """
+    pool = n_train + n_val
+    if n_val < 1 or members * n_val > pool:
+        raise ValueError(
+            f"train.members {members} needs {members} validation blocks of {n_val:,} rows but train and val hold {pool:,}: "
+            f"use at most {pool // max(n_val, 1)} members, or a smaller data.val_fraction"
+        )
+    rows = np.arange(pool)
+    splits = []
+    for k in range(members):
+        held = (rows >= pool - (k + 1) * n_val) & (rows < pool - k * n_val)
+        splits.append((rows[~held], rows[held]))
+    return splits
+
+
+def average_members(models: list[Any], max_len: int) -> Any:
+    """One model whose output is the mean of the members' probabilities (saved and loaded as one .keras file)."""
+    import keras
+
+    inputs = keras.Input(shape=(max_len,), dtype="int32", name="token_ids")
+    outputs = keras.layers.Average(name="mean_probability")([model(inputs) for model in models])
+    return keras.Model(inputs, outputs, name=f"{models[0].name.rsplit('_member', 1)[0]}_ensemble")
+
+
 def train_model(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -119,6 +149,8 @@ def train_model(
 
     model.task next_token fits every step's next token instead of the label (next_token_arrays:
     padding steps weigh 0), with the same early stopping and checkpoint; it has no model_text.keras.
+    With train.members > 1, each member is fitted in turn (seed train.seed + k, validation rows from
+    member_rows) and kept as member_K.keras; model.keras averages their probabilities.
     """
     import keras
 
@@ -133,7 +165,6 @@ def train_model(
     next_token = model_cfg.task == "next_token"
     n_classes = len(labels) if labels else max(2, int(max(y_train.max(), y_val.max())) + 1)
 
-    model = build_model(model_cfg, num_tokens=encoding["num_words"], max_len=encoding["max_len"], n_classes=n_classes)
     if next_token:
         # The mean over the steps that count (weight 1), not over every step padding included.
         loss: Any = keras.losses.SparseCategoricalCrossentropy(reduction="mean_with_sample_weight")
@@ -146,71 +177,123 @@ def train_model(
     # Up to train.in_memory_max_mb the arrays go to model.fit whole (Keras copies them into one tensor);
     # a larger train array is read from its memory-mapped .npy a batch at a time through tf.data.
     streamed = x_train.nbytes > train_cfg.in_memory_max_mb * 2**20
-    if streamed:
-        train_data, steps_per_epoch = memmap_dataset(
-            x_train, y_train, train_cfg.batch_size, epochs=train_cfg.epochs, seed=train_cfg.seed, next_token=next_token
+    members = train_cfg.members
+    if members > 1 and streamed:
+        raise ValueError(
+            f"train.members {members} redraws validation rows from train and val in memory, but the train array "
+            f"({x_train.nbytes / 2**20:,.0f} MiB) is over train.in_memory_max_mb {train_cfg.in_memory_max_mb:g}: "
+            "raise train.in_memory_max_mb or leave train.members at 1"
         )
-        val_data, _ = memmap_dataset(x_val, y_val, train_cfg.batch_size, next_token=next_token)
-        # shuffle=False: the dataset brings each epoch's own order (Keras would only warn that it ignores True).
-        data: dict[str, Any] = {"x": train_data, "validation_data": val_data, "steps_per_epoch": steps_per_epoch, "shuffle": False}
-    else:
+    if members > 1:
+        x_pool, y_pool = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val])
+        splits = member_rows(n_train, len(x_val), members)
+
+    def member_data(k: int) -> dict[str, Any]:
+        """What model.fit gets for member k (k 0: train and val as encoded)."""
+        if streamed:
+            train_data, steps_per_epoch = memmap_dataset(
+                x_train, y_train, train_cfg.batch_size, epochs=train_cfg.epochs, seed=train_cfg.seed, next_token=next_token
+            )
+            val_data, _ = memmap_dataset(x_val, y_val, train_cfg.batch_size, next_token=next_token)
+            # shuffle=False: the dataset brings each epoch's own order (Keras would only warn that it ignores True).
+            return {"x": train_data, "validation_data": val_data, "steps_per_epoch": steps_per_epoch, "shuffle": False}
         # As before the tf.data path, so runs measured with it reproduce: whole arrays, Keras shuffles.
+        xt, yt, xv, yv = (x_train, y_train, x_val, y_val) if members == 1 else (
+            x_pool[splits[k][0]], y_pool[splits[k][0]], x_pool[splits[k][1]], y_pool[splits[k][1]]
+        )
         weights_train = None
         if next_token:
-            x_train, y_train, weights_train = next_token_arrays(x_train)
-            x_val, y_val, weights_val = next_token_arrays(x_val)
-            validation_data: tuple = (x_val, y_val, weights_val)
+            xt, yt, weights_train = next_token_arrays(xt)
+            xv, yv, weights_val = next_token_arrays(xv)
+            validation_data: tuple = (xv, yv, weights_val)
         else:
-            validation_data = (x_val, y_val)
-        data = {
-            "x": x_train, "y": y_train, "sample_weight": weights_train, "validation_data": validation_data,
+            validation_data = (xv, yv)
+        return {
+            "x": xt, "y": yt, "sample_weight": weights_train, "validation_data": validation_data,
             "batch_size": train_cfg.batch_size, "shuffle": True,
         }
-    model.compile(optimizer=getattr(keras.optimizers, _OPTIMIZERS[train_cfg.optimizer])(learning_rate=train_cfg.learning_rate), loss=loss, **metrics)
-    checkpoint = out_dir / "model.keras"
-    callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=train_cfg.patience, restore_best_weights=True),
-        keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_loss", save_best_only=True),
-        epoch_report(train_cfg.epochs, on_epoch),
-    ]
+
+    fitted: list[dict[str, Any]] = []
     started = time.perf_counter()
-    history = model.fit(**data, epochs=train_cfg.epochs, callbacks=callbacks, verbose=0)
+    for k in range(members):
+        member_started = time.perf_counter()
+        keras.utils.set_random_seed(train_cfg.seed + k)
+        model = build_model(model_cfg, num_tokens=encoding["num_words"], max_len=encoding["max_len"], n_classes=n_classes)
+        if members > 1:
+            model.name = f"{model.name}_member{k + 1}"
+        model.compile(optimizer=getattr(keras.optimizers, _OPTIMIZERS[train_cfg.optimizer])(learning_rate=train_cfg.learning_rate), loss=loss, **metrics)
+        checkpoint = out_dir / ("model.keras" if members == 1 else f"member_{k + 1}.keras")
+        member_hook = None
+        if on_epoch:
+            member_hook = lambda epoch, epochs, logs, k=k: on_epoch(k * epochs + epoch, members * epochs, logs)  # noqa: E731
+        callbacks = [
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=train_cfg.patience, restore_best_weights=True),
+            keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_loss", save_best_only=True),
+            epoch_report(train_cfg.epochs, member_hook, f"member {k + 1}/{members}  " if members > 1 else ""),
+        ]
+        history = model.fit(**member_data(k), epochs=train_cfg.epochs, callbacks=callbacks, verbose=0)
+        if not checkpoint.exists():  # val_loss was NaN every epoch: keep the last weights rather than nothing
+            model.save(checkpoint)
+        curves = {name: [float(v) for v in values] for name, values in history.history.items()}
+        epochs_run = len(curves.get("loss", []))
+        finite = np.isfinite(curves.get("val_loss", [np.nan])).any()
+        best_epoch = int(np.nanargmin(curves["val_loss"])) + 1 if finite else epochs_run
+        fitted.append({
+            "model": model, "checkpoint": checkpoint, "curves": curves, "epochs_run": epochs_run, "best_epoch": best_epoch,
+            "best_val_loss": min(curves.get("val_loss", [float("nan")])),
+            "best_val_accuracy": curves.get("val_accuracy", [None])[best_epoch - 1] if epochs_run else None,
+            "seconds": round(time.perf_counter() - member_started, 2),
+        })
     seconds = time.perf_counter() - started
-    if not checkpoint.exists():  # val_loss was NaN every epoch: keep the last weights rather than nothing
-        model.save(checkpoint)
+
+    if members == 1:
+        model = fitted[0]["model"]
+    else:
+        # From the checkpoints: each member's best epoch, the weights its early stopping kept.
+        model = average_members([keras.models.load_model(m["checkpoint"], compile=False) for m in fitted], encoding["max_len"])
+        model.save(out_dir / "model.keras")
     if not next_token:
         # Wrap the checkpoint, the file evaluate and predict load, so both models hold the very same weights.
         export_text_model(
-            keras.models.load_model(checkpoint, compile=False), Vocabulary.load(Path(encode_dir) / "vocab.json"),
+            keras.models.load_model(out_dir / "model.keras", compile=False), Vocabulary.load(Path(encode_dir) / "vocab.json"),
             out_dir / "model_text.keras",
         )
 
-    curves = {name: [float(v) for v in values] for name, values in history.history.items()}
-    epochs_run = len(curves.get("loss", []))
-    best_epoch = int(np.nanargmin(curves["val_loss"])) + 1 if np.isfinite(curves.get("val_loss", [np.nan])).any() else epochs_run
-    write_json(out_dir / "history.json", curves)
+    first = fitted[0]
+    curves, epochs_run = first["curves"], sum(m["epochs_run"] for m in fitted)
+    write_json(out_dir / "history.json", curves)  # the first member's: the only one with members 1
     with open(out_dir / "history.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["epoch", *curves])
-        for i in range(epochs_run):
+        for i in range(first["epochs_run"]):
             writer.writerow([i + 1, *(curves[k][i] for k in curves)])
     summary = summary_text(model)
     write_text(out_dir / "model_summary.txt", summary + "\n")
+    val_accuracies = [m["best_val_accuracy"] for m in fitted if m["best_val_accuracy"] is not None]
     info = {
         "task": model_cfg.task,
+        "members": members,
         "epochs_run": epochs_run,
-        "best_epoch": best_epoch,
-        "stopped_early": epochs_run < train_cfg.epochs,
+        "best_epoch": first["best_epoch"] if members == 1 else None,
+        "stopped_early": any(m["epochs_run"] < train_cfg.epochs for m in fitted),
         "params": int(model.count_params()),
         "seconds": round(seconds, 2),
+        # Every member trains on as many rows as train holds (member_rows), so this is the rate over all of them.
         "samples_per_second": round(n_train * epochs_run / seconds, 1) if seconds else None,
         # in_memory: the arrays handed to model.fit whole; memmap_tf_data: batches read from the .npy (train.in_memory_max_mb).
         "input": "memmap_tf_data" if streamed else "in_memory",
-        "best_val_loss": min(curves.get("val_loss", [float("nan")])),
-        "best_val_accuracy": curves.get("val_accuracy", [None])[best_epoch - 1] if epochs_run else None,
+        # With members, each on its own validation rows: the mean of their best epochs' figures.
+        "best_val_loss": float(np.mean([m["best_val_loss"] for m in fitted])),
+        "best_val_accuracy": float(np.mean(val_accuracies)) if val_accuracies else None,
         "cudnn_eligible": cudnn_eligible(model_cfg, encoding["padding"]),
         "model_summary": summary,
     }
+    if members > 1:
+        info["member_runs"] = [
+            {key: m[key] for key in ("epochs_run", "best_epoch", "best_val_loss", "best_val_accuracy", "seconds")}
+            | {"seed": train_cfg.seed + k, "validation_rows": len(splits[k][1]), "file": m["checkpoint"].name, "history": m["curves"]}
+            for k, m in enumerate(fitted)
+        ]
     if next_token:
         info["model_text"] = NO_TEXT_MODEL
     write_json(out_dir / "train.json", info)

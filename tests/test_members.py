@@ -1,0 +1,116 @@
+"""train.members: classifiers trained one after another on their own validation blocks, averaged in model.keras."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.config import ModelConfig, RunConfig, TrainConfig
+from tasks.evaluate import evaluate_model
+from tasks.report import write_report
+from tasks.store import read_json
+from tasks.train import member_rows, train_model
+from tests.test_report import CONFIG, make_upstream
+from tests.test_streaming_train import _toy_encoding
+
+
+def test_member_zero_validates_on_val_and_the_others_on_their_own_blocks_of_train():
+    splits = member_rows(10, 3, 3)
+    assert [held.tolist() for _, held in splits] == [[10, 11, 12], [7, 8, 9], [4, 5, 6]]
+    assert splits[0][0].tolist() == list(range(10)), "member 0 trains on train exactly: one member is the single model"
+    for trained, held in splits:
+        assert len(trained) == 10, "every member trains on as many rows as train holds"
+        assert not set(trained) & set(held), "no member validates on a row it trains on"
+
+
+def test_more_members_than_validation_blocks_is_one_clear_error():
+    with pytest.raises(ValueError, match=r"train.members 5 needs 5 validation blocks of 3 rows but train and val hold 13: use at most 4 members"):
+        member_rows(10, 3, 5)
+
+
+def test_next_token_runs_one_model():
+    with pytest.raises(ValueError, match="train.members 2 does not apply"):
+        RunConfig(encode={"tokenizer": "char"}, model={"task": "next_token", "bidirectional": False}, train={"members": 2})
+
+
+@pytest.fixture(scope="module")
+def two_members(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    tmp_path = tmp_path_factory.mktemp("members")
+    encoded = _toy_encoding(tmp_path / "encode")
+    for name in ("X", "y"):  # the toy encoding has no test split: its val rows stand in
+        np.save(encoded / f"{name}_test.npy", np.load(encoded / f"{name}_val.npy"))
+    pd.DataFrame({"id": [f"r{i}" for i in range(64)], "length": np.full(64, 12)}).to_parquet(encoded / "tokens_test.parquet")
+    out, evaluated = tmp_path / "train", tmp_path / "evaluate"
+    out.mkdir()
+    evaluated.mkdir()
+    model = ModelConfig(cell="gru", units=8, embedding_dim=8, bidirectional=False)
+    train_model(model, TrainConfig(epochs=3, patience=3, batch_size=16, learning_rate=0.02, members=2), encoded, out)
+    evaluate_model(encoded, out, evaluated)
+    return encoded, out, evaluated
+
+
+def test_model_keras_is_the_mean_of_the_members_kept_beside_it(two_members):
+    import keras
+
+    encoded, out, _ = two_members
+    x = np.load(encoded / "X_val.npy")
+    averaged = keras.models.load_model(out / "model.keras", compile=False).predict(x, verbose=0)
+    alone = [keras.models.load_model(out / f"member_{k}.keras", compile=False).predict(x, verbose=0) for k in (1, 2)]
+    np.testing.assert_allclose(averaged, (alone[0] + alone[1]) / 2, rtol=1e-5, atol=1e-6)
+    assert (out / "model_text.keras").exists(), "the averaged model is exported with its preprocessing like any other"
+
+
+def test_train_json_describes_each_member(two_members):
+    _, out, _ = two_members
+    info = read_json(out / "train.json")
+    assert info["members"] == 2 and info["epochs_run"] == 6 and info["best_epoch"] is None
+    runs = info["member_runs"]
+    assert [run["seed"] for run in runs] == [1337, 1338]
+    assert [run["validation_rows"] for run in runs] == [64, 64]
+    assert [run["file"] for run in runs] == ["member_1.keras", "member_2.keras"]
+    assert all(len(run["history"]["val_loss"]) == run["epochs_run"] == 3 for run in runs)
+    assert info["best_val_accuracy"] == pytest.approx(np.mean([run["best_val_accuracy"] for run in runs]))
+    assert read_json(out / "history.json") == runs[0]["history"], "history.json is member 1's curves"
+
+
+def test_evaluate_scores_the_average_and_each_member_alone(two_members):
+    encoded, _, evaluated = two_members
+    metrics = read_json(evaluated / "metrics.json")
+    assert [m["name"] for m in metrics["members"]] == ["rnnflow_gru_member1", "rnnflow_gru_member2"]
+    assert all(0.0 <= m["accuracy"] <= 1.0 for m in metrics["members"])
+    predictions = pd.read_parquet(evaluated / "predictions.parquet")
+    y = np.load(encoded / "y_test.npy")
+    assert metrics["test"]["accuracy"] == pytest.approx(float((predictions["predicted"].to_numpy() == y).mean()))
+
+
+def test_streamed_training_with_members_is_refused_in_one_sentence(tmp_path: Path):
+    encoded = _toy_encoding(tmp_path / "encode")
+    (tmp_path / "train").mkdir()
+    config = TrainConfig(epochs=1, members=2, in_memory_max_mb=0)
+    with pytest.raises(ValueError, match="raise train.in_memory_max_mb or leave train.members at 1"):
+        train_model(ModelConfig(bidirectional=False), config, encoded, tmp_path / "train")
+
+
+def test_report_lists_the_members(tmp_path: Path):
+    upstream = make_upstream(tmp_path, ["neg", "pos"])
+    train_json = Path(upstream["train"].dir) / "train.json"
+    train = json.loads(train_json.read_text())
+    train |= {"members": 2, "epochs_run": 7, "best_epoch": None, "member_runs": [
+        {"seed": 1337, "epochs_run": 3, "best_epoch": 2, "best_val_accuracy": 0.74, "validation_rows": 20},
+        {"seed": 1338, "epochs_run": 4, "best_epoch": 3, "best_val_accuracy": 0.76, "validation_rows": 20},
+    ]}
+    train_json.write_text(json.dumps(train))
+    metrics_json = Path(upstream["evaluate"].dir) / "metrics.json"
+    metrics = json.loads(metrics_json.read_text())
+    metrics["members"] = [{"name": "m1", "accuracy": 0.85, "roc_auc": 0.93}, {"name": "m2", "accuracy": 0.86, "roc_auc": 0.94}]
+    metrics_json.write_text(json.dumps(metrics))
+    write_report(CONFIG, upstream, tmp_path / "report")
+    markdown = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "| Epochs run | 7 over 2 members (best: 2, 3, stopped early) |" in markdown
+    assert "2 members trained one after another, each stopping early on its own 20 validation rows" in markdown
+    assert "| 1 | 1,337 | 2 of 3 | 0.7400 | 0.8500 | 0.9300 |" in markdown
+    assert "| 2 | 1,338 | 3 of 4 | 0.7600 | 0.8600 | 0.9400 |" in markdown
