@@ -3,7 +3,8 @@
 Prefect's default policy (INPUTS + TASK_SOURCE + RUN_ID) misses on every new run and hashes
 only the task's own lines, so each step gets this policy instead. The key covers:
 the step's own configuration section, the content fingerprints of its upstream outputs,
-and the source of every tasks/ module the step runs. Not the run id, not the time.
+and the source of every tasks/ module the step runs, as the process found it at start (the code
+it runs, whatever is edited meanwhile). Not the run id, not the time.
 Before answering, the policy checks that the cached files still exist and match their
 sha256; if not, it drops the stale record so the step recomputes.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -20,7 +22,7 @@ from typing import Any, Callable
 from prefect.cache_policies import CachePolicy
 from prefect.locking.filesystem import FileSystemLockManager
 
-from tasks.store import ArtifactStore, StepOutput, code_version, fingerprint
+from tasks.store import ArtifactStore, StepOutput, changed_since_start, code_version, fingerprint
 
 # The tasks/ modules whose source makes up each step's code version.
 STEP_MODULES: dict[str, tuple[str, ...]] = {
@@ -75,6 +77,14 @@ def produce_step(
     extra holds the task's other parameters (ingest's located source), which join the key as
     the cache policy sees them.
     """
+    for module in STEP_MODULES[step]:
+        # A module the step imports only now (tasks.models: Keras) would load as it is on disk, while
+        # the key was made from the source at start: refuse rather than cache one under the other.
+        if f"tasks.{module}" not in sys.modules and changed_since_start(module):
+            raise RuntimeError(
+                f"tasks/{module}.py changed on disk after this run started, so the {step} step would run other code than "
+                "its cache key describes: start the run again"
+            )
     store = ArtifactStore(root)
     return store.produce(step, step_key(step, section, upstream, extra), work)
 

@@ -124,11 +124,29 @@ class StepOutput(BaseModel):
         return fingerprint(sorted(self.files.items()))
 
 
+# The source of every tasks/ module as this process found it at start (the flow imports this module
+# first thing): the code it runs. Keys are made from these rather than from the files when a step
+# starts, so a file edited while a run is going cannot file the old code's output under the new
+# code's key (a run edited under would otherwise poison the cache of every later run).
+SOURCES_AT_START: dict[str, bytes] = {path.stem: path.read_bytes() for path in Path(__file__).parent.glob("*.py")}
+
+
+def module_source(name: str) -> bytes:
+    """A tasks/ module's source as it was when this process started (read now for a file added since)."""
+    source = SOURCES_AT_START.get(name)
+    return source if source is not None else (Path(__file__).parent / f"{name}.py").read_bytes()
+
+
+def changed_since_start(name: str) -> bool:
+    """Whether tasks/<name>.py on disk differs from the source this process started with."""
+    return (Path(__file__).parent / f"{name}.py").read_bytes() != module_source(name)
+
+
 def code_version(*modules: str) -> str:
     """sha256 over the source of the named tasks/ modules: editing any of them changes the step's key."""
     digest = hashlib.sha256()
     for name in modules:
-        digest.update((Path(__file__).parent / f"{name}.py").read_bytes())
+        digest.update(module_source(name))
     return digest.hexdigest()[:16]
 
 

@@ -145,3 +145,23 @@ def test_locks_of_dead_processes_are_free(tmp_path: Path):
     other = ProcessBoundLockManager(lock_files_directory=tmp_path)
     assert not other.is_locked("train-abc")
     assert other.acquire_lock("train-abc", holder="next run", acquire_timeout=1)
+
+
+def test_a_module_edited_during_a_run_keeps_the_key_of_the_code_that_runs(monkeypatch: pytest.MonkeyPatch):
+    import sys
+
+    from tasks import store
+    from tasks.caching import produce_step
+
+    key = step_key("evaluate", {}, {})
+    # As if tasks/models.py had been edited on disk after this process started: the key still
+    # describes the source the process started with, the one an imported module runs.
+    monkeypatch.setitem(store.SOURCES_AT_START, "models", b"# the source at start\n")
+    assert store.changed_since_start("models")
+    assert step_key("evaluate", {}, {}) != key, "the key follows the source at start, not the file now"
+    # A step that would import the edited module only now refuses, before any work, in one sentence.
+    monkeypatch.delitem(sys.modules, "tasks.models", raising=False)
+    ran = []
+    with pytest.raises(RuntimeError, match=r"tasks/models.py changed on disk after this run started, so the evaluate step would run other code"):
+        produce_step("/nonexistent", "evaluate", {}, {}, lambda out: ran.append(out))
+    assert ran == []
