@@ -192,12 +192,12 @@ def evaluate_model(encode_dir: Path, train_dir: Path, out_dir: Path) -> dict[str
         probabilities, member_outputs = class_probabilities(outputs[0]), outputs[1:]
     else:
         probabilities, member_outputs = predict_probabilities(model, x_test), []
-    lengths = tokens["length"].to_numpy()
-    result = score(probabilities, np.asarray(y_test), lengths, labels)
+    truth, lengths = np.asarray(y_test), tokens["length"].to_numpy()
+    result = score(probabilities, truth, lengths, labels)
     if members:
         result["members"] = []
         for member, outputs in zip(members, member_outputs):
-            alone = score(class_probabilities(outputs), np.asarray(y_test), lengths, labels)["test"]
+            alone = score(class_probabilities(outputs), truth, lengths, labels)["test"]
             result["members"].append({"name": member.name, **{k: alone[k] for k in ("accuracy", "loss", "f1", "roc_auc")}})
     write_json(out_dir / "metrics.json", result)
     predictions = pd.DataFrame(
