@@ -116,6 +116,10 @@ class TrainConfig(Section):
     batch_size: int = Field(default=64, ge=1)
     epochs: int = Field(default=4, ge=1)
     patience: int = Field(default=1, ge=0)
+    lr_drop: float = Field(
+        default=0, ge=0, lt=1,
+        description="after an epoch that does not lower val_loss, multiply the learning rate by this (0: keep the rate)",
+    )
     seed: int = 1337
     members: int = Field(
         default=1, ge=1,

@@ -48,6 +48,8 @@ def epoch_report(epochs: int, hook: EpochHook | None, prefix: str = "") -> Any:
     def end(epoch: int, logs: dict | None = None) -> None:
         logs = {k: float(v) for k, v in (logs or {}).items()}
         shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy"))
+        if "learning_rate" in logs:  # only with train.lr_drop
+            shown += f"  learning_rate {logs['learning_rate']:.2g}"
         run_logger().info("%sepoch %d/%d  %s  (%.0f s)", prefix, epoch + 1, epochs, shown, time.perf_counter() - started[0])
         if hook:
             hook(epoch + 1, epochs, logs)
@@ -231,6 +233,9 @@ def train_model(
             keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_loss", save_best_only=True),
             epoch_report(train_cfg.epochs, member_hook, f"member {k + 1}/{members}  " if members > 1 else ""),
         ]
+        if train_cfg.lr_drop:
+            # Before early stopping gives up, the epochs it still waits go on at a smaller step.
+            callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=train_cfg.lr_drop, patience=0, min_delta=0, min_lr=1e-6))
         history = model.fit(**member_data(k), epochs=train_cfg.epochs, callbacks=callbacks, verbose=0)
         if not checkpoint.exists():  # val_loss was NaN every epoch: keep the last weights rather than nothing
             model.save(checkpoint)
