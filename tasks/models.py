@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
+from unittest import mock
 
 import keras
 import numpy as np
 from keras import layers
 
 from tasks.config import ModelConfig
+
+SUMMARY_WIDTH = 100  # characters per line of the model summary in train.json and the report
 
 _CELLS = {"simple_rnn": layers.SimpleRNN, "lstm": layers.LSTM, "gru": layers.GRU}
 
@@ -172,6 +176,12 @@ def next_token_arrays(x: np.ndarray, pad: int = 0) -> tuple[np.ndarray, np.ndarr
 
 
 def summary_text(model: keras.Model) -> str:
+    """model.summary() as text, whole: an ensemble's members with their layers, no column cut off.
+
+    Keras draws the table with rich, whose console is as wide as $COLUMNS, 80 without a terminal
+    (a scheduled run): the table's last column was cropped. Set for the call, then restored.
+    """
     lines: list[str] = []
-    model.summary(print_fn=lambda line, **_: lines.append(line), line_length=100)
+    with mock.patch.dict(os.environ, {"COLUMNS": str(SUMMARY_WIDTH)}):
+        model.summary(print_fn=lambda line, **_: lines.append(line), line_length=SUMMARY_WIDTH, expand_nested=True)
     return "\n".join(lines)

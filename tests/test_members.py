@@ -114,3 +114,18 @@ def test_report_lists_the_members(tmp_path: Path):
     assert "2 members trained one after another, each stopping early on its own 20 validation rows" in markdown
     assert "| 1 | 1,337 | 2 of 3 | 0.7400 | 0.8500 | 0.9300 |" in markdown
     assert "| 2 | 1,338 | 3 of 4 | 0.7600 | 0.8600 | 0.9400 |" in markdown
+
+
+def test_the_ensemble_summary_shows_each_member_s_layers_and_every_column(two_members, monkeypatch):
+    import keras
+
+    from tasks.models import summary_text
+
+    _, out, _ = two_members
+    monkeypatch.delenv("COLUMNS", raising=False)  # as in a scheduled run: no terminal to size the table by
+    summary = summary_text(keras.models.load_model(out / "model.keras", compile=False))
+    assert summary == read_json(out / "train.json")["model_summary"]
+    assert summary.count("└ gru") == 2, "each member's recurrent layer is listed"
+    table = [line for line in summary.splitlines() if line[:1] in "┏┃┡│├└"]
+    assert table and all(line[-1] in "┓┃┩│┤┘" for line in table), "no line is cut before the table's right border"
+    assert "Connected to" in summary
