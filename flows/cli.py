@@ -245,7 +245,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         config = manifest.get("config") or {}
         print(
             f"{manifest.get('run_id', '?'):<28} {manifest.get('status', '?'):<10} {config.get('preset', '?'):<18} "
-            f"{(config.get('model') or {}).get('cell', '?'):<11} {accuracy if accuracy is None else format(accuracy, '.4f'):>8}"
+            f"{(config.get('model') or {}).get('cell', '?'):<11} {'-' if accuracy is None else format(accuracy, '.4f'):>8}"
         )
     return EXIT_OK
 

@@ -53,7 +53,7 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_a_run_killed_during_train_leaves_the_cache_whole(prefect_api, tmp_path: Path):
+def test_a_run_killed_during_train_leaves_the_cache_whole(prefect_api, tmp_path: Path, capsys):
     root = tmp_path / "artifacts"
     args = [*TINY, "--set", "train.epochs=60", "--set", "train.patience=60", "--artifacts", str(root)]
     victim = subprocess.Popen(_cli("run", *args), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -76,6 +76,14 @@ def test_a_run_killed_during_train_leaves_the_cache_whole(prefect_api, tmp_path:
     statuses = _statuses(folder)
     assert statuses["ingest"] == statuses["validate"] == statuses["encode"] == "cached"
     assert statuses["train"] == "completed"
+
+    # The run list shows both: the killed one still marked running, with no test figure.
+    from flows.cli import main
+
+    assert main(["runs", "--artifacts", str(root)]) == 0
+    lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert lines[killed.name][1] == "running" and lines[killed.name][-1] == "-"
+    assert lines[folder.name][1] == "completed"
 
 
 def test_two_runs_at_once_both_finish_sharing_the_cache(prefect_api, tmp_path: Path):
