@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -357,7 +359,21 @@ COMMANDS = {
 }
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """`kill PID` (a scheduler's timeout, a stopped container) ends rnnflow through Python's own exit, as Ctrl-C does.
+
+    Prefect turns SIGTERM into a failed flow run and then sends it again to the handler it found; with
+    Python's default one the process died on the spot, skipping the atexit hook that stops the temporary
+    Prefect server it had started, which was left running with no parent.
+    """
+    print("rnnflow: terminated", file=sys.stderr)
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         args = build_parser().parse_args(argv)
         code = COMMANDS[args.command](args)
@@ -375,6 +391,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `rnnflow runs | head`: the reader left; stop quietly, as Python's docs advise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # what a shell reports for SIGPIPE
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,42 @@ def test_a_run_killed_during_train_leaves_the_cache_whole(prefect_api, tmp_path:
     assert lines[folder.name][1] == "completed"
 
 
+def _children(pid: int) -> dict[int, str]:
+    """pid -> command line of the processes whose parent is pid (Linux /proc)."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found[int(stat.parent.name)] = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_sigterm_ends_a_run_and_the_temporary_prefect_server_with_it(tmp_path: Path):
+    """`kill PID` on a run with no Prefect server configured: the server Prefect started for it goes too."""
+    root = tmp_path / "artifacts"
+    env = {k: v for k, v in _env().items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # its own temporary server and database
+    args = [*TINY, "--set", "train.epochs=60", "--set", "train.patience=60", "--artifacts", str(root)]
+    victim = subprocess.Popen(_cli("run", *args), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: any(root.glob("cache/train/.*.partial")), 300, "training to start")
+        servers = [pid for pid, command in _children(victim.pid).items() if "uvicorn" in command]
+        assert servers, "the run started its own Prefect server"
+        victim.send_signal(signal.SIGTERM)
+        _, stderr = victim.communicate(timeout=120)
+    finally:
+        victim.kill()
+    assert victim.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert "rnnflow: terminated" in stderr
+    _wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in servers), 30, "the Prefect server to stop")
+    (folder,) = (root / "runs").iterdir()
+    assert json.loads((folder / "manifest.json").read_text())["status"] == "failed", "the run is marked failed, not left running"
+
+
 def test_two_runs_at_once_both_finish_sharing_the_cache(prefect_api, tmp_path: Path):
     root = tmp_path / "artifacts"
     args = _cli("run", *TINY, "--set", "train.epochs=2", "--artifacts", str(root))
