@@ -301,17 +301,16 @@ def members_table(member_runs: list[dict[str, Any]], scored: list[dict[str, Any]
     return Table(["Member", "Seed", "Best epoch", "Val accuracy", "Test accuracy alone", "Test ROC AUC alone"], rows)
 
 
+_HISTORY_FORMAT = {"learning_rate": lambda value: f"{value:.2g}"}  # columns not shown as format_metric's four decimals
+
+
 def history_table(history: dict[str, Any], best_epoch: Any) -> Table:
     names = [name for name in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate") if history.get(name)]
     epochs = max((len(history[name]) for name in names), default=0)
     rows, classes = [], []
     for index in range(epochs):
         epoch = index + 1
-        values = [
-            "n/a" if index >= len(history[name]) else f"{history[name][index]:.2g}" if name == "learning_rate"
-            else format_metric(history[name][index])
-            for name in names
-        ]
+        values = [_HISTORY_FORMAT.get(name, format_metric)(history[name][index]) if index < len(history[name]) else "n/a" for name in names]
         is_best = _as_float(best_epoch) == epoch
         rows.append([f"{epoch}{' (best)' if is_best else ''}"] + values)
         classes.append("best" if is_best else "")

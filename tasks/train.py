@@ -234,7 +234,8 @@ def train_model(
             epoch_report(train_cfg.epochs, member_hook, f"member {k + 1}/{members}  " if members > 1 else ""),
         ]
         if train_cfg.lr_drop:
-            # Before early stopping gives up, the epochs it still waits go on at a smaller step.
+            # Before early stopping gives up, the epochs it still waits go on at a smaller step. First in the list,
+            # so the epoch line and the history get the rate it adds to the logs.
             callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=train_cfg.lr_drop, patience=0, min_delta=0, min_lr=1e-6))
         history = model.fit(**member_data(k), epochs=train_cfg.epochs, callbacks=callbacks, verbose=0)
         if not checkpoint.exists():  # val_loss was NaN every epoch: keep the last weights rather than nothing
