@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 from unittest import mock
 
@@ -13,6 +14,7 @@ from keras import layers
 from tasks.config import ModelConfig
 
 SUMMARY_WIDTH = 100  # characters per line of the model summary in train.json and the report
+_SUMMARY_LOCK = threading.Lock()  # $COLUMNS is the process's: sweep points train in threads side by side
 
 _CELLS = {"simple_rnn": layers.SimpleRNN, "lstm": layers.LSTM, "gru": layers.GRU}
 
@@ -179,9 +181,10 @@ def summary_text(model: keras.Model) -> str:
     """model.summary() as text, whole: an ensemble's members with their layers, no column cut off.
 
     Keras draws the table with rich, whose console is as wide as $COLUMNS, 80 without a terminal
-    (a scheduled run): the table's last column was cropped. Set for the call, then restored.
+    (a scheduled run): the table's last column was cropped. Set for the call, then restored; one call
+    at a time, or two threads could restore each other's value.
     """
     lines: list[str] = []
-    with mock.patch.dict(os.environ, {"COLUMNS": str(SUMMARY_WIDTH)}):
+    with _SUMMARY_LOCK, mock.patch.dict(os.environ, {"COLUMNS": str(SUMMARY_WIDTH)}):
         model.summary(print_fn=lambda line, **_: lines.append(line), line_length=SUMMARY_WIDTH, expand_nested=True)
     return "\n".join(lines)
