@@ -108,6 +108,11 @@ class ModelConfig(Section):
     dropout: float = Field(default=0.0, ge=0, lt=1)
     pooling: Literal["last", "mean", "max"] = Field(default="last", description="the last state, or the mean/max over the real steps")
     dense_units: int = Field(default=0, ge=0)
+    window: int | None = Field(
+        default=None, ge=1,
+        description="read only this many tokens of each encoded row, from the end or the start of its text (window_at); null: the whole row",
+    )
+    window_at: Literal["end", "start"] = Field(default="end", description="where model.window sits in each text: its last or its first tokens")
 
 
 class TrainConfig(Section):
@@ -125,10 +130,20 @@ class TrainConfig(Section):
         default=1, ge=1,
         description="classifiers trained one after another, each with its own seed and its own validation block of train+val; model.keras averages their probabilities",
     )
+    member_models: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="model keys changed per member, taken in turn (member k gets entry k mod the list's length): members that read differently",
+    )
     in_memory_max_mb: float = Field(
         default=1024, ge=0,
         description="train arrays larger than this (MiB) are read batch by batch, memory-mapped through tf.data, instead of handed to Keras whole",
     )
+
+
+def member_model(model: ModelConfig, train: TrainConfig, k: int) -> ModelConfig:
+    """The model section member k (from 0) trains: model, with train.member_models' entry for it laid over it."""
+    changes = train.member_models[k % len(train.member_models)] if train.member_models else {}
+    return ModelConfig(**{**model.model_dump(), **changes})
 
 
 # The keys of metrics.json's "test" block that a promotion can be judged on ("n" is a count, not a score).
@@ -169,6 +184,23 @@ class RunConfig(Section):
         return self.model_dump(mode="json", by_alias=True)
 
     @model_validator(mode="after")
+    def _member_models_fit(self) -> "RunConfig":
+        """Each train.member_models entry, laid over model, must be a model section itself, and a classifier."""
+        for number, changes in enumerate(self.train.member_models, start=1):
+            if not changes:
+                raise ValueError(f"train.member_models entry {number} changes nothing: give it model keys, for example {{window_at: start}}")
+            if "task" in changes:
+                raise ValueError(f"train.member_models entry {number} changes model.task, which every member shares: leave task out of it")
+            try:
+                ModelConfig(**{**self.model.model_dump(), **changes})
+            except ValidationError as err:
+                first = err.errors()[0]
+                key = ".".join(str(p) for p in first["loc"])
+                problem = "is not a model key" if first["type"] == "extra_forbidden" else f"is invalid ({first['msg']}, got {first.get('input')!r})"
+                raise ValueError(f"train.member_models entry {number}: model.{key} {problem}; fix that entry") from None
+        return self
+
+    @model_validator(mode="after")
     def _next_token_fits(self) -> "RunConfig":
         """model.task next_token reads text one character at a time, left to right: the rules that follow from it."""
         if self.model.task != "next_token":
@@ -189,6 +221,10 @@ class RunConfig(Section):
             raise ValueError(
                 f"model.task next_token predicts at every step and pools nothing, so model.pooling {self.model.pooling} does not apply: "
                 "leave it at last"
+            )
+        if self.model.window:
+            raise ValueError(
+                "model.task next_token predicts at every step of the whole text, so model.window does not apply: leave it at null"
             )
         if self.train.members > 1:
             raise ValueError(

@@ -73,6 +73,44 @@ class MaxOverSteps(layers.Layer):
         return (input_shape[0], input_shape[2])
 
 
+@keras.saving.register_keras_serializable(package="rnnflow")
+class TokenWindow(layers.Layer):
+    """The last (or first) `length` tokens of each row's text, right-padded: how one member reads a long review.
+
+    Rows come from encode either right-padded (text, then zeros) or left-padded (zeros, then text);
+    a row's text is its nonzero ids, one run. The window is cut from that run, so a 900-token row and
+    a 120-token row both give their own last (or first) tokens, and padding stays at the right, the
+    layout cuDNN's masked kernels accept.
+    """
+
+    def __init__(self, length: int, at: str = "end", **kwargs: Any):
+        super().__init__(**kwargs)
+        if at not in ("end", "start"):
+            raise ValueError(f"TokenWindow at must be end or start, not {at!r}")
+        self.length = length
+        self.at = at
+
+    def call(self, inputs):
+        ops = keras.ops
+        steps = ops.shape(inputs)[1]
+        real = ops.cast(ops.not_equal(inputs, 0), "int32")
+        size = ops.sum(real, axis=1, keepdims=True)
+        # The text's first position: 0 when right-padded, the number of zeros before it when left-padded.
+        index = ops.arange(steps, dtype="int32")[None, :]
+        begin = ops.min(ops.where(real > 0, index, steps), axis=1, keepdims=True)
+        skip = ops.maximum(size - self.length, 0) if self.at == "end" else ops.zeros_like(size)
+        offsets = ops.arange(self.length, dtype="int32")[None, :]
+        positions = begin + skip + offsets
+        taken = ops.take_along_axis(inputs, ops.minimum(positions, steps - 1), axis=1)
+        return ops.where(offsets < ops.minimum(size, self.length), taken, ops.zeros_like(taken))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.length)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "length": self.length, "at": self.at}
+
+
 def recurrent_stack(cfg: ModelConfig) -> list[tuple[str, int]]:
     """(cell, units) per recurrent layer, bottom to top."""
     if cfg.stack_cells:
@@ -91,8 +129,8 @@ def cudnn_eligible(cfg: ModelConfig, padding: str) -> bool:
     the first four always; cell and padding are the configuration's choice.
     """
     cells_ok = all(cell in ("lstm", "gru") for cell, _ in recurrent_stack(cfg))
-    # next_token rows are laid out right-padded whatever encode.padding says (next_token_arrays).
-    mask_ok = not cfg.mask_padding or padding == "post" or cfg.task == "next_token"
+    # next_token rows are laid out right-padded whatever encode.padding says (next_token_arrays), and so are windows.
+    mask_ok = not cfg.mask_padding or padding == "post" or cfg.task == "next_token" or bool(cfg.window)
     return cells_ok and mask_ok
 
 
@@ -101,12 +139,16 @@ def build_model(cfg: ModelConfig, *, num_tokens: int, max_len: int, n_classes: i
     if cfg.task == "next_token":
         return build_next_token_model(cfg, num_tokens=num_tokens)
     inputs = keras.Input(shape=(max_len,), dtype="int32", name="token_ids")
+    ids = inputs
+    if cfg.window and cfg.window < max_len:  # a window as long as the rows is the whole row
+        ids = TokenWindow(cfg.window, cfg.window_at, name=f"window_{cfg.window_at}")(inputs)
+    steps = ids.shape[1]
     if cfg.input == "embedding":
-        x = layers.Embedding(num_tokens, cfg.embedding_dim, mask_zero=cfg.mask_padding, name="embedding")(inputs)
+        x = layers.Embedding(num_tokens, cfg.embedding_dim, mask_zero=cfg.mask_padding, name="embedding")(ids)
     else:
-        x = OneHotTokens(num_tokens, mask_zero=cfg.mask_padding, name="one_hot")(inputs)
+        x = OneHotTokens(num_tokens, mask_zero=cfg.mask_padding, name="one_hot")(ids)
     if cfg.word_dropout:  # drops whole words (a review reads as if they were not there): against memorising the vocabulary
-        x = layers.Dropout(cfg.word_dropout, noise_shape=(None, max_len, 1), name="word_dropout")(x)
+        x = layers.Dropout(cfg.word_dropout, noise_shape=(None, steps, 1), name="word_dropout")(x)
     if cfg.embedding_dropout:  # drops whole vector dimensions at every step
         x = layers.SpatialDropout1D(cfg.embedding_dropout, name="embedding_dropout")(x)
     stack = recurrent_stack(cfg)

@@ -289,16 +289,21 @@ def _series(history: dict[str, Any], name: str) -> list[float | None]:
     return [_as_float(value) for value in history.get(name) or []]
 
 
+def _changes(changes: Any) -> str:
+    """train.member_models' entry for a member as key=value pairs; "-" for a member that is the model section as it is."""
+    return ", ".join(f"{key}={value}" for key, value in changes.items()) if isinstance(changes, dict) and changes else "-"
+
+
 def members_table(member_runs: list[dict[str, Any]], scored: list[dict[str, Any]]) -> Table:
     """One row per member of an averaged model: its training, and its test accuracy alone (evaluate's metrics.json)."""
     rows = []
     for index, run in enumerate(member_runs):
         alone = scored[index] if index < len(scored) else {}
         rows.append([
-            str(index + 1), format_count(run.get("seed")), f"{format_count(run.get('best_epoch'))} of {format_count(run.get('epochs_run'))}",
+            str(index + 1), format_count(run.get("seed")), _changes(run.get("model_changes")), f"{format_count(run.get('best_epoch'))} of {format_count(run.get('epochs_run'))}",
             format_metric(run.get("best_val_accuracy")), format_metric(alone.get("accuracy")), format_metric(alone.get("roc_auc")),
         ])
-    return Table(["Member", "Seed", "Best epoch", "Val accuracy", "Test accuracy alone", "Test ROC AUC alone"], rows)
+    return Table(["Member", "Seed", "Model changes", "Best epoch", "Val accuracy", "Test accuracy alone", "Test ROC AUC alone"], rows)
 
 
 _HISTORY_FORMAT = {"learning_rate": lambda value: f"{value:.2g}"}  # columns not shown as format_metric's four decimals

@@ -12,7 +12,7 @@ import numpy as np
 from prefect import task
 
 from tasks.caching import StepCachePolicy, produce_step
-from tasks.config import ModelConfig, TrainConfig
+from tasks.config import ModelConfig, TrainConfig, member_model
 from tasks.encode import Vocabulary, load_arrays
 from tasks.store import StepOutput, read_json, write_json, write_text
 
@@ -152,7 +152,8 @@ def train_model(
     model.task next_token fits every step's next token instead of the label (next_token_arrays:
     padding steps weigh 0), with the same early stopping and checkpoint; it has no model_text.keras.
     With train.members > 1, each member is fitted in turn (seed train.seed + k, validation rows from
-    member_rows) and kept as member_K.keras; model.keras averages their probabilities.
+    member_rows, its model section changed by train.member_models' entry for it) and kept as
+    member_K.keras; model.keras averages their probabilities.
     """
     import keras
 
@@ -220,7 +221,7 @@ def train_model(
     for k in range(members):
         member_started = time.perf_counter()
         keras.utils.set_random_seed(train_cfg.seed + k)
-        model = build_model(model_cfg, num_tokens=encoding["num_words"], max_len=encoding["max_len"], n_classes=n_classes)
+        model = build_model(member_model(model_cfg, train_cfg, k), num_tokens=encoding["num_words"], max_len=encoding["max_len"], n_classes=n_classes)
         if members > 1:
             model.name = f"{model.name}_member{k + 1}"
         model.compile(optimizer=getattr(keras.optimizers, _OPTIMIZERS[train_cfg.optimizer])(learning_rate=train_cfg.learning_rate), loss=loss, **metrics)
@@ -291,13 +292,15 @@ def train_model(
         # With members, each on its own validation rows: the mean of their best epochs' figures.
         "best_val_loss": float(np.mean([m["best_val_loss"] for m in fitted])),
         "best_val_accuracy": float(np.mean(val_accuracies)) if val_accuracies else None,
-        "cudnn_eligible": cudnn_eligible(model_cfg, encoding["padding"]),
+        "cudnn_eligible": all(cudnn_eligible(member_model(model_cfg, train_cfg, k), encoding["padding"]) for k in range(members)),
         "model_summary": summary,
     }
     if members > 1:
         info["member_runs"] = [
             {key: m[key] for key in ("epochs_run", "best_epoch", "best_val_loss", "best_val_accuracy", "seconds")}
-            | {"seed": train_cfg.seed + k, "validation_rows": len(splits[k][1]), "file": m["checkpoint"].name, "history": m["curves"]}
+            | {"seed": train_cfg.seed + k, "validation_rows": len(splits[k][1]), "file": m["checkpoint"].name, "history": m["curves"],
+               # what this member's model section changes (train.member_models), {} when nothing
+               "model_changes": train_cfg.member_models[k % len(train_cfg.member_models)] if train_cfg.member_models else {}}
             for k, m in enumerate(fitted)
         ]
     if next_token:

@@ -112,8 +112,8 @@ def test_report_lists_the_members(tmp_path: Path):
     markdown = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
     assert "| Epochs run | 7 over 2 members (best: 2, 3, stopped early) |" in markdown
     assert "2 members trained one after another, each stopping early on its own 20 validation rows" in markdown
-    assert "| 1 | 1,337 | 2 of 3 | 0.7400 | 0.8500 | 0.9300 |" in markdown
-    assert "| 2 | 1,338 | 3 of 4 | 0.7600 | 0.8600 | 0.9400 |" in markdown
+    assert "| 1 | 1,337 | - | 2 of 3 | 0.7400 | 0.8500 | 0.9300 |" in markdown, "a member without model changes shows -"
+    assert "| 2 | 1,338 | - | 3 of 4 | 0.7600 | 0.8600 | 0.9400 |" in markdown
 
 
 def test_the_ensemble_summary_shows_each_member_s_layers_and_every_column(two_members, monkeypatch):

@@ -1,0 +1,120 @@
+"""model.window and train.member_models: members of one ensemble that read different parts of each review."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks.config import ConfigError, ModelConfig, RunConfig, TrainConfig, load_config, member_model
+from tasks.models import TokenWindow, build_model
+from tasks.report import write_report
+from tasks.store import read_json
+from tasks.train import train_model
+from tests.test_report import CONFIG, make_upstream
+from tests.test_streaming_train import _toy_encoding
+
+ROWS = np.array(
+    [
+        [1, 5, 6, 7, 8, 0, 0, 0],  # right-padded, longer than the window
+        [0, 0, 1, 5, 6, 7, 8, 9],  # left-padded, longer than the window
+        [0, 0, 0, 0, 0, 0, 1, 4],  # left-padded, shorter
+        [1, 4, 0, 0, 0, 0, 0, 0],  # right-padded, shorter
+        [0, 0, 0, 0, 0, 0, 0, 0],  # no text at all
+        [1, 2, 3, 4, 5, 6, 7, 8],  # fills the row
+    ],
+    dtype="int32",
+)
+
+
+@pytest.mark.parametrize("at, expected", [
+    ("end", [[6, 7, 8], [7, 8, 9], [1, 4, 0], [1, 4, 0], [0, 0, 0], [6, 7, 8]]),
+    ("start", [[1, 5, 6], [1, 5, 6], [1, 4, 0], [1, 4, 0], [0, 0, 0], [1, 2, 3]]),
+])
+def test_a_window_is_the_last_or_first_tokens_of_each_text_right_padded_whatever_the_padding(at: str, expected: list):
+    assert np.asarray(TokenWindow(3, at)(ROWS)).tolist() == expected
+
+
+def test_a_window_model_has_the_same_weights_and_survives_a_keras_file(tmp_path: Path):
+    import keras
+
+    config = ModelConfig(cell="gru", units=4, embedding_dim=4, bidirectional=False, word_dropout=0.3, window=3, window_at="start")
+    model = build_model(config, num_tokens=10, max_len=8, n_classes=2)
+    whole = build_model(config.model_copy(update={"window": None}), num_tokens=10, max_len=8, n_classes=2)
+    assert model.count_params() == whole.count_params(), "a window adds no weights"
+    assert model.get_layer("window_start").output.shape == (None, 3)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras", compile=False)
+    np.testing.assert_allclose(loaded.predict(ROWS, verbose=0), model.predict(ROWS, verbose=0), rtol=1e-6)
+    # A window as long as the rows, or longer, is the whole row: no layer.
+    assert "window_end" not in [layer.name for layer in build_model(config.model_copy(update={"window": 8, "window_at": "end"}), num_tokens=10, max_len=8, n_classes=2).layers]
+
+
+def test_member_models_are_taken_in_turn():
+    model, train = ModelConfig(window=400), TrainConfig(members=5, member_models=[{"window_at": "end"}, {"window_at": "start", "units": 32}])
+    chosen = [member_model(model, train, k) for k in range(5)]
+    assert [m.window_at for m in chosen] == ["end", "start", "end", "start", "end"]
+    assert [m.units for m in chosen] == [64, 32, 64, 32, 64]
+    assert member_model(model, TrainConfig(), 0) == model, "without member_models every member is the model section"
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("[{window_side: start}]", "train.member_models entry 1: model.window_side is not a model key; fix that entry"),
+    ("[{window_at: end}, {window_at: middle}]", "train.member_models entry 2: model.window_at is invalid (Input should be 'end' or 'start', got 'middle'); fix that entry"),
+    ("[{task: next_token}]", "train.member_models entry 1 changes model.task, which every member shares: leave task out of it"),
+    ("[{}]", "train.member_models entry 1 changes nothing: give it model keys, for example {window_at: start}"),
+    ("[start]", "Configuration key 'train.member_models.0' in --set is invalid (Input should be a valid dictionary, got 'start'): fix the value."),
+])
+def test_a_wrong_member_models_entry_is_one_sentence_naming_it(entry: str, message: str):
+    with pytest.raises(ConfigError) as caught:
+        load_config("default", overrides=[f"train.member_models={entry}"])
+    assert message in str(caught.value)
+    assert str(caught.value).count("\n") == 0
+
+
+def test_next_token_reads_the_whole_text():
+    with pytest.raises(ValueError, match="model.window does not apply"):
+        RunConfig(encode={"tokenizer": "char"}, model={"task": "next_token", "bidirectional": False, "window": 10})
+
+
+@pytest.fixture(scope="module")
+def two_readers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp_path = tmp_path_factory.mktemp("readers")
+    encoded = _toy_encoding(tmp_path / "encode")
+    out = tmp_path / "train"
+    out.mkdir()
+    model = ModelConfig(cell="gru", units=8, embedding_dim=8, bidirectional=False, window=6)
+    train = TrainConfig(epochs=2, patience=2, batch_size=16, learning_rate=0.02, members=2,
+                        member_models=[{"window_at": "end"}, {"window_at": "start"}])
+    train_model(model, train, encoded, out)
+    return out
+
+
+def test_each_member_reads_as_its_entry_says_and_train_json_records_it(two_readers: Path):
+    import keras
+
+    info = read_json(two_readers / "train.json")
+    assert [run["model_changes"] for run in info["member_runs"]] == [{"window_at": "end"}, {"window_at": "start"}]
+    layers = [[layer.name for layer in keras.models.load_model(two_readers / f"member_{k}.keras", compile=False).layers] for k in (1, 2)]
+    assert "window_end" in layers[0] and "window_start" in layers[1]
+    assert info["cudnn_eligible"] is True, "a window is right-padded, so the GRUs stay on the cuDNN path"
+    assert "└ window_end" in info["model_summary"] and "└ window_start" in info["model_summary"]
+
+
+def test_the_report_shows_what_each_member_changes(tmp_path: Path):
+    upstream = make_upstream(tmp_path, ["neg", "pos"])
+    train_json = Path(upstream["train"].dir) / "train.json"
+    train = json.loads(train_json.read_text())
+    train |= {"members": 2, "epochs_run": 7, "best_epoch": None, "member_runs": [
+        {"seed": 1337, "epochs_run": 3, "best_epoch": 2, "best_val_accuracy": 0.74, "validation_rows": 20, "model_changes": {"window_at": "end"}},
+        {"seed": 1338, "epochs_run": 4, "best_epoch": 3, "best_val_accuracy": 0.76, "validation_rows": 20,
+         "model_changes": {"window_at": "start", "units": 32}},
+    ]}
+    train_json.write_text(json.dumps(train))
+    write_report(CONFIG, upstream, tmp_path / "report")
+    markdown = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "| Member | Seed | Model changes | Best epoch |" in markdown
+    assert "| 1 | 1,337 | window_at=end | 2 of 3 |" in markdown
+    assert "| 2 | 1,338 | window_at=start, units=32 | 3 of 4 |" in markdown
