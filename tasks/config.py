@@ -108,6 +108,10 @@ class ModelConfig(Section):
     dropout: float = Field(default=0.0, ge=0, lt=1)
     pooling: Literal["last", "mean", "max"] = Field(default="last", description="the last state, or the mean/max over the real steps")
     dense_units: int = Field(default=0, ge=0)
+    num_words: int | None = Field(
+        default=None, ge=4,
+        description="read only the N most frequent ids of encode's vocabulary, the others as out-of-vocabulary (what encode.num_words N gives); null: all",
+    )
     window: int | None = Field(
         default=None, ge=1,
         description="read only this many tokens of each encoded row, from the end or the start of its text (window_at); null: the whole row",
@@ -221,6 +225,11 @@ class RunConfig(Section):
             raise ValueError(
                 f"model.task next_token predicts at every step and pools nothing, so model.pooling {self.model.pooling} does not apply: "
                 "leave it at last"
+            )
+        if self.model.num_words:
+            raise ValueError(
+                "model.task next_token predicts a character from the whole vocabulary, so model.num_words does not apply: "
+                "leave it at null (encode.num_words sets the vocabulary)"
             )
         if self.model.window:
             raise ValueError(

@@ -111,6 +111,30 @@ class TokenWindow(layers.Layer):
         return {**super().get_config(), "length": self.length, "at": self.at}
 
 
+@keras.saving.register_keras_serializable(package="rnnflow")
+class VocabularyCap(layers.Layer):
+    """Ids from num_words up read as out-of-vocabulary: the model sees the num_words most frequent tokens only.
+
+    encode numbers tokens by frequency (ties alphabetically), so a vocabulary of N is the first N ids
+    of a larger one: this gives exactly the rows an encode with num_words N would, from one encode
+    that members with different vocabularies share. oov is encode's out-of-vocabulary id (tasks.encode.OOV).
+    """
+
+    def __init__(self, num_words: int, oov: int = 2, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.num_words = num_words
+        self.oov = oov
+
+    def call(self, inputs):
+        return keras.ops.where(inputs >= self.num_words, keras.ops.full_like(inputs, self.oov), inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "num_words": self.num_words, "oov": self.oov}
+
+
 def recurrent_stack(cfg: ModelConfig) -> list[tuple[str, int]]:
     """(cell, units) per recurrent layer, bottom to top."""
     if cfg.stack_cells:
@@ -143,6 +167,9 @@ def build_model(cfg: ModelConfig, *, num_tokens: int, max_len: int, n_classes: i
     if cfg.window and cfg.window < max_len:  # a window as long as the rows is the whole row
         ids = TokenWindow(cfg.window, cfg.window_at, name=f"window_{cfg.window_at}")(inputs)
     steps = ids.shape[1]
+    if cfg.num_words and cfg.num_words < num_tokens:
+        ids = VocabularyCap(cfg.num_words, name=f"first_{cfg.num_words}_words")(ids)
+        num_tokens = cfg.num_words
     if cfg.input == "embedding":
         x = layers.Embedding(num_tokens, cfg.embedding_dim, mask_zero=cfg.mask_padding, name="embedding")(ids)
     else:

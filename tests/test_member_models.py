@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from tasks.config import ConfigError, ModelConfig, RunConfig, TrainConfig, load_config, member_model
-from tasks.models import TokenWindow, build_model
+from tasks.encode import OOV, Vocabulary
+from tasks.models import TokenWindow, VocabularyCap, build_model
 from tasks.report import write_report
 from tasks.store import read_json
 from tasks.train import train_model
@@ -52,6 +53,24 @@ def test_a_window_model_has_the_same_weights_and_survives_a_keras_file(tmp_path:
     assert "window_end" not in [layer.name for layer in build_model(config.model_copy(update={"window": 8, "window_at": "end"}), num_tokens=10, max_len=8, n_classes=2).layers]
 
 
+def test_a_vocabulary_cap_gives_the_rows_a_smaller_encode_gives():
+    from collections import Counter
+
+    from tasks.config import EncodeConfig
+    from tasks.text import tokenize
+
+    texts = ["the film was good, the acting good", "a bad film: bad acting, bad plot", "plot twists and a good end", "the end"]
+    counts = Counter(token for text in texts for token in tokenize(text))
+    small, large = (Vocabulary.from_counts(counts, EncodeConfig(num_words=n, max_len=10), max_len=10) for n in (7, 30))
+    assert large.size > 7
+    capped = np.asarray(VocabularyCap(7, oov=OOV)(large.encode(texts)[0]))
+    np.testing.assert_array_equal(capped, small.encode(texts)[0])
+    config = ModelConfig(cell="gru", units=4, embedding_dim=4, bidirectional=False, num_words=7)
+    model = build_model(config, num_tokens=large.size, max_len=10, n_classes=2)
+    assert model.get_layer("embedding").input_dim == 7, "the embedding holds only the words the model reads"
+    assert model.count_params() == build_model(config.model_copy(update={"num_words": None}), num_tokens=7, max_len=10, n_classes=2).count_params()
+
+
 def test_member_models_are_taken_in_turn():
     model, train = ModelConfig(window=400), TrainConfig(members=5, member_models=[{"window_at": "end"}, {"window_at": "start", "units": 32}])
     chosen = [member_model(model, train, k) for k in range(5)]
@@ -74,9 +93,10 @@ def test_a_wrong_member_models_entry_is_one_sentence_naming_it(entry: str, messa
     assert str(caught.value).count("\n") == 0
 
 
-def test_next_token_reads_the_whole_text():
-    with pytest.raises(ValueError, match="model.window does not apply"):
-        RunConfig(encode={"tokenizer": "char"}, model={"task": "next_token", "bidirectional": False, "window": 10})
+@pytest.mark.parametrize("key, value", [("window", 10), ("num_words", 20)])
+def test_next_token_reads_the_whole_text_with_the_whole_vocabulary(key: str, value: int):
+    with pytest.raises(ValueError, match=f"model.{key} does not apply"):
+        RunConfig(encode={"tokenizer": "char"}, model={"task": "next_token", "bidirectional": False, key: value})
 
 
 @pytest.fixture(scope="module")
