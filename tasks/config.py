@@ -196,7 +196,7 @@ class RunConfig(Section):
             if "task" in changes:
                 raise ValueError(f"train.member_models entry {number} changes model.task, which every member shares: leave task out of it")
             try:
-                ModelConfig(**{**self.model.model_dump(), **changes})
+                member_model(self.model, self.train, number - 1)
             except ValidationError as err:
                 first = err.errors()[0]
                 key = ".".join(str(p) for p in first["loc"])
