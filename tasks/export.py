@@ -23,7 +23,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-import tasks.models  # noqa: F401  (registers OneHotTokens, which the wrapped model may hold)
+import tasks.models  # noqa: F401  (registers the layers the wrapped model may hold: OneHotTokens, MaxOverSteps, TokenWindow, VocabularyCap)
 from tasks.encode import INDEX_FROM, OOV, PAD, START, Vocabulary
 from tasks.store import atomic_path
 from tasks.text import WORD_OR_GAP_RE2

@@ -68,6 +68,7 @@ def test_a_vocabulary_cap_gives_the_rows_a_smaller_encode_gives():
     config = ModelConfig(cell="gru", units=4, embedding_dim=4, bidirectional=False, num_words=7)
     model = build_model(config, num_tokens=large.size, max_len=10, n_classes=2)
     assert model.get_layer("embedding").input_dim == 7, "the embedding holds only the words the model reads"
+    assert model.get_layer("first_7_words").oov == OOV
     assert model.count_params() == build_model(config.model_copy(update={"num_words": None}), num_tokens=7, max_len=10, n_classes=2).count_params()
 
 
