@@ -139,3 +139,15 @@ def test_the_report_shows_what_each_member_changes(tmp_path: Path):
     assert "| Member | Seed | Model changes | Best epoch |" in markdown
     assert "| 1 | 1,337 | window_at=end | 2 of 3 |" in markdown
     assert "| 2 | 1,338 | window_at=start, units=32 | 3 of 4 |" in markdown
+
+
+def test_the_best_preset_s_members_and_their_parameters():
+    """README's best row: 3 x 217,025 (3,000 words) + 665,025 (10,000) + 1,305,025 (20,000) = 2,621,125."""
+    config = load_config("best")
+    members = [member_model(config.model, config.train, k) for k in range(config.train.members)]
+    built = [build_model(m, num_tokens=config.encode.num_words, max_len=config.encode.max_len, n_classes=2) for m in members]
+    assert [m.count_params() for m in built] == [217_025, 217_025, 665_025, 217_025, 1_305_025]
+    assert [(m.window, m.window_at, m.num_words, m.pooling) for m in members] == [
+        (400, "end", 3000, "last"), (400, "start", 3000, "last"), (400, "end", 10000, "last"),
+        (400, "end", 3000, "last"), (400, "end", 20000, "max"),
+    ]
