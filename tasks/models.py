@@ -164,8 +164,8 @@ def build_model(cfg: ModelConfig, *, num_tokens: int, max_len: int, n_classes: i
         return build_next_token_model(cfg, num_tokens=num_tokens)
     inputs = keras.Input(shape=(max_len,), dtype="int32", name="token_ids")
     ids = inputs
-    if cfg.window and cfg.window < max_len:  # a window as long as the rows is the whole row
-        ids = TokenWindow(cfg.window, cfg.window_at, name=f"window_{cfg.window_at}")(inputs)
+    if cfg.window:  # one as long as the rows reads whole rows, laid out right-padded all the same (cudnn_eligible counts on it)
+        ids = TokenWindow(min(cfg.window, max_len), cfg.window_at, name=f"window_{cfg.window_at}")(inputs)
     steps = ids.shape[1]
     if cfg.num_words and cfg.num_words < num_tokens:
         ids = VocabularyCap(cfg.num_words, name=f"first_{cfg.num_words}_words")(ids)

@@ -10,7 +10,7 @@ import pytest
 
 from tasks.config import ConfigError, ModelConfig, RunConfig, TrainConfig, load_config, member_model
 from tasks.encode import OOV, Vocabulary
-from tasks.models import TokenWindow, VocabularyCap, build_model
+from tasks.models import TokenWindow, VocabularyCap, build_model, cudnn_eligible
 from tasks.report import write_report
 from tasks.store import read_json
 from tasks.train import train_model
@@ -49,8 +49,11 @@ def test_a_window_model_has_the_same_weights_and_survives_a_keras_file(tmp_path:
     model.save(tmp_path / "model.keras")
     loaded = keras.models.load_model(tmp_path / "model.keras", compile=False)
     np.testing.assert_allclose(loaded.predict(ROWS, verbose=0), model.predict(ROWS, verbose=0), rtol=1e-6)
-    # A window as long as the rows, or longer, is the whole row: no layer.
-    assert "window_end" not in [layer.name for layer in build_model(config.model_copy(update={"window": 8, "window_at": "end"}), num_tokens=10, max_len=8, n_classes=2).layers]
+    # A window as long as the rows, or longer, reads whole rows, right-padded: the layout the cuDNN path needs.
+    longer = build_model(config.model_copy(update={"window": 20, "window_at": "end"}), num_tokens=10, max_len=8, n_classes=2)
+    assert longer.get_layer("window_end").output.shape == (None, 8)
+    assert np.asarray(longer.get_layer("window_end")(ROWS[1:3])).tolist() == [[1, 5, 6, 7, 8, 9, 0, 0], [1, 4, 0, 0, 0, 0, 0, 0]]
+    assert cudnn_eligible(config.model_copy(update={"window": 20}), padding="pre")
 
 
 def test_a_vocabulary_cap_gives_the_rows_a_smaller_encode_gives():
