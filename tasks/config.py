@@ -144,10 +144,14 @@ class TrainConfig(Section):
     )
 
 
+def member_changes(train: TrainConfig, k: int) -> dict[str, Any]:
+    """train.member_models' entry for member k (from 0), taken in turn; {} when there are none."""
+    return train.member_models[k % len(train.member_models)] if train.member_models else {}
+
+
 def member_model(model: ModelConfig, train: TrainConfig, k: int) -> ModelConfig:
-    """The model section member k (from 0) trains: model, with train.member_models' entry for it laid over it."""
-    changes = train.member_models[k % len(train.member_models)] if train.member_models else {}
-    return ModelConfig(**{**model.model_dump(), **changes})
+    """The model section member k (from 0) trains: model, with member_changes laid over it."""
+    return ModelConfig(**{**model.model_dump(), **member_changes(train, k)})
 
 
 # The keys of metrics.json's "test" block that a promotion can be judged on ("n" is a count, not a score).

@@ -12,7 +12,7 @@ import numpy as np
 from prefect import task
 
 from tasks.caching import StepCachePolicy, produce_step
-from tasks.config import ModelConfig, TrainConfig, member_model
+from tasks.config import ModelConfig, TrainConfig, member_changes, member_model
 from tasks.encode import Vocabulary, load_arrays
 from tasks.store import StepOutput, read_json, write_json, write_text
 
@@ -299,8 +299,7 @@ def train_model(
         info["member_runs"] = [
             {key: m[key] for key in ("epochs_run", "best_epoch", "best_val_loss", "best_val_accuracy", "seconds")}
             | {"seed": train_cfg.seed + k, "validation_rows": len(splits[k][1]), "file": m["checkpoint"].name, "history": m["curves"],
-               # what this member's model section changes (train.member_models), {} when nothing
-               "model_changes": train_cfg.member_models[k % len(train_cfg.member_models)] if train_cfg.member_models else {}}
+               "model_changes": member_changes(train_cfg, k)}
             for k, m in enumerate(fitted)
         ]
     if next_token:
