@@ -28,8 +28,9 @@ from tasks.store import ArtifactStore, StepOutput, changed_since_start, code_ver
 STEP_MODULES: dict[str, tuple[str, ...]] = {
     "ingest": ("ingest", "synthetic", "text"),
     "validate": ("validate", "text"),
-    "encode": ("encode", "text"),
-    "train": ("train", "models", "export"),
+    "encode": ("encode", "text", "subword"),
+    # The export restates tasks/text.py's rules and runs the subword model in TensorFlow.
+    "train": ("train", "models", "export", "text", "subword"),
     "evaluate": ("evaluate", "models"),  # next_token scoring shifts targets with tasks.models.next_token_arrays
     "report": ("report",),
 }

@@ -74,8 +74,16 @@ class ValidateConfig(Section):
 
 
 class EncodeConfig(Section):
-    tokenizer: Literal["word", "char"] = "word"
-    num_words: int = Field(default=20000, ge=4, description="vocabulary size, reserved ids included")
+    tokenizer: Literal["word", "char", "subword", "auto"] = Field(
+        default="word",
+        description="word: letters, marks and digits of any script; char: every character; subword: SentencePiece pieces learnt from train; "
+        "auto: word when num_words words cover auto_min_coverage of train's words, else subword",
+    )
+    auto_min_coverage: float = Field(
+        default=0.75, gt=0, le=1,
+        description="tokenizer auto: the least share of train's word tokens that the num_words most frequent words must cover for words to be used",
+    )
+    num_words: int = Field(default=20000, ge=4, description="vocabulary size (words, characters or subword pieces), reserved ids included")
     max_len: int | Literal["auto"] = "auto"
     max_len_percentile: float = Field(default=90, gt=0, le=100)
     padding: Literal["pre", "post"] = "post"

@@ -2,7 +2,9 @@
 
 Every split is read in record batches (tasks.store.iter_parquet) and written batch by batch, so
 memory stays near one batch of text however large the corpus grows: one pass over train counts
-tokens and lengths, then one pass per split writes its rows into preallocated .npy files.
+tokens and lengths (for subwords: one pass trains the subword model, one measures lengths), then
+one pass per split writes its rows into preallocated .npy files and counts the tokens outside the
+vocabulary (encode.json's oov_share).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -23,13 +25,12 @@ from tasks.caching import StepCachePolicy, produce_step
 from tasks.config import EncodeConfig
 from tasks.ingest import SPLITS
 from tasks.store import StepOutput, atomic_path, iter_parquet, parquet_rows, read_json, write_json
-from tasks.text import clean_text, tokenize, tokenize_many
+from tasks.subword import MODEL_FILE as SUBWORD_MODEL_FILE, SubwordModel, train_subword_model
+from tasks.text import clean_text, tokenize_many
 
 # Keras' IMDb conventions: 0 pads, 1 starts a review, 2 stands for a word out of the vocabulary.
 PAD, START, OOV = 0, 1, 2
 INDEX_FROM = 3
-# encode.json's oov_token_share is measured on the first this-many train texts.
-OOV_SAMPLE_TEXTS = 2000
 TOKENS_SCHEMA = pa.schema(
     [("id", pa.int64()), ("label", pa.int64()), ("length", pa.int32()), ("token_ids", pa.list_(pa.int32()))]
 )
@@ -38,19 +39,24 @@ TOKENS_SCHEMA = pa.schema(
 class Vocabulary:
     """Token -> id for the tokens kept from training; the one encoder for training and prediction alike.
 
-    Tokens are words or single characters (encode.tokenizer); either way ids 0, 1 and 2 are
-    reserved (padding, start, out of vocabulary) and kept tokens count up from 3 by frequency.
+    Tokens are words or single characters (tasks/text.py's rules), or the pieces of a subword model
+    learnt from the train split (tasks/subword.py); either way ids 0, 1 and 2 are reserved
+    (padding, start, out of vocabulary) and kept tokens count up from 3: by frequency for words
+    and characters, in the subword model's own order for pieces.
     """
 
     def __init__(
         self, tokens: Sequence[str], *, lowercase: bool = True, max_len: int, padding: str, truncating: str, tokenizer: str = "word",
-        strip_html: bool = True,
+        strip_html: bool = True, subword: SubwordModel | None = None,
     ):
+        if (tokenizer == "subword") != (subword is not None):
+            raise ValueError("A subword vocabulary needs its subword model, and only it has one.")
         self.tokens = list(tokens)
         self.strip_html = strip_html  # the cleaning ingest gave the training texts, repeated for raw input
         self.ids = {token: i + INDEX_FROM for i, token in enumerate(self.tokens)}
         self._token_array = None
         self.tokenizer = tokenizer
+        self.subword = subword
         self.lowercase = lowercase
         self.max_len = max_len
         self.padding = padding
@@ -58,10 +64,12 @@ class Vocabulary:
 
     @classmethod
     def build(cls, texts: Iterable[str], cfg: EncodeConfig, max_len: int) -> "Vocabulary":
-        counts: Counter[str] = Counter()
-        for text in texts:
-            counts.update(tokenize(text, cfg.lowercase, cfg.tokenizer))
-        return cls.from_counts(counts, cfg, max_len)
+        texts = list(texts)
+        if cfg.tokenizer == "subword":
+            subword = SubwordModel(train_subword_model(texts, cfg.num_words, cfg.lowercase))
+            return cls(subword.pieces, lowercase=cfg.lowercase, max_len=max_len, padding=cfg.padding, truncating=cfg.truncating,
+                       tokenizer="subword", subword=subword)
+        return cls.from_counts(count_tokens(texts, cfg)[0], cfg, max_len)
 
     @classmethod
     def from_counts(cls, counts: Counter[str], cfg: EncodeConfig, max_len: int, strip_html: bool = True) -> "Vocabulary":
@@ -73,14 +81,23 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: Path) -> "Vocabulary":
+        """vocab.json, and for the subword tokenizer the subword.model beside it."""
+        path = Path(path)
         data = read_json(path)
+        tokenizer = data.get("tokenizer", "word")  # vocab.json files from before the char tokenizer are word-level
+        subword = SubwordModel((path.parent / SUBWORD_MODEL_FILE).read_bytes()) if tokenizer == "subword" else None
         return cls(
             data["tokens"], lowercase=data["lowercase"], max_len=data["max_len"], padding=data["padding"], truncating=data["truncating"],
-            tokenizer=data.get("tokenizer", "word"),  # vocab.json files from before the char tokenizer are word-level
+            tokenizer=tokenizer, subword=subword,
             strip_html=data.get("strip_html", True),  # and from before the setting, ingest always stripped HTML
         )
 
     def save(self, path: Path) -> None:
+        """vocab.json at path; a subword model goes beside it as subword.model, part of the step's files and fingerprint."""
+        path = Path(path)
+        if self.subword is not None:
+            with atomic_path(path.parent / SUBWORD_MODEL_FILE) as tmp:
+                tmp.write_bytes(self.subword.model)
         write_json(
             path,
             {
@@ -104,19 +121,33 @@ class Vocabulary:
     def size(self) -> int:
         return len(self.tokens) + INDEX_FROM
 
+    def ids_many(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(every text's token ids end to end, int32, no start ids; offsets): text i's at offsets[i]:offsets[i+1].
+
+        The one place texts become ids: tokens by tokenize_many and their places in the vocabulary
+        by Arrow's index_in, or the subword model's own ids. No Keras, so encode does not load TensorFlow.
+        """
+        if self.subword is not None:
+            return self.subword.ids_many(texts)
+        tokens, offsets = tokenize_many(texts, self.lowercase, self.tokenizer)
+        found = pc.index_in(tokens, value_set=self.token_array)  # place in self.tokens, null when absent
+        ids = pc.fill_null(pc.add(found, INDEX_FROM), OOV).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+        return ids, offsets
+
     def to_ids(self, text: str) -> list[int]:
-        get = self.ids.get
-        return [START] + [get(token, OOV) for token in tokenize(text, self.lowercase, self.tokenizer)]
+        return self.encode([text])[1][0]
 
     def encode_raw(self, texts: Iterable[str]) -> tuple[np.ndarray, list[list[int]]]:
         """encode() for texts as they arrive from outside: first the cleaning ingest applied in training."""
-        return self.encode(clean_text(text, self.strip_html) for text in texts)
+        return self.encode([clean_text(text, self.strip_html) for text in texts])
 
     def encode(self, texts: Iterable[str]) -> tuple[np.ndarray, list[list[int]]]:
-        """(padded int32 matrix, unpadded id lists) for texts already cleaned as ingest cleans them."""
+        """(padded int32 matrix, unpadded id lists, start id first) for texts already cleaned as ingest cleans them."""
         import keras
 
-        sequences = [self.to_ids(text) for text in texts]
+        ids, offsets = self.ids_many(list(texts))
+        ids = ids.tolist()
+        sequences = [[START] + ids[a:b] for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
         padded = keras.utils.pad_sequences(
             sequences, maxlen=self.max_len, dtype="int32", padding=self.padding, truncating=self.truncating, value=PAD
         )
@@ -145,33 +176,61 @@ def count_tokens(texts: list[str], cfg: EncodeConfig) -> tuple[Counter[str], np.
     return counts, np.diff(offsets) + 1
 
 
-def _count_train(path: Path, cfg: EncodeConfig, batch_rows: int) -> tuple[Counter[str], np.ndarray, list[str]]:
-    """One pass over the train split: token counts, id-sequence lengths (start id included), the OOV sample texts."""
-    counts: Counter[str] = Counter()
+def _train_texts(path: Path, batch_rows: int) -> Iterator[str]:
+    for frame in iter_parquet(path, columns=["text"], batch_rows=batch_rows):
+        yield from frame["text"].tolist()
+
+
+def _learn_train(path: Path, cfg: EncodeConfig, batch_rows: int) -> tuple[str, list[str], SubwordModel | None, np.ndarray, dict[str, Any]]:
+    """What encode learns from the train split: (tokenizer, tokens in id order, the subword model or None,
+    id-sequence lengths, how tokenizer auto chose).
+
+    Words and characters: one pass counts tokens and lengths. Subwords: one pass trains the
+    model, a second measures the lengths in its pieces. auto counts words first and goes on with
+    subwords when num_words of them cover too little of the split's words (Korean, Turkish, or
+    Chinese without spaces between words).
+    """
     lengths = np.empty(parquet_rows(path), dtype=np.int64)
-    sample: list[str] = []
+    choice: dict[str, Any] = {}
+    if cfg.tokenizer != "subword":
+        counts: Counter[str] = Counter()
+        row = 0
+        word_cfg = cfg.model_copy(update={"tokenizer": "word"}) if cfg.tokenizer == "auto" else cfg
+        for frame in iter_parquet(path, columns=["text"], batch_rows=batch_rows):
+            texts = frame["text"].tolist()
+            batch_counts, batch_lengths = count_tokens(texts, word_cfg)
+            counts.update(batch_counts)
+            lengths[row : row + len(texts)] = batch_lengths
+            row += len(texts)
+        tokens = ranked_tokens(counts, cfg.num_words)
+        if cfg.tokenizer != "auto":
+            return cfg.tokenizer, tokens, None, lengths, choice
+        total = sum(counts.values())
+        coverage = sum(counts[token] for token in tokens) / total if total else 0.0
+        chosen = "word" if coverage >= cfg.auto_min_coverage else "subword"
+        choice = {
+            "coverage": round(coverage, 4), "min_coverage": cfg.auto_min_coverage, "chosen": chosen,
+            "why": f"the {len(tokens):,} most frequent words cover {coverage:.1%} of train's words "
+                   f"({'at least' if chosen == 'word' else 'under'} encode.auto_min_coverage {cfg.auto_min_coverage:.0%}): {chosen} tokens",
+        }
+        if chosen == "word":
+            return "word", tokens, None, lengths, choice
+    subword = SubwordModel(train_subword_model(_train_texts(path, batch_rows), cfg.num_words, cfg.lowercase))
     row = 0
     for frame in iter_parquet(path, columns=["text"], batch_rows=batch_rows):
-        texts = frame["text"].tolist()
-        batch_counts, batch_lengths = count_tokens(texts, cfg)
-        counts.update(batch_counts)
-        lengths[row : row + len(texts)] = batch_lengths
-        row += len(texts)
-        sample.extend(texts[: OOV_SAMPLE_TEXTS - len(sample)])
-    return counts, lengths, sample
+        offsets = subword.ids_many(frame["text"].tolist())[1]
+        lengths[row : row + len(frame)] = np.diff(offsets) + 1
+        row += len(frame)
+    return "subword", subword.pieces, subword, lengths, choice
 
 
 def encode_batch(vocab: Vocabulary, texts: list[str], padded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Write texts' ids into padded (rows x max_len, PAD-filled) as keras.utils.pad_sequences lays them out;
     return every id end to end (int32, each text's start id first) and each text's length.
 
-    The ids Vocabulary.to_ids gives text by text (tests/test_encode.py), found for the whole batch at
-    once: tokens by tokenize_many, their places in the vocabulary by Arrow's index_in. No Keras, so
-    the encode step does not load TensorFlow.
+    The ids Vocabulary.encode gives (tests/test_encode.py), laid out for the whole batch at once.
     """
-    tokens, offsets = tokenize_many(texts, vocab.lowercase, vocab.tokenizer)
-    found = pc.index_in(tokens, value_set=vocab.token_array)  # place in vocab.tokens, null when absent
-    ids = pc.fill_null(pc.add(found, INDEX_FROM), OOV).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+    ids, offsets = vocab.ids_many(texts)
     n = len(texts)
     lengths = (np.diff(offsets) + 1).astype(np.int32)
     starts = offsets[:-1] + np.arange(n)
@@ -191,15 +250,16 @@ def encode_batch(vocab: Vocabulary, texts: list[str], padded: np.ndarray) -> tup
     return values, lengths
 
 
-def _encode_split(vocab: Vocabulary, source: Path, out_dir: Path, split: str, batch_rows: int) -> tuple[int, int]:
-    """Stream one split into X_<split>.npy, y_<split>.npy and tokens_<split>.parquet; (rows, rows longer than max_len).
+def _encode_split(vocab: Vocabulary, source: Path, out_dir: Path, split: str, batch_rows: int) -> tuple[int, int, float]:
+    """Stream one split into X_<split>.npy, y_<split>.npy and tokens_<split>.parquet;
+    (rows, rows longer than max_len, share of its tokens outside the vocabulary; nan without tokens).
 
     The .npy files are preallocated and filled batch by batch; all three appear by rename only once
     complete.
     """
     n, max_len = parquet_rows(source), vocab.max_len
     changed = f"{source} holds other rows than its footer says ({n}): the file changed while encode read it; run encode again."
-    truncated = 0
+    truncated = unknown = tokens = 0
     with contextlib.ExitStack() as files:
         x_tmp = files.enter_context(atomic_path(out_dir / f"X_{split}.npy"))
         y_tmp = files.enter_context(atomic_path(out_dir / f"y_{split}.npy"))
@@ -236,12 +296,14 @@ def _encode_split(vocab: Vocabulary, source: Path, out_dir: Path, split: str, ba
                 )
                 writer.write_table(batch)
                 truncated += int((lengths > max_len).sum())
+                unknown += int(np.count_nonzero(values == OOV))
+                tokens += len(values) - len(lengths)  # start ids are not tokens
                 start = stop
         if start != n:
             raise ValueError(changed)
         y.flush()
         del y  # unmapped before the rename
-    return n, truncated
+    return n, truncated, unknown / tokens if tokens else float("nan")
 
 
 def encode_reviews(cfg: EncodeConfig, ingest_dir: Path, out_dir: Path, *, batch_rows: int | None = None) -> dict[str, Any]:
@@ -251,25 +313,28 @@ def encode_reviews(cfg: EncodeConfig, ingest_dir: Path, out_dir: Path, *, batch_
     """
     batch_rows = batch_rows or store.STREAM_ROWS
     ingest_dir, out_dir = Path(ingest_dir), Path(out_dir)
-    token_counts, train_lengths, sample_texts = _count_train(ingest_dir / "train.parquet", cfg, batch_rows)
+    tokenizer, tokens, subword, train_lengths, auto_choice = _learn_train(ingest_dir / "train.parquet", cfg, batch_rows)
     max_len = resolve_max_len(cfg, train_lengths)
     ingest_info = read_json(ingest_dir / "ingest.json")
-    vocab = Vocabulary.from_counts(token_counts, cfg, max_len, strip_html=ingest_info.get("strip_html", True))
-    del token_counts
+    vocab = Vocabulary(
+        tokens, lowercase=cfg.lowercase, max_len=max_len, padding=cfg.padding, truncating=cfg.truncating, tokenizer=tokenizer,
+        strip_html=ingest_info.get("strip_html", True), subword=subword,
+    )
     vocab.save(out_dir / "vocab.json")
     write_json(out_dir / "labels.json", ingest_info["labels"])
 
-    truncated, counts = {}, {}
+    truncated, counts, oov = {}, {}, {}
     for split in SPLITS:
-        rows, too_long = _encode_split(vocab, ingest_dir / f"{split}.parquet", out_dir, split, batch_rows)
+        rows, too_long, unknown_share = _encode_split(vocab, ingest_dir / f"{split}.parquet", out_dir, split, batch_rows)
         # As numpy's mean of a boolean array: nan for an empty split.
         truncated[split] = round(float(too_long / rows), 4) if rows else float("nan")
         counts[split] = rows
+        oov[split] = round(unknown_share, 4)
 
     hist_counts, edges = np.histogram(train_lengths, bins=50)
-    oov_share = float(np.mean([tid == OOV for tid in vocab.to_ids(" ".join(sample_texts))]))
     info = {
-        "tokenizer": cfg.tokenizer,
+        "tokenizer": tokenizer,
+        **({"tokenizer_auto": auto_choice} if auto_choice else {}),
         "num_words": cfg.num_words,
         "vocab_size": vocab.size,
         "max_len": max_len,
@@ -284,7 +349,8 @@ def encode_reviews(cfg: EncodeConfig, ingest_dir: Path, out_dir: Path, *, batch_
             "p90": float(np.percentile(train_lengths, 90)),
             "max": int(train_lengths.max()),
         },
-        "oov_token_share": round(oov_share, 4),
+        "oov_token_share": oov["train"],  # before oov_share, the one figure: kept for older readers
+        "oov_share": oov,
         "length_histogram": {"edges": edges.round(1).tolist(), "counts": hist_counts.tolist()},
     }
     write_json(out_dir / "encode.json", info)

@@ -1,17 +1,17 @@
 """Export: one Keras model that takes raw strings, with the training preprocessing inside, as model_text.keras.
 
-The string model is TextVectorization (ingest's cleaning and our tokenizer, rewritten in
-tf.strings ops as TextStandardizer, with the run's vocabulary) -> VocabularyIds (TextVectorization's
-ids to ours, the start id, our padding and truncation) -> the trained integer model, unchanged.
+Words and characters: TextVectorization (ingest's cleaning and tasks/text.py's rule in tf.strings
+ops, TextStandardizer, with the run's vocabulary) -> VocabularyIds (TextVectorization's ids to
+ours, the start id, our padding and truncation) -> the trained integer model, unchanged.
+Subwords: SubwordIds (the same cleaning, then the run's own SentencePiece model, run by
+tensorflow-text's op from the very bytes of encode/subword.model) -> VocabularyIds -> the model.
 Loading it needs the objects registered here: `import tasks.export` before `keras.models.load_model`.
 
-tasks/text.py stays the definition of the rules; the patterns below mirror it for RE2 (the regex
-engine of tf.strings) and tests/test_predict.py checks that both give the same ids.
-Limits: TensorFlow backend only (tf.strings). Exact for ASCII text (tested); for other text it
-agreed with Python on every Unicode code point tried one at a time (see tasks.text.WORD_CHARS_RE2 and
-_NUL_STAND_INS for the two adjustments), which is evidence, not proof, for every Unicode sequence;
-known exceptions, char tokenizer with lowercase only: the ~40 capital letters newer than
-TensorFlow's Unicode tables (e.g. U+2C2F) stay capital, and a text's own U+FFFF counts as NUL.
+tasks/text.py stays the definition of the rules; its RE2 patterns are used here as they are, and
+tests/test_text_rules.py checks that both give the same tokens and ids. Limits: TensorFlow backend
+only (tf.strings, tensorflow-text). NFKC comes from ICU here and from utf8proc in Arrow, and
+lowercasing from ICU here and utf8proc there: they agree on every script tested, but for a code
+point newer than one engine's Unicode tables the two can differ (the test lists what it found).
 """
 
 from __future__ import annotations
@@ -20,20 +20,24 @@ import re
 from pathlib import Path
 from typing import Any
 
+import base64
+
 import keras
 import tensorflow as tf
+import tensorflow_text
 
 import tasks.models  # noqa: F401  (registers the layers the wrapped model may hold: OneHotTokens, MaxOverSteps, TokenWindow, VocabularyCap)
 from tasks.encode import INDEX_FROM, OOV, PAD, START, Vocabulary
 from tasks.store import atomic_path
-from tasks.text import WORD_OR_GAP_RE2
+from tasks.text import FINAL_SIGMA, NORMAL_FORM, WORD_OR_GAP_RE2
 
 # What tasks/text.py says, spelled for RE2. Python's \s and str.split() whitespace (the same set,
 # all below U+3001) is listed out, as RE2's \s is ASCII only and leaves out \v.
 _PYTHON_WHITESPACE = "".join(f"\\x{{{code:x}}}" for code in range(0x3001) if re.match(r"\s", chr(code)))
 _HTML_BREAK = rf"(?i)<br[{_PYTHON_WHITESPACE}]*/?>"
 _HTML_TAG = r"<[^>]{1,200}>"
-_TOKENIZER_SPLIT = {"word": "whitespace", "char": "character"}
+_TOKENIZER_SPLIT = {"word": "whitespace", "char": "character"}  # TextVectorization's split after TextStandardizer
+_TOKENIZERS = (*_TOKENIZER_SPLIT, "subword")
 
 
 # NUL cannot pass through TensorFlow's string attributes or numpy's fixed-width strings (it ends the
@@ -50,15 +54,16 @@ def _nul_stand_in(tokens: list[str]) -> str:
 
 @keras.saving.register_keras_serializable(package="rnnflow")
 class TextStandardizer:
-    """TextVectorization's standardize: clean_text, then tokenize's lowercasing and word rule, in tf.strings ops.
+    """TextVectorization's standardize: clean_text, then tokenize's normalisation and word rule, in tf.strings ops.
 
     For the word tokenizer the result is the text's words joined by spaces (split on whitespace
-    next); for the char tokenizer it is the cleaned, lowercased text (split into characters next).
+    next); for the char tokenizer it is the cleaned, normalised text (split into characters next);
+    for the subword tokenizer the cleaned text, which the subword model normalises itself.
     """
 
     def __init__(self, tokenizer: str = "word", lowercase: bool = True, strip_html: bool = True, nul_stand_in: str = "\uffff"):
-        if tokenizer not in _TOKENIZER_SPLIT:
-            raise ValueError(f"Unknown tokenizer {tokenizer!r}: the string model knows {', '.join(_TOKENIZER_SPLIT)}.")
+        if tokenizer not in _TOKENIZERS:
+            raise ValueError(f"Unknown tokenizer {tokenizer!r}: the string model knows {', '.join(_TOKENIZERS)}.")
         self.tokenizer = tokenizer
         self.lowercase = bool(lowercase)
         self.strip_html = bool(strip_html)
@@ -71,8 +76,12 @@ class TextStandardizer:
             texts = tf.strings.regex_replace(texts, _HTML_TAG, " ")
         texts = tf.strings.regex_replace(texts, f"[{_PYTHON_WHITESPACE}]+", " ")
         texts = tf.strings.regex_replace(texts, "^ | $", "")
+        if self.tokenizer == "subword":
+            return texts
+        texts = tensorflow_text.normalize_utf8(texts, NORMAL_FORM)
         if self.lowercase:
-            texts = tf.strings.lower(texts, encoding="utf-8")
+            # ICU lowercases the dotted capital I to i + U+0307 already; the final sigma is folded by hand.
+            texts = tf.strings.regex_replace(tf.strings.lower(texts, encoding="utf-8"), FINAL_SIGMA[0], FINAL_SIGMA[1])
         if self.tokenizer == "word":
             texts = tf.strings.regex_replace(texts, WORD_OR_GAP_RE2, r" \1 ")
         return texts
@@ -86,18 +95,46 @@ class TextStandardizer:
 
 
 @keras.saving.register_keras_serializable(package="rnnflow")
-class VocabularyIds(keras.layers.Layer):
-    """TextVectorization ids (0 pad, 1 out of vocabulary, 2+ words) -> rnnflow's, shaped like Vocabulary.encode.
+class SubwordIds(keras.layers.Layer):
+    """Raw strings -> the run's subword ids, right-padded with 0: TextStandardizer's cleaning, then SentencePiece.
 
-    Ours are 0 pad, 1 start, 2 out of vocabulary, 3+ words: every id but padding moves up by one.
-    Then the start id goes in front and each row is cut and padded to max_len on the sides the
-    run was trained with, as keras.utils.pad_sequences does.
+    The model's bytes travel in the layer's configuration (base64), so model_text.keras is one
+    file that needs nothing from the run folder.
     """
 
-    def __init__(self, max_len: int, padding: str = "post", truncating: str = "pre", **kwargs: Any):
+    def __init__(self, model: str, strip_html: bool = True, nul_stand_in: str = "\uffff", **kwargs: Any):
+        super().__init__(**kwargs)
+        self.model = model
+        self.strip_html = bool(strip_html)
+        self.nul_stand_in = nul_stand_in
+        self._standardize = TextStandardizer("subword", strip_html=self.strip_html, nul_stand_in=nul_stand_in)
+        self._pieces = tensorflow_text.SentencepieceTokenizer(model=base64.b64decode(model), out_type=tf.int32)
+
+    def call(self, texts):
+        return self._pieces.tokenize(self._standardize(texts)).to_tensor(default_value=PAD)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], None)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "model": self.model, "strip_html": self.strip_html, "nul_stand_in": self.nul_stand_in}
+
+
+@keras.saving.register_keras_serializable(package="rnnflow")
+class VocabularyIds(keras.layers.Layer):
+    """Right-padded token ids -> rnnflow's rows, shaped like Vocabulary.encode.
+
+    TextVectorization's ids (0 pad, 1 out of vocabulary, 2+ words) each move up by `shift` (1)
+    to ours (0 pad, 1 start, 2 out of vocabulary, 3+ words); a subword model's are ours already
+    (shift 0). Then the start id goes in front and each row is cut and padded to max_len on the
+    sides the run was trained with, as keras.utils.pad_sequences does.
+    """
+
+    def __init__(self, max_len: int, padding: str = "post", truncating: str = "pre", shift: int = 1, **kwargs: Any):
         super().__init__(**kwargs)
         if padding not in ("pre", "post") or truncating not in ("pre", "post"):
             raise ValueError(f"padding and truncating must be 'pre' or 'post', got {padding!r} and {truncating!r}")
+        self.shift = int(shift)
         self.max_len = int(max_len)
         self.padding = padding
         self.truncating = truncating
@@ -106,7 +143,7 @@ class VocabularyIds(keras.layers.Layer):
         ops = keras.ops
         vectorized = ops.cast(vectorized, "int32")
         is_word = ops.cast(ops.greater(vectorized, 0), "int32")
-        ids = (vectorized + 1) * is_word  # TextVectorization pads only at the right end of each row
+        ids = (vectorized + self.shift) * is_word  # the ids come padded only at the right end of each row
         rows = ops.shape(ids)[0]
         with_start = ops.concatenate([ops.full((rows, 1), START, dtype="int32"), ids], axis=1)
         width = ops.shape(with_start)[1]
@@ -124,25 +161,29 @@ class VocabularyIds(keras.layers.Layer):
         return (input_shape[0], self.max_len)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "max_len": self.max_len, "padding": self.padding, "truncating": self.truncating}
+        return {**super().get_config(), "max_len": self.max_len, "padding": self.padding, "truncating": self.truncating, "shift": self.shift}
 
 
 def build_text_encoder(vocab: Vocabulary) -> keras.Model:
     """Raw strings, shape (n,) -> int32 ids, shape (n, max_len): what vocab.encode_raw gives for each."""
     strip_html = vocab.strip_html
     assert OOV == 2 and INDEX_FROM == 3, "VocabularyIds assumes ids 0 pad, 1 start, 2 out of vocabulary"
-    tokenizer = getattr(vocab, "tokenizer", "word")
     stand_in = _nul_stand_in(vocab.tokens)
     texts = keras.Input(shape=(), dtype="string", name="text")
-    vectorize = keras.layers.TextVectorization(
-        standardize=TextStandardizer(tokenizer, lowercase=vocab.lowercase, strip_html=strip_html, nul_stand_in=stand_in),
-        split=_TOKENIZER_SPLIT[tokenizer],
-        output_mode="int",
-        # In id order: TextVectorization numbers them from 2. Only a character token can be NUL.
-        vocabulary=[stand_in if token == "\x00" else token for token in vocab.tokens],
-        name="tokens",
-    )
-    ids = VocabularyIds(vocab.max_len, padding=vocab.padding, truncating=vocab.truncating, name="token_ids")(vectorize(texts))
+    if vocab.subword is not None:
+        pieces = SubwordIds(base64.b64encode(vocab.subword.model).decode("ascii"), strip_html=strip_html, nul_stand_in=stand_in, name="subword_pieces")
+        ids, shift = pieces(texts), 0
+    else:
+        vectorize = keras.layers.TextVectorization(
+            standardize=TextStandardizer(vocab.tokenizer, lowercase=vocab.lowercase, strip_html=strip_html, nul_stand_in=stand_in),
+            split=_TOKENIZER_SPLIT[vocab.tokenizer],
+            output_mode="int",
+            # In id order: TextVectorization numbers them from 2. Only a character token can be NUL.
+            vocabulary=[stand_in if token == "\x00" else token for token in vocab.tokens],
+            name="tokens",
+        )
+        ids, shift = vectorize(texts), 1
+    ids = VocabularyIds(vocab.max_len, padding=vocab.padding, truncating=vocab.truncating, shift=shift, name="token_ids")(ids)
     return keras.Model(texts, ids, name="rnnflow_text_encoder")
 
 

@@ -1,4 +1,22 @@
-"""Text rules shared by every step that reads text: one tokenize entry point for validate, encode and predict."""
+"""Text rules shared by every step that reads text: one tokenize entry point for validate, encode and predict.
+
+The word and character rules are written once, for RE2 (the regex engine of Arrow's string
+kernels and of TensorFlow's tf.strings), and run through Arrow here: tokenize() for one text
+is tokenize_many() for a batch of one, so validate, encode and predict cannot disagree.
+tasks/export.py spells the same steps in TensorFlow ops from the same patterns, for the
+string-in model; tests/test_text_rules.py checks all of them against a third engine (Python's
+`regex` module) on text in many scripts.
+
+The rule, in order:
+1. NFKC normalisation: composed and decomposed letters, full-width forms and ligatures become one
+   spelling ("e" + U+0301 and "é", "ｆｕｌｌ" and "full", "ﬁ" and "fi").
+2. With lowercase, Unicode lowercasing, with the two folds a lowercase mapping leaves open so that
+   every engine agrees: capital dotted I becomes "i" + U+0307 (as Python and ICU lower it), and a
+   final sigma "ς" becomes "σ" (ICU and Python choose "ς" by context, Arrow never does).
+3. Words: runs of letters, marks and digits of any script (Unicode categories L, M and N), with
+   apostrophes inside a word kept ("don't", "aujourd'hui"); everything else separates words.
+   Characters: every character of the normalised text, spaces and punctuation included.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +25,24 @@ from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 
-Tokenizer = Literal["word", "char"]
-TOKENIZERS: tuple[str, ...] = ("word", "char")
+Tokenizer = Literal["word", "char", "subword"]
+# "subword" pieces come from a model trained at encode (tasks/subword.py), not from a rule here.
+TOKENIZERS: tuple[str, ...] = ("word", "char", "subword")
+RULE_TOKENIZERS: tuple[str, ...] = ("word", "char")
 
 _HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 _HTML_TAG = re.compile(r"<[^>]{1,200}>")
-# Words with inner apostrophes ("don't", "it's") stay whole; punctuation is dropped.
-_WORD = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*", re.IGNORECASE)
+
+# Letters, marks and digits of every script, in RE2 (and Python `regex`) syntax.
+WORD_CHARS = r"\p{L}\p{M}\p{N}"
+# A word: word characters, with apostrophes only between two of them.
+WORD_RE2 = rf"[{WORD_CHARS}]+(?:'[{WORD_CHARS}]+)*"
+# Every word becomes " word ", everything between words a space: findall, as a rewrite (tf.strings).
+WORD_OR_GAP_RE2 = rf"({WORD_RE2})|[^{WORD_CHARS}]+"
+NORMAL_FORM = "NFKC"
+# (from, to) after lowercasing: what makes Arrow's, ICU's and Python's lowercase the same text.
+DOTTED_CAPITAL_I = ("\u0130", "i\u0307")  # before lowercasing: Arrow would give a bare "i"
+FINAL_SIGMA = ("\u03c2", "\u03c3")
 
 
 def clean_text(text: str, strip_html: bool = True) -> str:
@@ -23,15 +52,35 @@ def clean_text(text: str, strip_html: bool = True) -> str:
     return " ".join(text.split())
 
 
+def _check_tokenizer(tokenizer: str) -> None:
+    if tokenizer not in RULE_TOKENIZERS:
+        if tokenizer == "subword":
+            raise ValueError("The subword tokenizer has no fixed rule: its pieces come from the encode step's subword model (tasks/subword.py).")
+        raise ValueError(f"Unknown tokenizer {tokenizer!r}: use one of {', '.join(TOKENIZERS)}.")
+
+
+def normalize_many(strings: Any, lowercase: bool = True) -> Any:
+    """Step 1 and 2 of the rule on an Arrow string array: NFKC, then (with lowercase) the lowercasing every engine shares."""
+    import pyarrow.compute as pc
+
+    strings = pc.utf8_normalize(strings, NORMAL_FORM)
+    if lowercase:
+        strings = pc.utf8_lower(pc.replace_substring(strings, *DOTTED_CAPITAL_I))
+        strings = pc.replace_substring(strings, *FINAL_SIGMA)
+    return strings
+
+
+def normalize(text: str, lowercase: bool = True) -> str:
+    """normalize_many for one text."""
+    import pyarrow as pa
+
+    return normalize_many(pa.array([text], pa.string()), lowercase)[0].as_py()
+
+
 def tokenize(text: str, lowercase: bool = True, tokenizer: Tokenizer | str = "word") -> list[str]:
     """The tokens a model sees: words (punctuation dropped) or every character (spaces and punctuation kept)."""
-    if lowercase:
-        text = text.lower()
-    if tokenizer == "word":
-        return _WORD.findall(text)
-    if tokenizer == "char":
-        return list(text)
-    raise ValueError(f"Unknown tokenizer {tokenizer!r}: use one of {', '.join(TOKENIZERS)}.")
+    tokens, _ = tokenize_many([text], lowercase, tokenizer)
+    return tokens.to_pylist()
 
 
 def token_counts(texts: Iterable[str], lowercase: bool = True, tokenizer: Tokenizer | str = "word") -> np.ndarray:
@@ -39,43 +88,59 @@ def token_counts(texts: Iterable[str], lowercase: bool = True, tokenizer: Tokeni
     return np.diff(tokenize_many(list(texts), lowercase, tokenizer)[1])
 
 
-# The word rule spelled for RE2 (TensorFlow's tf.strings and Arrow's string kernels both use it).
-# Python's re.IGNORECASE lets [a-z] match four non-ASCII letters (İ ı ſ K); RE2's (?i) folds
-# only ſ and K, so İ (U+0130) and ı (U+0131) are added by hand.
-WORD_CHARS_RE2 = r"a-z0-9\x{130}\x{131}"
-# What [a-z0-9] with re.IGNORECASE matches, for Arrow's RE2 without (?i): after Python's lower(),
-# a-z, 0-9 and ı ſ (İ lowers to i + U+0307 and K to k); without lowering, capitals and İ K too.
-_LOWER_WORD_CHARS = r"a-z0-9\x{131}\x{17f}"
-_ANY_CASE_WORD_CHARS = r"a-zA-Z0-9\x{130}\x{131}\x{17f}\x{212a}"
-# Every word becomes " word ", everything between words a space: findall, as a rewrite.
-WORD_OR_GAP_RE2 = rf"(?i)([{WORD_CHARS_RE2}]+(?:'[{WORD_CHARS_RE2}]+)*)|[^{WORD_CHARS_RE2}]+"
+def _offsets(per_text: np.ndarray) -> np.ndarray:
+    offsets = np.zeros(len(per_text) + 1, dtype=np.int64)
+    np.cumsum(per_text, out=offsets[1:])
+    return offsets
+
+
+def _words(strings: Any) -> tuple[Any, Any]:
+    """(the words of normalised strings end to end, the list array they came from): step 3 of the rule in Arrow kernels.
+
+    Everything but word characters and apostrophes becomes a space, runs of apostrophes too, then a
+    split on spaces, and each piece loses its outer apostrophes: what findall(WORD_RE2) gives.
+    """
+    import pyarrow.compute as pc
+
+    strings = pc.replace_substring_regex(strings, pattern=f"[^{WORD_CHARS}']+", replacement=" ")
+    parts = pc.ascii_split_whitespace(pc.replace_substring(strings, "''", " "))
+    pieces = pc.utf8_trim(parts.flatten(), "'")  # an apostrophe joins two word characters or goes
+    found = pc.greater(pc.binary_length(pieces), 0)
+    return pieces.filter(found), pc.list_parent_indices(parts).filter(found)
 
 
 def tokenize_many(texts: Sequence[str], lowercase: bool = True, tokenizer: Tokenizer | str = "word") -> tuple[Any, np.ndarray]:
-    """Every text's tokens at once: (all tokens end to end as an Arrow string array, offsets), text i's at offsets[i]:offsets[i+1].
+    """Every text's tokens at once: (all tokens end to end as an Arrow string array, offsets), text i's at offsets[i]:offsets[i+1]."""
+    import pyarrow as pa
 
-    The tokens tokenize() gives text by text (tests/test_encode.py checks it on awkward text); words
-    go through Arrow's C++ string kernels, about twice as fast as Python's re on a batch of reviews:
-    everything but word characters and apostrophes becomes a space, runs of apostrophes too, then a
-    split on spaces, and each piece loses its outer apostrophes. Characters stay on tokenize().
+    _check_tokenizer(tokenizer)
+    strings = normalize_many(pa.array(texts, pa.string()), lowercase)
+    if tokenizer == "char":
+        lists = [list(text) for text in strings.to_pylist()]
+        return pa.array([c for chars in lists for c in chars], pa.string()), _offsets(np.array([len(c) for c in lists], dtype=np.int64))
+    words, parents = _words(strings)
+    return words, _offsets(np.bincount(parents.to_numpy(), minlength=len(strings)))
+
+
+def kept_shares(texts: Sequence[str], lowercase: bool = True, tokenizer: Tokenizer | str = "word") -> np.ndarray:
+    """Per text, the share of its non-space characters (after normalisation) that end up in some token; nan for a blank text.
+
+    Words keep letters, marks, digits and inner apostrophes, and lose the rest: a review in a
+    script the rule drops, or of emoji and punctuation only, keeps little. Characters keep
+    everything, and a subword model keeps every character its alphabet covers (what it does not
+    shows as unknown pieces in encode.json's oov_share): both count as 1. Tokenizer auto counts as
+    words, which it is unless words cover too little (then encode takes subwords).
     """
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if tokenizer != "word":
-        lists = [tokenize(text, lowercase, tokenizer) for text in texts]
-        offsets = np.zeros(len(lists) + 1, dtype=np.int64)
-        np.cumsum([len(tokens) for tokens in lists], out=offsets[1:])
-        return pa.array([token for tokens in lists for token in tokens], pa.string()), offsets
-    strings = pa.array(texts, pa.string())
-    if lowercase:
-        # Python lowercases İ (U+0130) to i and a combining dot (U+0307); Arrow's utf8_lower to a bare i.
-        strings = pc.utf8_lower(pc.replace_substring(strings, "\u0130", "i\u0307"))
-    strings = pc.replace_substring_regex(strings, pattern=f"[^{_LOWER_WORD_CHARS if lowercase else _ANY_CASE_WORD_CHARS}']+", replacement=" ")
-    parts = pc.ascii_split_whitespace(pc.replace_substring(strings, "''", " "))
-    pieces = pc.utf8_trim(parts.flatten(), "'")  # an apostrophe joins two word characters or goes
-    words = pc.greater(pc.binary_length(pieces), 0)
-    per_text = np.bincount(pc.list_parent_indices(parts).filter(words).to_numpy(), minlength=len(strings))
-    offsets = np.zeros(len(strings) + 1, dtype=np.int64)
-    np.cumsum(per_text, out=offsets[1:])
-    return pieces.filter(words), offsets
+    strings = normalize_many(pa.array(texts, pa.string()), lowercase)
+    spaces = pc.count_substring_regex(strings, r"[\s\p{Z}]").to_numpy(zero_copy_only=False)
+    visible = pc.utf8_length(strings).to_numpy(zero_copy_only=False) - spaces
+    if tokenizer in ("word", "auto"):  # auto starts from words (tasks/encode.py)
+        words, parents = _words(strings)
+        kept = np.bincount(parents.to_numpy(), weights=pc.utf8_length(words).to_numpy(zero_copy_only=False), minlength=len(strings))
+    else:
+        kept = visible.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(visible > 0, kept / np.maximum(visible, 1), np.nan)

@@ -182,3 +182,83 @@ def test_encode_batch_gives_the_ids_to_ids_gives():
         assert lengths.tolist() == [len(ids) for ids in expected]
         assert values.tolist() == [i for ids in expected for i in ids]
         np.testing.assert_array_equal(padded, expected_padded)
+
+
+# --------------------------------------------------------------------------- subword pieces and tokenizer auto
+
+KOREAN_STEMS = ["영화", "배우", "연기", "스토리", "감독", "음악", "장면", "결말", "시간", "감동", "최고", "최악", "재미", "눈물", "웃음"]
+PARTICLES = ["가", "는", "를", "도", "에서", "의", "만", "이", "은", "으로"]
+
+
+def _table_ingest(folder: Path, texts_for: dict[str, list[str]]) -> Path:
+    """An ingest folder as the ingest step leaves one, from texts per split (labels alternate)."""
+    from tasks.store import write_json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, texts in texts_for.items():
+        pd.DataFrame(
+            {"text": texts, "label": [i % 2 for i in range(len(texts))], "rating": pd.array([None] * len(texts), dtype="Int64"), "id": range(len(texts))}
+        ).to_parquet(folder / f"{split}.parquet", index=False)
+    write_json(folder / "ingest.json", {"labels": ["0", "1"], "strip_html": True})
+    return folder
+
+
+def korean_texts(n: int, seed: int) -> list[str]:
+    """Review-like Korean: stems with particles, so whitespace words rarely repeat whole."""
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(KOREAN_STEMS) + rng.choice(PARTICLES) + "다" * int(rng.integers(0, 3)) for _ in range(int(rng.integers(3, 12))))
+            for _ in range(n)]
+
+
+@pytest.fixture
+def korean_ingest(tmp_path: Path) -> Path:
+    return _table_ingest(tmp_path / "ingest", {"train": korean_texts(300, 1), "val": korean_texts(60, 2), "test": korean_texts(60, 3)})
+
+
+def test_subword_encode_saves_its_model_and_prediction_reuses_it(tmp_path: Path, korean_ingest: Path):
+    out = tmp_path / "encode"
+    out.mkdir()
+    encode_reviews(EncodeConfig(tokenizer="subword", num_words=120, max_len=24), korean_ingest, out)
+    info, vocab_file = read_json(out / "encode.json"), read_json(out / "vocab.json")
+    assert info["tokenizer"] == vocab_file["tokenizer"] == "subword"
+    assert (out / "subword.model").stat().st_size > 0
+    assert info["vocab_size"] <= 120 and len(vocab_file["tokens"]) == info["vocab_size"] - 3
+    assert set(info["oov_share"]) == {"train", "val", "test"} and all(0 <= v < 0.05 for v in info["oov_share"].values())
+    x, _ = load_arrays(out, "test")
+    assert x.max() < info["vocab_size"] and (x[:, 0] == START).all()
+    # predict's encoder, loaded from the folder, gives the rows training wrote
+    test_texts = pq.read_table(korean_ingest / "test.parquet").column("text").to_pylist()
+    reloaded = Vocabulary.load(out / "vocab.json")
+    np.testing.assert_array_equal(reloaded.encode(test_texts)[0], x)
+    # pieces are shared across particles: far fewer ids than distinct whitespace words
+    assert len({w for t in test_texts for w in t.split()}) > info["vocab_size"]
+
+
+def test_the_subword_model_is_learnt_from_train_only(tmp_path: Path):
+    train, other = korean_texts(200, 1), ["ᄀᄂᄃ 𝄞𝄞 ΩΨΦ"] * 40
+    ingest = _table_ingest(tmp_path / "ingest", {"train": train, "val": other, "test": other})
+    out = tmp_path / "encode"
+    out.mkdir()
+    encode_reviews(EncodeConfig(tokenizer="subword", num_words=100, max_len=8), ingest, out)
+    pieces = "".join(read_json(out / "vocab.json")["tokens"])
+    assert not set("ΩΨΦ𝄞") & set(pieces)
+    assert read_json(out / "encode.json")["oov_share"]["test"] > 0.3
+
+
+def test_a_subword_vocabulary_smaller_than_the_alphabet_says_how_to_fix_it(tmp_path: Path, korean_ingest: Path):
+    with pytest.raises(ValueError, match=r"encode.num_words 20 is too small for a subword model .*: raise encode.num_words above \d+\."):
+        encode_reviews(EncodeConfig(tokenizer="subword", num_words=20, max_len=8), korean_ingest, tmp_path / "encode")
+
+
+def test_tokenizer_auto_keeps_words_for_english_and_takes_subwords_when_words_cover_little(tmp_path: Path, ingested: Path, korean_ingest: Path):
+    english, korean = tmp_path / "english", tmp_path / "korean"
+    english.mkdir()
+    korean.mkdir()
+    encode_reviews(EncodeConfig(tokenizer="auto", num_words=600, max_len=20), ingested, english)
+    encode_reviews(EncodeConfig(tokenizer="auto", num_words=200, max_len=20), korean_ingest, korean)
+    english_info, korean_info = read_json(english / "encode.json"), read_json(korean / "encode.json")
+    assert english_info["tokenizer"] == "word" and english_info["tokenizer_auto"]["coverage"] >= 0.75
+    assert korean_info["tokenizer"] == "subword" and korean_info["tokenizer_auto"]["coverage"] < 0.75
+    assert "encode.auto_min_coverage 75%): subword tokens" in korean_info["tokenizer_auto"]["why"]
+    assert read_json(korean / "vocab.json")["tokenizer"] == "subword" and (korean / "subword.model").is_file()
+    assert not (english / "subword.model").exists()

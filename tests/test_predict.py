@@ -168,14 +168,6 @@ def test_string_encoder_agrees_on_some_unicode_words():
     np.testing.assert_array_equal(got, expected)
 
 
-def test_export_mirrors_the_current_text_rules():
-    """tasks/export.py restates tasks/text.py for TensorFlow: a change there must be made here too."""
-    assert tasks.text._HTML_BREAK.pattern == r"<br\s*/?>", "tasks/text.py changed _HTML_BREAK: update tasks/export.py"
-    assert tasks.text._HTML_TAG.pattern == r"<[^>]{1,200}>", "tasks/text.py changed _HTML_TAG: update tasks/export.py"
-    assert tasks.text._WORD.pattern == r"[a-z0-9]+(?:'[a-z0-9]+)*", "tasks/text.py changed _WORD: update tasks/export.py"
-    assert tasks.text.TOKENIZERS == ("word", "char"), "a new tokenizer needs its string-model version in tasks/export.py"
-
-
 # --------------------------------------------------------------------------- rnnflow predict
 
 
