@@ -180,8 +180,9 @@ def inputs_for(step: str, config: RunConfig, outputs: dict[str, StepOutput], sou
     pick = lambda *names: {n: outputs[n] for n in names}  # noqa: E731
     if step == "ingest":
         return {"section": config.section("data"), "upstream": {}, "source": source}
-    if step == "validate":
-        return {"section": config.section("validate"), "upstream": pick("ingest")}
+    if step == "validate":  # the kept_text check measures what encode's tokenizer keeps
+        text_rule = {"tokenizer": config.encode.tokenizer, "lowercase": config.encode.lowercase}
+        return {"section": config.section("validate"), "upstream": pick("ingest"), "text_rule": text_rule}
     if step == "encode":
         return {"section": config.section("encode"), "upstream": pick("ingest")}
     if step == "train":

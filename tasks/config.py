@@ -50,6 +50,7 @@ DEFAULT_SEVERITY = {
     "label_in_set": "error",
     "class_balance": "error",
     "token_length": "warning",
+    "kept_text": "error",
     "duplicates": "warning",
     "train_test_overlap": "warning",
 }
@@ -59,6 +60,10 @@ class ValidateConfig(Section):
     min_class_fraction: float = Field(default=0.3, ge=0, le=0.5, description="smallest share a class may have (two classes; scaled by 2/N for N)")
     min_tokens: int = Field(default=1, ge=0, description="shortest allowed review, in tokens")
     max_tokens: int = Field(default=5000, ge=1, description="longest allowed review, in tokens")
+    min_kept_share: float = Field(
+        default=0.5, ge=0, le=1,
+        description="least median share of a review's non-space characters that the tokenizer keeps in its tokens",
+    )
     max_duplicate_fraction: float = Field(default=0.02, ge=0, le=1)
     max_train_test_overlap: float = Field(default=0.01, ge=0, le=1)
     severity: dict[str, Literal["error", "warning"]] = Field(default_factory=lambda: dict(DEFAULT_SEVERITY))

@@ -6,6 +6,7 @@ Every check a user can tune lives in ValidateConfig and is named in its `severit
     label_in_set        label is present and a class index listed in ingest.json
     class_balance       more than one class, and each class holds at least min_class_fraction
     token_length        shortest review >= min_tokens, longest <= max_tokens
+    kept_text           the median review keeps >= min_kept_share of its non-space characters in tokens
     duplicates          share of repeated texts within a split <= max_duplicate_fraction
     train_test_overlap  share of test texts also in train <= max_train_test_overlap
 
@@ -15,13 +16,15 @@ GX never sees the texts themselves. Each split is streamed from Parquet in recor
 to a few numbers, the columns GX checks:
 
     label        as ingested, nulls kept as nulls
-    n_tokens     tokens after clean_text, as encoding will count them (a null text counts as "")
+    n_tokens     words after clean_text, as the word tokenizer counts them (a null text counts as "")
+    kept_share   share of the text's non-space characters that end up in tokens (tasks.text.kept_shares;
+                 encode.tokenizer's rule), null for a null or blank text
     text_chars   length of the stripped text (0: empty or whitespace only), null for a null text
     text_hash    64-bit hash of the raw text (pandas' hash_pandas_object), null for a null text
 
-So memory holds one batch of text plus about 25 bytes per review (label 8, n_tokens 4,
-text_chars 4, text_hash 8 and its null flag 1), flat in the length of the texts, and about
-25 MB per million reviews in their number. The hash stands for the text in
+So memory holds one batch of text plus about 29 bytes per review (label 8, n_tokens 4,
+kept_share 4, text_chars 4, text_hash 8 and its null flag 1), flat in the length of the texts,
+and about 29 MB per million reviews in their number. The hash stands for the text in
 the duplicates and train_test_overlap checks: two texts are "the same" when their hashes are;
 with 2**64 values, the chance that any two of a million distinct reviews collide is about
 3 in 100 million, so a false duplicate is negligible. Cross-split values ("this test review's
@@ -29,7 +32,7 @@ hash is in train") are computed with pandas on these columns and handed to GX as
 column, so every check lands in the same suite results and Data Docs. Length stats and label
 counts come from the same columns. Files written to the step folder:
 
-    validation.json   passed, checks, length_stats, label_counts, warnings
+    validation.json   passed, checks, length_stats, kept_share, label_counts, warnings
     gx/suite.json     {suite name: GX expectation suite JSON}
     gx/results.json   {validation name: GX validation result JSON}
     data_docs/        GX Data Docs (index.html)
@@ -51,10 +54,9 @@ from tasks.caching import StepCachePolicy, produce_step
 from tasks.config import ValidateConfig
 from tasks import store
 from tasks.store import StepOutput, iter_parquet, parquet_rows, read_json, write_json
-from tasks.text import clean_text, token_counts
+from tasks.text import clean_text, kept_shares, token_counts
 
 SPLITS = ("train", "val", "test")
-CHECKS = ("not_blank", "label_in_set", "class_balance", "token_length", "duplicates", "train_test_overlap")
 REQUIRED_COLUMNS = ("text", "label")
 SUITE_NAME = "reviews"
 OVERLAP_SUITE_NAME = "reviews_test_vs_train"
@@ -63,6 +65,14 @@ SUMMARY_MESSAGES = 5  # the summary travels in every StepOutput: keep it small
 
 # GX's own severity field, so Data Docs show which failures stop the run.
 _GX_SEVERITY = {"error": "critical", "warning": "warning"}
+
+
+@dataclass(frozen=True)
+class TextRule:
+    """The part of the encode section validation reads: which tokenizer's kept share to measure."""
+
+    tokenizer: str = "word"
+    lowercase: bool = True
 
 
 class DataValidationError(Exception):
@@ -102,13 +112,14 @@ def _split_input(ingest_dir: Path, split: str) -> tuple[Path, int]:
     return path, rows
 
 
-def _read_split(ingest_dir: Path, split: str, batch_rows: int) -> pd.DataFrame:
-    """One split as GX sees it: label, n_tokens, text_chars, text_hash per review, streamed batch by batch.
+def _read_split(ingest_dir: Path, split: str, batch_rows: int, text_rule: TextRule) -> pd.DataFrame:
+    """One split as GX sees it: label, n_tokens, kept_share, text_chars, text_hash per review, streamed batch by batch.
 
     Only one batch of text is in memory at a time; the per-review arrays are preallocated from the footer's row count.
     """
     path, rows = _split_input(ingest_dir, split)
     n_tokens = np.zeros(rows, dtype=np.int32)
+    kept_share = np.full(rows, np.nan, dtype=np.float32)
     text_chars = np.full(rows, np.nan, dtype=np.float32)
     text_hash = np.zeros(rows, dtype=np.uint64)
     text_null = np.ones(rows, dtype=bool)
@@ -118,7 +129,9 @@ def _read_split(ingest_dir: Path, split: str, batch_rows: int) -> pd.DataFrame:
         stop = start + len(batch)
         texts = batch["text"]
         # Tags such as <br /> are not words: count tokens the way encoding will see them.
-        n_tokens[start:stop] = token_counts(clean_text(t) for t in texts.fillna("").astype(str))
+        cleaned = [clean_text(t) for t in texts.fillna("").astype(str)]
+        n_tokens[start:stop] = token_counts(cleaned)
+        kept_share[start:stop] = kept_shares(cleaned, text_rule.lowercase, text_rule.tokenizer)
         text_chars[start:stop] = texts.str.strip().str.len().to_numpy(dtype=np.float32, na_value=np.nan)
         text_hash[start:stop] = pd.util.hash_pandas_object(texts, index=False).to_numpy()
         text_null[start:stop] = texts.isna().to_numpy()
@@ -128,6 +141,7 @@ def _read_split(ingest_dir: Path, split: str, batch_rows: int) -> pd.DataFrame:
         {
             "label": pd.concat(labels, ignore_index=True),
             "n_tokens": n_tokens,
+            "kept_share": kept_share,
             "text_chars": text_chars,
             "text_hash": pd.arrays.IntegerArray(text_hash, text_null),  # UInt64 with nulls where the text is null
         }
@@ -176,7 +190,7 @@ def _share_in_set(result: dict) -> float:
     return 1.0 - _count_of(result) / present if present else 0.0
 
 
-def _suite_rules(gxe: Any, cfg: ValidateConfig, labels: list[str], severity: dict[str, str]) -> list[_Rule]:
+def _suite_rules(gxe: Any, cfg: ValidateConfig, labels: list[str], severity: dict[str, str], text_rule: TextRule) -> list[_Rule]:
     class_ids = list(range(len(labels)))
     names = ", ".join(f"{i}={name}" for i, name in enumerate(labels))
     rules = [
@@ -254,6 +268,15 @@ def _suite_rules(gxe: Any, cfg: ValidateConfig, labels: list[str], severity: dic
             "drop the outliers at ingest or raise validate.max_tokens",
         ),
         _Rule(
+            "kept_text", "kept_text",
+            gxe.ExpectColumnMedianToBeBetween(column="kept_share", min_value=cfg.min_kept_share),
+            f"at least {cfg.min_kept_share:.0%} (validate.min_kept_share)",
+            lambda r: (_float_or_none(r.get("observed_value")),
+                       f"the median review keeps {_float_or_none(r.get('observed_value')) or 0:.1%} of its non-space characters "
+                       f"in {text_rule.tokenizer} tokens"),
+            "set encode.tokenizer to subword or char (--set encode.tokenizer=subword)",
+        ),
+        _Rule(
             "duplicate_texts", "duplicates",
             # Rounded so that a share exactly at the bound does not fail on float noise.
             # The text's 64-bit hash stands for the text (see the module docstring).
@@ -313,6 +336,15 @@ def _length_stats(n_tokens: pd.Series) -> dict[str, float | int]:
         "p99": round(float(p99), 2),
         "max": int(values.max()),
     }
+
+
+def _kept_stats(kept_share: pd.Series) -> dict[str, float | None]:
+    """Median, mean and 10th percentile of the kept shares of a split's non-blank reviews (None when all are blank)."""
+    values = kept_share.to_numpy(dtype=np.float64)
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return {"median": None, "mean": None, "p10": None}
+    return {name: round(float(v), 4) for name, v in zip(("median", "mean", "p10"), (np.median(values), values.mean(), np.percentile(values, 10)))}
 
 
 def _label_counts(labels: pd.Series, names: list[str]) -> dict[str, int]:
@@ -414,19 +446,23 @@ def _checks_from(result: Any, rules: list[_Rule], split: str, severity: dict[str
 # --------------------------------------------------------------------------- the step
 
 
-def validate_reviews(cfg: ValidateConfig, ingest_dir: Path, out_dir: Path, *, batch_rows: int | None = None) -> dict[str, Any]:
+def validate_reviews(
+    cfg: ValidateConfig, ingest_dir: Path, out_dir: Path, *, text_rule: TextRule | None = None, batch_rows: int | None = None
+) -> dict[str, Any]:
     """Run the review suite over train, val and test; write results and Data Docs to out_dir; return a summary.
 
     Failed data checks do not raise: they are written down and the summary says passed=False.
     Only unusable input (a missing or unreadable file, a missing column, an empty split) raises.
     Splits are read batch_rows reviews at a time (default tasks.store.STREAM_ROWS, read at call time).
+    text_rule is the tokenizer encode will use (default: words, lowercased), for the kept_text check.
     """
+    text_rule = text_rule or TextRule()
     # GX's filesystem store wants an absolute base directory.
     ingest_dir, out_dir = Path(ingest_dir), Path(out_dir).resolve()
     severity = cfg.severity  # merged over the defaults, names checked, by ValidateConfig
     labels = _read_labels(ingest_dir)
     batch_rows = batch_rows or store.STREAM_ROWS
-    frames = {split: _read_split(ingest_dir, split, batch_rows) for split in SPLITS}
+    frames = {split: _read_split(ingest_dir, split, batch_rows, text_rule) for split in SPLITS}
     train_hashes = frames["train"]["text_hash"].dropna()
     # A null test text is in train never (isin leaves a null hash False), as before with the texts.
     test_frame = frames["test"].assign(in_train=frames["test"]["text_hash"].isin(train_hashes).astype(bool))
@@ -436,7 +472,7 @@ def validate_reviews(cfg: ValidateConfig, ingest_dir: Path, out_dir: Path, *, ba
 
     context = _new_context(gx, out_dir / "data_docs")
     source = context.data_sources.add_pandas(name="reviews")
-    rules = _suite_rules(gxe, cfg, labels, severity)
+    rules = _suite_rules(gxe, cfg, labels, severity, text_rule)
     overlap_rules = _overlap_rules(gxe, cfg, severity)
     suite = _add_suite(gx, context, SUITE_NAME, rules)
     overlap_suite = _add_suite(gx, context, OVERLAP_SUITE_NAME, overlap_rules)
@@ -458,10 +494,13 @@ def validate_reviews(cfg: ValidateConfig, ingest_dir: Path, out_dir: Path, *, ba
     failed_errors = [c["message"] for c in checks if not c["passed"] and c["severity"] == "error"]
     warnings = [c["message"] for c in checks if not c["passed"] and c["severity"] == "warning"]
     length_stats = {split: _length_stats(frames[split]["n_tokens"]) for split in SPLITS}
+    kept = {split: _kept_stats(frames[split]["kept_share"]) for split in SPLITS}
     report = {
         "passed": not failed_errors,
         "checks": checks,
         "length_stats": length_stats,
+        "tokenizer": text_rule.tokenizer,
+        "kept_share": kept,
         "label_counts": label_counts,
         "warnings": warnings,
     }
@@ -485,6 +524,7 @@ def validate_reviews(cfg: ValidateConfig, ingest_dir: Path, out_dir: Path, *, ba
         "errors": failed_errors[:SUMMARY_MESSAGES],
         "warnings": warnings[:SUMMARY_MESSAGES],
         "length_stats": length_stats,
+        "kept_share": kept,
     }
 
 
@@ -507,10 +547,12 @@ def _logger() -> logging.Logger | logging.LoggerAdapter:
 
 
 @task(name="validate", cache_policy=StepCachePolicy(step="validate"), retries=0)
-def validate_task(root: str, section: dict, upstream: dict) -> StepOutput:
-    """Data problems do not retry: the same data fails the same way."""
+def validate_task(root: str, section: dict, upstream: dict, text_rule: dict | None = None) -> StepOutput:
+    """Data problems do not retry: the same data fails the same way. text_rule: encode's tokenizer and lowercase."""
+    rule = TextRule(**(text_rule or {}))
     output = produce_step(root, "validate", section, upstream,
-                          lambda out: validate_reviews(ValidateConfig(**section), upstream["ingest"].path, out))
+                          lambda out: validate_reviews(ValidateConfig(**section), upstream["ingest"].path, out, text_rule=rule),
+                          **({"text_rule": text_rule} if text_rule else {}))
     if not output.summary["passed"]:
         raise DataValidationError(first_error(output.summary), output.path)
     return output

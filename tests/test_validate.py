@@ -69,7 +69,7 @@ def test_clean_corpus_passes_and_writes_every_report(clean):
     assert summary["n_checks"] == len(report["checks"])
     assert all(c["passed"] for c in report["checks"])
     names = {c["check"] for c in report["checks"]}
-    assert names == {"not_blank", "label_in_set", "class_balance", "token_length", "duplicates", "train_test_overlap"}
+    assert names == {"not_blank", "label_in_set", "class_balance", "token_length", "kept_text", "duplicates", "train_test_overlap"}
     assert {c["split"] for c in report["checks"]} == {"train", "val", "test"}
     assert report["label_counts"]["train"] == {"neg": 30, "pos": 30}
     assert report["warnings"] == []
@@ -292,4 +292,67 @@ def test_gx_sees_derived_columns_not_texts(clean):
     _, _, out = clean
     suites = json.loads((out / "gx" / "suite.json").read_text())
     columns = {e["kwargs"].get("column") for suite in suites.values() for e in suite["expectations"]}
-    assert columns == {"text_hash", "text_chars", "label", "n_tokens", "in_train"}
+    assert columns == {"text_hash", "text_chars", "label", "n_tokens", "kept_share", "in_train"}
+
+
+# --------------------------------------------------------------------------- kept_text: text the tokenizer loses
+
+
+def _texts(make_text: Callable[[str, int], str]) -> Callable[[dict[str, pd.DataFrame]], None]:
+    def change(frames: dict[str, pd.DataFrame]) -> None:
+        for split, frame in frames.items():
+            frame["text"] = [make_text(split, i) for i in range(len(frame))]
+    return change
+
+
+EMOJI = "😀😍👍🔥😡💩🎬🍿"
+KOREAN_WORDS = ["영화", "정말", "재밌어요", "최악의", "배우들", "연기가", "좋았다", "지루한", "스토리", "감동"]
+
+
+@pytest.mark.parametrize(
+    ("what", "make_text"),
+    [
+        ("emoji only", lambda split, i: " ".join(EMOJI[(i + k) % len(EMOJI)] * (k + 1) for k in range(1 + i % 4)) + f" {split[0]}"),
+        ("punctuation only", lambda split, i: "!?" * (i + 1) + " ..." + " -_-" * (i % 3) + f" {'.' * (i + 2)}{split}" * 0),
+    ],
+)
+def test_text_the_word_rule_loses_fails_validation_naming_the_share_and_the_fix(tmp_path: Path, what: str, make_text):
+    summary, report = run(tmp_path, _texts(make_text), cfg=ValidateConfig(max_duplicate_fraction=1, max_train_test_overlap=1))
+    assert summary["passed"] is False
+    check = failed(report, "kept_text", "train")[0]
+    assert check["observed"] < 0.5 and check["severity"] == "error"
+    message = first_error(summary)
+    assert message.startswith("Check kept_text failed on split train: the median review keeps "), message
+    assert "of its non-space characters in word tokens, bound at least 50% (validate.min_kept_share)" in message
+    assert "set encode.tokenizer to subword or char" in message
+    assert report["kept_share"]["train"]["median"] == pytest.approx(check["observed"], abs=1e-4)
+
+
+def test_char_and_subword_tokenizers_keep_emoji_and_pass(tmp_path: Path):
+    from tasks.validate import TextRule
+
+    ingest = make_corpus(tmp_path / "ingest", _texts(lambda split, i: EMOJI[i % 8] * (i % 5 + 1) + EMOJI[(i + 3) % 8] + split))
+    for tokenizer in ("char", "subword"):
+        summary = validate_reviews(ValidateConfig(max_duplicate_fraction=1, max_train_test_overlap=1), ingest, tmp_path / tokenizer,
+                                   text_rule=TextRule(tokenizer=tokenizer))
+        assert summary["passed"] is True, summary["errors"]
+        assert summary["kept_share"]["train"]["median"] == 1.0
+
+
+def test_korean_reviews_keep_their_words_and_pass(tmp_path: Path):
+    """The case that once scored 0.54: with [a-z0-9] words a Korean review kept nothing but its digits."""
+    korean = _texts(lambda split, i: " ".join(KOREAN_WORDS[(i * 7 + k) % 10] for k in range(2 + i % 6)) + f" {split}{i}점")
+    summary, report = run(tmp_path, korean)
+    assert not failed(report, "kept_text", "train")
+    assert report["kept_share"]["train"]["median"] == 1.0 and report["kept_share"]["test"]["p10"] == 1.0
+    assert "kept_share" in (tmp_path / "validate" / "data_docs" / "index.html").read_text() or any(
+        "kept_share" in page.read_text() for page in (tmp_path / "validate" / "data_docs").rglob("*.html")
+    )
+
+
+def test_min_kept_share_is_a_configuration_key(tmp_path: Path):
+    half = _texts(lambda split, i: f"word{i} {split} !!!!!!!!!!!!!!!!!!!!!!")
+    summary, report = run(tmp_path, half, cfg=ValidateConfig(min_kept_share=0.2))
+    assert not failed(report, "kept_text", "train")
+    with pytest.raises(ConfigError, match="validate.min_kept_share"):
+        load_config(overrides=["validate.min_kept_share=2"])
