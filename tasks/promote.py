@@ -11,6 +11,13 @@ Both are scored on the same test texts: when the champion was tested on other te
 ingest test.parquet differs), its model is scored again on this run's test texts, through
 its own cleaning and vocabulary (tasks/predict.py) and the metrics of tasks/evaluate.py.
 
+promote.metric names a key of metrics.json's "test" block, so with more than two classes it
+means what tasks.evaluate.score computes there: precision, recall and f1 are macro averages
+(each class counts the same, however many reviews it has), roc_auc is one-vs-rest macro (None
+when a class is missing from the test split, which blocks the promotion as n/a), and accuracy
+and loss are over all reviews as for two classes. A champion tested on other texts and
+trained on other classes cannot be scored on this run's (rescore_run refuses): promote by hand.
+
 Two runs finishing together must not both win against a stale champion: the pointer is
 read, compared and replaced inside an exclusive lock on <root>/champion.lock (fcntl.flock),
 and written by temporary file + os.replace, so readers see the old pointer or the new one.

@@ -196,13 +196,14 @@ def key_numbers_table(inputs: ReportInputs) -> Table:
     failed = sum(1 for check in checks if not check.get("passed", True))
     verdict = "passed" if validation.get("passed", True) else "failed"
     verdict += f" ({len(checks) - failed} of {len(checks)} checks passed, {len(warnings)} warning{'s' if len(warnings) != 1 else ''})"
+    macro, roc_auc = _averaging(inputs.metrics)
     rows = [
         ["Test accuracy", format_metric(test.get("accuracy"))],
         ["Test loss", format_metric(test.get("loss"))],
-        ["Precision", format_metric(test.get("precision"))],
-        ["Recall", format_metric(test.get("recall"))],
-        ["F1", format_metric(test.get("f1"))],
-        ["ROC AUC", format_metric(test.get("roc_auc"))],
+        [f"Precision{macro}", format_metric(test.get("precision"))],
+        [f"Recall{macro}", format_metric(test.get("recall"))],
+        [f"F1{macro}", format_metric(test.get("f1"))],
+        [f"ROC AUC{roc_auc}", format_metric(test.get("roc_auc"))],
         ["Test reviews", format_count(test.get("n"))],
         ["Epochs run", epochs],
         ["Parameters", format_count(training.get("params"))],
@@ -215,6 +216,20 @@ def key_numbers_table(inputs: ReportInputs) -> Table:
         ["Data validation", verdict],
     ]
     return Table(["Measure", "Value"], rows)
+
+
+def _averaging(metrics: dict[str, Any]) -> tuple[str, str]:
+    """What the headline precision, recall, F1 and ROC AUC rows add to their names: "" for two classes.
+
+    Past two classes tasks.evaluate.score averages them over the classes unweighted (macro) and
+    ROC AUC one class against the rest, so the same names mean other numbers: the rows say so.
+    A next_token model's precision, recall and F1 are macro over the characters; it has no ROC AUC.
+    """
+    if metrics.get("task") == "next_token":
+        return " (macro)", ""
+    if len(metrics.get("labels") or metrics.get("confusion_matrix") or []) > 2:
+        return " (macro)", " (one-vs-rest macro)"
+    return "", ""
 
 
 def metrics_table_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
@@ -260,6 +275,18 @@ def length_stats_table(validation: dict[str, Any], encoding: dict[str, Any]) -> 
         cells += [format_count(numbers.get(column)) for column in ("median", "p90", "p99", "max")]
         rows.append([split] + cells + [format_percent(truncated.get(split))])
     return Table(["Split", "Min", "Mean", "Median", "p90", "p99", "Max", "Truncated at max_len"], rows)
+
+
+def text_coverage_table(validation: dict[str, Any], encoding: dict[str, Any]) -> Table:
+    """Per split: how much of each review's text reaches some token (validate's kept_share), and how many
+    tokens fall outside the vocabulary (encode's oov_share). Runs from before those figures get no rows."""
+    kept = validation.get("kept_share") or {}
+    oov = encoding.get("oov_share") or {}
+    rows = []
+    for split in list(kept) + [split for split in oov if split not in kept]:
+        shares = kept.get(split) if isinstance(kept.get(split), dict) else {}
+        rows.append([split, format_percent(shares.get("median")), format_percent(shares.get("mean")), format_percent(oov.get(split))])
+    return Table(["Split", "Median kept share", "Mean kept share", "Out-of-vocabulary share"], rows)
 
 
 def _format_mean(value: Any) -> str:
@@ -397,11 +424,19 @@ def plot_length_histogram(encoding: dict[str, Any]) -> bytes | None:
     return _png(figure)
 
 
+# Past this many classes the label balance plot groups its bars by class (a colour per split), the
+# confusion matrix drops the row percentages: a colour per class would repeat (tab10 has ten) and
+# a legend of them would cover the bars; two lines of text per cell would not fit.
+MANY_CLASSES = 6
+
+
 def plot_label_balance(validation: dict[str, Any]) -> bytes | None:
     label_counts = validation.get("label_counts") or {}
     labels = _label_order(label_counts)
     if not labels:
         return None
+    if len(labels) > MANY_CLASSES:
+        return _plot_label_balance_by_class(label_counts, labels)
     splits = list(label_counts)
     figure = _figure()
     axes = figure.add_subplot()
@@ -419,6 +454,25 @@ def plot_label_balance(validation: dict[str, Any]) -> bytes | None:
     axes.set_ylabel("share of reviews")
     axes.set_title("Label balance per split")
     axes.legend(loc="upper right", ncols=min(len(labels), 4))
+    return _png(figure)
+
+
+def _plot_label_balance_by_class(label_counts: dict[str, dict[str, int]], labels: list[str]) -> bytes:
+    """Many classes: one group of bars per class, one bar (and colour) per split; the numbers are in the table below."""
+    splits = list(label_counts)
+    figure = _figure(max(7.0, min(14.0, 1.5 + 0.55 * len(labels))), 4.2)
+    axes = figure.add_subplot()
+    width = 0.8 / len(splits)
+    for position, split in enumerate(splits):
+        total = sum(label_counts[split].values())
+        shares = [label_counts[split].get(label, 0) / total if total else 0.0 for label in labels]
+        xs = [index + (position - (len(splits) - 1) / 2) * width for index in range(len(labels))]
+        axes.bar(xs, shares, width=width * 0.95, label=str(split))
+    axes.set_xticks(range(len(labels)), [str(label) for label in labels], rotation=45, ha="right", rotation_mode="anchor")
+    axes.set_ylabel("share of reviews")
+    axes.set_title("Label balance per split")
+    axes.legend(loc="upper right", ncols=len(splits))
+    axes.set_ylim(0, axes.get_ylim()[1] * 1.15)  # room for the legend above the tallest bar
     return _png(figure)
 
 
@@ -453,7 +507,9 @@ def plot_confusion_matrix(metrics: dict[str, Any]) -> bytes | None:
         return None
     size = len(matrix)
     labels = _class_labels(metrics, size)
-    figure = _figure(1.6 + 1.3 * size, 1.0 + 1.2 * size)
+    many = size > MANY_CLASSES
+    # Grows with the classes up to about a page's width: 20 classes would otherwise draw 28 inches wide.
+    figure = _figure(min(1.6 + 1.3 * size, 13.0), min(1.0 + 1.2 * size, 12.0))
     axes = figure.add_subplot()
     image = axes.imshow(matrix, cmap="Blues")
     peak = max((max(row) for row in matrix if row), default=0) or 1
@@ -461,8 +517,12 @@ def plot_confusion_matrix(metrics: dict[str, Any]) -> bytes | None:
         total = sum(row) or 1
         for predicted_index, count in enumerate(row):
             colour = "white" if count > peak / 2 else "black"
-            axes.text(predicted_index, true_index, f"{count:,}\n{count / total:.0%}", ha="center", va="center", color=colour, fontsize=9)
-    axes.set_xticks(range(size), labels)
+            text = f"{count:,}" if many else f"{count:,}\n{count / total:.0%}"
+            axes.text(predicted_index, true_index, text, ha="center", va="center", color=colour, fontsize=7 if many else 9)
+    if many:
+        axes.set_xticks(range(size), labels, rotation=45, ha="right", rotation_mode="anchor")
+    else:
+        axes.set_xticks(range(size), labels)
     axes.set_yticks(range(size), labels)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
@@ -573,6 +633,11 @@ def build_sections(inputs: ReportInputs, plots: dict[str, Plot]) -> list[Section
     data.add("plot", plots.get("length_histogram")).add("table", length_stats_table(validation, encoding))
     data.add("text", f"Sequences are {encoding.get('padding', '?')}-padded and {encoding.get('truncating', '?')}-truncated to "
                      f"max_len {format_count(encoding.get('max_len'))} tokens ({encoding.get('tokenizer', '?')} tokenizer).")
+    coverage = text_coverage_table(validation, encoding)
+    if coverage:
+        data.add("text", "Text coverage: the share of each review's non-space characters that end up in some token "
+                         "(median and mean over the reviews), and the share of tokens outside the vocabulary.")
+        data.add("table", coverage)
     data.add("plot", plots.get("label_balance")).add("table", label_balance_table(validation))
     sections.append(data)
 

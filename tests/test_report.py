@@ -179,8 +179,73 @@ def test_three_classes_without_roc_curve(tmp_path):
     assert "No ROC curve" in page and "has 3" in page
     assert ">neutral<" in page
     markdown = (out / "report.md").read_text(encoding="utf-8")
-    assert "| ROC AUC | n/a |" in markdown
+    assert "| ROC AUC (one-vs-rest macro) | n/a |" in markdown
+    assert "| F1 (macro) | 0.8761 |" in markdown and "| Precision (macro) | 0.8811 |" in markdown
     assert "| true neutral | 5 | 40 | 5 |" in markdown
+
+
+def test_two_classes_keep_the_plain_metric_names(binary_report):
+    out, _ = binary_report
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert "| F1 | 0.8761 |" in markdown and "(macro)" not in markdown
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")  # the IHDR chunk
+
+
+def test_many_classes_keep_the_plots_a_page_wide(tmp_path):
+    labels = [f"genre_{index:02d}" for index in range(12)]
+    out = tmp_path / "report"
+    write_report(CONFIG, make_upstream(tmp_path, labels), out)
+    width, height = _png_size(out / "plots" / "confusion_matrix.png")
+    assert width <= 1300 and height <= 1200, "20 classes would otherwise draw a 28-inch figure"
+    assert _png_size(out / "plots" / "label_balance.png")[0] <= 1400
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert "| true / predicted | " + " | ".join(labels) + " |" in markdown
+    assert "| genre_11 | 0.8800 | 0.8700 | 0.8750 | 45 |" in markdown
+
+
+def _add_json(step: StepOutput, name: str, **fields: object) -> None:
+    path = step.path / name
+    path.write_text(json.dumps({**json.loads(path.read_text(encoding="utf-8")), **fields}), encoding="utf-8")
+
+
+def test_text_coverage_table_shows_kept_and_out_of_vocabulary_shares(tmp_path):
+    upstream = make_upstream(tmp_path, ["neg", "pos"])
+    _add_json(upstream["validate"], "validation.json", kept_share={
+        "train": {"median": 0.98, "mean": 0.97, "p10": 0.9},
+        "val": {"median": 0.975, "mean": 0.961, "p10": 0.88},
+        "test": {"median": 0.9712, "mean": 0.95, "p10": 0.85},
+    })
+    _add_json(upstream["encode"], "encode.json", oov_share={"train": 0.01, "val": 0.03, "test": 0.0312})
+    out = tmp_path / "report"
+    write_report(CONFIG, upstream, out)
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert "| Split | Median kept share | Mean kept share | Out-of-vocabulary share |" in markdown
+    assert "| train | 98.0% | 97.0% | 1.0% |" in markdown
+    assert "| val | 97.5% | 96.1% | 3.0% |" in markdown
+    assert "| test | 97.1% | 95.0% | 3.1% |" in markdown
+    assert "Text coverage" in markdown
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "<th>Median kept share</th>" in page
+    assert '<tr><td>test</td><td class="number">97.1%</td><td class="number">95.0%</td><td class="number">3.1%</td></tr>' in page
+
+
+def test_text_coverage_with_one_figure_shows_the_other_as_n_a(tmp_path):
+    upstream = make_upstream(tmp_path, ["neg", "pos"])
+    _add_json(upstream["encode"], "encode.json", oov_share={"train": 0.01, "val": 0.03, "test": 0.03})
+    out = tmp_path / "report"
+    write_report(CONFIG, upstream, out)
+    assert "| train | n/a | n/a | 1.0% |" in (out / "report.md").read_text(encoding="utf-8")
+
+
+def test_runs_without_coverage_figures_have_no_coverage_table(binary_report):
+    out, _ = binary_report
+    for name in ("report.md", "report.html"):
+        text = (out / name).read_text(encoding="utf-8")
+        assert "Text coverage" not in text and "kept share" not in text
 
 
 def test_missing_upstream_file_is_named(tmp_path):
