@@ -149,7 +149,8 @@ def _execute(store: ArtifactStore, config: RunConfig, **options) -> int:
         metrics_file = folder / "evaluate" / "metrics.json"
         if metrics_file.exists():
             metrics = read_json(metrics_file)["test"]
-            print(f"test accuracy {metrics['accuracy']:.4f}  f1 {metrics['f1']:.4f}  roc_auc {metrics['roc_auc']}")
+            roc_auc = "n/a" if metrics.get("roc_auc") is None else f"{metrics['roc_auc']:.4f}"
+            print(f"test accuracy {metrics['accuracy']:.4f}  f1 {metrics['f1']:.4f}  roc_auc {roc_auc}")
         _print_promotion(folder)
         print(folder)
         return EXIT_OK
@@ -283,7 +284,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(format_predictions(predictions))
         return EXIT_OK
     write_predictions(predictions, output)
-    counts = ", ".join(f"{label} {n}" for label, n in predictions["label"].value_counts().sort_index().items())
+    tally = predictions["label"].value_counts()  # in the run's class order, not the names' alphabetical one
+    counts = ", ".join(f"{label} {int(tally[label])}" for label in predictor.labels if label in tally)
     print(f"{len(predictions)} predictions from run {folder.name} ({counts})")
     print(output)
     return EXIT_OK

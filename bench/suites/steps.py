@@ -4,8 +4,8 @@ Everything runs in this process; the libraries a step imports lazily (Great Expe
 Keras) are imported before any clock starts, so the figures are the steps' own work.
 
 TextVectorization gets the same train texts with max_tokens=num_words and
-output_sequence_length=max_len, twice: with a standardize that mirrors tasks.text.tokenize
-(lowercase; a word is letters and digits, joined by single inner apostrophes) and with its
+output_sequence_length=max_len, twice: with the standardize model_text.keras uses
+(tasks.export.TextStandardizer: tasks.text's rule in tf.strings ops) and with its
 defaults (lower_and_strip_punctuation, whitespace split). Agreement is read three ways:
 the token strings before any vocabulary, the ids after mapping TextVectorization's through
 the token strings into ours, and the raw ids (ours are TextVectorization's + 1: we reserve a
@@ -35,15 +35,10 @@ TARGET_SPEEDUP = 5.0
 
 
 def matched_standardize(texts: Any) -> Any:
-    """tasks.text's word rule in RE2: keep [a-z0-9'], then drop apostrophes not between two letters or digits."""
-    import tensorflow as tf
+    """tasks.text's word rule in tf.strings ops, as model_text.keras runs it (texts are cleaned already: no HTML)."""
+    from tasks.export import TextStandardizer
 
-    texts = tf.strings.lower(texts, encoding="utf-8")
-    texts = tf.strings.regex_replace(texts, r"[^a-z0-9']+", " ")
-    for _ in range(2):  # twice: a run of apostrophes ('') loses one per pass and side
-        texts = tf.strings.regex_replace(texts, r"(^|[^a-z0-9])'", r"\1 ")
-        texts = tf.strings.regex_replace(texts, r"'([^a-z0-9]|$)", r" \1")
-    return texts
+    return TextStandardizer("word", lowercase=True, strip_html=False)(texts)
 
 
 def step_encode(texts: list[str], cfg: Any, max_len: int) -> tuple[Vocabulary, list[list[int]]]:
