@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -17,7 +17,10 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: an infinite or NaN float (YAML's .inf / .nan) is never a meaningful setting;
+    # it trained NaN models (train.learning_rate) or made a promotion floor impossible to pass. It covers
+    # floats inside containers too (promote.floors), and every section inherits it.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(Section):
@@ -39,6 +42,11 @@ class DataConfig(Section):
     test_size: float = Field(default=0.2, gt=0, lt=1, description="test share when the table has no split")
     max_classes: int = Field(default=20, ge=2, description="more distinct labels than this look like free text")
     strip_html: bool = True
+    # Far above any real review (IMDb's longest is about 14 KB), low enough that one hostile member
+    # of a small archive cannot make ingest read gigabytes into memory.
+    max_review_bytes: int = Field(
+        default=10_485_760, ge=1, description="the most bytes one review may hold (an archive member, a file, a table cell); a larger one is refused by name",
+    )
     # source=keras_imdb: Keras' imdb_word_index.json turns ids back into words; without it ids become "w<id>".
     word_index_path: str | None = None
     retries: int = Field(default=2, ge=0)
@@ -111,7 +119,7 @@ class ModelConfig(Section):
     units: int = Field(default=64, ge=1)
     layers: int = Field(default=1, ge=1)
     stack_cells: list[Literal["simple_rnn", "lstm", "gru"]] | None = None
-    stack_units: list[int] | None = None
+    stack_units: list[Annotated[int, Field(ge=1)]] | None = None
     bidirectional: bool = True
     input: Literal["embedding", "onehot"] = "embedding"
     embedding_dim: int = Field(default=64, ge=1)
@@ -136,7 +144,8 @@ class TrainConfig(Section):
     optimizer: Literal["adam", "rmsprop", "sgd"] = "adam"
     learning_rate: float = Field(default=1e-3, ge=0)
     batch_size: int = Field(default=64, ge=1)
-    epochs: int = Field(default=4, ge=1)
+    # The upper bounds catch a typo (an extra few zeros) at load time instead of a run that never ends.
+    epochs: int = Field(default=4, ge=1, le=10_000)
     patience: int = Field(default=1, ge=0)
     lr_drop: float = Field(
         default=0, ge=0, lt=1,
@@ -144,7 +153,7 @@ class TrainConfig(Section):
     )
     seed: int = 1337
     members: int = Field(
-        default=1, ge=1,
+        default=1, ge=1, le=100,
         description="classifiers trained one after another, each with its own seed and its own validation block of train+val; model.keras averages their probabilities",
     )
     member_models: list[dict[str, Any]] = Field(
@@ -270,9 +279,61 @@ def preset_description(name: str) -> str:
     return first.lstrip("# ").strip()
 
 
+class DuplicateKeyError(Exception):
+    """A YAML mapping names one key twice: key is its dotted path, lines where it appears (1-based)."""
+
+    def __init__(self, key: str, lines: tuple[int, int]):
+        super().__init__(key)
+        self.key, self.lines = key, lines
+
+
+_YAML_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _check_unique_keys(node: yaml.Node, path: list[str], visited: set[int]) -> None:
+    """Raise DuplicateKeyError for the first mapping under node that names a key twice."""
+    if id(node) in visited:  # an alias points back at a node already walked (or at itself)
+        return
+    visited.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[tuple[str, str], int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None and key_node.tag != _YAML_MERGE_TAG:
+                line = key_node.start_mark.line + 1
+                # The tag as well as the text: 1 (a number) and "1" (a string) are two keys.
+                if (key_node.tag, key) in first_line:
+                    raise DuplicateKeyError(".".join([*path, key]), (first_line[(key_node.tag, key)], line))
+                first_line[(key_node.tag, key)] = line
+            _check_unique_keys(value_node, [*path, key if key is not None else "?"], visited)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _check_unique_keys(item, [*path, str(index)], visited)
+
+
+def safe_load_unique(text: str) -> Any:
+    """yaml.safe_load, except that a mapping naming a key twice raises DuplicateKeyError.
+
+    PyYAML keeps the last of two equal keys and drops the first without a word, so a file that sets
+    train.epochs twice silently trained with the second value.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_unique_keys(node, [], set())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = safe_load_unique(path.read_text())
+    except DuplicateKeyError as err:
+        first, second = err.lines
+        raise ConfigError(f"Configuration file {path} gives the key {err.key!r} twice (lines {first} and {second}): keep one of them.") from None
     except FileNotFoundError:
         raise ConfigError(f"Configuration file {path} does not exist: check the path given to --config.") from None
     except yaml.YAMLError as err:
@@ -287,9 +348,12 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _parse_value(raw: str) -> Any:
-    """Read a --set value the way YAML would: 64 is a number, true a bool, [a, b] a list."""
+    """Read a --set value the way YAML would: 64 is a number, true a bool, [a, b] a list.
+
+    A mapping in it that names a key twice raises DuplicateKeyError rather than keeping the last.
+    """
     try:
-        return yaml.safe_load(raw)
+        return safe_load_unique(raw)
     except yaml.YAMLError:
         return raw
 
@@ -311,7 +375,11 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     keys = [k for k in dotted.strip().split(".") if k]
     if len(keys) < 2:
         raise ConfigError(f"--set {item!r} must name a section and a key, for example --set train.epochs=3.")
-    return keys, _parse_value(raw)
+    try:
+        value = _parse_value(raw)
+    except DuplicateKeyError as err:
+        raise ConfigError(f"--set {'.'.join(keys)} gives the key {'.'.join([*keys, err.key])!r} twice: keep one of them.") from None
+    return keys, value
 
 
 def _describe_error(err: ValidationError, origin: str) -> str:

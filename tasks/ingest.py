@@ -11,9 +11,11 @@ Sources (data.source), all ending in the same files (text, label, rating, id + i
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import re
 import shutil
+import stat
 import tarfile
 import tempfile
 import urllib.error
@@ -49,6 +51,7 @@ _SCHEMA = pa.schema([("text", pa.string()), ("label", pa.int64()), ("rating", pa
 # Every source yields its rows in batches of this shape: the text cleaned, the label as its class
 # name, and the split the source puts the row in (train or test; val is carved from train later).
 ROW_COLUMNS = ["text", "label", "rating", "id", "split"]
+MAX_REVIEW_BYTES = DataConfig.model_fields["max_review_bytes"].default
 _SPILL_SCHEMA = pa.schema(
     [("text", pa.string()), ("label", pa.string()), ("rating", pa.int64()), ("id", pa.int64()), ("split", pa.string())]
 )
@@ -128,19 +131,53 @@ def locate_source(cfg: DataConfig, data_dir: Path = Path("data")) -> dict[str, A
                 raise IngestError(f"Input {local} does not exist: pass the IMDb archive or its unpacked folder with --set data.path=PATH.")
     local = local.resolve()
     if local.is_dir():
-        listing = sorted((str(p.relative_to(local)), p.stat().st_size) for p in local.rglob("*.txt"))
-        digest = fingerprint(listing)
-    else:
+        digest = folder_fingerprint(local)
+    elif local.is_file():
         digest = sha256_file(local)
+    else:  # hashing /dev/zero or a pipe nobody writes to would never end
+        raise IngestError(
+            f"Input {local} is {_file_kind(local)}, not a regular file or folder: pass the IMDb archive or its unpacked folder with --set data.path=PATH."
+        )
     return {"source": cfg.source, "path": str(local), "fingerprint": digest}
+
+
+def _file_kind(path: Path) -> str:
+    """What a path that is neither a regular file nor a folder is, in words ("a character device")."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return "unreadable"
+    for test, name in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """A sha256 over every .txt under folder: its relative path and the sha256 of its bytes.
+
+    Contents, not sizes or times: a review rewritten in place with other text of the same size
+    (or with its modification time put back) is a different input, so ingest and every later step rerun.
+    """
+    listing = []
+    for file in sorted(folder.rglob("*.txt")):
+        name = file.relative_to(folder).as_posix()
+        if file.is_symlink() or not file.is_file():
+            # Never opened here: a link may point anywhere and a pipe may never end; ingest refuses them by name.
+            listing.append((name, "not a regular file"))
+        else:
+            listing.append((name, sha256_file(file)))
+    return fingerprint(listing)
 
 
 def _existing_file(path: str, key: str, what: str) -> Path:
     local = Path(path).expanduser()
     if not local.exists():
         raise IngestError(f"Input {local} does not exist: pass {what} with --set {key}=PATH.")
-    if not local.is_file():
+    if local.is_dir():
         raise IngestError(f"Input {local} is a folder, not a file: pass {what} with --set {key}=PATH.")
+    if not local.is_file():
+        raise IngestError(f"Input {local} is {_file_kind(local)}, not a regular file: pass {what} with --set {key}=PATH.")
     return local.resolve()
 
 
@@ -215,11 +252,19 @@ def download_keras_imdb(target: Path, url: str | None = None, timeout: float = 6
 # --------------------------------------------------------------------------- reading the IMDb layout
 
 
-def _iter_archive(path: Path) -> Iterator[tuple[str, str, int, int, bytes]]:
+def _too_big(what: str, size: int | None, limit: int) -> IngestError:
+    """The error for one review larger than data.max_review_bytes (size None: more than limit, exact size unknown)."""
+    told = f"is {size:,} bytes, more than" if size is not None else "holds more bytes than"
+    return IngestError(f"{what} {told} data.max_review_bytes ({limit:,}): remove it or raise data.max_review_bytes.")
+
+
+def _iter_archive(path: Path, max_bytes: int = MAX_REVIEW_BYTES) -> Iterator[tuple[str, str, int, int, bytes]]:
     """Stream (split, polarity, id, rating, bytes) from the .tar.gz without extracting anything.
 
     Only regular files whose names match the dataset's layout are read; links, devices and
-    names with '..' or a leading '/' are never followed or written anywhere.
+    names with '..' or a leading '/' are never followed or written anywhere. A member larger
+    than max_bytes is refused by name before it is read: a few hundred KB of gzip can unpack to
+    gigabytes, and each review is held whole in memory.
     """
     try:
         with tarfile.open(path, mode="r|gz") as archive:
@@ -229,30 +274,51 @@ def _iter_archive(path: Path) -> Iterator[tuple[str, str, int, int, bytes]]:
                     continue
                 if not member.isreg():
                     raise IngestError(f"Archive {path} holds {member.name} as a link or special file: only regular files are read; use the official archive.")
+                if member.size > max_bytes:
+                    raise _too_big(f"{member.name} in {path}", member.size, max_bytes)
                 handle = archive.extractfile(member)
+                # At most one byte past the bound, whatever the header claims.
+                data = handle.read(max_bytes + 1) if handle else b""
+                if len(data) > max_bytes:
+                    raise _too_big(f"{member.name} in {path}", None, max_bytes)
                 split, polarity, review_id, rating = match.groups()
-                yield split, polarity, int(review_id), int(rating), handle.read() if handle else b""
+                yield split, polarity, int(review_id), int(rating), data
     except (tarfile.ReadError, EOFError, zlib.error, OSError) as err:
         if isinstance(err, IngestError):
             raise
         raise IngestError(f"Archive {path} could not be read ({err}): it is not a complete .tar.gz; download it again.") from None
 
 
-def _iter_folder(path: Path) -> Iterator[tuple[str, str, int, int, bytes]]:
+def _iter_folder(path: Path, max_bytes: int = MAX_REVIEW_BYTES) -> Iterator[tuple[str, str, int, int, bytes]]:
+    """The unpacked layout's reviews as _iter_archive yields them, each a regular file of at most max_bytes."""
     root = path / "aclImdb" if (path / "aclImdb").is_dir() else path
     for file in sorted(root.glob("*/*/*.txt")):
         if file.is_symlink():
             raise IngestError(f"{file} is a symbolic link: rnnflow reads only regular files; copy the real file there.")
         match = _MEMBER.match(f"aclImdb/{file.relative_to(root).as_posix()}")
         if match:
+            if not file.is_file():  # a pipe would block forever, a device never end
+                raise IngestError(f"{file} is {_file_kind(file)}, not a regular file: rnnflow reads only regular files; put the review's text file there or remove it.")
+            size = file.stat().st_size
+            if size > max_bytes:
+                raise _too_big(str(file), size, max_bytes)
+            with open(file, "rb") as handle:
+                data = handle.read(max_bytes + 1)  # the file may grow between stat and read
+            if len(data) > max_bytes:
+                raise _too_big(str(file), None, max_bytes)
             split, polarity, review_id, rating = match.groups()
-            yield split, polarity, int(review_id), int(rating), file.read_bytes()
+            yield split, polarity, int(review_id), int(rating), data
 
 
-def iter_imdb(path: Path, strip_html: bool = True, batch_rows: int | None = None) -> Iterator[pd.DataFrame]:
-    """The IMDb layout (aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt) as batches of ROW_COLUMNS, in archive order."""
+def iter_imdb(
+    path: Path, strip_html: bool = True, batch_rows: int | None = None, max_review_bytes: int = MAX_REVIEW_BYTES
+) -> Iterator[pd.DataFrame]:
+    """The IMDb layout (aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt) as batches of ROW_COLUMNS, in archive order.
+
+    A review larger than max_review_bytes (data.max_review_bytes) stops it with an IngestError naming the file.
+    """
     batch_rows = batch_rows or store.STREAM_ROWS
-    reader = _iter_folder(path) if path.is_dir() else _iter_archive(path)
+    reader = _iter_folder(path, max_review_bytes) if path.is_dir() else _iter_archive(path, max_review_bytes)
     rows: list[tuple[str, str, int, int, str]] = []
     for split, polarity, review_id, rating, raw in reader:
         try:
@@ -274,9 +340,9 @@ def _require_imdb_split(path: Path, split: str, n: int) -> None:
         raise IngestError(f"{path} has no {split} reviews in the aclImdb/{split}/pos|neg/<id>_<rating>.txt layout: pass the IMDb archive or its unpacked folder.")
 
 
-def read_imdb(path: Path, strip_html: bool = True) -> dict[str, pd.DataFrame]:
+def read_imdb(path: Path, strip_html: bool = True, max_review_bytes: int = MAX_REVIEW_BYTES) -> dict[str, pd.DataFrame]:
     """The whole IMDb layout in memory, a frame per split ordered by label and id (ingest streams instead)."""
-    batches = list(iter_imdb(path, strip_html))
+    batches = list(iter_imdb(path, strip_html, max_review_bytes=max_review_bytes))
     rows = pd.concat(batches, ignore_index=True) if batches else pd.DataFrame(columns=ROW_COLUMNS)
     frames = {}
     for split in ("train", "test"):
@@ -327,6 +393,22 @@ def _header(path: Path, delimiter: str) -> list[str]:
         return next(csv.reader(handle, delimiter=delimiter), [])
 
 
+class _DuplicateJsonKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads' object_pairs_hook: an object naming a key twice is refused (json keeps the last silently)."""
+    record: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in record:
+            raise _DuplicateJsonKey(key)
+        record[key] = value
+    return record
+
+
 def _read_json_records(path: Path) -> pd.DataFrame:
     import pyarrow.json as pajson
 
@@ -334,7 +416,9 @@ def _read_json_records(path: Path) -> pd.DataFrame:
         opening = handle.read(256).lstrip()
     if opening.startswith(b"["):  # a .json file holding one array of objects rather than JSON Lines
         try:
-            records = json.loads(path.read_text(encoding="utf-8"))
+            records = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
+        except _DuplicateJsonKey as err:
+            raise IngestError(f"{path} holds an object that names the key {err.key!r} twice: keep one of them.") from None
         except json.JSONDecodeError as err:
             raise IngestError(f"{path} is not valid JSON at line {err.lineno}, column {err.colno} ({err.msg}): fix it there.") from None
         if not all(isinstance(record, dict) for record in records):
@@ -343,14 +427,18 @@ def _read_json_records(path: Path) -> pd.DataFrame:
     try:
         return pajson.read_json(path).to_pandas()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        pass  # mixed types in one column (label 1 on a line, "pos" on another), or a broken line: read line by line
+        # Mixed types in one column (label 1 on a line, "pos" on another), a key given twice in an
+        # object, or a broken line: read line by line, to name the line.
+        pass
     records = []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(line, object_pairs_hook=_unique_keys)
+            except _DuplicateJsonKey as err:
+                raise IngestError(f"Line {number} of {path} names the key {err.key!r} twice: keep one of them.") from None
             except json.JSONDecodeError as err:
                 raise IngestError(f"Line {number} of {path} is not valid JSON ({err.msg}): fix that line; JSON Lines holds one object per line.") from None
             if not isinstance(record, dict):
@@ -381,7 +469,8 @@ def iter_table(path: Path, fmt: str, columns: dict[str, str], batch_rows: int | 
             delimiter = "," if fmt == "csv" else "\t"
             present = _header(path, delimiter)
         elif fmt == "parquet":
-            present = pq.read_schema(path).names
+            schema = pq.read_schema(path)
+            present = schema.names
         else:
             frame = _read_json_records(path)
             present = [str(c) for c in frame.columns]
@@ -393,6 +482,20 @@ def iter_table(path: Path, fmt: str, columns: dict[str, str], batch_rows: int | 
         if name not in present:
             shown = ", ".join(map(repr, present[:20])) + (", ..." if len(present) > 20 else "")
             raise IngestError(f"{path} has no column {name!r} for data.{key} (its columns: {shown or 'none'}): name the right one with --set data.{key}=NAME.")
+        # A CSV reader takes the first of two equal names, pandas renames the second 'text.1', a Parquet
+        # batch holds both: whichever it is, the column read may not be the one the user meant.
+        times = present.count(name)
+        if times > 1:
+            raise IngestError(
+                f"{path} names column {name!r} {'twice' if times == 2 else f'{times} times'} in its header, "
+                f"so which one data.{key} means is unclear: rename or drop one of them."
+            )
+    if fmt == "parquet" and "text_column" in columns:
+        kind = schema.field(columns["text_column"]).type
+        value_kind = kind.value_type if pa.types.is_dictionary(kind) else kind
+        if not (pa.types.is_string(value_kind) or pa.types.is_large_string(value_kind) or pa.types.is_null(value_kind)
+                or getattr(pa.types, "is_string_view", lambda _: False)(value_kind)):
+            raise IngestError(_not_text(columns["text_column"], path, str(kind)))
     wanted = list(dict.fromkeys(columns.values()))
     try:
         if fmt in ("csv", "tsv"):
@@ -420,6 +523,40 @@ def iter_table(path: Path, fmt: str, columns: dict[str, str], batch_rows: int | 
         raise
     except Exception as err:
         raise IngestError(f"{path} could not be read as {fmt.upper()} ({_short(err)}): fix the file there, or check that its extension matches its format.") from None
+
+
+def _not_text(column: str, path: Path, kind: str) -> str:
+    return f"Text column {column!r} of {path} holds {kind}, not text: point data.text_column at the column of review texts."
+
+
+def _check_texts(texts: pd.Series, path: Path, cfg: DataConfig, offset: int) -> None:
+    """A batch's text column holds strings (or nothing), each at most data.max_review_bytes of UTF-8.
+
+    Numbers would otherwise be trained on as the strings "0", "1", ... without a word; CSV and TSV are
+    read as strings, so this catches Parquet and JSON columns of numbers, booleans, lists or objects.
+    """
+    column = cfg.text_column
+    if not (texts.dtype == object or isinstance(texts.dtype, pd.StringDtype)):
+        raise IngestError(_not_text(column, path, str(texts.dtype)))
+    if texts.dtype == object:
+        not_text = texts.map(lambda v: not isinstance(v, str) and not (v is None or v is pd.NA or (isinstance(v, float) and v != v)))
+        if not_text.any():
+            row = _first_row(not_text, offset)
+            value = texts.iloc[row - offset - 1]
+            raise IngestError(
+                f"Text column {column!r} of {path} holds the {type(value).__name__} {value!r} at row {row}, not text: "
+                f"quote it, or point data.text_column at the column of review texts."
+            )
+    limit = cfg.max_review_bytes
+    # Characters first (cheap), bytes only for texts long enough to pass the bound: UTF-8 spends at most 4 bytes a character.
+    chars = texts.str.len().fillna(0).to_numpy()
+    for position in np.flatnonzero(chars > limit // 4):
+        size = len(texts.iloc[position].encode("utf-8"))
+        if size > limit:
+            raise IngestError(
+                f"Row {offset + int(position) + 1} of {path} holds a text of {size:,} bytes in column {column!r}, "
+                f"more than data.max_review_bytes ({limit:,}): shorten or drop that row, or raise data.max_review_bytes."
+            )
 
 
 def _first_row(mask: pd.Series, offset: int = 0) -> int:
@@ -460,13 +597,17 @@ def _whole_numbers(values: pd.Series, path: Path, key: str, column: str, offset:
 
 
 def class_names(values: pd.Series) -> pd.Series:
-    """Each label as the string ingest.json records: 1 and 1.0 both become "1", booleans "true"/"false"."""
+    """Each label as the string ingest.json records: 1 and 1.0 both become "1", booleans "true"/"false".
+
+    Text labels lose surrounding spaces and case (casefold): "Positive", "positive " and "POSITIVE"
+    are one class, "positive", not three that the model would learn to tell apart.
+    """
     if pd.api.types.is_bool_dtype(values):
         return values.map(lambda v: "true" if v else "false").astype(object)
     if pd.api.types.is_numeric_dtype(values):
         numbers = values.astype("float64")
     else:
-        names = values.map(lambda v: str(v).lower() if isinstance(v, (bool, np.bool_)) else str(v).strip()).astype(object)
+        names = values.map(lambda v: str(v).lower() if isinstance(v, (bool, np.bool_)) else str(v).strip().casefold()).astype(object)
         numbers = pd.to_numeric(names, errors="coerce")
         if numbers.isna().any():
             return names
@@ -498,22 +639,43 @@ def _raise_missing(missing: dict[str, list[int]], path: Path, cfg: DataConfig) -
         raise IngestError(f"{path} has {n} missing labels in column {cfg.label_column!r}, the first at row {row}: drop those rows or fill in their labels.")
 
 
-def _table_rows(raw: pd.DataFrame, path: Path, cfg: DataConfig, split_values: bool, offset: int, missing: dict[str, list[int]]) -> pd.DataFrame:
+def _note_spellings(labels: pd.Series, names: pd.Series, spellings: dict[str, set[str]]) -> None:
+    """Record which raw text labels became each class name, to report the ones class_names merged."""
+    if pd.api.types.is_numeric_dtype(labels) or pd.api.types.is_bool_dtype(labels):
+        return
+    pairs = pd.DataFrame({"raw": labels.to_numpy(dtype=object), "name": names.to_numpy(dtype=object)}).drop_duplicates()
+    for raw, name in pairs.itertuples(index=False):
+        # Only spellings folded by case and spaces: "1.0" becoming "1" is number formatting, not a spelling.
+        if isinstance(raw, str) and raw.strip().casefold() == name:
+            spellings.setdefault(name, set()).add(raw)
+
+
+def _table_rows(
+    raw: pd.DataFrame, path: Path, cfg: DataConfig, split_values: bool, offset: int, missing: dict[str, list[int]],
+    spellings: dict[str, set[str]] | None = None,
+) -> pd.DataFrame:
     """One batch of table rows as ROW_COLUMNS (text cleaned, label as class name), checked; offset rows came before it.
 
-    Rows without a text or label are tallied in missing (the caller reports them after the file) and left out.
+    Rows without a text or label are tallied in missing (the caller reports them after the file) and left out;
+    spellings, when given, collects the raw label spellings behind each class name.
     """
     texts = raw[cfg.text_column]
+    if isinstance(texts.dtype, pd.CategoricalDtype):  # a dictionary-encoded Parquet column: check and read its values
+        texts = texts.astype(object)
+    _check_texts(texts, path, cfg, offset)
     blank = texts.isna() | texts.astype(object).map(lambda v: isinstance(v, str) and not v.strip())
     _count_missing(missing, "text", blank, offset)
     labels = raw[cfg.label_column]
     _count_missing(missing, "label", labels.isna(), offset)
     if missing:
         return pd.DataFrame(columns=ROW_COLUMNS)  # the file fails once it has been read: no point in converting
+    names = class_names(labels)
+    if spellings is not None:
+        _note_spellings(labels, names, spellings)
     frame = pd.DataFrame(
         {
             "text": [clean_text(str(t), cfg.strip_html) for t in texts],
-            "label": class_names(labels).to_numpy(dtype=object),
+            "label": names.to_numpy(dtype=object),
             "rating": _whole_numbers(raw[cfg.rating_column], path, "rating_column", cfg.rating_column, offset)
             if cfg.rating_column else pd.array([None] * len(raw), dtype="Int64"),
         }
@@ -539,8 +701,13 @@ def _table_rows(raw: pd.DataFrame, path: Path, cfg: DataConfig, split_values: bo
     return frame
 
 
-def _table_batches(cfg: DataConfig, source: dict[str, Any], batch_rows: int, seen: dict[str, int]) -> Iterator[pd.DataFrame]:
-    """A table source (one file, or a train/test pair) as batches of ROW_COLUMNS; seen counts each file's rows."""
+def _table_batches(
+    cfg: DataConfig, source: dict[str, Any], batch_rows: int, seen: dict[str, int], spellings: dict[str, set[str]] | None = None
+) -> Iterator[pd.DataFrame]:
+    """A table source (one file, or a train/test pair) as batches of ROW_COLUMNS; seen counts each file's rows.
+
+    spellings, when given, collects each class name's raw label spellings (see _note_spellings).
+    """
     files = [(Path(source["path"]), source["format"]["path"], "train")]
     if source.get("test_path"):
         files.append((Path(source["test_path"]), source["format"]["test_path"], "test"))
@@ -549,7 +716,7 @@ def _table_batches(cfg: DataConfig, source: dict[str, Any], batch_rows: int, see
     for path, fmt, split in files:
         offset, missing = 0, {}
         for raw in iter_table(path, fmt, columns, batch_rows):
-            rows = _table_rows(raw, path, cfg, split_values, offset, missing)
+            rows = _table_rows(raw, path, cfg, split_values, offset, missing, spellings)
             if not split_values:
                 rows["split"] = split
             offset += len(raw)
@@ -580,6 +747,44 @@ def _check_table(cfg: DataConfig, source: dict[str, Any], seen: dict[str, int], 
             f"Label column {cfg.label_column!r} of {where} holds one class only ({classes[0]!r}): a classifier needs at least two; add rows of other classes or check data.label_column."
         )
     return classes
+
+
+def _check_train_classes(cfg: DataConfig, source: dict[str, Any], meta: pd.DataFrame, orders: dict[str, pd.DataFrame], classes: list[str]) -> None:
+    """Every class reaches the train split; else the data is at fault, not validate's class balance.
+
+    Without this, a class that only the test rows hold got validate's advice to lower
+    validate.min_class_fraction, which hides the problem: the model can never predict that class.
+    """
+    trained = set(orders["train"]["label"].unique().tolist())
+    absent = [k for k in range(len(classes)) if k not in trained]
+    if not absent:
+        return
+    k = absent[0]
+    of_class = meta["label"] == k
+    outside_test = int((of_class & (meta["split"] == "train")).sum())
+    if not outside_test:
+        n_test = int((of_class & (meta["split"] == "test")).sum())
+        where = source.get("test_path") or source.get("path") or "the synthetic corpus"
+        raise IngestError(
+            f"Class {classes[k]!r} appears only in the test rows ({where}), never in train: "
+            f"add train rows of that class or drop its {n_test} test row{'s' if n_test != 1 else ''}."
+        )
+    carved = "the test and validation splits" if cfg.source == "table" and not cfg.test_path and not cfg.split_column else "the validation split"
+    raise IngestError(
+        f"Class {classes[k]!r} has too few rows in {source.get('path') or 'the synthetic corpus'} ({outside_test}) for any to be left to train on "
+        f"after {carved}: add rows of that class or drop them."
+    )
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    """Prefect's run logger inside a task, this module's logger outside one (tests, the bench)."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
 
 
 def _table_details(cfg: DataConfig, source: dict[str, Any]) -> dict[str, Any]:
@@ -849,16 +1054,17 @@ def ingest_reviews(cfg: DataConfig, source: dict[str, Any], out_dir: Path, batch
     out_dir = Path(out_dir)
     details: dict[str, Any] = {}
     seen: dict[str, int] = {}
+    spellings: dict[str, set[str]] = {}
     classes: list[str] | None = IMDB_LABELS
     if cfg.source == "synthetic":
         batches: Iterable[pd.DataFrame] = _synthetic_batches(cfg, batch_rows)
     elif cfg.source == "table":
-        batches, classes, details = _table_batches(cfg, source, batch_rows, seen), None, _table_details(cfg, source)
+        batches, classes, details = _table_batches(cfg, source, batch_rows, seen, spellings), None, _table_details(cfg, source)
     elif cfg.source == "keras_imdb":
         frames, classes = read_keras_imdb(Path(source["path"]), source.get("word_index_path"))
         batches = _frame_batches(frames, classes, batch_rows)
     else:
-        batches = iter_imdb(Path(source["path"]), cfg.strip_html, batch_rows)
+        batches = iter_imdb(Path(source["path"]), cfg.strip_html, batch_rows, cfg.max_review_bytes)
     work = Path(tempfile.mkdtemp(prefix=".ingest-", dir=out_dir))
     try:
         spill = work / "rows.parquet"
@@ -872,6 +1078,7 @@ def ingest_reviews(cfg: DataConfig, source: dict[str, Any], out_dir: Path, batch
         meta["label"] = meta["label"].map({name: i for i, name in enumerate(classes)}).astype("int64")
         meta["row"] = np.arange(len(meta), dtype=np.int64)
         orders = _split_orders(cfg, meta)
+        _check_train_classes(cfg, source, meta, orders, classes)
         _write_splits(spill, orders, classes, out_dir, work, batch_rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -886,6 +1093,13 @@ def ingest_reviews(cfg: DataConfig, source: dict[str, Any], out_dir: Path, batch
     }
     if details:
         summary["input"] = details
+    merged = {name: sorted(spellings[name]) for name in classes if len(spellings.get(name, ())) > 1}
+    if merged:
+        summary["label_spellings_merged"] = merged
+        _logger().info(
+            "Label spellings merged into one class each (case and surrounding spaces are ignored): %s.",
+            "; ".join(f"{', '.join(map(repr, raw))} -> {name!r}" for name, raw in merged.items()),
+        )
     write_json(out_dir / "ingest.json", summary)
     return {"n": summary["n"], "labels": classes}
 
