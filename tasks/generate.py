@@ -9,6 +9,7 @@ or the length is reached.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,7 @@ def generate(generator: Generator, prompt: str, length: int = 100, temperature: 
     """The prompt continued by up to length characters: greedily (temperature 0) or drawn at a temperature."""
     if length < 0:
         raise GenerationError(f"--length must be 0 or more characters, not {length}.")
-    if temperature < 0:
+    if not math.isfinite(temperature) or temperature < 0:  # NaN passes `< 0` and then poisons every probability
         raise GenerationError(f"--temperature must be 0 (always the likeliest character) or more, not {temperature:g}.")
     added = continue_ids(generator, prompt_ids(generator.vocabulary, prompt), length, temperature, seed)
     return prompt + "".join(generator.vocabulary.tokens[token_id - INDEX_FROM] for token_id in added)

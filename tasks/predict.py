@@ -16,7 +16,7 @@ import pandas as pd
 
 from tasks.encode import OOV, Vocabulary
 from tasks.evaluate import predict_probabilities
-from tasks.store import atomic_path, read_json
+from tasks.store import atomic_path, read_json, verify_run_files
 
 INPUT_SUFFIXES = (".txt", ".csv", ".parquet")
 OUTPUT_SUFFIXES = (".parquet", ".csv")
@@ -36,8 +36,13 @@ class Predictor:
     model: Any  # keras.Model
 
 
+# Files a loader reads when they are there (a subword vocabulary's model), checked like the needed ones.
+OPTIONAL_RUN_FILES = ("encode/subword.model",)
+
+
 def run_files(run_folder: Path, *names: str) -> list[Path]:
-    """The named files of a run folder, or one sentence saying which is missing (predict and generate)."""
+    """The named files of a run folder, checked against their recorded sha256, or one sentence saying which
+    is missing or damaged (predict, generate, promote's re-scoring)."""
     paths = [Path(run_folder) / name for name in names]
     missing = [path for path in paths if not path.is_file()]
     if missing:
@@ -45,6 +50,8 @@ def run_files(run_folder: Path, *names: str) -> list[Path]:
             f"Run {Path(run_folder).name} has no {missing[0].relative_to(run_folder)}: its steps did not all complete; "
             f"choose a completed run ('rnnflow runs' lists them)."
         )
+    # Keras reports a truncated model.keras as "File not found": name the damaged file and the fix instead.
+    verify_run_files(Path(run_folder), [*names, *(name for name in OPTIONAL_RUN_FILES if (Path(run_folder) / name).is_file())])
     return paths
 
 
@@ -60,8 +67,8 @@ def load_run_model(path: Path) -> Any:
 def load_predictor(run_folder: Path) -> Predictor:
     """The run's vocabulary and cleaning (encode/vocab.json), labels (encode/labels.json), model (train/model.keras)."""
     run_folder = Path(run_folder)
-    needed = run_files(run_folder, "encode/vocab.json", "encode/labels.json", "train/model.keras")
     training = run_folder / "train" / "train.json"
+    needed = run_files(run_folder, "encode/vocab.json", "encode/labels.json", "train/model.keras", *(["train/train.json"] if training.is_file() else []))
     if training.is_file() and read_json(training).get("task") == "next_token":
         raise PredictionInputError(
             f"Run {run_folder.name} holds a next_token model, which continues texts rather than labelling them: "
@@ -172,6 +179,11 @@ def check_output_path(path: Path) -> Path:
     path = Path(path)
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise PredictionInputError(f"Output {path} must end in .parquet or .csv: rnnflow writes predictions in one of those.")
+    if path.is_dir():
+        raise PredictionInputError(f"Output {path} is a folder: give --output a file path, e.g. {path / 'predictions'}{path.suffix}.")
+    above = next((parent for parent in path.parents if parent.exists()), None)
+    if above is not None and not above.is_dir():
+        raise PredictionInputError(f"Output {path} cannot be written: {above} is a file, not a folder; choose another path for --output.")
     return path
 
 

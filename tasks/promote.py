@@ -42,7 +42,10 @@ from typing import Any, Callable, Iterator
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.store import CHAMPION_FILE, ArtifactStore, RunRecord, StepOutput, fingerprint, read_json, sha256_file, write_json
+from tasks.store import (
+    CHAMPION_FILE, ArtifactStore, BadRunIdError, RunError, RunRecord, StepOutput, fingerprint, read_json, sha256_file, verify_run_files,
+    write_json,
+)
 
 CHAMPION_LOCK = "champion.lock"
 DECISION_FILE = "decision.json"
@@ -131,6 +134,8 @@ def candidate_from_run(folder: Path) -> Candidate:
     missing = [name for name in needed if not (folder / name).is_file()]
     if missing:
         raise PromotionError(f"Run {folder.name} has no {missing[0]}: only a run that trained and evaluated a model can be promoted.")
+    # A damaged model must not become the champion every `predict --run champion` then fails on.
+    verify_run_files(folder, [*needed, "ingest/test.parquet"])
     return candidate_from_files(folder.name, folder / "ingest", folder / "validate", folder / "encode", folder / "evaluate")
 
 
@@ -256,6 +261,10 @@ def read_champion(store: ArtifactStore) -> dict[str, Any] | None:
         raise PromotionError(f"{path} is not valid JSON: delete it and promote a run with 'rnnflow promote RUN_ID'.") from None
     if not isinstance(pointer, dict) or not isinstance(pointer.get("run_id"), str):
         raise PromotionError(f"{path} names no run_id: delete it and promote a run with 'rnnflow promote RUN_ID'.")
+    try:  # a path here would send the comparison (and `champion`) to another root's run
+        store.check_run_id(pointer["run_id"])
+    except BadRunIdError:
+        raise PromotionError(f"{path} names {pointer['run_id']!r}, not a run id under {store.runs_dir}: delete it and promote a run with 'rnnflow promote RUN_ID'.") from None
     return pointer
 
 
@@ -263,8 +272,14 @@ def read_champion(store: ArtifactStore) -> dict[str, Any] | None:
 def champion_lock(store: ArtifactStore) -> Iterator[None]:
     """An exclusive lock on <root>/champion.lock, across threads and processes; released when the holder dies."""
     path = store.root / CHAMPION_LOCK
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:  # one open file description per holder: flock then excludes threads too
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")  # one open file description per holder: flock then excludes threads too
+    except OSError as error:
+        raise PromotionError(
+            f"Artifacts root {store.root} is not writable ({path}: {error.strerror or error}): choose another with --artifacts or fix its permissions."
+        ) from None
+    with handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -330,7 +345,7 @@ def rescore_run(folder: Path, test_texts: Path, labels: list[str]) -> dict[str, 
 
     try:
         predictor = load_predictor(Path(folder))
-    except FileNotFoundError as error:
+    except (FileNotFoundError, RunError) as error:  # missing or damaged (sha256 mismatch) files
         raise PromotionError(f"the champion cannot be scored again ({error})") from None
     theirs = [str(label) for label in predictor.labels]
     if sorted(theirs) != sorted(labels):

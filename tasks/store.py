@@ -17,17 +17,20 @@ import os
 import platform
 import secrets
 import shutil
+import socket
 import subprocess
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 STEPS = ("ingest", "validate", "encode", "train", "evaluate", "report", "promote")
 CHAMPION_FILE = "champion.json"  # <root>/champion.json: the run whose model is promoted (tasks/promote.py)
 ENTRY_FILE = "_entry.json"
+WRITER_FILE = "_writer.json"  # in a .partial scratch folder: the process writing it, so a dead writer's scratch can go
+MANIFEST_FILE = "manifest.json"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -154,14 +157,14 @@ def _hash_tree(folder: Path) -> dict[str, str]:
     return {
         str(path.relative_to(folder)): sha256_file(path)
         for path in sorted(folder.rglob("*"))
-        if path.is_file() and path.name != ENTRY_FILE
+        if path.is_file() and path.name not in (ENTRY_FILE, WRITER_FILE)
     }
 
 
 def _link_tree(source: Path, target: Path) -> None:
     """Hard-link every file of source under target (copy across file systems): cheap and independent of the cache."""
     for path in sorted(source.rglob("*")):
-        if path.name == ENTRY_FILE:
+        if path.name in (ENTRY_FILE, WRITER_FILE):
             continue
         destination = target / path.relative_to(source)
         if path.is_dir():
@@ -172,6 +175,213 @@ def _link_tree(source: Path, target: Path) -> None:
             os.link(path, destination)
         except OSError:
             shutil.copy2(path, destination)
+
+
+# --------------------------------------------------------------------------- errors a user fixes
+
+
+class RunError(Exception):
+    """A run argument or run folder a command cannot use: the message is one sentence naming it and the way out."""
+
+
+class RunNotFoundError(RunError, FileNotFoundError):
+    """No such run (or no completed one, or no champion); a FileNotFoundError too, for callers that catch that."""
+
+
+class BadRunIdError(RunError):
+    """A run argument that is not a run id under this root: a path, '..', or a link that leads out of it."""
+
+
+class ManifestError(RunError):
+    """A manifest.json that is not a run manifest (not JSON, not an object, or fields of the wrong type)."""
+
+
+class DamagedRunError(RunError):
+    """A run file whose bytes no longer match the sha256 its manifest recorded."""
+
+
+class ArtifactsRootError(Exception):
+    """An artifacts root that cannot be used: a file, or a folder this process may not write."""
+
+
+# --------------------------------------------------------------------------- which process
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks after boot (/proc/PID/stat field 22): tells our pid from a reused one."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # the command name (field 2) may hold spaces and ')'
+    return fields[19] if len(fields) > 19 else None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:  # 0 and negative numbers address process groups, not a process
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process, but alive
+        return True
+    return True
+
+
+def process_stamp(pid: int | None = None) -> dict[str, Any]:
+    """This process (or pid) as a manifest or scratch folder records it: pid, host, start time, boot id."""
+    pid = os.getpid() if pid is None else pid
+    return {"pid": pid, "host": socket.gethostname(), "started": _process_start(pid), "boot_id": _boot_id()}
+
+
+class ProcessStamp(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    pid: int
+    host: str
+    started: str | None = None
+    boot_id: str | None = None
+
+    def gone(self) -> bool:
+        """True only when the process is known to be gone: it ran on this host and no live process is it.
+
+        Another host's process cannot be seen from here, so it is never called gone.
+        """
+        if self.host != socket.gethostname():
+            return False
+        boot = _boot_id()
+        if self.boot_id and boot and self.boot_id != boot:
+            return True  # the machine rebooted since
+        if not _pid_alive(self.pid):
+            return True
+        started = _process_start(self.pid)
+        return bool(self.started and started and started != self.started)  # the pid now belongs to another process
+
+
+def _stamp_gone(data: Any) -> bool:
+    try:
+        return ProcessStamp.model_validate(data).gone()
+    except ValidationError:
+        return False  # no readable record of the writer: leave it alone
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+class StepRecord(BaseModel):
+    """One step in a run's manifest, as readers use it; record_step writes more."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: str | None = None
+    key: str | None = None
+    dir: str | None = None
+    outputs: dict[str, str] = {}  # file relative to the step folder -> sha256
+    summary: dict[str, Any] = {}
+    error: str | None = None
+
+
+class ConfigView(BaseModel):
+    """The parts of a run's config that listing reads; tasks.config validates the whole when a run reuses it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    preset: str | None = None
+    model: dict[str, Any] = {}
+
+
+class Manifest(BaseModel):
+    """runs/<id>/manifest.json as every reader sees it: one validated model, so one bad file is one clear error."""
+
+    model_config = ConfigDict(extra="allow")
+
+    run_id: str
+    status: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    attempts: int = 1
+    derived_from: str | None = None
+    config: ConfigView = Field(default_factory=ConfigView)
+    inputs: dict[str, Any] = {}
+    steps: dict[str, StepRecord] = {}
+    process: ProcessStamp | None = None
+    error: str | None = None
+    killed: bool = False
+    promotion: dict[str, Any] | None = None
+
+    @property
+    def shown_status(self) -> str:
+        return "failed (killed)" if self.killed and self.status == "failed" else self.status
+
+
+def _validation_problem(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first.get("loc", ())) or "the top level"
+    message = str(first.get("msg", "invalid")).split(" or instance of ")[0]  # pydantic's class names mean nothing to a user
+    return f"{where}: {message}"
+
+
+def load_manifest(folder: Path) -> Manifest:
+    """A run folder's manifest, validated; ManifestError (one sentence with its path) when it is not one."""
+    path = Path(folder) / MANIFEST_FILE
+    try:
+        data = read_json(path)
+    except FileNotFoundError:
+        raise RunNotFoundError(f"Run folder {Path(folder)} has no {MANIFEST_FILE}: 'rnnflow runs' lists the run ids.") from None
+    except (OSError, ValueError) as error:
+        raise ManifestError(f"{path} is unreadable ({str(error).splitlines()[0] if str(error) else type(error).__name__}): "
+                            f"restore it from a backup or delete the run folder.") from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path} is unreadable (a JSON {type(data).__name__}, not an object): restore it from a backup or delete the run folder.")
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as error:
+        raise ManifestError(f"{path} is unreadable ({_validation_problem(error)}): restore it from a backup or delete the run folder.") from None
+
+
+# A file's sha256 by (path, inode, size, mtime): a command that checks the same file twice hashes it once.
+_VERIFIED: dict[tuple[str, int, int, int], str] = {}
+
+
+def _sha256_once(path: Path) -> str:
+    info = path.stat()
+    token = (str(path), info.st_ino, info.st_size, info.st_mtime_ns)
+    if token not in _VERIFIED:
+        _VERIFIED[token] = sha256_file(path)
+    return _VERIFIED[token]
+
+
+def verify_run_files(folder: Path, names: Iterable[str]) -> None:
+    """Check the named run files ("train/model.keras") against the sha256 the run's manifest records.
+
+    Only the files a command is about to load: hashing a whole run would cost more than loading it.
+    A file the manifest records no sha256 for, or a folder with no manifest at all (a run assembled
+    by hand, outside any artifacts root), is taken as it is.
+    """
+    folder = Path(folder)
+    if not (folder / MANIFEST_FILE).is_file():
+        return
+    manifest = load_manifest(folder)
+    by_dir = {(record.dir or step): (step, record) for step, record in manifest.steps.items()}
+    for name in names:
+        step_dir, _, relative = str(name).partition("/")
+        step, record = by_dir.get(step_dir, (step_dir, None))
+        recorded = record.outputs.get(relative) if record is not None else None
+        path = folder / name
+        if recorded is None or not path.is_file():
+            continue  # a missing file is the caller's sentence to give
+        if _sha256_once(path) != recorded:
+            fix = (f"rerun that step with `rnnflow step {step} --run {folder.name}`." if step in STEPS[1:]
+                   else "ingest cannot be rerun alone: start a new run with `rnnflow run` and the run's settings.")
+            raise DamagedRunError(f"Run {folder.name}'s {name} does not match the sha256 its manifest records (the file is damaged): {fix}")
 
 
 # --------------------------------------------------------------------------- the store
@@ -210,6 +420,48 @@ class ArtifactStore:
     def locks_dir(self) -> Path:
         return self.root / "prefect" / "locks"
 
+    # ----- is the root usable
+
+    def _first_existing(self) -> Path:
+        """The root, or the nearest folder above it that exists (where mkdir will start)."""
+        path = self.root
+        while True:
+            try:
+                if path.exists() or path == path.parent:
+                    return path
+            except OSError as error:  # a parent that cannot be searched
+                raise ArtifactsRootError(
+                    f"Artifacts root {self.root} is not writable ({path}: {error.strerror}): choose another with --artifacts or fix its permissions."
+                ) from None
+            path = path.parent
+
+    def check_folder(self) -> None:
+        """One sentence when the root (or a folder it would be made in) is a file: for every command."""
+        path = self._first_existing()
+        if not path.is_dir():
+            where = "" if path == self.root else f" ({path} above it is a file)"
+            raise ArtifactsRootError(f"Artifacts root {self.root} is a file, not a folder{where}: choose another with --artifacts.")
+
+    def check_writable(self) -> None:
+        """One sentence when this process cannot write the root: checked before any step runs or the champion lock opens.
+
+        os.access, not a trial write: it sees read-only mounts for root too, and writes nothing.
+        """
+        self.check_folder()
+        base = self._first_existing()
+        folders = [base, *(d for d in (self.runs_dir, self.cache_dir, self.root / "prefect", self.prefect_results_dir, self.locks_dir) if d.is_dir())]
+        files = [f for f in (self.root / CHAMPION_FILE, self.root / "champion.lock") if f.is_file()]
+        for path in folders:
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise ArtifactsRootError(
+                    f"Artifacts root {self.root} is not writable (no write permission on {path}): choose another with --artifacts or fix its permissions."
+                )
+        for path in files:
+            if not os.access(path, os.W_OK):
+                raise ArtifactsRootError(
+                    f"Artifacts root {self.root} is not writable (no write permission on {path}): choose another with --artifacts or fix its permissions."
+                )
+
     # ----- cache entries
 
     def entry_dir(self, step: str, key: str) -> Path:
@@ -242,8 +494,10 @@ class ArtifactStore:
         """
         final = self.entry_dir(step, key)
         final.parent.mkdir(parents=True, exist_ok=True)
+        self.clean_stale_partials(step)
         scratch = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".partial", dir=final.parent))
         try:
+            write_json(scratch / WRITER_FILE, process_stamp())
             summary = work(scratch) or {}
             output = StepOutput(step=step, key=key, dir=str(final), files=_hash_tree(scratch), summary=summary)
             write_json(scratch / ENTRY_FILE, output.model_dump(mode="json"))
@@ -252,9 +506,29 @@ class ArtifactStore:
                 os.replace(final, trash)
                 shutil.rmtree(trash, ignore_errors=True)
             os.replace(scratch, final)
+            (final / WRITER_FILE).unlink(missing_ok=True)  # the entry is whole now; hashing and linking skip it anyway
             return output
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    def clean_stale_partials(self, step: str | None = None) -> list[Path]:
+        """Remove .partial scratch folders (of one step, or all) whose writer is gone from this host.
+
+        A writer killed with SIGKILL never reaches produce's cleanup. Scratch without a readable
+        writer record, or written on another host, is left alone: its writer may be alive.
+        """
+        steps = [step] if step else [p.name for p in self.cache_dir.iterdir() if p.is_dir()] if self.cache_dir.is_dir() else []
+        removed = []
+        for name in steps:
+            for scratch in (self.cache_dir / name).glob(".*.partial"):
+                try:
+                    writer = read_json(scratch / WRITER_FILE)
+                except (OSError, ValueError):
+                    continue
+                if _stamp_gone(writer):
+                    shutil.rmtree(scratch, ignore_errors=True)
+                    removed.append(scratch)
+        return removed
 
     # ----- runs
 
@@ -262,37 +536,94 @@ class ArtifactStore:
         return self.runs_dir / run_id
 
     def list_runs(self) -> list[dict[str, Any]]:
-        runs = []
-        if not self.runs_dir.exists():
+        """Every run folder's manifest, validated, in run id (start time) order.
+
+        A manifest that is not one is listed as {"run_id", "status": "unreadable", "path", "problem"}
+        rather than hiding every other run; a run whose process is gone from this host shows failed.
+        """
+        runs: list[dict[str, Any]] = []
+        if not self.runs_dir.is_dir():
             return runs
+        with contextlib.suppress(OSError):  # a read-only root still lists
+            self.clean_stale_partials()
         for folder in sorted(self.runs_dir.iterdir()):
-            manifest = folder / "manifest.json"
-            if manifest.is_file():
-                try:
-                    runs.append(read_json(manifest))
-                except ValueError:
-                    runs.append({"run_id": folder.name, "status": "unreadable"})
+            if not (folder / MANIFEST_FILE).is_file():
+                continue
+            try:
+                manifest = self.mark_if_killed(folder, load_manifest(folder))
+            except ManifestError as error:
+                runs.append({"run_id": folder.name, "status": "unreadable", "path": str(folder / MANIFEST_FILE), "problem": str(error)})
+                continue
+            runs.append({**manifest.model_dump(mode="json"), "run_id": folder.name, "shown_status": manifest.shown_status})
         return runs
 
+    def mark_if_killed(self, folder: Path, manifest: Manifest) -> Manifest:
+        """A `running` run whose process is gone from this host (kill -9, a lost machine) is failed: record that.
+
+        Runs of other hosts are never rewritten: their process cannot be seen from here.
+        """
+        if manifest.status != "running" or manifest.process is None or not manifest.process.gone():
+            return manifest
+        reason = f"killed: its process (pid {manifest.process.pid} on {manifest.process.host}) ended before the run finished"
+        try:
+            record = RunRecord.load(folder)
+            record.manifest.update(status="failed", killed=True, error=reason)
+            record.save()
+        except (OSError, RunError):
+            pass  # a read-only root: still shown as failed, just not recorded
+        return manifest.model_copy(update={"status": "failed", "killed": True, "error": reason})
+
+    def check_run_id(self, run_id: str) -> str:
+        """run_id if it names a folder directly under runs/: a plain name, no separators, no '..'."""
+        text = str(run_id)
+        if not text or text in (".", "..") or any(sep in text for sep in ("/", "\\", "\0")) or os.path.isabs(text):
+            raise BadRunIdError(
+                f"{text!r} is not a run id: give the id of a run under {self.runs_dir} ('rnnflow runs' lists them), 'latest' or 'champion'."
+            )
+        return text
+
+    def completed_runs(self) -> list[str]:
+        """Ids of the completed runs, oldest first; unreadable manifests are skipped, not fatal."""
+        return [run["run_id"] for run in self.list_runs() if run.get("status") == "completed"]
+
     def resolve_run(self, run_id: str) -> Path:
-        """A run folder by id, 'latest' for the newest completed run, or 'champion' for the promoted one;
-        one clear sentence when missing."""
+        """A run folder by id, 'latest' for the newest completed run, or 'champion' for the promoted one.
+
+        Nothing else: a path ('../other/runs/ID', '/abs/ID') or a link out of runs/ is refused, so a
+        command never reads or rewrites a run outside this root. Its manifest is validated; one
+        clear sentence (a RunError) for anything wrong.
+        """
         if run_id == "champion":
             pointer = self.root / CHAMPION_FILE
             try:
-                run_id = read_json(pointer)["run_id"]
+                data = read_json(pointer)
             except FileNotFoundError:
-                raise FileNotFoundError(f"No champion under {self.root}: the first completed run becomes champion, or use 'rnnflow promote RUN_ID'.") from None
-            except (ValueError, KeyError, TypeError):
-                raise FileNotFoundError(f"{pointer} is not a valid champion pointer: promote a run again with 'rnnflow promote RUN_ID'.") from None
-        if run_id == "latest":
-            done = [r for r in self.list_runs() if r.get("status") == "completed"]
+                raise RunNotFoundError(f"No champion under {self.root}: the first completed run becomes champion, or use 'rnnflow promote RUN_ID'.") from None
+            except (OSError, ValueError):
+                data = None
+            if not isinstance(data, dict) or not isinstance(data.get("run_id"), str):
+                raise RunError(f"{pointer} is not a valid champion pointer: promote a run again with 'rnnflow promote RUN_ID --force'.")
+            run_id = data["run_id"]
+            try:
+                self.check_run_id(run_id)
+            except BadRunIdError:
+                raise RunError(f"{pointer} names {run_id!r}, which is not a run under {self.runs_dir}: promote one with 'rnnflow promote RUN_ID --force'.") from None
+            if not (self.run_dir(run_id) / MANIFEST_FILE).is_file():
+                raise RunNotFoundError(
+                    f"The champion {run_id} named by {pointer} is gone from {self.runs_dir}: promote another run with 'rnnflow promote RUN_ID --force'."
+                )
+        elif run_id == "latest":
+            done = self.completed_runs()
             if not done:
-                raise FileNotFoundError(f"No completed run under {self.runs_dir}: run 'rnnflow run' first.")
-            run_id = done[-1]["run_id"]
+                raise RunNotFoundError(f"No completed run under {self.runs_dir}: run 'rnnflow run' first.")
+            run_id = done[-1]
+        self.check_run_id(run_id)
         folder = self.run_dir(run_id)
-        if not (folder / "manifest.json").is_file():
-            raise FileNotFoundError(f"No run {run_id!r} under {self.runs_dir}: 'rnnflow runs' lists the run ids.")
+        if not (folder / MANIFEST_FILE).is_file():
+            raise RunNotFoundError(f"No run {run_id!r} under {self.runs_dir}: 'rnnflow runs' lists the run ids.")
+        if folder.resolve().parent != self.runs_dir.resolve():
+            raise BadRunIdError(f"Run {run_id} is a link to {folder.resolve()}, outside {self.runs_dir}: give a run that lives under this root.")
+        load_manifest(folder)  # one sentence now, rather than an AttributeError in whoever reads it next
         return folder
 
     def start_run(
@@ -308,7 +639,9 @@ class ArtifactStore:
                 raise FileExistsError(f"Run {run_id} already completed: start a new run instead of reusing its id.")
             record.manifest["status"] = "running"
             record.manifest["attempts"] = record.manifest.get("attempts", 1) + 1
+            record.manifest["process"] = process_stamp()  # the process that resumed it now owns it
             record.manifest.pop("error", None)
+            record.manifest.pop("killed", None)
             record.save()
             return record
         folder.mkdir(parents=True, exist_ok=False)
@@ -321,6 +654,8 @@ class ArtifactStore:
             "finished_at": None,
             "derived_from": derived_from,
             "prefect_flow_run_id": flow_run_id,
+            # Which process runs it: a run whose process is gone (kill -9) shows as failed, not running forever.
+            "process": process_stamp(),
             "config": config,
             "inputs": {},
             "steps": {},
@@ -340,7 +675,8 @@ class RunRecord:
     @classmethod
     def load(cls, folder: Path) -> "RunRecord":
         record = cls(folder)
-        record.manifest = read_json(Path(folder) / "manifest.json")
+        load_manifest(folder)  # validated; the raw dict is kept so saving never drops or reshapes a key
+        record.manifest = read_json(Path(folder) / MANIFEST_FILE)
         return record
 
     @property

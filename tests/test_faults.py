@@ -77,12 +77,12 @@ def test_a_run_killed_during_train_leaves_the_cache_whole(prefect_api, tmp_path:
     assert statuses["ingest"] == statuses["validate"] == statuses["encode"] == "cached"
     assert statuses["train"] == "completed"
 
-    # The run list shows both: the killed one still marked running, with no test figure.
+    # The run list shows both: the killed one as failed (its process is gone), with no test figure.
     from flows.cli import main
 
     assert main(["runs", "--artifacts", str(root)]) == 0
     lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
-    assert lines[killed.name][1] == "running" and lines[killed.name][-1] == "-"
+    assert lines[killed.name][1:3] == ["failed", "(killed)"] and lines[killed.name][-1] == "-"
     assert lines[folder.name][1] == "completed"
 
 
