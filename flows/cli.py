@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -13,7 +14,7 @@ from typing import Sequence
 
 import flows  # noqa: F401  (telemetry defaults before Prefect loads)
 from tasks.config import ConfigError, RunConfig, load_config, preset_description, preset_names
-from tasks.store import STEPS, ArtifactStore, new_run_id, read_json
+from tasks.store import STEPS, ArtifactsRootError, ArtifactStore, RunError, new_run_id, read_json, verify_run_files
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -106,8 +107,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _store(args: argparse.Namespace) -> ArtifactStore:
-    return ArtifactStore(args.artifacts)
+def _store(args: argparse.Namespace, writing: bool = False) -> ArtifactStore:
+    """The --artifacts root, checked first: a file is refused for every command, an unwritable folder for writers."""
+    store = ArtifactStore(args.artifacts)
+    try:
+        store.check_writable() if writing else store.check_folder()
+    except ArtifactsRootError as error:
+        raise UsageError(str(error)) from None
+    return store
+
+
+def _resolve(store: ArtifactStore, run: str) -> Path:
+    """A run argument (an id under this root, 'latest' or 'champion') as its folder; exit 2 with one sentence otherwise."""
+    try:
+        return store.resolve_run(run)
+    except (RunError, FileNotFoundError) as error:
+        raise UsageError(str(error)) from None
 
 
 def _load(args: argparse.Namespace) -> RunConfig:
@@ -122,17 +137,43 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--refresh {unknown[0]!r} is not a step: use one of {', '.join(STEPS)}, or --refresh alone for all.")
     if args.derived_from and not args.start_from:
         raise UsageError("--run needs --from STEP: say from which step to recompute, e.g. --from train --run RUN_ID.")
-    store = _store(args)
-    derived_from = store.resolve_run(args.derived_from).name if args.derived_from else None
+    store = _store(args, writing=True)
+    derived_from = _resolve(store, args.derived_from).name if args.derived_from else None
+    from flows.pipeline import quiet_expected_tracebacks
+    from flows.prefect_server import start_temporary_server
+
+    quiet_expected_tracebacks()  # rnnflow's own sentence is printed last; the tracebacks go to the run's run.log
+    # With no Prefect API configured, start the temporary server here rather than let Prefect do it
+    # mid-flow: this way it dies with this process even on kill -9, and a slow start is one sentence.
+    start_temporary_server()
     return _execute(store, config, refresh=refresh, data_dir=args.data_dir, start_from=args.start_from, derived_from=derived_from)
 
 
 def cmd_step(args: argparse.Namespace) -> int:
-    store = _store(args)
-    source = store.resolve_run(args.derived_from)
-    recorded = read_json(source / "manifest.json")
+    store = _store(args, writing=True)
+    source = _resolve(store, args.derived_from)
+    recorded = read_json(source / "manifest.json")  # validated by _resolve
     config = load_config(base=recorded["config"], overrides=args.overrides)
+    try:  # a damaged input fails here, before a new run folder exists, not as "mmap length is greater than file size"
+        verify_run_files(source, _step_input_files(recorded, args.step, config))
+    except RunError as error:
+        raise UsageError(str(error)) from None
     return _execute(store, config, only_step=args.step, derived_from=source.name)
+
+
+def _step_input_files(manifest: dict, step: str, config: RunConfig) -> list[str]:
+    """The recorded files of the steps that STEP reads ("encode/X_train.npy", ...), as the flow wires them."""
+    from types import SimpleNamespace
+
+    from flows.pipeline import inputs_for
+
+    class _Names(dict):  # inputs_for picks upstream outputs by step name: record which it picks
+        def __missing__(self, key: str) -> str:
+            return key
+
+    reads = inputs_for(step, config, _Names(), {}, SimpleNamespace(folder=""))["upstream"]
+    steps = manifest.get("steps") or {}
+    return [f"{steps[name].get('dir') or name}/{file}" for name in reads if name in steps for file in (steps[name].get("outputs") or {})]
 
 
 def _execute(store: ArtifactStore, config: RunConfig, **options) -> int:
@@ -177,6 +218,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from tasks.sweep import SWEEP_JSON, format_sweep_table, parse_grid, point_configs
 
     config = _load(args)
+    _store(args, writing=True)  # before any cluster starts
     grid = parse_grid(args.grid)
     point_configs(config, grid)  # a bad key or value stops here, exit 2, before any cluster starts
     if args.dask_address and args.runner == "thread":
@@ -229,7 +271,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     schedule = {"cron": args.cron} if args.cron else {"interval": args.interval}
     rnnflow_pipeline.serve(
         name=args.name,
-        parameters={"config": config.as_dict(), "artifacts_root": str(_store(args).root)},
+        parameters={"config": config.as_dict(), "artifacts_root": str(_store(args, writing=True).root)},
         tags=[f"preset:{config.preset}", f"cell:{config.model.cell}"],
         description="rnnflow: train and report a recurrent text classifier on a schedule.",
         **schedule,
@@ -238,17 +280,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    runs = _store(args).list_runs()
+    store = _store(args)
+    runs = store.list_runs()
     if not runs:
-        print(f"no runs under {_store(args).runs_dir}")
+        print(f"no runs under {store.runs_dir}")
         return EXIT_OK
-    print(f"{'run id':<28} {'status':<10} {'preset':<18} {'cell':<11} {'test acc':>8}")
+    width = max(10, *(len(run.get("shown_status") or run["status"]) for run in runs))
+    print(f"{'run id':<28} {'status':<{width}} {'preset':<18} {'cell':<11} {'test acc':>8}")
     for manifest in runs:
-        accuracy = (manifest.get("steps", {}).get("evaluate", {}).get("summary") or {}).get("accuracy")
-        config = manifest.get("config") or {}
+        if manifest["status"] == "unreadable":  # listed, with its path and problem, rather than hiding the others
+            print(f"{manifest['run_id']:<28} {'unreadable':<{width}} {manifest['problem']}")
+            continue
+        accuracy = ((manifest["steps"].get("evaluate") or {}).get("summary") or {}).get("accuracy")
+        config = manifest["config"]
+        shown = "-" if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)) else format(accuracy, ".4f")
         print(
-            f"{manifest.get('run_id', '?'):<28} {manifest.get('status', '?'):<10} {config.get('preset', '?'):<18} "
-            f"{(config.get('model') or {}).get('cell', '?'):<11} {'-' if accuracy is None else format(accuracy, '.4f'):>8}"
+            f"{manifest['run_id']:<28} {manifest['shown_status']:<{width}} {str(config.get('preset') or '?'):<18} "
+            f"{str(config['model'].get('cell') or '?'):<11} {shown:>8}"
         )
     return EXIT_OK
 
@@ -273,17 +321,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError("Give the texts to label or --input FILE (one of the two): e.g. rnnflow predict \"a moving film\".")
     try:
         output = check_output_path(Path(args.output)) if args.output else None
-        folder = _store(args).resolve_run(args.run)
+        folder = _resolve(_store(args), args.run)
         texts = read_texts(Path(args.input), args.text_column) if args.input else list(args.texts)
         predictor = load_predictor(folder)
-    except (PredictionInputError, FileNotFoundError) as error:
+    except (PredictionInputError, RunError, FileNotFoundError) as error:
         raise UsageError(str(error)) from None
     predictions = predict_texts(predictor, texts)
     if output is None:
         print(f"run {folder.name}")
         print(format_predictions(predictions))
         return EXIT_OK
-    write_predictions(predictions, output)
+    try:
+        write_predictions(predictions, output)
+    except OSError as error:  # checked before predicting, but the folder can change meanwhile
+        raise UsageError(f"Could not write {output} ({error.strerror or error}): choose another path for --output.") from None
     tally = predictions["label"].value_counts()  # in the run's class order, not the names' alphabetical one
     counts = ", ".join(f"{label} {int(tally[label])}" for label in predictor.labels if label in tally)
     print(f"{len(predictions)} predictions from run {folder.name} ({counts})")
@@ -296,12 +347,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     if args.length < 0:
         raise UsageError(f"--length must be 0 or more characters, not {args.length}.")
-    if args.temperature < 0:
+    if not math.isfinite(args.temperature) or args.temperature < 0:  # argparse's float() takes "nan" and "inf"
         raise UsageError(f"--temperature must be 0 (always the likeliest character) or more, not {args.temperature:g}.")
     try:
-        generator = load_generator(_store(args).resolve_run(args.run))
+        generator = load_generator(_resolve(_store(args), args.run))
         text = generate(generator, args.prompt, length=args.length, temperature=args.temperature)
-    except (GenerationError, FileNotFoundError) as error:
+    except (GenerationError, RunError, FileNotFoundError) as error:
         raise UsageError(str(error)) from None
     print(text)
     return EXIT_OK
@@ -319,7 +370,11 @@ def cmd_champion(args: argparse.Namespace) -> int:
     if pointer is None:
         print(f"no champion under {store.root}: the first completed run becomes champion, or use 'rnnflow promote RUN_ID'")
         return EXIT_FAILED
-    folder = store.run_dir(pointer["run_id"])
+    try:  # never name a folder that is not there (or not under this root)
+        folder = store.resolve_run("champion")
+    except (RunError, FileNotFoundError) as error:
+        print(f"rnnflow: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
     print(f"champion     {pointer['run_id']}")
     print(f"promoted at  {pointer.get('promoted_at')} by {pointer.get('decided_by')}")
     print(f"reason       {pointer.get('reason')}")
@@ -337,13 +392,12 @@ def cmd_champion(args: argparse.Namespace) -> int:
 def cmd_promote(args: argparse.Namespace) -> int:
     from tasks.promote import PromotionError, outcome_line, promote_by_hand
 
-    store = _store(args)
-    try:
-        store.resolve_run(args.run)
-    except FileNotFoundError as error:
-        raise UsageError(str(error)) from None
+    store = _store(args, writing=True)  # champion.json and champion.lock are written
+    _resolve(store, args.run)
     try:
         decision = promote_by_hand(store, args.run, force=args.force, reason=args.reason)
+    except RunError as error:  # the run to promote is damaged: the same exit as for predict
+        raise UsageError(str(error)) from None
     except PromotionError as error:
         print(f"rnnflow: error: {error}", file=sys.stderr)
         return EXIT_FAILED
@@ -393,6 +447,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `rnnflow runs | head`: the reader left; stop quietly, as Python's docs advise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # what a shell reports for SIGPIPE
+    except Exception as error:  # last, so the clauses above keep their exceptions
+        server = sys.modules.get("flows.prefect_server")  # loaded by the commands that start Prefect's server
+        if server is None or not isinstance(error, server.PrefectServerError):
+            raise
+        print(f"rnnflow: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

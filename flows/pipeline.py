@@ -1,11 +1,13 @@
 """The rnnflow pipeline: ingest -> validate -> encode -> train -> evaluate -> report -> promote. Wiring only."""
 
 
+import contextlib
 import ctypes
 import gc
+import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from prefect import flow, get_run_logger
 from prefect.cache_policies import NO_CACHE
@@ -13,13 +15,13 @@ from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
 from tasks.caching import bind_to_store
-from tasks.config import RunConfig, load_config
-from tasks.encode import encode_task
+from tasks.config import ConfigError, RunConfig, load_config
+from tasks.encode import NotEnoughSpaceError, encode_task
 from tasks.evaluate import evaluate_task
-from tasks.ingest import ingest_task, locate_source_task, retry_unless_bad_input
-from tasks.promote import manifest_promotion, outcome_line, promote_task
+from tasks.ingest import IngestError, ingest_task, input_path, locate_source_task, retry_unless_bad_input
+from tasks.promote import PromotionError, manifest_promotion, outcome_line, promote_task
 from tasks.report import publish_report_artifacts, report_task
-from tasks.store import STEPS, ArtifactStore, RunRecord, StepOutput
+from tasks.store import STEPS, ArtifactsRootError, ArtifactStore, RunError, RunRecord, StepOutput
 from tasks.train import train_task
 from tasks.validate import DataValidationError, validate_task
 
@@ -39,6 +41,57 @@ class StepFailed(RuntimeError):
         super().__init__(f"step {step} failed: {reason}")
         self.step = step
         self.reason = reason
+
+
+# rnnflow's own errors carry one sentence that already names the problem and the fix: the CLI
+# prints it, so Prefect's engine tracebacks for them are noise on the console (they go to run.log).
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
+    IngestError, DataValidationError, ConfigError, PromotionError, NotEnoughSpaceError, RunError, ArtifactsRootError,
+)
+RUN_LOG = "run.log"  # in the run folder: every Prefect log line of the run, tracebacks included
+# Tracebacks for run.log alone: Prefect logs a failed step's with no traceback, and the flow's after run.log closes.
+TRACEBACKS = logging.getLogger("rnnflow.tracebacks")
+TRACEBACKS.propagate = False
+TRACEBACKS.setLevel(logging.DEBUG)
+
+
+class QuietExpectedErrors(logging.Filter):
+    """For console handlers: drop the traceback of a record whose exception is one of rnnflow's expected
+    errors (the one-line message stays); at DEBUG the traceback shows as before."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, (*EXPECTED_ERRORS, StepFailed)) and logging.getLogger("prefect").getEffectiveLevel() > logging.DEBUG:
+            # Handlers on the run loggers (the API, run.log) saw the record first, whole; the console comes last.
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_expected_tracebacks() -> None:
+    """Install QuietExpectedErrors on the console handlers Prefect's logging config made (on the root logger)."""
+    for logger in (logging.getLogger(), logging.getLogger("prefect")):
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                if not any(isinstance(f, QuietExpectedErrors) for f in handler.filters):
+                    handler.addFilter(QuietExpectedErrors())
+
+
+@contextlib.contextmanager
+def run_log(folder: Path, flow_run_id: str) -> Iterator[None]:
+    """Write this flow run's log records, tracebacks included, to <run folder>/run.log while the flow runs."""
+    handler = logging.FileHandler(folder / RUN_LOG, encoding="utf-8", delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s"))
+    # Sweeps run several flows in threads of one process: keep only this run's records.
+    handler.addFilter(lambda record: getattr(record, "flow_run_id", flow_run_id) == flow_run_id)
+    loggers = [logging.getLogger(name) for name in ("prefect.flow_runs", "prefect.task_runs")] + [TRACEBACKS]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+        handler.close()
 
 
 def _one_line(error: BaseException | Any) -> str:
@@ -81,6 +134,8 @@ def run_step(run: RunRecord, store: ArtifactStore, config: RunConfig, step: str,
     seconds = time.perf_counter() - started
     if not state.is_completed():
         error = state.result(raise_on_failure=False)
+        if isinstance(error, BaseException):
+            TRACEBACKS.error("step %s failed", step, exc_info=error, extra={"flow_run_id": str(flow_run.id or "")})
         if isinstance(error, DataValidationError) and error.output_dir:
             run.link_outputs(step, Path(error.output_dir))  # the failed checks and Data Docs, for reading
         run.record_failure(step, _one_line(error), seconds)
@@ -139,6 +194,12 @@ def rnnflow_pipeline(
     reuse, execute = plan_steps(start_from, only_step, derived_from)
     wanted = set(refresh or []) | ({only_step} if only_step else set()) | (set(STEPS[STEPS.index(start_from):]) if start_from else set())
     run = store.start_run(config.as_dict(), run_id=run_id, derived_from=derived_from, flow_run_id=str(flow_run.id or ""))
+    with run_log(run.folder, str(flow_run.id or "")):
+        return _run_pipeline(logger, run, store, config, reuse, execute, wanted, derived_from, data_dir)
+
+
+def _run_pipeline(logger: Any, run: RunRecord, store: ArtifactStore, config: RunConfig, reuse: list[str], execute: list[str],
+                  wanted: set[str], derived_from: str | None, data_dir: str) -> str:
     logger.info("run folder: %s", run.folder)
     outputs: dict[str, StepOutput] = {}
     try:
@@ -154,6 +215,7 @@ def rnnflow_pipeline(
         for step in execute:
             outputs[step] = run_step(run, store, config, step, wanted, **inputs_for(step, config, outputs, run.manifest["inputs"], run))
     except BaseException as error:
+        TRACEBACKS.error("run failed", exc_info=True, extra={"flow_run_id": str(flow_run.id or "")})
         run.finish("failed", error=_one_line(error))
         raise
     run.finish("completed")
@@ -167,9 +229,18 @@ def rnnflow_pipeline(
 
 def locate_input(run: RunRecord, config: RunConfig, data_dir: str) -> dict[str, Any]:
     """Find (or download once) the input, with retries; its fingerprint goes into the manifest."""
+    # A download makes its folder first; one that fails (no network) would leave it empty in the working folder.
+    folders = {Path(data_dir), Path(input_path(config.data)).expanduser().parent}
+    missing = [folder for folder in folders if not folder.exists()]
     state = with_retries(locate_source_task, config)(config.data.model_dump(mode="json"), data_dir, return_state=True)
+    for folder in missing:
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only if still empty: nothing was downloaded into it
     if not state.is_completed():
-        reason = _one_line(state.result(raise_on_failure=False))
+        error = state.result(raise_on_failure=False)
+        if isinstance(error, BaseException):
+            TRACEBACKS.error("locating the input failed", exc_info=error, extra={"flow_run_id": str(flow_run.id or "")})
+        reason = _one_line(error)
         run.record_failure("ingest", reason, 0.0)
         raise StepFailed("ingest", reason)
     return state.result()

@@ -10,6 +10,9 @@ vocabulary (encode.json's oov_share).
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -34,6 +37,68 @@ INDEX_FROM = 3
 TOKENS_SCHEMA = pa.schema(
     [("id", pa.int64()), ("label", pa.int64()), ("length", pa.int32()), ("token_ids", pa.list_(pa.int32()))]
 )
+
+
+class NotEnoughSpaceError(OSError):
+    """The output folder's disk cannot hold encode's arrays: one sentence naming the folder, the bytes needed and free."""
+
+    def __init__(self, message: str):
+        super().__init__(message)  # one argument, so str() is the sentence alone, without "[Errno 28]"
+        self.errno = errno.ENOSPC
+
+
+# A .npy header is a few hundred bytes at most; a page covers it and the file system's rounding.
+NPY_HEADER_BYTES = 4096
+# tokens_<split>.parquet per row: id, label, length and a list offset (8 + 8 + 4 + 4 bytes), before compression.
+TOKEN_ROW_BYTES = 24
+
+
+def _space_sentence(folder: Path, needed: int | None, free: int) -> str:
+    # The step writes into a hidden scratch folder that is removed on failure: name its visible parent.
+    shown = folder.parent if folder.name.startswith(".") else folder
+    need = f"{needed:,} bytes needed" if needed is not None else "the disk filled while writing"
+    return (f"Not enough free space in {shown} for encode's arrays: {need}, {free:,} free; "
+            "free some space or point --artifacts at a larger disk.")
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0
+
+
+def split_bytes(rows: int, max_len: int, mean_length: float) -> int:
+    """What one split's files take at most: X (rows x max_len int32), y (rows int32), each with its header,
+    and tokens_<split>.parquet uncompressed (every unpadded id, int32, plus its row's other columns)."""
+    return rows * max_len * 4 + rows * 4 + 2 * NPY_HEADER_BYTES + int(rows * (mean_length * 4 + TOKEN_ROW_BYTES))
+
+
+def check_free_space(folder: Path, needed: int) -> None:
+    """Refuse before writing: a memory-mapped .npy on a full disk does not raise, the process dies of SIGBUS."""
+    free = _free_bytes(folder)
+    if free < needed:
+        raise NotEnoughSpaceError(_space_sentence(folder, needed, free))
+
+
+def _reserve(path: Path, size: int, folder: Path) -> None:
+    """Allocate a preallocated .npy's blocks now, so a disk that fills meanwhile (another run writing beside
+    this one) fails here with ENOSPC instead of SIGBUS at a later page write."""
+    try:
+        with open(path, "r+b") as handle:
+            os.posix_fallocate(handle.fileno(), 0, size)
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise NotEnoughSpaceError(_space_sentence(folder, size, _free_bytes(folder))) from None
+        if error.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # a file system without fallocate: the check above stands
+            raise
+    except AttributeError:  # no posix_fallocate (macOS): the check above stands
+        pass
+
+
+def _raise_if_disk_full(error: OSError, folder: Path) -> None:
+    if error.errno == errno.ENOSPC and not isinstance(error, NotEnoughSpaceError):
+        raise NotEnoughSpaceError(_space_sentence(folder, None, _free_bytes(folder))) from None
 
 
 class Vocabulary:
@@ -250,7 +315,9 @@ def encode_batch(vocab: Vocabulary, texts: list[str], padded: np.ndarray) -> tup
     return values, lengths
 
 
-def _encode_split(vocab: Vocabulary, source: Path, out_dir: Path, split: str, batch_rows: int) -> tuple[int, int, float]:
+def _encode_split(
+    vocab: Vocabulary, source: Path, out_dir: Path, split: str, batch_rows: int, mean_length: float = 0.0
+) -> tuple[int, int, float]:
     """Stream one split into X_<split>.npy, y_<split>.npy and tokens_<split>.parquet;
     (rows, rows longer than max_len, share of its tokens outside the vocabulary; nan without tokens).
 
@@ -260,6 +327,7 @@ def _encode_split(vocab: Vocabulary, source: Path, out_dir: Path, split: str, ba
     n, max_len = parquet_rows(source), vocab.max_len
     changed = f"{source} holds other rows than its footer says ({n}): the file changed while encode read it; run encode again."
     truncated = unknown = tokens = 0
+    check_free_space(out_dir, split_bytes(n, max_len, mean_length))
     with contextlib.ExitStack() as files:
         x_tmp = files.enter_context(atomic_path(out_dir / f"X_{split}.npy"))
         y_tmp = files.enter_context(atomic_path(out_dir / f"y_{split}.npy"))
@@ -267,7 +335,9 @@ def _encode_split(vocab: Vocabulary, source: Path, out_dir: Path, split: str, ba
         x = np.lib.format.open_memmap(x_tmp, mode="w+", dtype=np.int32, shape=(n, max_len))
         x_offset = x.offset  # where row 0 starts, after the .npy header
         del x
+        _reserve(x_tmp, x_offset + n * max_len * 4, out_dir)
         y = np.lib.format.open_memmap(y_tmp, mode="w+", dtype=np.int32, shape=(n,))
+        _reserve(y_tmp, y.offset + n * 4, out_dir)
         start = 0
         with pq.ParquetWriter(tokens_tmp, TOKENS_SCHEMA, compression="zstd") as writer:
             for frame in iter_parquet(source, columns=["text", "label", "id"], batch_rows=batch_rows):
@@ -320,12 +390,27 @@ def encode_reviews(cfg: EncodeConfig, ingest_dir: Path, out_dir: Path, *, batch_
         tokens, lowercase=cfg.lowercase, max_len=max_len, padding=cfg.padding, truncating=cfg.truncating, tokenizer=tokenizer,
         strip_html=ingest_info.get("strip_html", True), subword=subword,
     )
+    try:
+        return _write_encoding(vocab, cfg, ingest_dir, out_dir, ingest_info, train_lengths, auto_choice, batch_rows)
+    except OSError as error:  # a disk that fills under a plain write (vocab.json, Parquet) says so in one sentence too
+        _raise_if_disk_full(error, out_dir)
+        raise
+
+
+def _write_encoding(
+    vocab: Vocabulary, cfg: EncodeConfig, ingest_dir: Path, out_dir: Path, ingest_info: dict[str, Any], train_lengths: np.ndarray,
+    auto_choice: dict[str, Any], batch_rows: int,
+) -> dict[str, Any]:
+    tokenizer, max_len = vocab.tokenizer, vocab.max_len
+    mean_length = float(train_lengths.mean()) if len(train_lengths) else 0.0
+    # Every split at once first, so a disk too small fails before the long train split is written.
+    check_free_space(out_dir, sum(split_bytes(parquet_rows(ingest_dir / f"{split}.parquet"), max_len, mean_length) for split in SPLITS))
     vocab.save(out_dir / "vocab.json")
     write_json(out_dir / "labels.json", ingest_info["labels"])
 
     truncated, counts, oov = {}, {}, {}
     for split in SPLITS:
-        rows, too_long, unknown_share = _encode_split(vocab, ingest_dir / f"{split}.parquet", out_dir, split, batch_rows)
+        rows, too_long, unknown_share = _encode_split(vocab, ingest_dir / f"{split}.parquet", out_dir, split, batch_rows, mean_length)
         # As numpy's mean of a boolean array: nan for an empty split.
         truncated[split] = round(float(too_long / rows), 4) if rows else float("nan")
         counts[split] = rows

@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-import tasks.text
 from flows.cli import main
 from tasks.config import DataConfig, EncodeConfig, ModelConfig, TrainConfig
 from tasks.encode import PAD, Vocabulary, encode_reviews

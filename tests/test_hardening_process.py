@@ -1,0 +1,187 @@
+"""Issue 18, a hostile user's machine: a full disk, a killed parent, a busy CPU, noisy tracebacks, stray files."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+
+from tasks.config import DataConfig, EncodeConfig
+from tasks.encode import NotEnoughSpaceError, encode_reviews
+from tasks.ingest import ingest_reviews, locate_source
+
+REPO = Path(__file__).resolve().parent.parent
+RNNFLOW = [sys.executable, "-m", "flows.cli"]
+Usage = namedtuple("Usage", "total used free")
+
+
+@pytest.fixture
+def ingested(tmp_path: Path) -> Path:
+    cfg = DataConfig(source="synthetic", synthetic_reviews=120)
+    out = tmp_path / "ingest"
+    out.mkdir()
+    ingest_reviews(cfg, locate_source(cfg), out)
+    return out
+
+
+def _leftovers(folder: Path) -> list[str]:
+    """Half-written files: atomic_path's hidden .tmp siblings, or arrays that appeared at all."""
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp") or p.suffix == ".npy")
+
+
+# --------------------------------------------------------------------------- 1. a full disk
+
+
+def test_encode_refuses_a_disk_too_small_with_one_sentence_and_leaves_nothing_half_written(tmp_path, ingested, monkeypatch):
+    out = tmp_path / "encode"
+    out.mkdir()
+    monkeypatch.setattr("tasks.encode.shutil.disk_usage", lambda path: Usage(10**9, 10**9 - 12_345, 12_345))
+    with pytest.raises(NotEnoughSpaceError) as caught:
+        encode_reviews(EncodeConfig(num_words=50, max_len=40), ingested, out)
+    message = str(caught.value)
+    assert message.startswith(f"Not enough free space in {out} for encode's arrays: ")
+    assert "bytes needed, 12,345 free; free some space or point --artifacts at a larger disk." in message
+    needed = int(message.split(": ", 1)[1].split(" bytes")[0].replace(",", ""))
+    assert needed > 120 * 40 * 4, "at least the X arrays of every split"
+    assert len(message.splitlines()) == 1 and "Errno" not in message
+    assert _leftovers(out) == []
+
+
+def test_a_disk_that_fills_while_encode_writes_is_the_same_sentence(tmp_path, ingested, monkeypatch):
+    out = tmp_path / "encode"
+    out.mkdir()
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("tasks.encode.os.posix_fallocate", full)
+    with pytest.raises(NotEnoughSpaceError, match=r"^Not enough free space in .* for encode's arrays: [\d,]+ bytes needed, [\d,]+ free; free some space"):
+        encode_reviews(EncodeConfig(num_words=50, max_len=40), ingested, out)
+    assert _leftovers(out) == []
+
+
+def test_a_plain_write_failing_with_enospc_is_the_same_sentence(tmp_path, ingested, monkeypatch):
+    out = tmp_path / "encode"
+    out.mkdir()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("tasks.encode.pq.ParquetWriter", full)
+    with pytest.raises(NotEnoughSpaceError, match=r"^Not enough free space in .*: the disk filled while writing, [\d,]+ free; free some space"):
+        encode_reviews(EncodeConfig(num_words=50, max_len=40), ingested, out)
+    assert _leftovers(out) == []
+
+
+# --------------------------------------------------------------------------- 2-5. real `rnnflow run` processes, no Prefect API set
+
+
+@pytest.fixture(scope="module")
+def shared_root(tmp_path_factory) -> Path:
+    """One artifacts root for the CLI runs here: the first migrates the empty Prefect database the others copy."""
+    return tmp_path_factory.mktemp("artifacts")
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), TMPDIR=str(tmp_path / "tmp"), PYTHONUNBUFFERED="1",
+               PYTHONPATH=str(REPO), **extra)
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    return env
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")  # a zombie has exited; only its parent's wait is missing
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    found, parents = {}, {pid}
+    for _ in range(3):
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                child = int(stat.parent.name)
+                if int(fields[1]) in parents and child not in found:
+                    found[child] = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except (OSError, IndexError, ValueError):
+                continue
+        parents |= set(found)
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
+def test_the_temporary_prefect_server_dies_with_a_killed_run(tmp_path, shared_root):
+    args = ["run", "--preset", "demo", "--set", "data.max_reviews=200", "--set", "train.epochs=1", "--artifacts", str(shared_root)]
+    victim = subprocess.Popen([*RNNFLOW, *args], cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, servers = time.monotonic() + 240, []
+        while not servers and time.monotonic() < deadline and victim.poll() is None:
+            servers = [pid for pid, command in _descendants(victim.pid).items() if "uvicorn" in command]
+            time.sleep(0.2)
+        assert servers, "the run started Prefect's temporary server"
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+    deadline = time.monotonic() + 15
+    while any(_alive(pid) for pid in servers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in servers), "the server went with its parent"
+
+
+def test_a_temporary_server_too_slow_to_start_is_one_sentence_and_exit_1(tmp_path, shared_root):
+    env = _env(tmp_path, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="1")
+    done = subprocess.run([*RNNFLOW, "run", "--preset", "demo", "--artifacts", str(shared_root)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert (
+        "rnnflow: error: Prefect's temporary server did not start within 1 s (the machine is busy): start one with "
+        "`prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api, or raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS."
+    ) in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_the_startup_timeout_applies_from_any_working_folder(tmp_path):
+    code = "import flows.cli; from prefect.settings import get_current_settings as s; print(s().server.ephemeral.startup_timeout_seconds)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "120", done.stderr[-2000:]
+
+
+def test_bad_input_prints_its_sentence_without_tracebacks_and_keeps_them_in_run_log(tmp_path, shared_root):
+    table = tmp_path / "reviews.csv"
+    table.write_text('text,rating\n"a good film",1\n"a bad film",0\n')
+    args = ["run", "--preset", "demo", "--set", "data.source=table", "--set", f"data.path={table}", "--artifacts", str(shared_root)]
+    env = _env(tmp_path)
+    done = subprocess.run([*RNNFLOW, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"rnnflow: step ingest failed: {table} has no column 'label' for data.label_column" in done.stderr
+    assert "Traceback (most recent call last)" not in done.stderr + done.stdout
+    folder = Path(done.stdout.strip().splitlines()[-1])
+    assert "Traceback (most recent call last)" in (folder / "run.log").read_text(), "the full traceback is kept in the run folder"
+    # 5. Prefect's temporary server kept no database in PREFECT_HOME, nor its per-run copy in the temp folder.
+    assert not (tmp_path / "prefect-home" / "prefect.db").exists()
+    assert not list((tmp_path / "tmp").glob("rnnflow-prefect-*"))
+    from flows.prefect_server import empty_database_path
+    import prefect
+
+    assert empty_database_path(prefect.__version__).is_file(), "the empty database the next runs copy"
+
+
+def test_a_failed_download_leaves_no_empty_data_folder(tmp_path, shared_root):
+    url = "http://127.0.0.1:9/aclImdb_v1.tar.gz"  # the discard port: refused at once
+    args = ["run", "--preset", "demo", "--set", "data.source=imdb", "--set", f"data.path={url}", "--set", "data.retries=0", "--artifacts", str(shared_root)]
+    done = subprocess.run([*RNNFLOW, *args], cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=400)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"rnnflow: step ingest failed: Could not download {url}" in done.stderr
+    assert "Traceback (most recent call last)" not in done.stderr + done.stdout
+    assert not (tmp_path / "data").exists()
