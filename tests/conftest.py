@@ -36,6 +36,19 @@ def make_imdb_archive(path: Path, per_class: int = 30, seed: int = 0) -> Path:
 
 
 @pytest.fixture
+def ingested(tmp_path: Path) -> Path:
+    """An ingest folder of 120 synthetic reviews per split, as the ingest step writes it."""
+    from tasks.config import DataConfig
+    from tasks.ingest import ingest_reviews, locate_source
+
+    cfg = DataConfig(source="synthetic", synthetic_reviews=120)
+    out = tmp_path / "ingest"
+    out.mkdir()
+    ingest_reviews(cfg, locate_source(cfg), out)
+    return out
+
+
+@pytest.fixture
 def imdb_archive(tmp_path: Path) -> Path:
     return make_imdb_archive(tmp_path / "aclImdb_small.tar.gz")
 

@@ -7,20 +7,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.config import DataConfig, EncodeConfig
+from tasks.config import EncodeConfig
 from tasks.encode import OOV, PAD, START, Vocabulary, encode_batch, encode_reviews, load_arrays
-from tasks.ingest import ingest_reviews, locate_source
 from tasks.store import read_json
 from tasks.text import tokenize, tokenize_many
 
-
-@pytest.fixture
-def ingested(tmp_path: Path) -> Path:
-    cfg = DataConfig(source="synthetic", synthetic_reviews=120)
-    out = tmp_path / "ingest"
-    out.mkdir()
-    ingest_reviews(cfg, locate_source(cfg), out)
-    return out
 
 
 def test_encode_writes_memory_mappable_int32_arrays(tmp_path: Path, ingested: Path):

@@ -13,22 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import DataConfig, EncodeConfig
+from tasks.config import EncodeConfig
 from tasks.encode import NotEnoughSpaceError, encode_reviews
-from tasks.ingest import ingest_reviews, locate_source
 
 REPO = Path(__file__).resolve().parent.parent
 RNNFLOW = [sys.executable, "-m", "flows.cli"]
 Usage = namedtuple("Usage", "total used free")
 
-
-@pytest.fixture
-def ingested(tmp_path: Path) -> Path:
-    cfg = DataConfig(source="synthetic", synthetic_reviews=120)
-    out = tmp_path / "ingest"
-    out.mkdir()
-    ingest_reviews(cfg, locate_source(cfg), out)
-    return out
 
 
 def _leftovers(folder: Path) -> list[str]:
