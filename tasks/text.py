@@ -70,13 +70,6 @@ def normalize_many(strings: Any, lowercase: bool = True) -> Any:
     return strings
 
 
-def normalize(text: str, lowercase: bool = True) -> str:
-    """normalize_many for one text."""
-    import pyarrow as pa
-
-    return normalize_many(pa.array([text], pa.string()), lowercase)[0].as_py()
-
-
 def tokenize(text: str, lowercase: bool = True, tokenizer: Tokenizer | str = "word") -> list[str]:
     """The tokens a model sees: words (punctuation dropped) or every character (spaces and punctuation kept)."""
     tokens, _ = tokenize_many([text], lowercase, tokenizer)
