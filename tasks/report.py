@@ -7,9 +7,7 @@ which run and when.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
 import re
@@ -23,6 +21,10 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.context import FlowRunContext, TaskRunContext
 
 from tasks.caching import StepCachePolicy, produce_step
+from tasks.render import (
+    STYLESHEET, Table, as_number, figure_png, format_count, format_mean, format_metric, format_percent, format_value, html_figure,
+    html_table, markdown_escape, markdown_fence, markdown_table, new_figure,
+)
 from tasks.store import StepOutput, atomic_path, read_json, write_json, write_text
 
 REPORT_HTML = "report.html"
@@ -33,14 +35,6 @@ PLOTS_DIR = "plots"
 MARKDOWN_ARTIFACT_KEY = "rnnflow-report"
 TABLE_ARTIFACT_KEY = "rnnflow-metrics"
 LINK_ARTIFACT_KEY = "rnnflow-report-html"
-
-# The upstream files the report reads, by step.
-INPUT_FILES = {
-    "validate": ("validation.json",),
-    "encode": ("encode.json",),
-    "train": ("train.json", "history.json"),
-    "evaluate": ("metrics.json",),
-}
 
 TEST_METRIC_ORDER = ("accuracy", "loss", "precision", "recall", "f1", "roc_auc", "n")
 CELL_NAMES = {"simple_rnn": "SimpleRNN", "lstm": "LSTM", "gru": "GRU"}
@@ -96,52 +90,6 @@ def load_report_inputs(config: dict[str, Any], upstream: dict[str, StepOutput]) 
 # --------------------------------------------------------------------------- formatting
 
 
-def _as_float(value: Any) -> float | None:
-    """A finite float, or None for missing, non-numeric or NaN values (JSON has no NaN)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def format_metric(value: Any) -> str:
-    """How the report shows a metric: four decimals, or 'n/a'."""
-    number = _as_float(value)
-    return "n/a" if number is None else f"{number:.4f}"
-
-
-def format_count(value: Any) -> str:
-    number = _as_float(value)
-    if number is None:
-        return "n/a"
-    return f"{int(number):,}" if number == int(number) else f"{number:,.2f}"
-
-
-def format_percent(value: Any) -> str:
-    number = _as_float(value)
-    return "n/a" if number is None else f"{100 * number:.1f}%"
-
-
-def format_value(value: Any) -> str:
-    """Observed values and bounds of validation checks: numbers, ranges, lists or text."""
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return "n/a" if not math.isfinite(value) else f"{value:.4g}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(format_value(item) for item in value) + "]"
-    if isinstance(value, dict):
-        return ", ".join(f"{key} {format_value(item)}" for key, item in value.items())
-    return str(value)
-
-
 def describe_model(model: dict[str, Any]) -> str:
     """One line for the header: 'Bidirectional LSTM(64), embedding 64'."""
     if not model:
@@ -167,18 +115,6 @@ def _clean_summary(text: str) -> str:
 # --------------------------------------------------------------------------- tables
 
 
-@dataclass
-class Table:
-    """Rows of already formatted text, rendered once as HTML and once as Markdown."""
-
-    headers: list[str]
-    rows: list[list[str]]
-    row_classes: list[str] = field(default_factory=list)  # a CSS class per row, HTML only
-
-    def __bool__(self) -> bool:
-        return bool(self.rows)
-
-
 def key_numbers_table(inputs: ReportInputs) -> Table:
     test, training, encoding, validation = inputs.test, inputs.training, inputs.encoding, inputs.validation
     member_runs = training.get("member_runs") or []
@@ -186,7 +122,7 @@ def key_numbers_table(inputs: ReportInputs) -> Table:
     members = f" over {len(member_runs)} members" if member_runs else ""
     epochs = f"{format_count(training.get('epochs_run'))}{members} (best: {best}"
     epochs += ", stopped early)" if training.get("stopped_early") else ")"
-    seconds, speed = _as_float(training.get("seconds")), _as_float(training.get("samples_per_second"))
+    seconds, speed = as_number(training.get("seconds")), as_number(training.get("samples_per_second"))
     timing = "n/a" if seconds is None else f"{seconds:.1f} s"
     if speed is not None:
         timing += f" ({speed:,.0f} samples/s)"
@@ -239,7 +175,7 @@ def metrics_table_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for name in names:
         value = test[name]
-        rows.append({"metric": name, "value": value if name == "n" else _as_float(value)})
+        rows.append({"metric": name, "value": value if name == "n" else as_number(value)})
     return rows
 
 
@@ -271,7 +207,7 @@ def length_stats_table(validation: dict[str, Any], encoding: dict[str, Any]) -> 
     rows = []
     for split in list(stats) + [split for split in truncated if split not in stats]:
         numbers = stats.get(split) or {}
-        cells = [format_count(numbers.get("min")), _format_mean(numbers.get("mean"))]
+        cells = [format_count(numbers.get("min")), format_mean(numbers.get("mean"))]
         cells += [format_count(numbers.get(column)) for column in ("median", "p90", "p99", "max")]
         rows.append([split] + cells + [format_percent(truncated.get(split))])
     return Table(["Split", "Min", "Mean", "Median", "p90", "p99", "Max", "Truncated at max_len"], rows)
@@ -287,11 +223,6 @@ def text_coverage_table(validation: dict[str, Any], encoding: dict[str, Any]) ->
         shares = kept.get(split) if isinstance(kept.get(split), dict) else {}
         rows.append([split, format_percent(shares.get("median")), format_percent(shares.get("mean")), format_percent(oov.get(split))])
     return Table(["Split", "Median kept share", "Mean kept share", "Out-of-vocabulary share"], rows)
-
-
-def _format_mean(value: Any) -> str:
-    number = _as_float(value)
-    return "n/a" if number is None else f"{number:,.1f}"
 
 
 def _label_order(label_counts: dict[str, dict[str, int]]) -> list[str]:
@@ -313,7 +244,7 @@ def label_balance_table(validation: dict[str, Any]) -> Table:
 
 
 def _series(history: dict[str, Any], name: str) -> list[float | None]:
-    return [_as_float(value) for value in history.get(name) or []]
+    return [as_number(value) for value in history.get(name) or []]
 
 
 def _changes(changes: Any) -> str:
@@ -343,7 +274,7 @@ def history_table(history: dict[str, Any], best_epoch: Any) -> Table:
     for index in range(epochs):
         epoch = index + 1
         values = [_HISTORY_FORMAT.get(name, format_metric)(history[name][index]) if index < len(history[name]) else "n/a" for name in names]
-        is_best = _as_float(best_epoch) == epoch
+        is_best = as_number(best_epoch) == epoch
         rows.append([f"{epoch}{' (best)' if is_best else ''}"] + values)
         classes.append("best" if is_best else "")
     return Table(["Epoch"] + names, rows, classes)
@@ -381,47 +312,24 @@ class Plot:
         return f"{PLOTS_DIR}/{self.name}.png"
 
 
-def _figure(width: float = 7.0, height: float = 3.6) -> Any:
-    """A matplotlib Figure, imported here so that a flow whose report is cached never loads matplotlib.
-
-    Figures are built with the object API (Figure + its Agg canvas), not pyplot: pyplot keeps
-    global state that is not thread-safe, and Prefect runs tasks in a thread pool. A Figure that
-    pyplot never registered is freed like any other object, so there is nothing left to close.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless workers: never try to open a display
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
-
-
-def _png(figure: Any) -> bytes:
-    buffer = io.BytesIO()
-    # No 'Software' stamp: the bytes then depend only on the data (and matplotlib's drawing).
-    figure.savefig(buffer, format="png", metadata={"Software": None})
-    figure.clear()
-    return buffer.getvalue()
-
-
 def plot_length_histogram(encoding: dict[str, Any]) -> bytes | None:
     histogram = encoding.get("length_histogram") or {}
     edges, counts = histogram.get("edges") or [], histogram.get("counts") or []
     if not counts or len(edges) != len(counts) + 1:
         return None
-    figure = _figure()
+    figure = new_figure()
     axes = figure.add_subplot()
     axes.stairs(counts, edges, fill=True, color=TRAIN_COLOUR, alpha=0.75, label="train reviews")
-    max_len = _as_float(encoding.get("max_len"))
+    max_len = as_number(encoding.get("max_len"))
     if max_len is not None:
         share = (encoding.get("truncated_fraction") or {}).get("train")
-        note = f" ({format_percent(share)} of train truncated)" if _as_float(share) is not None else ""
+        note = f" ({format_percent(share)} of train truncated)" if as_number(share) is not None else ""
         axes.axvline(max_len, color=MARK_COLOUR, linestyle="--", linewidth=2, label=f"max_len = {int(max_len):,}{note}")
     axes.set_xlabel("review length (tokens)")
     axes.set_ylabel("reviews")
     axes.set_title("Training review lengths")
     axes.legend(loc="best", framealpha=0.9)
-    return _png(figure)
+    return figure_png(figure)
 
 
 # Past this many classes the label balance plot groups its bars by class (a colour per split), the
@@ -438,7 +346,7 @@ def plot_label_balance(validation: dict[str, Any]) -> bytes | None:
     if len(labels) > MANY_CLASSES:
         return _plot_label_balance_by_class(label_counts, labels)
     splits = list(label_counts)
-    figure = _figure()
+    figure = new_figure()
     axes = figure.add_subplot()
     width = 0.8 / len(labels)
     for position, label in enumerate(labels):
@@ -454,13 +362,13 @@ def plot_label_balance(validation: dict[str, Any]) -> bytes | None:
     axes.set_ylabel("share of reviews")
     axes.set_title("Label balance per split")
     axes.legend(loc="upper right", ncols=min(len(labels), 4))
-    return _png(figure)
+    return figure_png(figure)
 
 
 def _plot_label_balance_by_class(label_counts: dict[str, dict[str, int]], labels: list[str]) -> bytes:
     """Many classes: one group of bars per class, one bar (and colour) per split; the numbers are in the table below."""
     splits = list(label_counts)
-    figure = _figure(max(7.0, min(14.0, 1.5 + 0.55 * len(labels))), 4.2)
+    figure = new_figure(max(7.0, min(14.0, 1.5 + 0.55 * len(labels))), 4.2)
     axes = figure.add_subplot()
     width = 0.8 / len(splits)
     for position, split in enumerate(splits):
@@ -473,7 +381,7 @@ def _plot_label_balance_by_class(label_counts: dict[str, dict[str, int]], labels
     axes.set_title("Label balance per split")
     axes.legend(loc="upper right", ncols=len(splits))
     axes.set_ylim(0, axes.get_ylim()[1] * 1.15)  # room for the legend above the tallest bar
-    return _png(figure)
+    return figure_png(figure)
 
 
 def plot_learning_curves(history: dict[str, Any], best_epoch: Any) -> bytes | None:
@@ -481,8 +389,8 @@ def plot_learning_curves(history: dict[str, Any], best_epoch: Any) -> bytes | No
     panels = [(metric, names) for metric, names in panels if names]
     if not panels:
         return None
-    figure = _figure(9.0, 3.6)
-    best = _as_float(best_epoch)
+    figure = new_figure(9.0, 3.6)
+    best = as_number(best_epoch)
     for index, (metric, names) in enumerate(panels):
         axes = figure.add_subplot(1, len(panels), index + 1)
         for name in names:
@@ -498,7 +406,7 @@ def plot_learning_curves(history: dict[str, Any], best_epoch: Any) -> bytes | No
         axes.set_title(metric.capitalize())
         axes.xaxis.get_major_locator().set_params(integer=True)
         axes.legend()
-    return _png(figure)
+    return figure_png(figure)
 
 
 def plot_confusion_matrix(metrics: dict[str, Any]) -> bytes | None:
@@ -509,7 +417,7 @@ def plot_confusion_matrix(metrics: dict[str, Any]) -> bytes | None:
     labels = _class_labels(metrics, size)
     many = size > MANY_CLASSES
     # Grows with the classes up to about a page's width: 20 classes would otherwise draw 28 inches wide.
-    figure = _figure(min(1.6 + 1.3 * size, 13.0), min(1.0 + 1.2 * size, 12.0))
+    figure = new_figure(min(1.6 + 1.3 * size, 13.0), min(1.0 + 1.2 * size, 12.0))
     axes = figure.add_subplot()
     image = axes.imshow(matrix, cmap="Blues")
     peak = max((max(row) for row in matrix if row), default=0) or 1
@@ -528,7 +436,7 @@ def plot_confusion_matrix(metrics: dict[str, Any]) -> bytes | None:
     axes.set_ylabel("true")
     axes.set_title("Confusion matrix (test)")
     figure.colorbar(image, ax=axes, shrink=0.8)
-    return _png(figure)
+    return figure_png(figure)
 
 
 def plot_roc_curve(metrics: dict[str, Any]) -> bytes | None:
@@ -536,7 +444,7 @@ def plot_roc_curve(metrics: dict[str, Any]) -> bytes | None:
     fpr, tpr = curve.get("fpr") or [], curve.get("tpr") or []
     if not fpr or len(fpr) != len(tpr):
         return None
-    figure = _figure(4.6, 4.2)
+    figure = new_figure(4.6, 4.2)
     axes = figure.add_subplot()
     auc = format_metric((metrics.get("test") or {}).get("roc_auc"))
     axes.plot(fpr, tpr, color=TRAIN_COLOUR, linewidth=2, label=f"model (AUC {auc})")
@@ -547,21 +455,21 @@ def plot_roc_curve(metrics: dict[str, Any]) -> bytes | None:
     axes.set_ylabel("true positive rate")
     axes.set_title("ROC curve (test)")
     axes.legend(loc="lower right")
-    return _png(figure)
+    return figure_png(figure)
 
 
 def plot_accuracy_by_length(metrics: dict[str, Any]) -> bytes | None:
     buckets = metrics.get("by_length") or []
     if not buckets:
         return None
-    figure = _figure()
+    figure = new_figure()
     axes = figure.add_subplot()
     names = [str(bucket.get("bucket", "")) for bucket in buckets]
-    accuracies = [_as_float(bucket.get("accuracy")) or 0.0 for bucket in buckets]
+    accuracies = [as_number(bucket.get("accuracy")) or 0.0 for bucket in buckets]
     bars = axes.bar(range(len(names)), accuracies, color=TRAIN_COLOUR)
     texts = [f"{accuracy:.3f}\nn={format_count(bucket.get('n'))}" for accuracy, bucket in zip(accuracies, buckets)]
     axes.bar_label(bars, labels=texts, label_type="center", color="white", fontsize=9)
-    overall = _as_float((metrics.get("test") or {}).get("accuracy"))
+    overall = as_number((metrics.get("test") or {}).get("accuracy"))
     if overall is not None:
         axes.axhline(overall, color=MARK_COLOUR, linestyle="--", label=f"overall {overall:.4f}")
         axes.legend(loc="upper right")
@@ -570,7 +478,7 @@ def plot_accuracy_by_length(metrics: dict[str, Any]) -> bytes | None:
     axes.set_xlabel("review length (tokens)")
     axes.set_ylabel("accuracy")
     axes.set_title("Test accuracy by review length")
-    return _png(figure)
+    return figure_png(figure)
 
 
 def build_plots(inputs: ReportInputs) -> dict[str, Plot]:
@@ -686,48 +594,11 @@ def config_text(config: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- HTML
 
-_CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d2330; background: #fff;
-       max-width: 1100px; margin: 0 auto; padding: 1.5rem 2rem 3rem; line-height: 1.45; }
-header { border-bottom: 2px solid #1f77b4; margin-bottom: 1.2rem; padding-bottom: 0.6rem; }
-h1 { margin: 0 0 0.3rem; font-size: 1.7rem; }
-h2 { margin-top: 2.2rem; border-bottom: 1px solid #d0d5dd; padding-bottom: 0.2rem; font-size: 1.3rem; }
-.subtitle { color: #475467; margin: 0.2rem 0; }
-.badge { display: inline-block; padding: 0.1rem 0.6rem; border-radius: 0.8rem; font-size: 0.85rem; font-weight: 600; }
-.badge.ok { background: #d1fadf; color: #05603a; } .badge.bad { background: #fee4e2; color: #912018; }
-table { border-collapse: collapse; margin: 0.8rem 0 1.2rem; font-size: 0.92rem; }
-th, td { border: 1px solid #d0d5dd; padding: 0.3rem 0.7rem; text-align: left; vertical-align: top; }
-th { background: #f2f4f7; }
-td.number { text-align: right; font-variant-numeric: tabular-nums; }
-tr.fail td { background: #fee4e2; } tr.warn td { background: #fef0c7; } tr.best td { background: #e0f2fe; font-weight: 600; }
-figure { margin: 1rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eaecf0; }
-figcaption { color: #475467; font-size: 0.88rem; }
-pre { background: #f8f9fb; border: 1px solid #eaecf0; padding: 0.8rem; overflow-x: auto; font-size: 0.82rem; line-height: 1.3;
-      font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace; }
-"""
-
-_NUMBER = re.compile(r"^[-+]?[\d,]*\.?\d+%?$")
-
-
-def _html_table(table: Table) -> str:
-    head = "".join(f"<th>{html.escape(header)}</th>" for header in table.headers)
-    body = []
-    for index, row in enumerate(table.rows):
-        css = table.row_classes[index] if index < len(table.row_classes) else ""
-        cells = "".join(
-            f'<td class="number">{html.escape(cell)}</td>' if _NUMBER.match(cell) else f"<td>{html.escape(cell)}</td>" for cell in row
-        )
-        body.append(f'<tr class="{css}">{cells}</tr>' if css else f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
 def _html_block(kind: str, content: Any) -> str:
     if kind == "table":
-        return _html_table(content)
+        return html_table(content)
     if kind == "plot":
-        data = base64.b64encode(content.png).decode("ascii")
-        title = html.escape(content.title)
-        return f'<figure><img src="data:image/png;base64,{data}" alt="{title}"><figcaption>{title}</figcaption></figure>'
+        return html_figure(content.png, content.title)
     if kind == "pre":
         return f"<pre>{html.escape(content)}</pre>"
     if kind == "list":
@@ -746,7 +617,7 @@ def render_html(inputs: ReportInputs, sections: list[Section]) -> str:
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{title}</title><style>{_CSS}</style></head><body>",
+        f"<title>{title}</title><style>{STYLESHEET}</style></head><body>",
         f"<header><h1>{title}</h1>",
         f'<p class="subtitle">Model: <strong>{model}</strong> · test accuracy <strong>{accuracy}</strong> · {badge}</p></header>',
     ]
@@ -761,42 +632,24 @@ def render_html(inputs: ReportInputs, sections: list[Section]) -> str:
 # --------------------------------------------------------------------------- Markdown
 
 
-def _markdown_cell(text: str) -> str:
-    # Text from data must not open HTML tags or break the table: escape <, >, & and pipes.
-    return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(table: Table) -> str:
-    lines = ["| " + " | ".join(_markdown_cell(header) for header in table.headers) + " |",
-             "|" + "|".join("---" for _ in table.headers) + "|"]
-    lines += ["| " + " | ".join(_markdown_cell(cell) for cell in row) + " |" for row in table.rows]
-    return "\n".join(lines)
-
-
-def _fence(text: str, language: str = "") -> str:
-    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
-    fence = "`" * max(3, longest + 1)
-    return f"{fence}{language}\n{text}\n{fence}"
-
-
 def _markdown_block(kind: str, content: Any, section_title: str) -> str:
     if kind == "table":
         return markdown_table(content)
     if kind == "plot":
         return f"![{content.title}]({content.filename})"
     if kind == "pre":
-        return _fence(content, "yaml" if section_title == "Configuration" else "text")
+        return markdown_fence(content, "yaml" if section_title == "Configuration" else "text")
     if kind == "list":
-        return "\n".join(f"- {_markdown_cell(item)}" for item in content)
-    return _markdown_cell(str(content))
+        return "\n".join(f"- {markdown_escape(item)}" for item in content)
+    return markdown_escape(str(content))
 
 
 def render_markdown(inputs: ReportInputs, sections: list[Section]) -> str:
     """The same report in Markdown; figures are links to the PNG files under plots/."""
     passed = "passed" if inputs.validation.get("passed", True) else "failed"
     parts = [
-        f"# {_markdown_cell(report_title(inputs.config))}",
-        f"Model: **{_markdown_cell(describe_model(inputs.config.get('model') or {}))}** · "
+        f"# {markdown_escape(report_title(inputs.config))}",
+        f"Model: **{markdown_escape(describe_model(inputs.config.get('model') or {}))}** · "
         f"test accuracy **{format_metric(inputs.test.get('accuracy'))}** · validation {passed}",
     ]
     for section in sections:
@@ -833,10 +686,10 @@ def write_report(config: dict, upstream: dict[str, StepOutput], out_dir: Path) -
     })
     test = inputs.test
     return {
-        "accuracy": _as_float(test.get("accuracy")),
-        "f1": _as_float(test.get("f1")),
-        "roc_auc": _as_float(test.get("roc_auc")),
-        "loss": _as_float(test.get("loss")),
+        "accuracy": as_number(test.get("accuracy")),
+        "f1": as_number(test.get("f1")),
+        "roc_auc": as_number(test.get("roc_auc")),
+        "loss": as_number(test.get("loss")),
         "report": REPORT_HTML,
     }
 
@@ -850,8 +703,8 @@ def artifact_markdown(output: StepOutput) -> str:
     data = read_json(output.file(REPORT_DATA))
     table = Table(["Measure", "Value"], [[row["measure"], row["value"]] for row in data.get("key_numbers", [])])
     return "\n\n".join([
-        f"# {_markdown_cell(data.get('title', 'rnnflow report'))}",
-        f"Model: **{_markdown_cell(data.get('model', ''))}**",
+        f"# {markdown_escape(data.get('title', 'rnnflow report'))}",
+        f"Model: **{markdown_escape(data.get('model', ''))}**",
         markdown_table(table),
         f"Full report: `{output.file(REPORT_HTML)}`",
     ]) + "\n"

@@ -11,26 +11,19 @@ point's test accuracy and training time, the best one marked).
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import itertools
 import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-import matplotlib
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-matplotlib.use("Agg")  # headless workers: never try to open a display
-
-# The object API (Figure + its Agg canvas), not pyplot: pyplot's global state is not thread-safe.
-from matplotlib.figure import Figure  # noqa: E402
-from prefect import task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-
-from tasks.config import ConfigError, RunConfig, load_config, parse_override  # noqa: E402
-from tasks.store import ArtifactStore, RunRecord, environment_versions, read_json, write_json, write_text  # noqa: E402
+from tasks.config import ConfigError, RunConfig, load_config, parse_override
+from tasks.render import STYLESHEET, Link, Table, figure_png, format_decimals, format_metric, html_table, new_figure, png_data_uri
+from tasks.store import ArtifactStore, RunRecord, environment_versions, read_json, write_json, write_text
 
 SWEEPABLE_SECTIONS = ("model", "train")
 SWEEP_MANIFEST = "manifest.json"
@@ -216,21 +209,17 @@ def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------- the comparison report
 
 
-def _number(value: Any, digits: int) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
 def plot_sweep(rows: list[dict[str, Any]], best_run_id: str | None) -> bytes:
     """Two bar charts side by side: test accuracy and training seconds per point, the best point in orange."""
     labels = [point_label(row["grid_point"]) for row in rows]
     colors = ["tab:orange" if row["run_id"] == best_run_id else "tab:blue" for row in rows]
-    figure = Figure(figsize=(9.0, 1.2 + 0.45 * len(rows)), dpi=100, layout="constrained")
+    figure = new_figure(9.0, 1.2 + 0.45 * len(rows))
     accuracy_axes, time_axes = figure.subplots(1, 2, sharey=True)
     positions = list(range(len(rows)))
     accuracy_bars = accuracy_axes.barh(positions, [row["test_accuracy"] or 0.0 for row in rows], color=colors)
     time_bars = time_axes.barh(positions, [row["train_seconds"] or 0.0 for row in rows], color=colors)
-    accuracy_axes.bar_label(accuracy_bars, labels=[_number(row["test_accuracy"], 3) if row["test_accuracy"] is not None else "" for row in rows], padding=3, fontsize=8)
-    time_axes.bar_label(time_bars, labels=[_number(row["train_seconds"], 1) if row["train_seconds"] is not None else "" for row in rows], padding=3, fontsize=8)
+    accuracy_axes.bar_label(accuracy_bars, labels=[format_decimals(row["test_accuracy"], 3) if row["test_accuracy"] is not None else "" for row in rows], padding=3, fontsize=8)
+    time_axes.bar_label(time_bars, labels=[format_decimals(row["train_seconds"], 1) if row["train_seconds"] is not None else "" for row in rows], padding=3, fontsize=8)
     for position, row in zip(positions, rows):
         if row["test_accuracy"] is None:
             accuracy_axes.text(0.01, position, row["status"] or "no result", va="center", fontsize=8)
@@ -241,63 +230,49 @@ def plot_sweep(rows: list[dict[str, Any]], best_run_id: str | None) -> bytes:
     time_axes.set_xlabel("training time (s)")
     for axes in (accuracy_axes, time_axes):
         axes.grid(axis="x", alpha=0.3)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", metadata={"Software": None})
-    figure.clear()
-    return buffer.getvalue()
+    return figure_png(figure)
 
 
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 70rem; color: #222; }
-table { border-collapse: collapse; margin: 1rem 0; }
-th, td { border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: left; }
-td.number { text-align: right; font-variant-numeric: tabular-nums; }
-tr.best { background: #fff1dc; font-weight: 600; }
-tr.failed { color: #a00; }
-img { max-width: 100%; }
-"""
+def sweep_table(summary: dict[str, Any]) -> Table:
+    """One row per point (class "point", "point best" or "point failed"), its run id linking to its report."""
+    keys = list(summary["grid"])
+    rows, classes = [], []
+    for row in summary["points"]:
+        is_best = row["run_id"] == summary["best_run_id"]
+        classes.append("point best" if is_best else ("point" if row["status"] == "completed" else "point failed"))
+        rows.append([
+            "★ best" if is_best else "",
+            *(_format_value(row["grid_point"][key]) for key in keys),
+            Link(row["run_id"], f"../../runs/{row['run_id']}/report/report.html"),
+            str(row["status"]) + (f": {row['error']}" if row.get("error") else ""),
+            format_metric(row["test_accuracy"]),
+            format_metric(row["test_f1"]),
+            format_decimals(row["train_seconds"], 1),
+            "n/a" if row["epochs_run"] is None else str(row["epochs_run"]),
+            "n/a" if row["params"] is None else str(row["params"]),
+        ])
+    headers = ["", *keys, "run", "status", "test accuracy", "test f1", "train s", "epochs", "params"]
+    return Table(headers, rows, classes, number_columns=frozenset(range(len(keys) + 3, len(headers))))
 
 
 def render_sweep_html(summary: dict[str, Any], png: bytes) -> str:
-    keys = list(summary["grid"])
     best = summary["best_run_id"]
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["", *keys, "run", "status", "test accuracy", "test f1", "train s", "epochs", "params"])
-    lines = []
-    for row in summary["points"]:
-        is_best = row["run_id"] == best
-        css = "point best" if is_best else ("point" if row["status"] == "completed" else "point failed")
-        report = f"../../runs/{row['run_id']}/report/report.html"
-        cells = [
-            "<td>★ best</td>" if is_best else "<td></td>",
-            *(f"<td>{html.escape(_format_value(row['grid_point'][key]))}</td>" for key in keys),
-            f'<td><a href="{html.escape(report)}">{html.escape(row["run_id"])}</a></td>',
-            f"<td>{html.escape(str(row['status']))}" + (f": {html.escape(row['error'])}" if row.get("error") else "") + "</td>",
-            f'<td class="number">{_number(row["test_accuracy"], 4)}</td>',
-            f'<td class="number">{_number(row["test_f1"], 4)}</td>',
-            f'<td class="number">{_number(row["train_seconds"], 1)}</td>',
-            f'<td class="number">{row["epochs_run"] if row["epochs_run"] is not None else "n/a"}</td>',
-            f'<td class="number">{row["params"] if row["params"] is not None else "n/a"}</td>',
-        ]
-        lines.append(f'<tr class="{css}">{"".join(cells)}</tr>')
     verdict = (
         f"Best: {html.escape(point_label(summary['best']['grid_point']))} (run {html.escape(best)}), "
-        f"test accuracy {_number(summary['best']['test_accuracy'], 4)}."
+        f"test accuracy {format_metric(summary['best']['test_accuracy'])}."
         if summary.get("best") else "No point completed: there is no best."
     )
     grid = "; ".join(f"{html.escape(key)} = {html.escape(', '.join(_format_value(v) for v in values))}" for key, values in summary["grid"].items())
-    picture = base64.b64encode(png).decode("ascii")
     return "\n".join([
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>rnnflow sweep {html.escape(summary['sweep_id'])}</title><style>{_CSS}</style></head><body>",
+        f"<title>rnnflow sweep {html.escape(summary['sweep_id'])}</title><style>{STYLESHEET}</style></head><body>",
         f"<h1>Sweep {html.escape(summary['sweep_id'])}</h1>",
         f"<p>Preset {html.escape(str(summary.get('preset')))}; grid: {grid}; {len(summary['points'])} points. {verdict}</p>",
-        f"<table><thead><tr>{head}</tr></thead><tbody>",
-        *lines,
-        "</tbody></table>",
+        html_table(sweep_table(summary), one_row_per_line=True),
         "<p>Training time is the fit's own time, as recorded by the train step. "
         "Each run links to its own report.</p>",
-        f'<img alt="test accuracy and training time per grid point" src="data:image/png;base64,{picture}">',
+        f'<img alt="test accuracy and training time per grid point" src="{png_data_uri(png)}">',
         "</body></html>",
     ])
 
@@ -329,8 +304,8 @@ def format_sweep_table(summary: dict[str, Any]) -> str:
             *(_format_value(row["grid_point"][key]) for key in keys),
             row["run_id"],
             str(row["status"]),
-            _number(row["test_accuracy"], 4),
-            _number(row["train_seconds"], 1),
+            format_metric(row["test_accuracy"]),
+            format_decimals(row["train_seconds"], 1),
         ]
         for row in summary["points"]
     ]
@@ -339,7 +314,7 @@ def format_sweep_table(summary: dict[str, Any]) -> str:
     render = lambda line: "  ".join(cell.rjust(w) if i in numeric else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths))).rstrip()  # noqa: E731
     lines = [render(headers), *(render(line) for line in body)]
     if summary.get("best"):
-        lines.append(f"* best: {point_label(summary['best']['grid_point'])}, test accuracy {_number(summary['best']['test_accuracy'], 4)}")
+        lines.append(f"* best: {point_label(summary['best']['grid_point'])}, test accuracy {format_metric(summary['best']['test_accuracy'])}")
     return "\n".join(lines)
 
 
