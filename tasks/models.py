@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
-from unittest import mock
 
 import keras
 import numpy as np
@@ -246,6 +247,20 @@ def next_token_arrays(x: np.ndarray, pad: int = 0) -> tuple[np.ndarray, np.ndarr
     return inputs.astype("int32"), targets.astype("int32"), (inputs != pad).astype("float32")
 
 
+@contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """$name set to value inside the block, then put back as it was (unset if it was)."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def summary_text(model: keras.Model) -> str:
     """model.summary() as text, whole: an ensemble's members with their layers, no column cut off.
 
@@ -254,6 +269,6 @@ def summary_text(model: keras.Model) -> str:
     at a time, or two threads could restore each other's value.
     """
     lines: list[str] = []
-    with _SUMMARY_LOCK, mock.patch.dict(os.environ, {"COLUMNS": str(SUMMARY_WIDTH)}):
+    with _SUMMARY_LOCK, _environment("COLUMNS", str(SUMMARY_WIDTH)):
         model.summary(print_fn=lambda line, **_: lines.append(line), line_length=SUMMARY_WIDTH, expand_nested=True)
     return "\n".join(lines)

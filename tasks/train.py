@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import csv
-import logging
 import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,9 +15,10 @@ from prefect import task
 from tasks.caching import StepCachePolicy, produce_step
 from tasks.config import ModelConfig, TrainConfig, member_changes, member_model
 from tasks.encode import Vocabulary, load_arrays
+from tasks.logs import step_logger
 from tasks.store import StepOutput, read_json, write_json, write_text
 
-# Keras (and TensorFlow under it) is imported inside train_model, not here: the flow imports this
+# Keras (and TensorFlow under it) is imported inside the functions that use it, not here: the flow imports this
 # module for its task, and a run whose train step comes from the cache should not pay seconds of
 # TensorFlow start-up for nothing.
 
@@ -27,34 +29,36 @@ _OPTIMIZERS = {"adam": "Adam", "rmsprop": "RMSprop", "sgd": "SGD"}  # names in k
 # Why train.json says there is no model_text.keras for a next_token run.
 NO_TEXT_MODEL = "not exported: a next_token model continues texts (rnnflow generate) rather than labelling them"
 
+# What train_model returns (train_task's step result): these keys of train.json.
+RESULT_KEYS = ("epochs_run", "best_epoch", "params", "seconds", "best_val_accuracy", "cudnn_eligible")
 
-def run_logger() -> logging.Logger | logging.LoggerAdapter:
-    """Prefect's run logger inside a run (so lines reach the UI), the module logger outside."""
-    from prefect.context import TaskRunContext
-    from prefect.logging import get_run_logger
 
-    return get_run_logger() if TaskRunContext.get() else logging.getLogger("rnnflow")
+class _EpochLines:
+    """epoch_report's two hooks: the epoch's start time, then its line and the progress hook."""
+
+    def __init__(self, epochs: int, hook: EpochHook | None, prefix: str):
+        self.epochs, self.hook, self.prefix = epochs, hook, prefix
+        self.started = 0.0
+
+    def begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.started = time.perf_counter()
+
+    def end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy"))
+        if "learning_rate" in logs:  # only with train.lr_drop
+            shown += f"  learning_rate {logs['learning_rate']:.2g}"
+        step_logger().info("%sepoch %d/%d  %s  (%.0f s)", self.prefix, epoch + 1, self.epochs, shown, time.perf_counter() - self.started)
+        if self.hook:
+            self.hook(epoch + 1, self.epochs, logs)
 
 
 def epoch_report(epochs: int, hook: EpochHook | None, prefix: str = "") -> Any:
     """A Keras callback: one line per epoch in the logs (after prefix), and a hook for progress displays."""
     import keras
 
-    started = [0.0]
-
-    def begin(epoch: int, logs: dict | None = None) -> None:
-        started[0] = time.perf_counter()
-
-    def end(epoch: int, logs: dict | None = None) -> None:
-        logs = {k: float(v) for k, v in (logs or {}).items()}
-        shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy"))
-        if "learning_rate" in logs:  # only with train.lr_drop
-            shown += f"  learning_rate {logs['learning_rate']:.2g}"
-        run_logger().info("%sepoch %d/%d  %s  (%.0f s)", prefix, epoch + 1, epochs, shown, time.perf_counter() - started[0])
-        if hook:
-            hook(epoch + 1, epochs, logs)
-
-    return keras.callbacks.LambdaCallback(on_epoch_begin=begin, on_epoch_end=end)
+    lines = _EpochLines(epochs, hook, prefix)
+    return keras.callbacks.LambdaCallback(on_epoch_begin=lines.begin, on_epoch_end=lines.end)
 
 
 def memmap_dataset(
@@ -140,6 +144,273 @@ def average_members(models: list[Any], max_len: int) -> Any:
     return keras.Model(inputs, outputs, name=f"{models[0].name.rsplit('_member', 1)[0]}_ensemble")
 
 
+@dataclass
+class TrainingData:
+    """encode's train and val arrays, and what training needs to know of them (load_training_data)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    encoding: dict[str, Any]  # encode.json: num_words, max_len, padding
+    n_classes: int
+    # Read from the memory-mapped .npy a batch at a time through tf.data (streamed_input), or handed to model.fit whole.
+    streamed: bool
+    # With train.members > 1: train and val laid end to end, and each member's (train rows, validation rows) in them.
+    x_pool: np.ndarray | None = None
+    y_pool: np.ndarray | None = None
+    splits: list[tuple[np.ndarray, np.ndarray]] | None = None
+
+    def member_arrays(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(x train, y train, x val, y val) of member k: train and val as encoded for a lone model."""
+        if self.splits is None:
+            return self.x_train, self.y_train, self.x_val, self.y_val
+        trained, held = self.splits[k]
+        return self.x_pool[trained], self.y_pool[trained], self.x_pool[held], self.y_pool[held]
+
+    def validation_rows(self, k: int) -> int:
+        """How many rows member k stops early on."""
+        return len(self.x_val) if self.splits is None else len(self.splits[k][1])
+
+
+def streamed_input(x_train: np.ndarray, train_cfg: TrainConfig) -> bool:
+    """Whether the train array is read a batch at a time from its memory-mapped .npy, not handed to model.fit whole.
+
+    Up to train.in_memory_max_mb the arrays go to model.fit whole (Keras copies them into one tensor);
+    a larger train array is read from its .npy a batch at a time through tf.data (memmap_dataset).
+    """
+    streamed = x_train.nbytes > train_cfg.in_memory_max_mb * 2**20
+    if train_cfg.members > 1 and streamed:
+        raise ValueError(
+            f"train.members {train_cfg.members} redraws validation rows from train and val in memory, but the train array "
+            f"({x_train.nbytes / 2**20:,.0f} MiB) is over train.in_memory_max_mb {train_cfg.in_memory_max_mb:g}: "
+            "raise train.in_memory_max_mb or leave train.members at 1"
+        )
+    return streamed
+
+
+def load_training_data(encode_dir: Path, train_cfg: TrainConfig) -> TrainingData:
+    """encode's train and val arrays (memory-mapped), the number of classes, and with members each one's rows (member_rows)."""
+    encoding = read_json(Path(encode_dir) / "encode.json")
+    labels = read_json(Path(encode_dir) / "labels.json") if (Path(encode_dir) / "labels.json").exists() else None
+    x_train, y_train = load_arrays(encode_dir, "train")
+    x_val, y_val = load_arrays(encode_dir, "val")
+    n_classes = len(labels) if labels else max(2, int(max(y_train.max(), y_val.max())) + 1)
+    data = TrainingData(x_train, y_train, x_val, y_val, encoding, n_classes, streamed_input(x_train, train_cfg))
+    if train_cfg.members > 1:
+        data.x_pool, data.y_pool = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val])
+        data.splits = member_rows(len(x_train), len(x_val), train_cfg.members)
+    return data
+
+
+def compile_settings(model_cfg: ModelConfig, train_cfg: TrainConfig, n_classes: int) -> dict[str, Any]:
+    """model.compile's optimizer, loss and metrics: a new optimizer for each model."""
+    import keras
+
+    if model_cfg.task == "next_token":
+        # The mean over the steps that count (weight 1), not over every step padding included.
+        loss: Any = keras.losses.SparseCategoricalCrossentropy(reduction="mean_with_sample_weight")
+        # Keras weighs only weighted_metrics by the sample weights: accuracy over the real steps.
+        metrics: dict[str, Any] = {"weighted_metrics": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]}
+    else:
+        loss = "binary_crossentropy" if n_classes == 2 else "sparse_categorical_crossentropy"
+        metrics = {"metrics": ["accuracy"]}
+    optimizer = getattr(keras.optimizers, _OPTIMIZERS[train_cfg.optimizer])(learning_rate=train_cfg.learning_rate)
+    return {"optimizer": optimizer, "loss": loss, **metrics}
+
+
+def member_inputs(data: TrainingData, train_cfg: TrainConfig, k: int, *, next_token: bool) -> dict[str, Any]:
+    """What model.fit gets for member k: its training and validation data, streamed or in memory."""
+    if data.streamed:
+        train_data, steps_per_epoch = memmap_dataset(
+            data.x_train, data.y_train, train_cfg.batch_size, epochs=train_cfg.epochs, seed=train_cfg.seed, next_token=next_token
+        )
+        val_data, _ = memmap_dataset(data.x_val, data.y_val, train_cfg.batch_size, next_token=next_token)
+        # shuffle=False: the dataset brings each epoch's own order (Keras would only warn that it ignores True).
+        return {"x": train_data, "validation_data": val_data, "steps_per_epoch": steps_per_epoch, "shuffle": False}
+    # As before the tf.data path, so runs measured with it reproduce: whole arrays, Keras shuffles.
+    from tasks.models import next_token_arrays
+
+    xt, yt, xv, yv = data.member_arrays(k)
+    weights_train = None
+    if next_token:
+        xt, yt, weights_train = next_token_arrays(xt)
+        xv, yv, weights_val = next_token_arrays(xv)
+        validation_data: tuple = (xv, yv, weights_val)
+    else:
+        validation_data = (xv, yv)
+    return {
+        "x": xt, "y": yt, "sample_weight": weights_train, "validation_data": validation_data,
+        "batch_size": train_cfg.batch_size, "shuffle": True,
+    }
+
+
+def _member_epoch(on_epoch: EpochHook, k: int, members: int, epoch: int, epochs: int, logs: dict[str, float]) -> None:
+    """on_epoch with member k's epochs counted after those of the k members before it, out of all members' epochs."""
+    on_epoch(k * epochs + epoch, members * epochs, logs)
+
+
+def member_callbacks(train_cfg: TrainConfig, k: int, checkpoint: Path, on_epoch: EpochHook | None) -> list[Any]:
+    """Early stopping on val_loss (best weights restored), the best epoch saved to checkpoint, an epoch line each epoch."""
+    import keras
+
+    members = train_cfg.members
+    hook = partial(_member_epoch, on_epoch, k, members) if on_epoch else None
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=train_cfg.patience, restore_best_weights=True),
+        keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_loss", save_best_only=True),
+        epoch_report(train_cfg.epochs, hook, f"member {k + 1}/{members}  " if members > 1 else ""),
+    ]
+    if train_cfg.lr_drop:
+        # Before early stopping gives up, the epochs it still waits go on at a smaller step. First in the list,
+        # so the epoch line and the history get the rate it adds to the logs.
+        callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=train_cfg.lr_drop, patience=0, min_delta=0, min_lr=1e-6))
+    return callbacks
+
+
+@dataclass
+class MemberResult:
+    """One fitted member: its model (the best epoch's weights), the file they are saved in, and its figures."""
+
+    model: Any
+    checkpoint: Path  # model.keras for a lone model, member_K.keras with members
+    history: dict[str, list[float]]  # each metric's value per epoch (history.json for the first member)
+    epochs_run: int
+    best_epoch: int
+    best_val_loss: float
+    best_val_accuracy: float | None
+    seconds: float
+    seed: int
+    validation_rows: int
+    model_changes: dict[str, Any]  # train.member_models' entry for it
+
+    def run_record(self) -> dict[str, Any]:
+        """Its entry in train.json's member_runs."""
+        return {
+            "epochs_run": self.epochs_run, "best_epoch": self.best_epoch, "best_val_loss": self.best_val_loss,
+            "best_val_accuracy": self.best_val_accuracy, "seconds": self.seconds, "seed": self.seed,
+            "validation_rows": self.validation_rows, "file": self.checkpoint.name, "history": self.history,
+            "model_changes": self.model_changes,
+        }
+
+
+def fit_member(
+    model_cfg: ModelConfig, train_cfg: TrainConfig, data: TrainingData, k: int, out_dir: Path, on_epoch: EpochHook | None = None,
+) -> MemberResult:
+    """Build member k (seed train.seed + k, its member_model section), fit it, keep its best epoch in its checkpoint."""
+    import keras
+
+    from tasks.models import build_model
+
+    started = time.perf_counter()
+    members, seed = train_cfg.members, train_cfg.seed + k
+    keras.utils.set_random_seed(seed)
+    model = build_model(
+        member_model(model_cfg, train_cfg, k), num_tokens=data.encoding["num_words"], max_len=data.encoding["max_len"], n_classes=data.n_classes
+    )
+    if members > 1:
+        model.name = f"{model.name}_member{k + 1}"
+    model.compile(**compile_settings(model_cfg, train_cfg, data.n_classes))
+    checkpoint = out_dir / ("model.keras" if members == 1 else f"member_{k + 1}.keras")
+    callbacks = member_callbacks(train_cfg, k, checkpoint, on_epoch)
+    fitted = model.fit(
+        **member_inputs(data, train_cfg, k, next_token=model_cfg.task == "next_token"), epochs=train_cfg.epochs, callbacks=callbacks, verbose=0
+    )
+    if not checkpoint.exists():  # val_loss was NaN every epoch: keep the last weights rather than nothing
+        model.save(checkpoint)
+    history = {name: [float(v) for v in values] for name, values in fitted.history.items()}
+    epochs_run = len(history.get("loss", []))
+    finite = np.isfinite(history.get("val_loss", [np.nan])).any()
+    best_epoch = int(np.nanargmin(history["val_loss"])) + 1 if finite else epochs_run
+    return MemberResult(
+        model=model, checkpoint=checkpoint, history=history, epochs_run=epochs_run, best_epoch=best_epoch,
+        best_val_loss=min(history.get("val_loss", [float("nan")])),
+        best_val_accuracy=history.get("val_accuracy", [None])[best_epoch - 1] if epochs_run else None,
+        seconds=round(time.perf_counter() - started, 2), seed=seed, validation_rows=data.validation_rows(k),
+        model_changes=member_changes(train_cfg, k),
+    )
+
+
+def ensemble(members: list[MemberResult], max_len: int, path: Path) -> Any:
+    """The members averaged (average_members) and saved to path, each from its checkpoint: the weights its early stopping kept."""
+    import keras
+
+    model = average_members([keras.models.load_model(m.checkpoint, compile=False) for m in members], max_len)
+    model.save(path)
+    return model
+
+
+def write_text_model(encode_dir: Path, out_dir: Path) -> None:
+    """model_text.keras: model.keras with encode's preprocessing in front, from raw strings to probabilities."""
+    import keras
+
+    from tasks.export import export_text_model
+
+    # Wrap the checkpoint, the file evaluate and predict load, so both models hold the very same weights.
+    export_text_model(
+        keras.models.load_model(out_dir / "model.keras", compile=False), Vocabulary.load(Path(encode_dir) / "vocab.json"),
+        out_dir / "model_text.keras",
+    )
+
+
+def write_history(out_dir: Path, member: MemberResult) -> None:
+    """history.json and history.csv: the member's curves, one row per epoch in the csv."""
+    curves = member.history
+    write_json(out_dir / "history.json", curves)
+    with open(out_dir / "history.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["epoch", *curves])
+        for i in range(member.epochs_run):
+            writer.writerow([i + 1, *(curves[k][i] for k in curves)])
+
+
+def train_info(
+    model_cfg: ModelConfig, train_cfg: TrainConfig, data: TrainingData, members: list[MemberResult], model: Any, seconds: float, summary: str,
+) -> dict[str, Any]:
+    """train.json: what was trained, how long it took, and how well its best epochs did on validation."""
+    from tasks.models import cudnn_eligible
+
+    epochs_run = sum(m.epochs_run for m in members)
+    val_accuracies = [m.best_val_accuracy for m in members if m.best_val_accuracy is not None]
+    info = {
+        "task": model_cfg.task,
+        "members": len(members),
+        "epochs_run": epochs_run,
+        "best_epoch": members[0].best_epoch if len(members) == 1 else None,
+        "stopped_early": any(m.epochs_run < train_cfg.epochs for m in members),
+        "params": int(model.count_params()),
+        "seconds": round(seconds, 2),
+        # Every member trains on as many rows as train holds (member_rows), so this is the rate over all of them.
+        "samples_per_second": round(len(data.x_train) * epochs_run / seconds, 1) if seconds else None,
+        # in_memory: the arrays handed to model.fit whole; memmap_tf_data: batches read from the .npy (train.in_memory_max_mb).
+        "input": "memmap_tf_data" if data.streamed else "in_memory",
+        # With members, each on its own validation rows: the mean of their best epochs' figures.
+        "best_val_loss": float(np.mean([m.best_val_loss for m in members])),
+        "best_val_accuracy": float(np.mean(val_accuracies)) if val_accuracies else None,
+        "cudnn_eligible": all(cudnn_eligible(member_model(model_cfg, train_cfg, k), data.encoding["padding"]) for k in range(len(members))),
+        "model_summary": summary,
+    }
+    if len(members) > 1:
+        info["member_runs"] = [m.run_record() for m in members]
+    if model_cfg.task == "next_token":
+        info["model_text"] = NO_TEXT_MODEL
+    return info
+
+
+def write_outputs(
+    model_cfg: ModelConfig, train_cfg: TrainConfig, data: TrainingData, members: list[MemberResult], model: Any, seconds: float, out_dir: Path,
+) -> dict[str, Any]:
+    """history.json and history.csv (the first member's: the only one with members 1), model_summary.txt and train.json."""
+    from tasks.models import summary_text
+
+    write_history(out_dir, members[0])
+    summary = summary_text(model)
+    write_text(out_dir / "model_summary.txt", summary + "\n")
+    info = train_info(model_cfg, train_cfg, data, members, model, seconds, summary)
+    write_json(out_dir / "train.json", info)
+    return info
+
+
 def train_model(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -157,155 +428,16 @@ def train_model(
     """
     import keras
 
-    from tasks.export import export_text_model
-    from tasks.models import build_model, cudnn_eligible, next_token_arrays, summary_text
-
     keras.utils.set_random_seed(train_cfg.seed)
-    encoding = read_json(Path(encode_dir) / "encode.json")
-    labels = read_json(Path(encode_dir) / "labels.json") if (Path(encode_dir) / "labels.json").exists() else None
-    x_train, y_train = load_arrays(encode_dir, "train")
-    x_val, y_val = load_arrays(encode_dir, "val")
-    next_token = model_cfg.task == "next_token"
-    n_classes = len(labels) if labels else max(2, int(max(y_train.max(), y_val.max())) + 1)
-
-    if next_token:
-        # The mean over the steps that count (weight 1), not over every step padding included.
-        loss: Any = keras.losses.SparseCategoricalCrossentropy(reduction="mean_with_sample_weight")
-        # Keras weighs only weighted_metrics by the sample weights: accuracy over the real steps.
-        metrics: dict[str, Any] = {"weighted_metrics": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]}
-    else:
-        loss = "binary_crossentropy" if n_classes == 2 else "sparse_categorical_crossentropy"
-        metrics = {"metrics": ["accuracy"]}
-    n_train = len(x_train)
-    # Up to train.in_memory_max_mb the arrays go to model.fit whole (Keras copies them into one tensor);
-    # a larger train array is read from its memory-mapped .npy a batch at a time through tf.data.
-    streamed = x_train.nbytes > train_cfg.in_memory_max_mb * 2**20
-    members = train_cfg.members
-    if members > 1 and streamed:
-        raise ValueError(
-            f"train.members {members} redraws validation rows from train and val in memory, but the train array "
-            f"({x_train.nbytes / 2**20:,.0f} MiB) is over train.in_memory_max_mb {train_cfg.in_memory_max_mb:g}: "
-            "raise train.in_memory_max_mb or leave train.members at 1"
-        )
-    if members > 1:
-        x_pool, y_pool = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val])
-        splits = member_rows(n_train, len(x_val), members)
-
-    def member_data(k: int) -> dict[str, Any]:
-        """What model.fit gets for member k (k 0: train and val as encoded)."""
-        if streamed:
-            train_data, steps_per_epoch = memmap_dataset(
-                x_train, y_train, train_cfg.batch_size, epochs=train_cfg.epochs, seed=train_cfg.seed, next_token=next_token
-            )
-            val_data, _ = memmap_dataset(x_val, y_val, train_cfg.batch_size, next_token=next_token)
-            # shuffle=False: the dataset brings each epoch's own order (Keras would only warn that it ignores True).
-            return {"x": train_data, "validation_data": val_data, "steps_per_epoch": steps_per_epoch, "shuffle": False}
-        # As before the tf.data path, so runs measured with it reproduce: whole arrays, Keras shuffles.
-        xt, yt, xv, yv = (x_train, y_train, x_val, y_val) if members == 1 else (
-            x_pool[splits[k][0]], y_pool[splits[k][0]], x_pool[splits[k][1]], y_pool[splits[k][1]]
-        )
-        weights_train = None
-        if next_token:
-            xt, yt, weights_train = next_token_arrays(xt)
-            xv, yv, weights_val = next_token_arrays(xv)
-            validation_data: tuple = (xv, yv, weights_val)
-        else:
-            validation_data = (xv, yv)
-        return {
-            "x": xt, "y": yt, "sample_weight": weights_train, "validation_data": validation_data,
-            "batch_size": train_cfg.batch_size, "shuffle": True,
-        }
-
-    fitted: list[dict[str, Any]] = []
+    data = load_training_data(encode_dir, train_cfg)
     started = time.perf_counter()
-    for k in range(members):
-        member_started = time.perf_counter()
-        keras.utils.set_random_seed(train_cfg.seed + k)
-        model = build_model(member_model(model_cfg, train_cfg, k), num_tokens=encoding["num_words"], max_len=encoding["max_len"], n_classes=n_classes)
-        if members > 1:
-            model.name = f"{model.name}_member{k + 1}"
-        model.compile(optimizer=getattr(keras.optimizers, _OPTIMIZERS[train_cfg.optimizer])(learning_rate=train_cfg.learning_rate), loss=loss, **metrics)
-        checkpoint = out_dir / ("model.keras" if members == 1 else f"member_{k + 1}.keras")
-        member_hook = None
-        if on_epoch:
-            member_hook = lambda epoch, epochs, logs, k=k: on_epoch(k * epochs + epoch, members * epochs, logs)  # noqa: E731
-        callbacks = [
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=train_cfg.patience, restore_best_weights=True),
-            keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_loss", save_best_only=True),
-            epoch_report(train_cfg.epochs, member_hook, f"member {k + 1}/{members}  " if members > 1 else ""),
-        ]
-        if train_cfg.lr_drop:
-            # Before early stopping gives up, the epochs it still waits go on at a smaller step. First in the list,
-            # so the epoch line and the history get the rate it adds to the logs.
-            callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=train_cfg.lr_drop, patience=0, min_delta=0, min_lr=1e-6))
-        history = model.fit(**member_data(k), epochs=train_cfg.epochs, callbacks=callbacks, verbose=0)
-        if not checkpoint.exists():  # val_loss was NaN every epoch: keep the last weights rather than nothing
-            model.save(checkpoint)
-        curves = {name: [float(v) for v in values] for name, values in history.history.items()}
-        epochs_run = len(curves.get("loss", []))
-        finite = np.isfinite(curves.get("val_loss", [np.nan])).any()
-        best_epoch = int(np.nanargmin(curves["val_loss"])) + 1 if finite else epochs_run
-        fitted.append({
-            "model": model, "checkpoint": checkpoint, "curves": curves, "epochs_run": epochs_run, "best_epoch": best_epoch,
-            "best_val_loss": min(curves.get("val_loss", [float("nan")])),
-            "best_val_accuracy": curves.get("val_accuracy", [None])[best_epoch - 1] if epochs_run else None,
-            "seconds": round(time.perf_counter() - member_started, 2),
-        })
+    members = [fit_member(model_cfg, train_cfg, data, k, out_dir, on_epoch) for k in range(train_cfg.members)]
     seconds = time.perf_counter() - started
-
-    if members == 1:
-        model = fitted[0]["model"]
-    else:
-        # From the checkpoints: each member's best epoch, the weights its early stopping kept.
-        model = average_members([keras.models.load_model(m["checkpoint"], compile=False) for m in fitted], encoding["max_len"])
-        model.save(out_dir / "model.keras")
-    if not next_token:
-        # Wrap the checkpoint, the file evaluate and predict load, so both models hold the very same weights.
-        export_text_model(
-            keras.models.load_model(out_dir / "model.keras", compile=False), Vocabulary.load(Path(encode_dir) / "vocab.json"),
-            out_dir / "model_text.keras",
-        )
-
-    first = fitted[0]
-    curves, epochs_run = first["curves"], sum(m["epochs_run"] for m in fitted)
-    write_json(out_dir / "history.json", curves)  # the first member's: the only one with members 1
-    with open(out_dir / "history.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["epoch", *curves])
-        for i in range(first["epochs_run"]):
-            writer.writerow([i + 1, *(curves[k][i] for k in curves)])
-    summary = summary_text(model)
-    write_text(out_dir / "model_summary.txt", summary + "\n")
-    val_accuracies = [m["best_val_accuracy"] for m in fitted if m["best_val_accuracy"] is not None]
-    info = {
-        "task": model_cfg.task,
-        "members": members,
-        "epochs_run": epochs_run,
-        "best_epoch": first["best_epoch"] if members == 1 else None,
-        "stopped_early": any(m["epochs_run"] < train_cfg.epochs for m in fitted),
-        "params": int(model.count_params()),
-        "seconds": round(seconds, 2),
-        # Every member trains on as many rows as train holds (member_rows), so this is the rate over all of them.
-        "samples_per_second": round(n_train * epochs_run / seconds, 1) if seconds else None,
-        # in_memory: the arrays handed to model.fit whole; memmap_tf_data: batches read from the .npy (train.in_memory_max_mb).
-        "input": "memmap_tf_data" if streamed else "in_memory",
-        # With members, each on its own validation rows: the mean of their best epochs' figures.
-        "best_val_loss": float(np.mean([m["best_val_loss"] for m in fitted])),
-        "best_val_accuracy": float(np.mean(val_accuracies)) if val_accuracies else None,
-        "cudnn_eligible": all(cudnn_eligible(member_model(model_cfg, train_cfg, k), encoding["padding"]) for k in range(members)),
-        "model_summary": summary,
-    }
-    if members > 1:
-        info["member_runs"] = [
-            {key: m[key] for key in ("epochs_run", "best_epoch", "best_val_loss", "best_val_accuracy", "seconds")}
-            | {"seed": train_cfg.seed + k, "validation_rows": len(splits[k][1]), "file": m["checkpoint"].name, "history": m["curves"],
-               "model_changes": member_changes(train_cfg, k)}
-            for k, m in enumerate(fitted)
-        ]
-    if next_token:
-        info["model_text"] = NO_TEXT_MODEL
-    write_json(out_dir / "train.json", info)
-    return {k: info[k] for k in ("epochs_run", "best_epoch", "params", "seconds", "best_val_accuracy", "cudnn_eligible")}
+    model = members[0].model if len(members) == 1 else ensemble(members, data.encoding["max_len"], out_dir / "model.keras")
+    if model_cfg.task != "next_token":
+        write_text_model(encode_dir, out_dir)
+    info = write_outputs(model_cfg, train_cfg, data, members, model, seconds, out_dir)
+    return {key: info[key] for key in RESULT_KEYS}
 
 
 def _progress_hook() -> EpochHook | None:
