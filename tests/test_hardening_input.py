@@ -147,7 +147,7 @@ def test_json_lines_number_among_texts_is_refused_by_row(tmp_path: Path):
 def test_label_case_and_spaces_fold_into_one_class_and_ingest_json_says_which(tmp_path: Path, caplog):
     path = tmp_path / "cased.csv"
     _table(40, ["Positive", "positive", "NEGATIVE", "negative"]).to_csv(path, index=False)
-    with caplog.at_level(logging.INFO, logger="tasks.ingest"):
+    with caplog.at_level(logging.INFO, logger="rnnflow"):
         summary, out = _ingest(tmp_path, source="table", path=str(path))
     assert summary["labels"] == ["negative", "positive"]
     info = read_json(out / "ingest.json")

@@ -293,10 +293,10 @@ def test_keras_imdb_missing_file_names_the_key(tmp_path: Path):
 
 
 def test_keras_imdb_default_path_downloads_and_says_so_offline(tmp_path: Path, monkeypatch):
-    import tasks.ingest
+    import tasks.ingest.keras_imdb
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(tasks.ingest, "KERAS_IMDB_URL", "http://127.0.0.1:9/imdb.npz")
+    monkeypatch.setattr(tasks.ingest.keras_imdb, "KERAS_IMDB_URL", "http://127.0.0.1:9/imdb.npz")
     with pytest.raises(IngestError, match=r"^Could not download http://127.0.0.1:9/imdb.npz .*--set data.path=/path/to/imdb.npz\.$") as caught:
         locate_source(DataConfig(source="keras_imdb"))  # data.path left at its default: data/imdb.npz
     assert caught.value.retryable
