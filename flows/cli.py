@@ -14,7 +14,8 @@ from typing import Sequence
 
 import flows  # noqa: F401  (telemetry defaults before Prefect loads)
 from tasks.config import ConfigError, RunConfig, load_config, preset_description, preset_names
-from tasks.store import STEPS, ArtifactsRootError, ArtifactStore, RunError, new_run_id, read_json, verify_run_files
+from tasks.steps import STEP_TABLE, STEPS, step as step_spec
+from tasks.store import MANIFEST_FILE, ArtifactsRootError, ArtifactStore, ChampionError, RunFiles, RunError, new_run_id, read_json, verify_run_files
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -51,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run", dest="derived_from", metavar="RUN_ID", help="with --from: the run whose earlier steps to reuse")
 
     step = commands.add_parser("step", help="rerun one step of a recorded run, as a new run folder")
-    step.add_argument("step", choices=STEPS[1:], metavar="STEP", help=f"one of {', '.join(STEPS[1:])}")
+    alone = [spec.name for spec in STEP_TABLE if spec.rerun_alone]
+    step.add_argument("step", choices=alone, metavar="STEP", help=f"one of {', '.join(alone)}")
     step.add_argument("--run", dest="derived_from", required=True, metavar="RUN_ID", help="the run whose inputs to use ('latest' for the newest completed)")
     step.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     step.add_argument("--artifacts", metavar="DIR")
@@ -152,27 +154,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_step(args: argparse.Namespace) -> int:
     store = _store(args, writing=True)
     source = _resolve(store, args.derived_from)
-    recorded = read_json(source / "manifest.json")  # validated by _resolve
+    recorded = read_json(source / MANIFEST_FILE)  # validated by _resolve
     config = load_config(base=recorded["config"], overrides=args.overrides)
     try:  # a damaged input fails here, before a new run folder exists, not as "mmap length is greater than file size"
-        verify_run_files(source, _step_input_files(recorded, args.step, config))
+        verify_run_files(source, _step_input_files(recorded, args.step))
     except RunError as error:
         raise UsageError(str(error)) from None
     return _execute(store, config, only_step=args.step, derived_from=source.name)
 
 
-def _step_input_files(manifest: dict, step: str, config: RunConfig) -> list[str]:
-    """The recorded files of the steps that STEP reads ("encode/X_train.npy", ...), as the flow wires them."""
-    from types import SimpleNamespace
-
-    from flows.pipeline import inputs_for
-
-    class _Names(dict):  # inputs_for picks upstream outputs by step name: record which it picks
-        def __missing__(self, key: str) -> str:
-            return key
-
-    reads = inputs_for(step, config, _Names(), {}, SimpleNamespace(folder=""))["upstream"]
+def _step_input_files(manifest: dict, step: str) -> list[str]:
+    """The recorded files of the steps that STEP reads ("encode/X_train.npy", ...), as tasks/steps.py declares them."""
     steps = manifest.get("steps") or {}
+    reads = step_spec(step).upstream
     return [f"{steps[name].get('dir') or name}/{file}" for name in reads if name in steps for file in (steps[name].get("outputs") or {})]
 
 
@@ -187,7 +181,7 @@ def _execute(store: ArtifactStore, config: RunConfig, **options) -> int:
         state = rnnflow_pipeline(config=config, artifacts_root=str(store.root), run_id=run_id, return_state=True, **options)
     folder = store.run_dir(run_id)
     if state.is_completed():
-        metrics_file = folder / "evaluate" / "metrics.json"
+        metrics_file = RunFiles.METRICS.of_run(folder)
         if metrics_file.exists():
             metrics = read_json(metrics_file)["test"]
             roc_auc = "n/a" if metrics.get("roc_auc") is None else f"{metrics['roc_auc']:.4f}"
@@ -195,7 +189,7 @@ def _execute(store: ArtifactStore, config: RunConfig, **options) -> int:
         _print_promotion(folder)
         print(folder)
         return EXIT_OK
-    manifest = read_json(folder / "manifest.json") if (folder / "manifest.json").exists() else {}
+    manifest = read_json(folder / MANIFEST_FILE) if (folder / MANIFEST_FILE).exists() else {}
     _print_promotion(folder)  # a run can be promoted and then fail its report
     failed = [(name, step.get("error")) for name, step in manifest.get("steps", {}).items() if step.get("status") == "failed"]
     reason = f"step {failed[0][0]} failed: {failed[0][1]}" if failed else (manifest.get("error") or state.message)
@@ -208,7 +202,7 @@ def _print_promotion(folder: Path) -> None:
     """'promoted: ...' or 'not promoted: accuracy 0.8100 <= champion 0.8600 + 0.0000', when the run decided one."""
     from tasks.promote import outcome_line
 
-    manifest = folder / "manifest.json"
+    manifest = folder / MANIFEST_FILE
     promotion = read_json(manifest).get("promotion") if manifest.exists() else None
     if promotion:
         print(outcome_line(promotion))
@@ -247,7 +241,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if (folder / SWEEP_JSON).exists():
         print(format_sweep_table(read_json(folder / SWEEP_JSON)))
     if not state.is_completed():
-        manifest = read_json(folder / "manifest.json") if (folder / "manifest.json").exists() else {}
+        manifest = read_json(folder / MANIFEST_FILE) if (folder / MANIFEST_FILE).exists() else {}
         print(f"rnnflow: {manifest.get('error') or state.message}", file=sys.stderr)
         print(folder)
         return EXIT_FAILED
@@ -359,12 +353,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_champion(args: argparse.Namespace) -> int:
-    from tasks.promote import PromotionError, read_champion
-
     store = _store(args)
     try:
-        pointer = read_champion(store)
-    except PromotionError as error:
+        pointer = store.read_champion()
+    except ChampionError as error:
         print(f"rnnflow: error: {error}", file=sys.stderr)
         return EXIT_FAILED
     if pointer is None:
@@ -378,7 +370,7 @@ def cmd_champion(args: argparse.Namespace) -> int:
     print(f"champion     {pointer['run_id']}")
     print(f"promoted at  {pointer.get('promoted_at')} by {pointer.get('decided_by')}")
     print(f"reason       {pointer.get('reason')}")
-    metrics_file = folder / "evaluate" / "metrics.json"
+    metrics_file = RunFiles.METRICS.of_run(folder)
     if metrics_file.is_file():
         test = read_json(metrics_file).get("test") or {}
         shown = "  ".join(f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}" for name, value in test.items())
@@ -396,6 +388,9 @@ def cmd_promote(args: argparse.Namespace) -> int:
     _resolve(store, args.run)
     try:
         decision = promote_by_hand(store, args.run, force=args.force, reason=args.reason)
+    except ChampionError as error:  # champion.json is not a pointer: the champion's trouble, not the argument's
+        print(f"rnnflow: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except RunError as error:  # the run to promote is damaged: the same exit as for predict
         raise UsageError(str(error)) from None
     except PromotionError as error:

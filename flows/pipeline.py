@@ -10,30 +10,18 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from prefect import flow, get_run_logger
-from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
 from tasks.caching import bind_to_store
 from tasks.config import ConfigError, RunConfig, load_config
-from tasks.encode import NotEnoughSpaceError, encode_task
-from tasks.evaluate import evaluate_task
-from tasks.ingest import IngestError, ingest_task, input_path, locate_source_task, retry_unless_bad_input
-from tasks.promote import PromotionError, manifest_promotion, outcome_line, promote_task
-from tasks.report import publish_report_artifacts, report_task
-from tasks.store import STEPS, ArtifactsRootError, ArtifactStore, RunError, RunRecord, StepOutput
-from tasks.train import train_task
-from tasks.validate import DataValidationError, validate_task
-
-STEP_TASKS = {
-    "ingest": ingest_task,
-    "validate": validate_task,
-    "encode": encode_task,
-    "train": train_task,
-    "evaluate": evaluate_task,
-    "promote": promote_task,
-    "report": report_task,
-}
+from tasks.encode import NotEnoughSpaceError
+from tasks.ingest import IngestError, input_path, locate_source_task, retry_unless_bad_input
+from tasks.logs import one_line
+from tasks.promote import PromotionError, outcome_line
+from tasks.steps import STEPS, load_attribute, step as step_spec, task_inputs
+from tasks.store import ArtifactsRootError, ArtifactStore, RunError, RunRecord, StepOutput
+from tasks.validate import DataValidationError
 
 
 class StepFailed(RuntimeError):
@@ -94,11 +82,6 @@ def run_log(folder: Path, flow_run_id: str) -> Iterator[None]:
         handler.close()
 
 
-def _one_line(error: BaseException | Any) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
-
-
 def with_retries(task: Any, config: RunConfig) -> Any:
     """Steps that read from a network or disk retry with exponential backoff, unless the input itself is bad."""
     retries = config.data.retries
@@ -123,11 +106,12 @@ def release_free_memory() -> None:
 
 
 def run_step(run: RunRecord, store: ArtifactStore, config: RunConfig, step: str, refresh: set[str], **params: Any) -> StepOutput:
-    """Call one step's task, then link its outputs into the run folder and note them in the manifest."""
-    task = STEP_TASKS[step]
-    if task.cache_policy != NO_CACHE:  # promote is never cached: it writes into the run folder itself
+    """Call one step's task (as tasks/steps.py declares it), then link its outputs into the run folder and note them."""
+    spec = step_spec(step)
+    task = load_attribute(spec.task)
+    if spec.cached:
         task = bind_to_store(task, store, refresh=step in refresh or "all" in refresh)
-    if step == "ingest":
+    if spec.retries:
         task = with_retries(task, config)
     started = time.perf_counter()
     state = task(root=str(store.root), return_state=True, **params)
@@ -136,18 +120,15 @@ def run_step(run: RunRecord, store: ArtifactStore, config: RunConfig, step: str,
         error = state.result(raise_on_failure=False)
         if isinstance(error, BaseException):
             TRACEBACKS.error("step %s failed", step, exc_info=error, extra={"flow_run_id": str(flow_run.id or "")})
-        if isinstance(error, DataValidationError) and error.output_dir:
-            run.link_outputs(step, Path(error.output_dir))  # the failed checks and Data Docs, for reading
-        run.record_failure(step, _one_line(error), seconds)
-        raise StepFailed(step, _one_line(error))
+        if getattr(error, "output_dir", None):
+            run.link_outputs(step, Path(error.output_dir))  # what the step wrote about its failure (validate's checks, Data Docs)
+        run.record_failure(step, one_line(error), seconds)
+        raise StepFailed(step, one_line(error))
     output: StepOutput = state.result()
     release_free_memory()
     run.record_step(output, status="cached" if state.name == "Cached" else "completed", seconds=seconds)
-    if step == "report":  # from the run folder, so the link outlives the cache and a cached report shows too
-        publish_report_artifacts(run.step_output("report"), {"evaluate": run.step_output("evaluate")})
-    if step == "promote":
-        run.manifest["promotion"] = manifest_promotion(output, run.run_id)
-        run.save()
+    if spec.after:
+        load_attribute(spec.after)(run, output)
     return output
 
 
@@ -162,8 +143,8 @@ def _run_name() -> str:
 def plan_steps(start_from: str | None, only_step: str | None, derived_from: str | None) -> tuple[list[str], list[str]]:
     """(steps to reuse from the derived run, steps to execute)."""
     for name in (start_from, only_step):
-        if name is not None and name not in STEPS:
-            raise ValueError(f"{name!r} is not a step: use one of {', '.join(STEPS)}")
+        if name is not None:
+            step_spec(name)  # ValueError naming the steps
     first = only_step or start_from
     if first is None or derived_from is None:
         return [], [only_step] if only_step else list(STEPS)
@@ -213,10 +194,10 @@ def _run_pipeline(logger: Any, run: RunRecord, store: ArtifactStore, config: Run
         if "ingest" in execute:
             run.manifest["inputs"] = locate_input(run, config, data_dir)
         for step in execute:
-            outputs[step] = run_step(run, store, config, step, wanted, **inputs_for(step, config, outputs, run.manifest["inputs"], run))
+            outputs[step] = run_step(run, store, config, step, wanted, **task_inputs(step, config, outputs, run_context(run)))
     except BaseException as error:
         TRACEBACKS.error("run failed", exc_info=True, extra={"flow_run_id": str(flow_run.id or "")})
-        run.finish("failed", error=_one_line(error))
+        run.finish("failed", error=one_line(error))
         raise
     run.finish("completed")
     if "evaluate" in outputs:
@@ -240,27 +221,12 @@ def locate_input(run: RunRecord, config: RunConfig, data_dir: str) -> dict[str, 
         error = state.result(raise_on_failure=False)
         if isinstance(error, BaseException):
             TRACEBACKS.error("locating the input failed", exc_info=error, extra={"flow_run_id": str(flow_run.id or "")})
-        reason = _one_line(error)
+        reason = one_line(error)
         run.record_failure("ingest", reason, 0.0)
         raise StepFailed("ingest", reason)
     return state.result()
 
 
-def inputs_for(step: str, config: RunConfig, outputs: dict[str, StepOutput], source: dict[str, Any], run: RunRecord | None = None) -> dict[str, Any]:
-    """What each step's task is called with: its configuration section and its upstream outputs."""
-    pick = lambda *names: {n: outputs[n] for n in names}  # noqa: E731
-    if step == "ingest":
-        return {"section": config.section("data"), "upstream": {}, "source": source}
-    if step == "validate":  # the kept_text check measures what encode's tokenizer keeps
-        text_rule = {"tokenizer": config.encode.tokenizer, "lowercase": config.encode.lowercase}
-        return {"section": config.section("validate"), "upstream": pick("ingest"), "text_rule": text_rule}
-    if step == "encode":
-        return {"section": config.section("encode"), "upstream": pick("ingest")}
-    if step == "train":
-        return {"section": {"model": config.section("model"), "train": config.section("train")}, "upstream": pick("encode")}
-    if step == "evaluate":
-        return {"section": {}, "upstream": pick("encode", "train")}
-    if step == "promote":
-        return {"section": config.section("promote"), "upstream": pick("ingest", "validate", "encode", "evaluate"), "run_folder": str(run.folder)}
-    # The report leaves the promotion out: it changes from run to run, and the report is cached.
-    return {"section": {"config": config.as_dict()}, "upstream": pick("validate", "encode", "train", "evaluate")}
+def run_context(run: RunRecord) -> dict[str, Any]:
+    """What a run hands the steps that declare a `context` (tasks/steps.py): the located input, its folder."""
+    return {"source": run.manifest.get("inputs") or {}, "run_folder": str(run.folder)}

@@ -23,9 +23,11 @@ from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.pipeline import inputs_for, locate_input, run_step
+from flows.pipeline import locate_input, run_context, run_step
 from tasks.config import RunConfig, load_config
-from tasks.store import STEPS, ArtifactStore, RunRecord, StepOutput, new_run_id
+from tasks.logs import one_line
+from tasks.steps import STEPS, task_inputs
+from tasks.store import ArtifactStore, RunRecord, StepOutput, new_run_id
 from tasks.sweep import Grid, point_configs, point_label, point_row, start_sweep, sweep_report_task, sweeps_dir
 
 SHARED_STEPS = STEPS[: STEPS.index("train")]  # ingest, validate, encode: once per sweep
@@ -91,11 +93,6 @@ def prefect_api_for_workers(dask_address: str | None = None) -> Iterator[str]:
         yield server.api_url
 
 
-def _one_line(error: BaseException | Any) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
-
-
 @task(name="sweep-point", cache_policy=NO_CACHE)
 def sweep_point_task(root: str, run_folder: str, config: RunConfig, shared: dict[str, StepOutput]) -> str:
     """Train, evaluate, report and promote one grid point into its run folder, on whichever worker runs it."""
@@ -103,9 +100,9 @@ def sweep_point_task(root: str, run_folder: str, config: RunConfig, shared: dict
     outputs = dict(shared)
     try:
         for step in POINT_STEPS:
-            outputs[step] = run_step(run, store, config, step, set(), **inputs_for(step, config, outputs, run.manifest["inputs"], run))
+            outputs[step] = run_step(run, store, config, step, set(), **task_inputs(step, config, outputs, run_context(run)))
     except BaseException as error:
-        run.finish("failed", error=_one_line(error))
+        run.finish("failed", error=one_line(error))
         raise
     run.finish("completed")
     return run_folder
@@ -116,10 +113,10 @@ def _failure_reason(future: Any) -> str:
     try:
         outcome = future.result(raise_on_failure=False)
     except Exception as error:  # raised on the worker before Prefect recorded a state
-        return _one_line(error)
+        return one_line(error)
     if isinstance(outcome, BaseException):
-        return _one_line(outcome)
-    return _one_line(future.state.message or f"its task ended {future.state.name}")
+        return one_line(outcome)
+    return one_line(future.state.message or f"its task ended {future.state.name}")
 
 
 def start_point(store: ArtifactStore, sweep: RunRecord, point: dict[str, Any], config: RunConfig, shared: dict[str, StepOutput]) -> RunRecord:
@@ -168,9 +165,9 @@ def rnnflow_sweep(
     try:
         sweep.manifest["inputs"] = locate_input(sweep, config, data_dir)
         for step in SHARED_STEPS:
-            shared[step] = run_step(sweep, store, config, step, set(), **inputs_for(step, config, shared, sweep.manifest["inputs"]))
+            shared[step] = run_step(sweep, store, config, step, set(), **task_inputs(step, config, shared, run_context(sweep)))
     except BaseException as error:  # raised, as the pipeline does, so the flow run ends Failed with the reason
-        sweep.finish("failed", error=_one_line(error))
+        sweep.finish("failed", error=one_line(error))
         raise
 
     runs = [(point, point_config, start_point(store, sweep, point, point_config, shared)) for point, point_config in points]

@@ -11,6 +11,8 @@ sha256; if not, it drops the stale record so the step recomputes.
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import json
 import os
 import socket
@@ -22,25 +24,99 @@ from typing import Any, Callable
 from prefect.cache_policies import CachePolicy
 from prefect.locking.filesystem import FileSystemLockManager
 
-from tasks.store import ArtifactStore, StepOutput, changed_since_start, code_version, fingerprint
+from tasks.steps import step as step_spec
+from tasks.store import ArtifactStore, StepOutput, fingerprint
 
-# The tasks/ modules whose source makes up each step's code version.
-STEP_MODULES: dict[str, tuple[str, ...]] = {
-    "ingest": ("ingest", "synthetic", "text"),
-    "validate": ("validate", "text"),
-    "encode": ("encode", "text", "subword"),
-    # The export restates tasks/text.py's rules and runs the subword model in TensorFlow.
-    "train": ("train", "models", "export", "text", "subword"),
-    "evaluate": ("evaluate", "models"),  # next_token scoring shifts targets with tasks.models.next_token_arrays
-    "report": ("report",),
+TASKS_DIR = Path(__file__).resolve().parent
+# Modules that decide where and how a result is kept, not what it holds: never part of a code version.
+NOT_CODE = frozenset({"tasks/caching.py", "tasks/steps.py", "tasks/logs.py", "tasks/__init__.py"})
+
+# The source of every tasks/ file as this process found it at start (the flow imports this module
+# first thing): the code it runs. Keys are made from these rather than from the files when a step
+# starts, so a file edited while a run is going cannot file the old code's output under the new
+# code's key (a run edited under would otherwise poison the cache of every later run).
+SOURCES_AT_START: dict[str, bytes] = {
+    f"tasks/{path.relative_to(TASKS_DIR).as_posix()}": path.read_bytes() for path in sorted(TASKS_DIR.rglob("*.py"))
 }
+
+
+def source_at_start(name: str) -> bytes:
+    """A tasks/ file's source ("tasks/models.py") as it was when this process started (read now for a file added since)."""
+    source = SOURCES_AT_START.get(name)
+    return source if source is not None else (TASKS_DIR.parent / name).read_bytes()
+
+
+def changed_since_start(name: str) -> bool:
+    """Whether a tasks/ file on disk differs from the source this process started with."""
+    path = TASKS_DIR.parent / name
+    return not path.is_file() or path.read_bytes() != source_at_start(name)
+
+
+def _module_file(module: str) -> str | None:
+    """"tasks.ingest.imdb" -> "tasks/ingest/imdb.py" (or a package's __init__.py); None outside tasks/."""
+    if module != "tasks" and not module.startswith("tasks."):
+        return None
+    relative = module.replace(".", "/")
+    for candidate in (f"{relative}.py", f"{relative}/__init__.py"):
+        if candidate in SOURCES_AT_START or (TASKS_DIR.parent / candidate).is_file():
+            return candidate
+    return None
+
+
+def _imported_files(name: str) -> set[str]:
+    """The tasks/ files a file imports (anywhere in it: lazy imports inside functions count too)."""
+    module = name[: -len("/__init__.py")] if name.endswith("/__init__.py") else name[: -len(".py")]
+    package = module if name.endswith("/__init__.py") else module.rpartition("/")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source_at_start(name))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from .imdb import ..., from . import splits
+                parts = package.split("/")[: len(package.split("/")) - (node.level - 1)]
+                base = ".".join(parts + ([base] if base else []))
+            targets = [base] + [f"{base}.{alias.name}" for alias in node.names]  # `from tasks import store` names a module
+        else:
+            continue
+        for target in targets:
+            path = _module_file(target)
+            if path is not None:
+                found.add(path)
+    return found
+
+
+def code_files(step: str) -> list[str]:
+    """The files whose source is the step's code version: every .py file of its own package (found, not listed)
+    and every tasks/ file those import, transitively."""
+    own = step_spec(step).own_package
+    if (TASKS_DIR / own).is_dir():
+        todo = [name for name in SOURCES_AT_START if name.startswith(f"tasks/{own}/")]
+    else:
+        todo = [f"tasks/{own}.py"]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen or name in NOT_CODE:
+            continue
+        seen.add(name)
+        todo.extend(_imported_files(name) - seen)
+    return sorted(seen)
+
+
+def code_version(step: str) -> str:
+    """sha256 over the source at start of the step's code files: editing any of them changes the step's key."""
+    digest = hashlib.sha256()
+    for name in code_files(step):
+        digest.update(name.encode() + b"\0" + source_at_start(name) + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def step_key(step: str, section: dict[str, Any], upstream: dict[str, StepOutput], extra: dict[str, Any] | None = None) -> str:
     return fingerprint(
         {
             "step": step,
-            "code": code_version(*STEP_MODULES[step]),
+            "code": code_version(step),
             "config": section,
             "extra": extra or {},
             "upstream": {name: out.content_fingerprint for name, out in sorted(upstream.items())},
@@ -78,12 +154,13 @@ def produce_step(
     extra holds the task's other parameters (ingest's located source), which join the key as
     the cache policy sees them.
     """
-    for module in STEP_MODULES[step]:
+    for name in code_files(step):
         # A module the step imports only now (tasks.models: Keras) would load as it is on disk, while
         # the key was made from the source at start: refuse rather than cache one under the other.
-        if f"tasks.{module}" not in sys.modules and changed_since_start(module):
+        module = name[: -len(".py")].removesuffix("/__init__").replace("/", ".")
+        if module not in sys.modules and changed_since_start(name):
             raise RuntimeError(
-                f"tasks/{module}.py changed on disk after this run started, so the {step} step would run other code than "
+                f"{name} changed on disk after this run started, so the {step} step would run other code than "
                 "its cache key describes: start the run again"
             )
     store = ArtifactStore(root)

@@ -198,10 +198,6 @@ class RunConfig(Section):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
 
-    @property
-    def validation(self) -> ValidateConfig:
-        return self.validate_
-
     def section(self, name: str) -> dict[str, Any]:
         """One section as plain data, the part of the configuration a step's cache key covers.
 

@@ -26,8 +26,7 @@ from prefect import task
 from tasks import store
 from tasks.caching import StepCachePolicy, produce_step
 from tasks.config import EncodeConfig
-from tasks.ingest import SPLITS
-from tasks.store import StepOutput, atomic_path, iter_parquet, parquet_rows, read_json, write_json
+from tasks.store import SPLITS, RunFiles, StepOutput, atomic_path, iter_parquet, parquet_rows, read_json, write_json
 from tasks.subword import MODEL_FILE as SUBWORD_MODEL_FILE, SubwordModel, train_subword_model
 from tasks.text import clean_text, tokenize_many
 
@@ -405,8 +404,8 @@ def _write_encoding(
     mean_length = float(train_lengths.mean()) if len(train_lengths) else 0.0
     # Every split at once first, so a disk too small fails before the long train split is written.
     check_free_space(out_dir, sum(split_bytes(parquet_rows(ingest_dir / f"{split}.parquet"), max_len, mean_length) for split in SPLITS))
-    vocab.save(out_dir / "vocab.json")
-    write_json(out_dir / "labels.json", ingest_info["labels"])
+    vocab.save(RunFiles.VOCABULARY.of_step(out_dir))
+    write_json(RunFiles.LABELS.of_step(out_dir), ingest_info["labels"])
 
     truncated, counts, oov = {}, {}, {}
     for split in SPLITS:
@@ -438,7 +437,7 @@ def _write_encoding(
         "oov_share": oov,
         "length_histogram": {"edges": edges.round(1).tolist(), "counts": hist_counts.tolist()},
     }
-    write_json(out_dir / "encode.json", info)
+    write_json(RunFiles.ENCODING.of_step(out_dir), info)
     return {"max_len": max_len, "vocab_size": vocab.size, "n": counts}
 
 

@@ -15,7 +15,7 @@ from prefect import task
 
 from tasks.caching import StepCachePolicy, produce_step
 from tasks.encode import load_arrays
-from tasks.store import StepOutput, atomic_path, read_json, write_json
+from tasks.store import RunFiles, StepOutput, atomic_path, read_json, write_json
 
 LENGTH_BUCKETS = (0, 100, 200, 400, 800, 10**9)
 
@@ -162,7 +162,7 @@ def _evaluate_next_token(model: Any, encode_dir: Path, out_dir: Path) -> dict[st
     x_test, _ = load_arrays(encode_dir, "test")
     tokens = pd.read_parquet(Path(encode_dir) / "tokens_test.parquet", columns=["id", "length"])
     result, row_steps, row_hits = score_next_token(model, np.asarray(x_test), tokens["length"].to_numpy())
-    write_json(out_dir / "metrics.json", result)
+    write_json(RunFiles.METRICS.of_step(out_dir), result)
     predictions = pd.DataFrame(
         {
             "id": tokens["id"],
@@ -182,13 +182,13 @@ def evaluate_model(encode_dir: Path, train_dir: Path, out_dir: Path) -> dict[str
 
     import tasks.models  # noqa: F401  (registers the custom layers before loading)
 
-    training = Path(train_dir) / "train.json"
+    training = RunFiles.TRAINING.of_step(train_dir)
     if training.is_file() and read_json(training).get("task") == "next_token":  # runs from before the setting are classifiers
-        model = keras.models.load_model(Path(train_dir) / "model.keras", compile=False)
+        model = keras.models.load_model(RunFiles.MODEL.of_step(train_dir), compile=False)
         return _evaluate_next_token(model, encode_dir, out_dir)
-    model = keras.models.load_model(Path(train_dir) / "model.keras")
+    model = keras.models.load_model(RunFiles.MODEL.of_step(train_dir))
     x_test, y_test = load_arrays(encode_dir, "test")
-    labels = read_json(Path(encode_dir) / "labels.json")
+    labels = read_json(RunFiles.LABELS.of_step(encode_dir))
     tokens = pd.read_parquet(Path(encode_dir) / "tokens_test.parquet", columns=["id", "length"])
     members = [layer for layer in model.layers if isinstance(layer, keras.Model)]
     if members:  # train.members > 1: score the average, and each member on its own beside it, in one pass
@@ -204,7 +204,7 @@ def evaluate_model(encode_dir: Path, train_dir: Path, out_dir: Path) -> dict[str
         for member, outputs in zip(members, member_outputs):
             alone = score(class_probabilities(outputs), truth, lengths, labels)["test"]
             result["members"].append({"name": member.name, **{k: alone[k] for k in ("accuracy", "loss", "f1", "roc_auc")}})
-    write_json(out_dir / "metrics.json", result)
+    write_json(RunFiles.METRICS.of_step(out_dir), result)
     predictions = pd.DataFrame(
         {
             "id": tokens["id"],

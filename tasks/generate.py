@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from tasks.encode import INDEX_FROM, OOV, PAD, Vocabulary
-from tasks.predict import load_run_model, run_files
-from tasks.store import read_json
+from tasks.predict import load_run_model
+from tasks.store import RunFiles, read_json, require_run_files
 from tasks.text import clean_text
 
 
@@ -43,7 +43,7 @@ class Generator:
 def load_generator(run_folder: Path) -> Generator:
     """The run's vocabulary and cleaning (encode/vocab.json) and its next_token model (train/model.keras)."""
     run_folder = Path(run_folder)
-    needed = run_files(run_folder, "encode/vocab.json", "train/train.json", "train/model.keras")
+    needed = require_run_files(run_folder, RunFiles.VOCABULARY, RunFiles.TRAINING, RunFiles.MODEL, optional=(RunFiles.SUBWORD_MODEL,))
     task = read_json(needed[1]).get("task", "classify")  # runs from before model.task are classifiers
     if task != "next_token":
         raise GenerationError(

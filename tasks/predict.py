@@ -16,7 +16,7 @@ import pandas as pd
 
 from tasks.encode import OOV, Vocabulary
 from tasks.evaluate import predict_probabilities
-from tasks.store import atomic_path, read_json, verify_run_files
+from tasks.store import RunFiles, atomic_path, read_json, require_run_files
 
 INPUT_SUFFIXES = (".txt", ".csv", ".parquet")
 OUTPUT_SUFFIXES = (".parquet", ".csv")
@@ -37,24 +37,6 @@ class Predictor:
 
 
 # Files a loader reads when they are there (a subword vocabulary's model), checked like the needed ones.
-OPTIONAL_RUN_FILES = ("encode/subword.model",)
-
-
-def run_files(run_folder: Path, *names: str) -> list[Path]:
-    """The named files of a run folder, checked against their recorded sha256, or one sentence saying which
-    is missing or damaged (predict, generate, promote's re-scoring)."""
-    paths = [Path(run_folder) / name for name in names]
-    missing = [path for path in paths if not path.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"Run {Path(run_folder).name} has no {missing[0].relative_to(run_folder)}: its steps did not all complete; "
-            f"choose a completed run ('rnnflow runs' lists them)."
-        )
-    # Keras reports a truncated model.keras as "File not found": name the damaged file and the fix instead.
-    verify_run_files(Path(run_folder), [*names, *(name for name in OPTIONAL_RUN_FILES if (Path(run_folder) / name).is_file())])
-    return paths
-
-
 def load_run_model(path: Path) -> Any:
     """A run's model.keras, with rnnflow's custom layers registered; Keras is imported only here."""
     import keras
@@ -67,8 +49,9 @@ def load_run_model(path: Path) -> Any:
 def load_predictor(run_folder: Path) -> Predictor:
     """The run's vocabulary and cleaning (encode/vocab.json), labels (encode/labels.json), model (train/model.keras)."""
     run_folder = Path(run_folder)
-    training = run_folder / "train" / "train.json"
-    needed = run_files(run_folder, "encode/vocab.json", "encode/labels.json", "train/model.keras", *(["train/train.json"] if training.is_file() else []))
+    training = RunFiles.TRAINING.of_run(run_folder)
+    needed = require_run_files(run_folder, RunFiles.VOCABULARY, RunFiles.LABELS, RunFiles.MODEL,
+                               optional=(RunFiles.TRAINING, RunFiles.SUBWORD_MODEL))
     if training.is_file() and read_json(training).get("task") == "next_token":
         raise PredictionInputError(
             f"Run {run_folder.name} holds a next_token model, which continues texts rather than labelling them: "

@@ -30,29 +30,22 @@ decision repeats; the manifest's `promotion` adds both.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import getpass
-import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.store import (
-    CHAMPION_FILE, ArtifactStore, BadRunIdError, RunError, RunRecord, StepOutput, fingerprint, read_json, sha256_file, verify_run_files,
-    write_json,
-)
+from tasks.config import PromoteConfig
+from tasks.render import Table, as_number, format_metric, markdown_table
+from tasks.store import MANIFEST_FILE, ArtifactStore, RunError, RunFiles, RunRecord, StepOutput, fingerprint, read_json, sha256_file, utc_now, verify_run_files, write_json
 
-CHAMPION_LOCK = "champion.lock"
-DECISION_FILE = "decision.json"
+DECISION_FILE = RunFiles.DECISION.name
 ARTIFACT_KEY = "rnnflow-promotion"
 STEP_DECIDER = "rnnflow promote step"
 LOWER_IS_BETTER = frozenset({"loss"})
-DEFAULT_SETTINGS = {"enabled": True, "metric": "accuracy", "min_delta": 0.0, "floors": {}}
 
 PROMOTED, NOT_PROMOTED, SKIPPED = "promoted", "not_promoted", "skipped"
 TITLES = {PROMOTED: "Promoted", NOT_PROMOTED: "Not promoted", SKIPPED: "Not promoted (promotion disabled)"}
@@ -91,14 +84,9 @@ class ChampionScore:
     note: str = ""  # why value is None, when it is
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
+def promote_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """promote.* as a full dict: what is given over PromoteConfig's defaults (the one place they are written)."""
+    return PromoteConfig.model_validate(settings or {}).model_dump(mode="json")
 
 
 def failed_validation_checks(validation: dict[str, Any]) -> list[str]:
@@ -112,14 +100,14 @@ def failed_validation_checks(validation: dict[str, Any]) -> list[str]:
 
 def candidate_from_files(run_id: str, ingest_dir: Path, validate_dir: Path, encode_dir: Path, evaluate_dir: Path) -> Candidate:
     """A candidate from its steps' folders (cache entries in the flow, run-folder steps by hand)."""
-    validation = read_json(Path(validate_dir) / "validation.json")
-    test_texts = Path(ingest_dir) / "test.parquet"
-    metrics = read_json(Path(evaluate_dir) / "metrics.json")
+    validation = read_json(RunFiles.VALIDATION.of_step(validate_dir))
+    test_texts = RunFiles.TEST_TEXTS.of_step(ingest_dir)
+    metrics = read_json(RunFiles.METRICS.of_step(evaluate_dir))
     return Candidate(
         run_id=run_id,
         task=metrics.get("task", "classify"),
         test=metrics.get("test") or {},
-        labels=[str(label) for label in read_json(Path(encode_dir) / "labels.json")],
+        labels=[str(label) for label in read_json(RunFiles.LABELS.of_step(encode_dir))],
         failed_checks=failed_validation_checks(validation),
         n_checks=len(validation.get("checks") or []),
         test_fingerprint=sha256_file(test_texts) if test_texts.is_file() else None,
@@ -130,13 +118,14 @@ def candidate_from_files(run_id: str, ingest_dir: Path, validate_dir: Path, enco
 def candidate_from_run(folder: Path) -> Candidate:
     """A finished run as a candidate for a promotion by hand; one sentence when it lacks a needed file."""
     folder = Path(folder)
-    needed = ["validate/validation.json", "encode/labels.json", "evaluate/metrics.json", "train/model.keras"]
-    missing = [name for name in needed if not (folder / name).is_file()]
+    needed = [RunFiles.VALIDATION, RunFiles.LABELS, RunFiles.METRICS, RunFiles.MODEL]
+    missing = [file.path for file in needed if not file.of_run(folder).is_file()]
     if missing:
         raise PromotionError(f"Run {folder.name} has no {missing[0]}: only a run that trained and evaluated a model can be promoted.")
     # A damaged model must not become the champion every `predict --run champion` then fails on.
-    verify_run_files(folder, [*needed, "ingest/test.parquet"])
-    return candidate_from_files(folder.name, folder / "ingest", folder / "validate", folder / "encode", folder / "evaluate")
+    verify_run_files(folder, [file.path for file in (*needed, RunFiles.TEST_TEXTS)])
+    step_dirs = [folder / file.step for file in (RunFiles.TEST_TEXTS, RunFiles.VALIDATION, RunFiles.LABELS, RunFiles.METRICS)]
+    return candidate_from_files(folder.name, *step_dirs)
 
 
 # --------------------------------------------------------------------------- the decision (pure)
@@ -154,7 +143,7 @@ def check_floors(test: dict[str, Any], floors: dict[str, float]) -> list[dict[st
     """Each floor with the run's value and whether it holds (a ceiling for loss)."""
     rows = []
     for metric, bound in sorted(floors.items()):
-        value = _number(test.get(metric))
+        value = as_number(test.get(metric))
         lower = metric in LOWER_IS_BETTER
         passed = value is not None and (value <= bound if lower else value >= bound)
         rows.append({"metric": metric, "bound": float(bound), "kind": "at most" if lower else "at least", "value": value, "passed": passed})
@@ -168,9 +157,9 @@ def decide(candidate: Candidate, champion: ChampionScore | None, settings: dict[
     metric beats the champion's by more than min_delta (or there is no champion); force
     promotes whatever the comparison says, and the decision says it was forced.
     """
-    settings = {**DEFAULT_SETTINGS, **(settings or {})}
+    settings = promote_settings(settings)
     metric, min_delta = settings["metric"], float(settings["min_delta"])
-    new = _number(candidate.test.get(metric))
+    new = as_number(candidate.test.get(metric))
     floors = check_floors(candidate.test, settings.get("floors") or {})
     decision: dict[str, Any] = {
         "outcome": None,
@@ -246,54 +235,14 @@ def outcome_line(decision: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- the champion
 
 
-def champion_path(store: ArtifactStore) -> Path:
-    return store.root / CHAMPION_FILE
-
-
-def read_champion(store: ArtifactStore) -> dict[str, Any] | None:
-    """The champion pointer, or None when no run was promoted yet."""
-    path = champion_path(store)
-    try:
-        pointer = read_json(path)
-    except FileNotFoundError:
-        return None
-    except ValueError:
-        raise PromotionError(f"{path} is not valid JSON: delete it and promote a run with 'rnnflow promote RUN_ID'.") from None
-    if not isinstance(pointer, dict) or not isinstance(pointer.get("run_id"), str):
-        raise PromotionError(f"{path} names no run_id: delete it and promote a run with 'rnnflow promote RUN_ID'.")
-    try:  # a path here would send the comparison (and `champion`) to another root's run
-        store.check_run_id(pointer["run_id"])
-    except BadRunIdError:
-        raise PromotionError(f"{path} names {pointer['run_id']!r}, not a run id under {store.runs_dir}: delete it and promote a run with 'rnnflow promote RUN_ID'.") from None
-    return pointer
-
-
-@contextlib.contextmanager
-def champion_lock(store: ArtifactStore) -> Iterator[None]:
-    """An exclusive lock on <root>/champion.lock, across threads and processes; released when the holder dies."""
-    path = store.root / CHAMPION_LOCK
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a+")  # one open file description per holder: flock then excludes threads too
-    except OSError as error:
-        raise PromotionError(
-            f"Artifacts root {store.root} is not writable ({path}: {error.strerror or error}): choose another with --artifacts or fix its permissions."
-        ) from None
-    with handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
 def _recorded_test(folder: Path) -> dict[str, Any]:
-    return (read_json(folder / "evaluate" / "metrics.json").get("test") or {}) if (folder / "evaluate" / "metrics.json").is_file() else {}
+    metrics = RunFiles.METRICS.of_run(folder)
+    return (read_json(metrics).get("test") or {}) if metrics.is_file() else {}
 
 
 def _test_fingerprint(manifest: dict[str, Any]) -> str | None:
     steps = manifest.get("steps") or {}
-    return ((steps.get("ingest") or {}).get("outputs") or {}).get("test.parquet")
+    return ((steps.get(RunFiles.TEST_TEXTS.step) or {}).get("outputs") or {}).get(RunFiles.TEST_TEXTS.name)
 
 
 def score_champion(store: ArtifactStore, run_id: str, candidate: Candidate, metric: str) -> ChampionScore:
@@ -301,11 +250,11 @@ def score_champion(store: ArtifactStore, run_id: str, candidate: Candidate, metr
     same texts (ingest's test.parquet has the same sha256), else its model scored again on them."""
     folder = store.run_dir(run_id)
     try:
-        manifest = read_json(folder / "manifest.json")
+        manifest = read_json(folder / MANIFEST_FILE)
     except (OSError, ValueError):
         return ChampionScore(run_id=run_id, value=None, missing=True)
-    own = _number(_recorded_test(folder).get(metric))
-    metrics_file = folder / "evaluate" / "metrics.json"
+    own = as_number(_recorded_test(folder).get(metric))
+    metrics_file = RunFiles.METRICS.of_run(folder)
     task = read_json(metrics_file).get("task", "classify") if metrics_file.is_file() else "classify"
     if task != candidate.task:
         return ChampionScore(run_id=run_id, value=None, own_value=own,
@@ -327,7 +276,7 @@ def score_champion(store: ArtifactStore, run_id: str, candidate: Candidate, metr
         test = rescore_run(folder, candidate.test_texts, candidate.labels)
     except PromotionError as error:
         return ChampionScore(run_id=run_id, value=None, own_value=own, rescored=True, note=str(error))
-    return ChampionScore(run_id=run_id, value=_number(test.get(metric)), own_value=own, rescored=True,
+    return ChampionScore(run_id=run_id, value=as_number(test.get(metric)), own_value=own, rescored=True,
                          note="" if test.get(metric) is not None else f"the champion {run_id}'s {metric} is n/a on this run's test split")
 
 
@@ -380,20 +329,20 @@ def promote(
     a run that finished at the same time is compared with the winner, never a stale pointer.
     record(decision) runs inside the lock too (a hand promotion notes itself in the manifest).
     """
-    settings = {**DEFAULT_SETTINGS, **(settings or {})}
-    if not settings.get("enabled", True) and not force:
+    settings = promote_settings(settings)
+    if not settings["enabled"] and not force:
         return decide(candidate, None, settings)
-    with champion_lock(store):
-        current = read_champion(store)
+    with store.champion_lock():
+        current = store.read_champion()
         champion = None if current is None else scorer(store, current["run_id"], candidate, settings["metric"])
         decision = decide(candidate, champion, settings, force=force)
         decision["decided_by"] = decided_by
         if note:
             decision["reason"] = f"{note} ({decision['reason']})"
         if decision["promoted"] and (current is None or current.get("run_id") != candidate.run_id):
-            write_json(champion_path(store), {
+            store.write_champion({
                 "run_id": candidate.run_id,
-                "promoted_at": _now(),
+                "promoted_at": utc_now(),
                 "metric": decision["metric"],
                 "value": decision["new"],
                 "decided_by": decided_by,
@@ -404,10 +353,6 @@ def promote(
         if record is not None:
             record(decision)
     return decision
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 # --------------------------------------------------------------------------- by hand
@@ -429,13 +374,13 @@ def promote_by_hand(store: ArtifactStore, run: str, *, force: bool = False, reas
     if record.manifest.get("status") != "completed" and not force:
         raise PromotionError(f"Run {folder.name} is {record.manifest.get('status')}, not completed: promote it with --force if you mean it.")
     candidate = candidate_from_run(folder)
-    settings = {**DEFAULT_SETTINGS, **((record.manifest.get("config") or {}).get("promote") or {}), "enabled": True}
+    settings = {**((record.manifest.get("config") or {}).get("promote") or {}), "enabled": True}
 
     def note_in_manifest(decision: dict[str, Any]) -> None:
         manifest = RunRecord.load(folder)  # fresh: the file, not what was read before the lock
         if manifest.manifest.get("promotion"):
             manifest.manifest.setdefault("promotion_history", []).append(manifest.manifest["promotion"])
-        manifest.manifest["promotion"] = {**decision, "run_id": folder.name, "decided_at": _now()}
+        manifest.manifest["promotion"] = {**decision, "run_id": folder.name, "decided_at": utc_now()}
         manifest.save()
 
     return promote(store, candidate, settings, decided_by=hand_decider(force), force=force, note=reason, record=note_in_manifest)
@@ -452,8 +397,8 @@ def promote_run(root: str, run_folder: str, section: dict[str, Any], upstream: d
         folder.name, upstream["ingest"].path, upstream["validate"].path, upstream["encode"].path, upstream["evaluate"].path
     )
     decision = promote(store, candidate, section)
-    out_dir = folder / "promote"
-    write_json(out_dir / DECISION_FILE, decision)
+    out_dir = folder / RunFiles.DECISION.step
+    write_json(RunFiles.DECISION.of_step(out_dir), decision)
     summary = {
         "outcome": decision["outcome"],
         "promoted": decision["promoted"],
@@ -461,7 +406,7 @@ def promote_run(root: str, run_folder: str, section: dict[str, Any], upstream: d
         "new": decision["new"],
         "champion": (decision["champion"] or {}).get("value"),
         "reason": decision["reason"],
-        "decided_at": _now(),
+        "decided_at": utc_now(),
     }
     return StepOutput(step="promote", key=fingerprint(decision)[:24], dir=str(out_dir),
                       files={DECISION_FILE: sha256_file(out_dir / DECISION_FILE)}, summary=summary)
@@ -472,9 +417,10 @@ def manifest_promotion(output: StepOutput, run_id: str) -> dict[str, Any]:
     return {**read_json(output.file(DECISION_FILE)), "run_id": run_id, "decided_at": output.summary.get("decided_at")}
 
 
-def _value(value: Any) -> str:
-    number = _number(value)
-    return "n/a" if number is None else f"{number:.4f}"
+def record_promotion(run: RunRecord, output: StepOutput) -> None:
+    """After the promote step (tasks/steps.py `after`): the decision into the run's manifest."""
+    run.manifest["promotion"] = manifest_promotion(output, run.run_id)
+    run.save()
 
 
 def promotion_rows(decision: dict[str, Any]) -> list[list[str]]:
@@ -484,20 +430,20 @@ def promotion_rows(decision: dict[str, Any]) -> list[list[str]]:
         ["Outcome", TITLES.get(decision.get("outcome"), str(decision.get("outcome")))],
         ["Reason", str(decision.get("reason", ""))],
         ["Metric", f"{decision.get('metric')} ({'higher' if decision.get('higher_is_better', True) else 'lower'} is better)"],
-        ["This run", _value(decision.get("new"))],
+        ["This run", format_metric(decision.get("new"))],
     ]
     if champion.get("missing"):
         rows.append([f"Champion {champion.get('run_id')}", "its run folder is gone"])
     elif champion:
         where = "re-scored on this run's test split" if champion.get("rescored") else "same test split"
-        rows.append([f"Champion {champion.get('run_id')}", f"{_value(champion.get('value'))} ({where})"])
+        rows.append([f"Champion {champion.get('run_id')}", f"{format_metric(champion.get('value'))} ({where})"])
         if champion.get("rescored"):
-            rows.append(["Champion on its own test split", _value(champion.get("own_value"))])
-        delta = _number(decision.get("delta"))
+            rows.append(["Champion on its own test split", format_metric(champion.get("own_value"))])
+        delta = as_number(decision.get("delta"))
         rows.append(["Delta", "n/a" if delta is None else f"{delta:+.4f}"])
-    rows.append(["min_delta", _value(decision.get("min_delta"))])
+    rows.append(["min_delta", format_metric(decision.get("min_delta"))])
     for floor in decision.get("floors") or []:
-        rows.append([f"Floor {floor['metric']} ({floor['kind']} {floor['bound']:.4f})", f"{_value(floor['value'])} {'passed' if floor['passed'] else 'FAILED'}"])
+        rows.append([f"Floor {floor['metric']} ({floor['kind']} {floor['bound']:.4f})", f"{format_metric(floor['value'])} {'passed' if floor['passed'] else 'FAILED'}"])
     validation = decision.get("validation") or {}
     failed = validation.get("failed_checks") or []
     rows.append(["Validation", f"all {validation.get('n_checks', 0)} checks passed" if not failed else "failed: " + ", ".join(failed)])
@@ -507,9 +453,7 @@ def promotion_rows(decision: dict[str, Any]) -> list[list[str]]:
 
 def promotion_markdown(decision: dict[str, Any]) -> str:
     title = TITLES.get(decision.get("outcome"), "Promotion")
-    lines = [f"# {title}", "", "| Measure | Value |", "|---|---|"]
-    lines += [f"| {label} | {value.replace('|', '/')} |" for label, value in promotion_rows(decision)]
-    return "\n".join(lines) + "\n"
+    return f"# {title}\n\n{markdown_table(Table(['Measure', 'Value'], promotion_rows(decision)))}\n"
 
 
 def publish_promotion_artifact(decision: dict[str, Any]) -> bool:

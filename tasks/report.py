@@ -25,10 +25,10 @@ from tasks.render import (
     STYLESHEET, Table, as_number, figure_png, format_count, format_mean, format_metric, format_percent, format_value, html_figure,
     html_table, markdown_escape, markdown_fence, markdown_table, new_figure,
 )
-from tasks.store import StepOutput, atomic_path, read_json, write_json, write_text
+from tasks.store import RunFile, RunFiles, StepOutput, atomic_path, read_json, write_json, write_text
 
-REPORT_HTML = "report.html"
-REPORT_MARKDOWN = "report.md"
+REPORT_HTML = RunFiles.REPORT_HTML.name
+REPORT_MARKDOWN = RunFiles.REPORT_MARKDOWN.name
 REPORT_DATA = "report.json"
 PLOTS_DIR = "plots"
 
@@ -63,10 +63,11 @@ class ReportInputs:
         return self.metrics.get("test") or {}
 
 
-def _read_upstream_json(upstream: dict[str, StepOutput], step: str, name: str) -> Any:
+def _read_upstream_json(upstream: dict[str, StepOutput], file: RunFile) -> Any:
+    step = file.step
     if step not in upstream:
         raise ValueError(f"The report needs the {step} step's output and none was given: run the pipeline through {step} first.")
-    path = upstream[step].file(name)
+    path = file.of_step(upstream[step].path)
     if not path.is_file():
         raise FileNotFoundError(f"Report input {path} is missing: rerun the {step} step.")
     try:
@@ -79,11 +80,11 @@ def load_report_inputs(config: dict[str, Any], upstream: dict[str, StepOutput]) 
     """Read validation.json, encode.json, train.json, history.json and metrics.json from the upstream folders."""
     return ReportInputs(
         config=config or {},
-        validation=_read_upstream_json(upstream, "validate", "validation.json"),
-        encoding=_read_upstream_json(upstream, "encode", "encode.json"),
-        training=_read_upstream_json(upstream, "train", "train.json"),
-        history=_read_upstream_json(upstream, "train", "history.json"),
-        metrics=_read_upstream_json(upstream, "evaluate", "metrics.json"),
+        validation=_read_upstream_json(upstream, RunFiles.VALIDATION),
+        encoding=_read_upstream_json(upstream, RunFiles.ENCODING),
+        training=_read_upstream_json(upstream, RunFiles.TRAINING),
+        history=_read_upstream_json(upstream, RunFiles.HISTORY),
+        metrics=_read_upstream_json(upstream, RunFiles.METRICS),
     )
 
 
@@ -722,7 +723,7 @@ def publish_report_artifacts(output: StepOutput, upstream: dict[str, StepOutput]
     if not _in_prefect_run():
         return False
     try:
-        metrics = _read_upstream_json(upstream, "evaluate", "metrics.json")
+        metrics = _read_upstream_json(upstream, RunFiles.METRICS)
         create_markdown_artifact(
             markdown=artifact_markdown(output), key=MARKDOWN_ARTIFACT_KEY, description="Key numbers of the rnnflow report"
         )
@@ -743,3 +744,9 @@ def publish_report_artifacts(output: StepOutput, upstream: dict[str, StepOutput]
 def report_task(root: str, section: dict, upstream: dict) -> StepOutput:
     # The artifacts are published by the flow from the run folder, so a cached report shows too.
     return produce_step(root, "report", section, upstream, lambda out: write_report(section["config"], upstream, out))
+
+
+def publish_run_report(run: Any, output: StepOutput) -> None:
+    """After the report step (tasks/steps.py `after`): publish from the run folder, so the link outlives the cache
+    and a cached report shows too."""
+    publish_report_artifacts(run.step_output("report"), {"evaluate": run.step_output("evaluate")})

@@ -11,6 +11,7 @@ Layout under the artifacts root:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -20,18 +21,64 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-STEPS = ("ingest", "validate", "encode", "train", "evaluate", "report", "promote")
-CHAMPION_FILE = "champion.json"  # <root>/champion.json: the run whose model is promoted (tasks/promote.py)
+from tasks.steps import STEP_BY_NAME, STEPS  # noqa: F401  (STEPS: the step names, for callers of the store)
+
+SPLITS = ("train", "val", "test")  # ingest writes <split>.parquet, encode X_<split>.npy / y_<split>.npy
+CHAMPION_FILE = "champion.json"  # <root>/champion.json: the run whose model is promoted (tasks/promote.py decides)
+CHAMPION_LOCK = "champion.lock"  # <root>/champion.lock: held while the pointer is read, compared and replaced
 ENTRY_FILE = "_entry.json"
 WRITER_FILE = "_writer.json"  # in a .partial scratch folder: the process writing it, so a dead writer's scratch can go
 MANIFEST_FILE = "manifest.json"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------- run-folder files
+
+
+@dataclass(frozen=True)
+class RunFile:
+    """A file one step writes and other code reads: <run folder>/<step>/<name>, spelled once, here."""
+
+    step: str
+    name: str
+
+    @property
+    def path(self) -> str:
+        """Relative to the run folder, as manifests and messages name it: "train/model.keras"."""
+        return f"{self.step}/{self.name}"
+
+    def of_run(self, folder: str | Path) -> Path:
+        return Path(folder) / self.step / self.name
+
+    def of_step(self, step_dir: str | Path) -> Path:
+        """In the step's own folder (a cache entry, or the folder a step writes into)."""
+        return Path(step_dir) / self.name
+
+
+class RunFiles:
+    """The run-folder files read beyond the step that writes them."""
+
+    TEST_TEXTS = RunFile("ingest", "test.parquet")
+    VALIDATION = RunFile("validate", "validation.json")
+    ENCODING = RunFile("encode", "encode.json")
+    LABELS = RunFile("encode", "labels.json")
+    VOCABULARY = RunFile("encode", "vocab.json")
+    SUBWORD_MODEL = RunFile("encode", "subword.model")
+    MODEL = RunFile("train", "model.keras")
+    TEXT_MODEL = RunFile("train", "model_text.keras")
+    TRAINING = RunFile("train", "train.json")
+    HISTORY = RunFile("train", "history.json")
+    METRICS = RunFile("evaluate", "metrics.json")
+    DECISION = RunFile("promote", "decision.json")
+    REPORT_HTML = RunFile("report", "report.html")
+    REPORT_MARKDOWN = RunFile("report", "report.md")
 
 
 # --------------------------------------------------------------------------- atomic files
@@ -127,32 +174,6 @@ class StepOutput(BaseModel):
         return fingerprint(sorted(self.files.items()))
 
 
-# The source of every tasks/ module as this process found it at start (the flow imports this module
-# first thing): the code it runs. Keys are made from these rather than from the files when a step
-# starts, so a file edited while a run is going cannot file the old code's output under the new
-# code's key (a run edited under would otherwise poison the cache of every later run).
-SOURCES_AT_START: dict[str, bytes] = {path.stem: path.read_bytes() for path in Path(__file__).parent.glob("*.py")}
-
-
-def module_source(name: str) -> bytes:
-    """A tasks/ module's source as it was when this process started (read now for a file added since)."""
-    source = SOURCES_AT_START.get(name)
-    return source if source is not None else (Path(__file__).parent / f"{name}.py").read_bytes()
-
-
-def changed_since_start(name: str) -> bool:
-    """Whether tasks/<name>.py on disk differs from the source this process started with."""
-    return (Path(__file__).parent / f"{name}.py").read_bytes() != module_source(name)
-
-
-def code_version(*modules: str) -> str:
-    """sha256 over the source of the named tasks/ modules: editing any of them changes the step's key."""
-    digest = hashlib.sha256()
-    for name in modules:
-        digest.update(module_source(name))
-    return digest.hexdigest()[:16]
-
-
 def _hash_tree(folder: Path) -> dict[str, str]:
     return {
         str(path.relative_to(folder)): sha256_file(path)
@@ -198,6 +219,10 @@ class ManifestError(RunError):
 
 class DamagedRunError(RunError):
     """A run file whose bytes no longer match the sha256 its manifest recorded."""
+
+
+class ChampionError(RunError):
+    """A champion.json that is not a pointer to a run of this root."""
 
 
 class ArtifactsRootError(Exception):
@@ -379,9 +404,25 @@ def verify_run_files(folder: Path, names: Iterable[str]) -> None:
         if recorded is None or not path.is_file():
             continue  # a missing file is the caller's sentence to give
         if _sha256_once(path) != recorded:
-            fix = (f"rerun that step with `rnnflow step {step} --run {folder.name}`." if step in STEPS[1:]
-                   else "ingest cannot be rerun alone: start a new run with `rnnflow run` and the run's settings.")
+            fix = (f"rerun that step with `rnnflow step {step} --run {folder.name}`." if step in STEP_BY_NAME and STEP_BY_NAME[step].rerun_alone
+                   else f"{step} cannot be rerun alone: start a new run with `rnnflow run` and the run's settings.")
             raise DamagedRunError(f"Run {folder.name}'s {name} does not match the sha256 its manifest records (the file is damaged): {fix}")
+
+
+def require_run_files(folder: Path, *files: RunFile, optional: Iterable[RunFile] = ()) -> list[Path]:
+    """The files of a run folder, checked against their recorded sha256, or one sentence saying which is missing or
+    damaged (predict, generate, promote's re-scoring). optional: checked too, when the run has them."""
+    folder = Path(folder)
+    paths = [file.of_run(folder) for file in files]
+    missing = [file for file, path in zip(files, paths) if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"Run {folder.name} has no {missing[0].path}: its steps did not all complete; "
+            f"choose a completed run ('rnnflow runs' lists them)."
+        )
+    # Keras reports a truncated model.keras as "File not found": name the damaged file and the fix instead.
+    verify_run_files(folder, [file.path for file in (*files, *(f for f in optional if f.of_run(folder).is_file()))])
+    return paths
 
 
 # --------------------------------------------------------------------------- the store
@@ -450,7 +491,7 @@ class ArtifactStore:
         self.check_folder()
         base = self._first_existing()
         folders = [base, *(d for d in (self.runs_dir, self.cache_dir, self.root / "prefect", self.prefect_results_dir, self.locks_dir) if d.is_dir())]
-        files = [f for f in (self.root / CHAMPION_FILE, self.root / "champion.lock") if f.is_file()]
+        files = [f for f in (self.champion_file, self.root / CHAMPION_LOCK) if f.is_file()]
         for path in folders:
             if not os.access(path, os.W_OK | os.X_OK):
                 raise ArtifactsRootError(
@@ -530,6 +571,53 @@ class ArtifactStore:
                     removed.append(scratch)
         return removed
 
+    # ----- the champion
+
+    @property
+    def champion_file(self) -> Path:
+        return self.root / CHAMPION_FILE
+
+    def read_champion(self) -> dict[str, Any] | None:
+        """The champion pointer ({"run_id", "promoted_at", "metric", "value", ...}), or None when no run was promoted yet."""
+        path = self.champion_file
+        try:
+            pointer = read_json(path)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            raise ChampionError(f"{path} is not valid JSON: delete it and promote a run with 'rnnflow promote RUN_ID'.") from None
+        if not isinstance(pointer, dict) or not isinstance(pointer.get("run_id"), str):
+            raise ChampionError(f"{path} names no run_id: delete it and promote a run with 'rnnflow promote RUN_ID'.")
+        try:  # a path here would send the comparison (and `champion`) to another root's run
+            self.check_run_id(pointer["run_id"])
+        except BadRunIdError:
+            raise ChampionError(
+                f"{path} names {pointer['run_id']!r}, not a run id under {self.runs_dir}: delete it and promote a run with 'rnnflow promote RUN_ID'."
+            ) from None
+        return pointer
+
+    def write_champion(self, pointer: dict[str, Any]) -> None:
+        """Replace the pointer whole (temporary file + rename): readers see the old one or the new one. Hold champion_lock."""
+        write_json(self.champion_file, pointer)
+
+    @contextlib.contextmanager
+    def champion_lock(self) -> Iterator[None]:
+        """An exclusive lock on <root>/champion.lock, across threads and processes; released when the holder dies."""
+        path = self.root / CHAMPION_LOCK
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a+")  # one open file description per holder: flock then excludes threads too
+        except OSError as error:
+            raise ArtifactsRootError(
+                f"Artifacts root {self.root} is not writable ({path}: {error.strerror or error}): choose another with --artifacts or fix its permissions."
+            ) from None
+        with handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
     # ----- runs
 
     def run_dir(self, run_id: str) -> Path:
@@ -594,23 +682,13 @@ class ArtifactStore:
         clear sentence (a RunError) for anything wrong.
         """
         if run_id == "champion":
-            pointer = self.root / CHAMPION_FILE
-            try:
-                data = read_json(pointer)
-            except FileNotFoundError:
-                raise RunNotFoundError(f"No champion under {self.root}: the first completed run becomes champion, or use 'rnnflow promote RUN_ID'.") from None
-            except (OSError, ValueError):
-                data = None
-            if not isinstance(data, dict) or not isinstance(data.get("run_id"), str):
-                raise RunError(f"{pointer} is not a valid champion pointer: promote a run again with 'rnnflow promote RUN_ID --force'.")
-            run_id = data["run_id"]
-            try:
-                self.check_run_id(run_id)
-            except BadRunIdError:
-                raise RunError(f"{pointer} names {run_id!r}, which is not a run under {self.runs_dir}: promote one with 'rnnflow promote RUN_ID --force'.") from None
+            pointer = self.read_champion()
+            if pointer is None:
+                raise RunNotFoundError(f"No champion under {self.root}: the first completed run becomes champion, or use 'rnnflow promote RUN_ID'.")
+            run_id = pointer["run_id"]
             if not (self.run_dir(run_id) / MANIFEST_FILE).is_file():
                 raise RunNotFoundError(
-                    f"The champion {run_id} named by {pointer} is gone from {self.runs_dir}: promote another run with 'rnnflow promote RUN_ID --force'."
+                    f"The champion {run_id} named by {self.champion_file} is gone from {self.runs_dir}: promote another run with 'rnnflow promote RUN_ID --force'."
                 )
         elif run_id == "latest":
             done = self.completed_runs()
@@ -631,7 +709,7 @@ class ArtifactStore:
     ) -> "RunRecord":
         run_id = run_id or new_run_id()
         folder = self.run_dir(run_id)
-        if (folder / "manifest.json").is_file():
+        if (folder / MANIFEST_FILE).is_file():
             # A retried flow run (from the UI or `prefect flow-run retry`) comes back with the same
             # run id: it resumes its own folder, and the step cache supplies what already finished.
             record = RunRecord.load(folder)
@@ -644,25 +722,9 @@ class ArtifactStore:
             record.manifest.pop("killed", None)
             record.save()
             return record
-        folder.mkdir(parents=True, exist_ok=False)
-        record = RunRecord(folder)
-        record.manifest = {
-            "run_id": run_id,
-            "status": "running",
-            "started_at": _now(),
-            "attempts": 1,
-            "finished_at": None,
-            "derived_from": derived_from,
-            "prefect_flow_run_id": flow_run_id,
-            # Which process runs it: a run whose process is gone (kill -9) shows as failed, not running forever.
-            "process": process_stamp(),
-            "config": config,
-            "inputs": {},
-            "steps": {},
-            "environment": environment_versions(),
-        }
-        record.save()
-        return record
+        # Which process runs it: a run whose process is gone (kill -9) shows as failed, not running forever.
+        return RunRecord.create(folder, {"run_id": run_id, "attempts": 1, "derived_from": derived_from, "process": process_stamp()},
+                                config=config, flow_run_id=flow_run_id)
 
 
 class RunRecord:
@@ -679,12 +741,34 @@ class RunRecord:
         record.manifest = read_json(Path(folder) / MANIFEST_FILE)
         return record
 
+    @classmethod
+    def create(cls, folder: Path, identity: dict[str, Any], *, config: dict[str, Any], flow_run_id: str | None,
+               **fields: Any) -> "RunRecord":
+        """A new folder (never an existing one) and the manifest every record starts with: a run's, or a sweep's."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=False)
+        record = cls(folder)
+        record.manifest = {
+            **identity,
+            "status": "running",
+            "started_at": utc_now(),
+            "finished_at": None,
+            "prefect_flow_run_id": flow_run_id,
+            **fields,
+            "config": config,
+            "inputs": {},
+            "steps": {},
+            "environment": environment_versions(),
+        }
+        record.save()
+        return record
+
     @property
     def run_id(self) -> str:
         return self.manifest["run_id"]
 
     def save(self) -> None:
-        write_json(self.folder / "manifest.json", self.manifest)
+        write_json(self.folder / MANIFEST_FILE, self.manifest)
 
     def link_outputs(self, step: str, source: Path) -> None:
         target = self.folder / step
@@ -714,7 +798,7 @@ class RunRecord:
 
     def finish(self, status: str, error: str | None = None) -> None:
         self.manifest["status"] = status
-        self.manifest["finished_at"] = _now()
+        self.manifest["finished_at"] = utc_now()
         if error:
             self.manifest["error"] = error
         self.save()
@@ -727,7 +811,8 @@ class RunRecord:
         return StepOutput(step=step, key=entry["key"], dir=str(self.folder / step), files=entry["outputs"], summary=entry["summary"])
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """Now, as manifests, decisions and the champion pointer record it."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 

@@ -27,7 +27,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-MODEL_FILE = "subword.model"
+from tasks.store import RunFiles
+
+MODEL_FILE = RunFiles.SUBWORD_MODEL.name
 MODEL_TYPE = "bpe"
 # The share of the train split's characters the pieces must cover; rarer characters become
 # unknown pieces (SentencePiece's default for languages with large alphabets).

@@ -14,7 +14,6 @@ from __future__ import annotations
 import html
 import itertools
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,10 +22,10 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.config import ConfigError, RunConfig, load_config, parse_override
 from tasks.render import STYLESHEET, Link, Table, figure_png, format_decimals, format_metric, html_table, new_figure, png_data_uri
-from tasks.store import ArtifactStore, RunRecord, environment_versions, read_json, write_json, write_text
+from tasks.store import MANIFEST_FILE, ArtifactStore, RunRecord, read_json, write_json, write_text
 
 SWEEPABLE_SECTIONS = ("model", "train")
-SWEEP_MANIFEST = "manifest.json"
+SWEEP_MANIFEST = MANIFEST_FILE
 SWEEP_JSON = "sweep.json"
 SWEEP_HTML = "sweep.html"
 ARTIFACT_KEY = "rnnflow-sweep"
@@ -154,29 +153,13 @@ def sweeps_dir(store: ArtifactStore) -> Path:
 def start_sweep(store: ArtifactStore, config: RunConfig, grid: Grid, *, sweep_id: str, task_runner: dict[str, Any], flow_run_id: str | None) -> RunRecord:
     """Create <root>/sweeps/<sweep-id>/ and its manifest: the record the shared steps are linked into."""
     folder = sweeps_dir(store) / sweep_id
-    folder.mkdir(parents=True, exist_ok=False)
-    record = RunRecord(folder)
-    record.manifest = {
-        "sweep_id": sweep_id,
-        "status": "running",
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "finished_at": None,
-        "prefect_flow_run_id": flow_run_id,
-        "task_runner": task_runner,
-        "grid": grid,
-        "config": config.as_dict(),
-        "inputs": {},
-        "steps": {},
-        "points": [],
-        "environment": environment_versions(),
-    }
-    record.save()
-    return record
+    return RunRecord.create(folder, {"sweep_id": sweep_id}, config=config.as_dict(), flow_run_id=flow_run_id,
+                            task_runner=task_runner, grid=grid, points=[])
 
 
 def point_row(run_folder: Path, point: dict[str, Any]) -> dict[str, Any]:
     """One point's line of the comparison, from its run folder's manifest."""
-    manifest = read_json(Path(run_folder) / "manifest.json")
+    manifest = read_json(Path(run_folder) / MANIFEST_FILE)
     steps = manifest.get("steps") or {}
     evaluate = (steps.get("evaluate") or {}).get("summary") or {}
     train = (steps.get("train") or {}).get("summary") or {}

@@ -16,7 +16,7 @@ from tasks.caching import StepCachePolicy, produce_step
 from tasks.config import ModelConfig, TrainConfig, member_changes, member_model
 from tasks.encode import Vocabulary, load_arrays
 from tasks.logs import step_logger
-from tasks.store import StepOutput, read_json, write_json, write_text
+from tasks.store import RunFiles, StepOutput, read_json, write_json, write_text
 
 # Keras (and TensorFlow under it) is imported inside the functions that use it, not here: the flow imports this
 # module for its task, and a run whose train step comes from the cache should not pay seconds of
@@ -191,8 +191,8 @@ def streamed_input(x_train: np.ndarray, train_cfg: TrainConfig) -> bool:
 
 def load_training_data(encode_dir: Path, train_cfg: TrainConfig) -> TrainingData:
     """encode's train and val arrays (memory-mapped), the number of classes, and with members each one's rows (member_rows)."""
-    encoding = read_json(Path(encode_dir) / "encode.json")
-    labels = read_json(Path(encode_dir) / "labels.json") if (Path(encode_dir) / "labels.json").exists() else None
+    encoding = read_json(RunFiles.ENCODING.of_step(encode_dir))
+    labels = read_json(RunFiles.LABELS.of_step(encode_dir)) if RunFiles.LABELS.of_step(encode_dir).exists() else None
     x_train, y_train = load_arrays(encode_dir, "train")
     x_val, y_val = load_arrays(encode_dir, "val")
     n_classes = len(labels) if labels else max(2, int(max(y_train.max(), y_val.max())) + 1)
@@ -311,7 +311,7 @@ def fit_member(
     if members > 1:
         model.name = f"{model.name}_member{k + 1}"
     model.compile(**compile_settings(model_cfg, train_cfg, data.n_classes))
-    checkpoint = out_dir / ("model.keras" if members == 1 else f"member_{k + 1}.keras")
+    checkpoint = out_dir / (RunFiles.MODEL.name if members == 1 else f"member_{k + 1}.keras")
     callbacks = member_callbacks(train_cfg, k, checkpoint, on_epoch)
     fitted = model.fit(
         **member_inputs(data, train_cfg, k, next_token=model_cfg.task == "next_token"), epochs=train_cfg.epochs, callbacks=callbacks, verbose=0
@@ -348,15 +348,15 @@ def write_text_model(encode_dir: Path, out_dir: Path) -> None:
 
     # Wrap the checkpoint, the file evaluate and predict load, so both models hold the very same weights.
     export_text_model(
-        keras.models.load_model(out_dir / "model.keras", compile=False), Vocabulary.load(Path(encode_dir) / "vocab.json"),
-        out_dir / "model_text.keras",
+        keras.models.load_model(RunFiles.MODEL.of_step(out_dir), compile=False), Vocabulary.load(RunFiles.VOCABULARY.of_step(encode_dir)),
+        RunFiles.TEXT_MODEL.of_step(out_dir),
     )
 
 
 def write_history(out_dir: Path, member: MemberResult) -> None:
     """history.json and history.csv: the member's curves, one row per epoch in the csv."""
     curves = member.history
-    write_json(out_dir / "history.json", curves)
+    write_json(RunFiles.HISTORY.of_step(out_dir), curves)
     with open(out_dir / "history.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["epoch", *curves])
@@ -407,7 +407,7 @@ def write_outputs(
     summary = summary_text(model)
     write_text(out_dir / "model_summary.txt", summary + "\n")
     info = train_info(model_cfg, train_cfg, data, members, model, seconds, summary)
-    write_json(out_dir / "train.json", info)
+    write_json(RunFiles.TRAINING.of_step(out_dir), info)
     return info
 
 
@@ -433,7 +433,7 @@ def train_model(
     started = time.perf_counter()
     members = [fit_member(model_cfg, train_cfg, data, k, out_dir, on_epoch) for k in range(train_cfg.members)]
     seconds = time.perf_counter() - started
-    model = members[0].model if len(members) == 1 else ensemble(members, data.encoding["max_len"], out_dir / "model.keras")
+    model = members[0].model if len(members) == 1 else ensemble(members, data.encoding["max_len"], RunFiles.MODEL.of_step(out_dir))
     if model_cfg.task != "next_token":
         write_text_model(encode_dir, out_dir)
     info = write_outputs(model_cfg, train_cfg, data, members, model, seconds, out_dir)

@@ -40,7 +40,6 @@ counts come from the same columns. Files written to the step folder:
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,10 +52,10 @@ from prefect import task
 from tasks.caching import StepCachePolicy, produce_step
 from tasks.config import ValidateConfig
 from tasks import store
-from tasks.store import StepOutput, iter_parquet, parquet_rows, read_json, write_json
+from tasks.store import SPLITS, RunFiles, StepOutput, iter_parquet, parquet_rows, read_json, write_json
+from tasks.logs import step_logger
 from tasks.text import clean_text, kept_shares, token_counts
 
-SPLITS = ("train", "val", "test")
 REQUIRED_COLUMNS = ("text", "label")
 SUITE_NAME = "reviews"
 OVERLAP_SUITE_NAME = "reviews_test_vs_train"
@@ -504,13 +503,13 @@ def validate_reviews(
         "label_counts": label_counts,
         "warnings": warnings,
     }
-    write_json(out_dir / "validation.json", report)
+    write_json(RunFiles.VALIDATION.of_step(out_dir), report)
     write_json(out_dir / "gx" / "suite.json", {s.name: s.to_json_dict() for s in (suite, overlap_suite)})
     write_json(out_dir / "gx" / "results.json", {name: r.to_json_dict() for name, r in gx_results.items()})
     if not (out_dir / "data_docs" / "index.html").is_file():
         raise RuntimeError(f"Great Expectations wrote no Data Docs index under {out_dir / 'data_docs'}.")
 
-    logger = _logger()
+    logger = step_logger()
     for message in failed_errors:
         logger.error(message)
     for message in warnings:
@@ -534,16 +533,6 @@ def first_error(summary: dict[str, Any]) -> str:
     if not errors:
         raise ValueError("This validation summary has no failed error check.")
     return errors[0]
-
-
-def _logger() -> logging.Logger | logging.LoggerAdapter:
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
-
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logging.getLogger(__name__)
 
 
 @task(name="validate", cache_policy=StepCachePolicy(step="validate"), retries=0)

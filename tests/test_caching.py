@@ -150,14 +150,14 @@ def test_locks_of_dead_processes_are_free(tmp_path: Path):
 def test_a_module_edited_during_a_run_keeps_the_key_of_the_code_that_runs(monkeypatch: pytest.MonkeyPatch):
     import sys
 
-    from tasks import store
+    from tasks import caching
     from tasks.caching import produce_step
 
     key = step_key("evaluate", {}, {})
     # As if tasks/models.py had been edited on disk after this process started: the key still
     # describes the source the process started with, the one an imported module runs.
-    monkeypatch.setitem(store.SOURCES_AT_START, "models", b"# the source at start\n")
-    assert store.changed_since_start("models")
+    monkeypatch.setitem(caching.SOURCES_AT_START, "tasks/models.py", b"# the source at start\n")
+    assert caching.changed_since_start("tasks/models.py")
     assert step_key("evaluate", {}, {}) != key, "the key follows the source at start, not the file now"
     # A step that would import the edited module only now refuses, before any work, in one sentence.
     monkeypatch.delitem(sys.modules, "tasks.models", raising=False)
@@ -165,3 +165,39 @@ def test_a_module_edited_during_a_run_keeps_the_key_of_the_code_that_runs(monkey
     with pytest.raises(RuntimeError, match=r"tasks/models.py changed on disk after this run started, so the evaluate step would run other code"):
         produce_step("/nonexistent", "evaluate", {}, {}, lambda out: ran.append(out))
     assert ran == []
+
+
+def test_editing_any_file_of_a_steps_package_changes_that_steps_key_and_no_others(monkeypatch: pytest.MonkeyPatch):
+    """The code version is found, not listed: every .py file of a step's own package (tasks/ingest/ is a folder of
+    them, found by walking it) and what those import. A file added to the package counts without being named anywhere."""
+    from tasks import caching
+    from tasks.steps import STEP_TABLE
+
+    def keys() -> dict[str, str]:
+        return {spec.name: step_key(spec.name, {}, {}) for spec in STEP_TABLE}
+
+    before = keys()
+    packages = {spec.name: [name for name in caching.SOURCES_AT_START if name == f"tasks/{spec.own_package}.py"
+                            or name.startswith(f"tasks/{spec.own_package}/")] for spec in STEP_TABLE}
+    assert len(packages["ingest"]) > 1, "ingest is a package of several modules"
+    for step, files in packages.items():
+        for name in files:
+            with monkeypatch.context() as patch:
+                patch.setitem(caching.SOURCES_AT_START, name, caching.SOURCES_AT_START[name] + b"\n# edited\n")
+                after = keys()
+            changed = {other for other in after if after[other] != before[other]}
+            assert step in changed, f"editing {name} must change the {step} step's key"
+            if step == "ingest":
+                assert changed == {"ingest"}, f"editing {name} changed {sorted(changed - {'ingest'})} too"
+            # Another step changes with it only when it imports that file (train and evaluate read encode's Vocabulary).
+            for other in changed - {step}:
+                assert name in caching.code_files(other), f"editing {name} changed {other}'s key, which does not import it"
+    # Nothing outside the step's own package and imports: editing the report changes the report alone.
+    with monkeypatch.context() as patch:
+        patch.setitem(caching.SOURCES_AT_START, "tasks/report.py", caching.SOURCES_AT_START["tasks/report.py"] + b"\n#\n")
+        assert {s for s, k in keys().items() if k != before[s]} == {"report"}
+    # A module new to the package joins the key without being listed anywhere.
+    with monkeypatch.context() as patch:
+        patch.setitem(caching.SOURCES_AT_START, "tasks/ingest/new_source.py", b"X = 1\n")
+        after = keys()
+    assert {s for s, k in after.items() if k != before[s]} == {"ingest"}

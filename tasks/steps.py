@@ -1,0 +1,97 @@
+"""The steps of a run, declared once, as data.
+
+Everything else derives from STEP_TABLE: the flow's order (flows/pipeline.py), what each task is
+called with (`task_inputs`), which code makes up a step's cache key (tasks/caching.py finds its
+package's files and their imports), the CLI's step names, and the manifest's steps.
+
+A step's task is named as "module:attribute" and imported only when the flow calls it, so this
+module stays import-light: tasks/caching.py and tasks/store.py read it without loading Keras.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tasks.config import RunConfig
+
+WHOLE_CONFIG = "*"  # a `sections` entry: the whole run configuration, under "config"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step: its task, what configuration and upstream outputs it reads, its code, how it is retried."""
+
+    name: str
+    task: str  # "module:attribute" of its Prefect task
+    sections: tuple[str, ...] = ()  # one: that section's dict; several: {name: section}; WHOLE_CONFIG: {"config": all}
+    upstream: tuple[str, ...] = ()  # steps whose outputs it reads (passed as `upstream`, and in its cache key)
+    context: tuple[str, ...] = ()  # what the run hands it besides: "source" (the located input), "run_folder"
+    derived: Callable[["RunConfig"], dict[str, Any]] | None = None  # further task inputs computed from the config
+    package: str = ""  # its own tasks/ module or package (default: its name); the code version also covers what it imports
+    cached: bool = True  # False: never cached, it writes into the run folder itself (promote)
+    retries: bool = False  # reads a network or disk: retried with data.retries and backoff, unless the input is bad
+    rerun_alone: bool = True  # `rnnflow step NAME --run ID` can recompute it from a recorded run
+    after: str | None = None  # "module:function(run, output)" called once its outputs are in the run folder
+
+    @property
+    def own_package(self) -> str:
+        return self.package or self.name
+
+
+def _text_rule(config: "RunConfig") -> dict[str, Any]:
+    # The kept_text check measures what encode's tokenizer keeps.
+    return {"text_rule": {"tokenizer": config.encode.tokenizer, "lowercase": config.encode.lowercase}}
+
+
+STEP_TABLE: tuple[Step, ...] = (
+    Step("ingest", "tasks.ingest:ingest_task", ("data",), context=("source",), retries=True, rerun_alone=False),
+    Step("validate", "tasks.validate:validate_task", ("validate",), ("ingest",), derived=_text_rule),
+    Step("encode", "tasks.encode:encode_task", ("encode",), ("ingest",)),
+    Step("train", "tasks.train:train_task", ("model", "train"), ("encode",)),
+    Step("evaluate", "tasks.evaluate:evaluate_task", (), ("encode", "train")),
+    # The report leaves the promotion out: it changes from run to run, and the report is cached.
+    Step("report", "tasks.report:report_task", (WHOLE_CONFIG,), ("validate", "encode", "train", "evaluate"),
+         after="tasks.report:publish_run_report"),
+    Step("promote", "tasks.promote:promote_task", ("promote",), ("ingest", "validate", "encode", "evaluate"),
+         context=("run_folder",), cached=False, after="tasks.promote:record_promotion"),
+)
+
+STEP_BY_NAME: dict[str, Step] = {step.name: step for step in STEP_TABLE}
+STEPS: tuple[str, ...] = tuple(STEP_BY_NAME)  # in the order a run executes them
+
+
+def step(name: str) -> Step:
+    try:
+        return STEP_BY_NAME[name]
+    except KeyError:
+        raise ValueError(f"{name!r} is not a step: use one of {', '.join(STEPS)}") from None
+
+
+def config_section(spec: Step, config: "RunConfig") -> dict[str, Any]:
+    """The configuration a step's task gets as `section` (and its cache key hangs on)."""
+    if spec.sections == (WHOLE_CONFIG,):
+        return {"config": config.as_dict()}
+    if len(spec.sections) == 1:
+        return config.section(spec.sections[0])
+    return {name: config.section(name) for name in spec.sections}
+
+
+def task_inputs(name: str, config: "RunConfig", outputs: dict[str, Any], context: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a step's task is called with: its section, its upstream outputs, and what the run hands it."""
+    spec = step(name)
+    context = context or {}
+    inputs: dict[str, Any] = {"section": config_section(spec, config), "upstream": {n: outputs[n] for n in spec.upstream}}
+    inputs.update({key: context[key] for key in spec.context})
+    if spec.derived is not None:
+        inputs.update(spec.derived(config))
+    return inputs
+
+
+def load_attribute(reference: str) -> Any:
+    """The object "module:attribute" names, importing the module."""
+    import importlib
+
+    module, _, attribute = reference.partition(":")
+    return getattr(importlib.import_module(module), attribute)
