@@ -171,6 +171,7 @@ th, td { border: 1px solid #d0d5dd; padding: 0.3rem 0.7rem; text-align: left; ve
 th { background: #f2f4f7; }
 td.number { text-align: right; font-variant-numeric: tabular-nums; }
 tr.fail td { background: #fee4e2; } tr.warn td { background: #fef0c7; } tr.best td { background: #e0f2fe; font-weight: 600; }
+tr.failed td { color: #a00; }
 figure { margin: 1rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eaecf0; }
 figcaption { color: #475467; font-size: 0.88rem; }
 pre { background: #f8f9fb; border: 1px solid #eaecf0; padding: 0.8rem; overflow-x: auto; font-size: 0.82rem; line-height: 1.3;
