@@ -25,7 +25,7 @@ from prefect.cache_policies import CachePolicy
 from prefect.locking.filesystem import FileSystemLockManager
 
 from tasks.steps import step as step_spec
-from tasks.store import ArtifactStore, StepOutput, fingerprint
+from tasks.store import ArtifactStore, StepOutput, fingerprint, pid_alive
 
 TASKS_DIR = Path(__file__).resolve().parent
 # Modules that decide where and how a result is kept, not what it holds: never part of a code version.
@@ -193,21 +193,11 @@ class ProcessBoundLockManager(FileSystemLockManager):
 
     def is_locked(self, key: str, use_cache: bool = False) -> bool:
         info = self._get_lock_info(key, use_cache=use_cache)
-        if info and info.get("pid") and info.get("host") == socket.gethostname() and not _process_alive(int(info["pid"])):
+        if info and info.get("pid") and info.get("host") == socket.gethostname() and not pid_alive(int(info["pid"])):
             Path(info["path"]).unlink(missing_ok=True)
             self._locks.pop(key, None)
             return False
         return super().is_locked(key, use_cache=use_cache)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def bind_to_store(step_task: Any, store: ArtifactStore, *, refresh: bool = False) -> Any:

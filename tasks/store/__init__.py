@@ -1,5 +1,9 @@
 """The artifact store: run folders with manifests, and the content-checked step cache behind them.
 
+tasks/store/files.py writes files whole and names the run-folder files; manifest.py reads and checks
+manifests; process.py tells a live writer from a dead one. This module is the store itself, and the
+one place callers import from.
+
 Layout under the artifacts root:
 
     runs/<run-id>/manifest.json      one folder per run, never overwritten
@@ -12,141 +16,33 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import json
 import os
 import platform
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel
 
-from tasks.steps import STEP_BY_NAME, STEPS  # noqa: F401  (STEPS: the step names, for callers of the store)
+from tasks.steps import STEPS  # noqa: F401  (the step names, for callers of the store)
+from tasks.store.files import (  # noqa: F401  (the store's one interface: callers import from tasks.store)
+    ENTRY_FILE, STREAM_ROWS, WRITER_FILE, RunFile, RunFiles, _hash_tree, _link_tree, atomic_path, fingerprint, iter_parquet,
+    parquet_rows, read_json, sha256_file, write_json, write_text,
+)
+from tasks.store.manifest import (  # noqa: F401
+    MANIFEST_FILE, ArtifactsRootError, BadRunIdError, ChampionError, DamagedRunError, Manifest, ManifestError, RunError,
+    RunNotFoundError, StepRecord, load_manifest, require_run_files, verify_run_files,
+)
+from tasks.store.process import ProcessStamp, pid_alive, process_stamp, stamp_gone  # noqa: F401
 
 SPLITS = ("train", "val", "test")  # ingest writes <split>.parquet, encode X_<split>.npy / y_<split>.npy
 CHAMPION_FILE = "champion.json"  # <root>/champion.json: the run whose model is promoted (tasks/promote.py decides)
 CHAMPION_LOCK = "champion.lock"  # <root>/champion.lock: held while the pointer is read, compared and replaced
-ENTRY_FILE = "_entry.json"
-WRITER_FILE = "_writer.json"  # in a .partial scratch folder: the process writing it, so a dead writer's scratch can go
-MANIFEST_FILE = "manifest.json"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-# --------------------------------------------------------------------------- run-folder files
-
-
-@dataclass(frozen=True)
-class RunFile:
-    """A file one step writes and other code reads: <run folder>/<step>/<name>, spelled once, here."""
-
-    step: str
-    name: str
-
-    @property
-    def path(self) -> str:
-        """Relative to the run folder, as manifests and messages name it: "train/model.keras"."""
-        return f"{self.step}/{self.name}"
-
-    def of_run(self, folder: str | Path) -> Path:
-        return Path(folder) / self.step / self.name
-
-    def of_step(self, step_dir: str | Path) -> Path:
-        """In the step's own folder (a cache entry, or the folder a step writes into)."""
-        return Path(step_dir) / self.name
-
-
-class RunFiles:
-    """The run-folder files read beyond the step that writes them."""
-
-    TEST_TEXTS = RunFile("ingest", "test.parquet")
-    VALIDATION = RunFile("validate", "validation.json")
-    ENCODING = RunFile("encode", "encode.json")
-    LABELS = RunFile("encode", "labels.json")
-    VOCABULARY = RunFile("encode", "vocab.json")
-    SUBWORD_MODEL = RunFile("encode", "subword.model")
-    MODEL = RunFile("train", "model.keras")
-    TEXT_MODEL = RunFile("train", "model_text.keras")
-    TRAINING = RunFile("train", "train.json")
-    HISTORY = RunFile("train", "history.json")
-    METRICS = RunFile("evaluate", "metrics.json")
-    DECISION = RunFile("promote", "decision.json")
-    REPORT_HTML = RunFile("report", "report.html")
-    REPORT_MARKDOWN = RunFile("report", "report.md")
-
-
-# --------------------------------------------------------------------------- atomic files
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def fingerprint(value: Any) -> str:
-    """A stable sha256 of JSON-able data (sorted keys), for cache keys and input identities."""
-    blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.sha256(blob).hexdigest()
-
-
-@contextlib.contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of target; rename it into place only if the block succeeds."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; outputs are meant to be read by others
-    try:
-        yield tmp_path
-        os.replace(tmp_path, target)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-
-
-# Rows per record batch where a step streams a split (ingest, validate, encode): memory per step
-# stays near one batch of text however large the corpus grows.
-STREAM_ROWS = 10_000
-
-
-def parquet_rows(path: Path) -> int:
-    """A Parquet file's row count, from its footer alone."""
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(path).metadata.num_rows
-
-
-def iter_parquet(path: Path, columns: list[str] | None = None, batch_rows: int = STREAM_ROWS) -> Iterator[Any]:
-    """A Parquet file as pandas frames of at most batch_rows rows, in file order, one record batch at a time."""
-    import pyarrow.parquet as pq
-
-    with pq.ParquetFile(path) as handle:
-        for batch in handle.iter_batches(batch_size=batch_rows, columns=columns):
-            yield batch.to_pandas()
-
-
-def write_text(target: Path, text: str) -> Path:
-    with atomic_path(target) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(target)
-
-
-def write_json(target: Path, data: Any) -> Path:
-    return write_text(target, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 # --------------------------------------------------------------------------- step outputs
@@ -173,256 +69,6 @@ class StepOutput(BaseModel):
         """What downstream cache keys hang on: the bytes this step produced."""
         return fingerprint(sorted(self.files.items()))
 
-
-def _hash_tree(folder: Path) -> dict[str, str]:
-    return {
-        str(path.relative_to(folder)): sha256_file(path)
-        for path in sorted(folder.rglob("*"))
-        if path.is_file() and path.name not in (ENTRY_FILE, WRITER_FILE)
-    }
-
-
-def _link_tree(source: Path, target: Path) -> None:
-    """Hard-link every file of source under target (copy across file systems): cheap and independent of the cache."""
-    for path in sorted(source.rglob("*")):
-        if path.name in (ENTRY_FILE, WRITER_FILE):
-            continue
-        destination = target / path.relative_to(source)
-        if path.is_dir():
-            destination.mkdir(parents=True, exist_ok=True)
-            continue
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(path, destination)
-        except OSError:
-            shutil.copy2(path, destination)
-
-
-# --------------------------------------------------------------------------- errors a user fixes
-
-
-class RunError(Exception):
-    """A run argument or run folder a command cannot use: the message is one sentence naming it and the way out."""
-
-
-class RunNotFoundError(RunError, FileNotFoundError):
-    """No such run (or no completed one, or no champion); a FileNotFoundError too, for callers that catch that."""
-
-
-class BadRunIdError(RunError):
-    """A run argument that is not a run id under this root: a path, '..', or a link that leads out of it."""
-
-
-class ManifestError(RunError):
-    """A manifest.json that is not a run manifest (not JSON, not an object, or fields of the wrong type)."""
-
-
-class DamagedRunError(RunError):
-    """A run file whose bytes no longer match the sha256 its manifest recorded."""
-
-
-class ChampionError(RunError):
-    """A champion.json that is not a pointer to a run of this root."""
-
-
-class ArtifactsRootError(Exception):
-    """An artifacts root that cannot be used: a file, or a folder this process may not write."""
-
-
-# --------------------------------------------------------------------------- which process
-
-
-def _boot_id() -> str | None:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
-    except OSError:
-        return None
-
-
-def _process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks after boot (/proc/PID/stat field 22): tells our pid from a reused one."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()  # the command name (field 2) may hold spaces and ')'
-    return fields[19] if len(fields) > 19 else None
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:  # 0 and negative numbers address process groups, not a process
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process, but alive
-        return True
-    return True
-
-
-def process_stamp(pid: int | None = None) -> dict[str, Any]:
-    """This process (or pid) as a manifest or scratch folder records it: pid, host, start time, boot id."""
-    pid = os.getpid() if pid is None else pid
-    return {"pid": pid, "host": socket.gethostname(), "started": _process_start(pid), "boot_id": _boot_id()}
-
-
-class ProcessStamp(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    pid: int
-    host: str
-    started: str | None = None
-    boot_id: str | None = None
-
-    def gone(self) -> bool:
-        """True only when the process is known to be gone: it ran on this host and no live process is it.
-
-        Another host's process cannot be seen from here, so it is never called gone.
-        """
-        if self.host != socket.gethostname():
-            return False
-        boot = _boot_id()
-        if self.boot_id and boot and self.boot_id != boot:
-            return True  # the machine rebooted since
-        if not _pid_alive(self.pid):
-            return True
-        started = _process_start(self.pid)
-        return bool(self.started and started and started != self.started)  # the pid now belongs to another process
-
-
-def _stamp_gone(data: Any) -> bool:
-    try:
-        return ProcessStamp.model_validate(data).gone()
-    except ValidationError:
-        return False  # no readable record of the writer: leave it alone
-
-
-# --------------------------------------------------------------------------- manifests
-
-
-class StepRecord(BaseModel):
-    """One step in a run's manifest, as readers use it; record_step writes more."""
-
-    model_config = ConfigDict(extra="allow")
-
-    status: str | None = None
-    key: str | None = None
-    dir: str | None = None
-    outputs: dict[str, str] = {}  # file relative to the step folder -> sha256
-    summary: dict[str, Any] = {}
-    error: str | None = None
-
-
-class ConfigView(BaseModel):
-    """The parts of a run's config that listing reads; tasks.config validates the whole when a run reuses it."""
-
-    model_config = ConfigDict(extra="allow")
-
-    preset: str | None = None
-    model: dict[str, Any] = {}
-
-
-class Manifest(BaseModel):
-    """runs/<id>/manifest.json as every reader sees it: one validated model, so one bad file is one clear error."""
-
-    model_config = ConfigDict(extra="allow")
-
-    run_id: str
-    status: str
-    started_at: str | None = None
-    finished_at: str | None = None
-    attempts: int = 1
-    derived_from: str | None = None
-    config: ConfigView = Field(default_factory=ConfigView)
-    inputs: dict[str, Any] = {}
-    steps: dict[str, StepRecord] = {}
-    process: ProcessStamp | None = None
-    error: str | None = None
-    killed: bool = False
-    promotion: dict[str, Any] | None = None
-
-    @property
-    def shown_status(self) -> str:
-        return "failed (killed)" if self.killed and self.status == "failed" else self.status
-
-
-def _validation_problem(error: ValidationError) -> str:
-    first = error.errors()[0]
-    where = ".".join(str(part) for part in first.get("loc", ())) or "the top level"
-    message = str(first.get("msg", "invalid")).split(" or instance of ")[0]  # pydantic's class names mean nothing to a user
-    return f"{where}: {message}"
-
-
-def load_manifest(folder: Path) -> Manifest:
-    """A run folder's manifest, validated; ManifestError (one sentence with its path) when it is not one."""
-    path = Path(folder) / MANIFEST_FILE
-    try:
-        data = read_json(path)
-    except FileNotFoundError:
-        raise RunNotFoundError(f"Run folder {Path(folder)} has no {MANIFEST_FILE}: 'rnnflow runs' lists the run ids.") from None
-    except (OSError, ValueError) as error:
-        raise ManifestError(f"{path} is unreadable ({str(error).splitlines()[0] if str(error) else type(error).__name__}): "
-                            f"restore it from a backup or delete the run folder.") from None
-    if not isinstance(data, dict):
-        raise ManifestError(f"{path} is unreadable (a JSON {type(data).__name__}, not an object): restore it from a backup or delete the run folder.")
-    try:
-        return Manifest.model_validate(data)
-    except ValidationError as error:
-        raise ManifestError(f"{path} is unreadable ({_validation_problem(error)}): restore it from a backup or delete the run folder.") from None
-
-
-# A file's sha256 by (path, inode, size, mtime): a command that checks the same file twice hashes it once.
-_VERIFIED: dict[tuple[str, int, int, int], str] = {}
-
-
-def _sha256_once(path: Path) -> str:
-    info = path.stat()
-    token = (str(path), info.st_ino, info.st_size, info.st_mtime_ns)
-    if token not in _VERIFIED:
-        _VERIFIED[token] = sha256_file(path)
-    return _VERIFIED[token]
-
-
-def verify_run_files(folder: Path, names: Iterable[str]) -> None:
-    """Check the named run files ("train/model.keras") against the sha256 the run's manifest records.
-
-    Only the files a command is about to load: hashing a whole run would cost more than loading it.
-    A file the manifest records no sha256 for, or a folder with no manifest at all (a run assembled
-    by hand, outside any artifacts root), is taken as it is.
-    """
-    folder = Path(folder)
-    if not (folder / MANIFEST_FILE).is_file():
-        return
-    manifest = load_manifest(folder)
-    by_dir = {(record.dir or step): (step, record) for step, record in manifest.steps.items()}
-    for name in names:
-        step_dir, _, relative = str(name).partition("/")
-        step, record = by_dir.get(step_dir, (step_dir, None))
-        recorded = record.outputs.get(relative) if record is not None else None
-        path = folder / name
-        if recorded is None or not path.is_file():
-            continue  # a missing file is the caller's sentence to give
-        if _sha256_once(path) != recorded:
-            fix = (f"rerun that step with `rnnflow step {step} --run {folder.name}`." if step in STEP_BY_NAME and STEP_BY_NAME[step].rerun_alone
-                   else f"{step} cannot be rerun alone: start a new run with `rnnflow run` and the run's settings.")
-            raise DamagedRunError(f"Run {folder.name}'s {name} does not match the sha256 its manifest records (the file is damaged): {fix}")
-
-
-def require_run_files(folder: Path, *files: RunFile, optional: Iterable[RunFile] = ()) -> list[Path]:
-    """The files of a run folder, checked against their recorded sha256, or one sentence saying which is missing or
-    damaged (predict, generate, promote's re-scoring). optional: checked too, when the run has them."""
-    folder = Path(folder)
-    paths = [file.of_run(folder) for file in files]
-    missing = [file for file, path in zip(files, paths) if not path.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"Run {folder.name} has no {missing[0].path}: its steps did not all complete; "
-            f"choose a completed run ('rnnflow runs' lists them)."
-        )
-    # Keras reports a truncated model.keras as "File not found": name the damaged file and the fix instead.
-    verify_run_files(folder, [file.path for file in (*files, *(f for f in optional if f.of_run(folder).is_file()))])
-    return paths
 
 
 # --------------------------------------------------------------------------- the store
@@ -566,7 +212,7 @@ class ArtifactStore:
                     writer = read_json(scratch / WRITER_FILE)
                 except (OSError, ValueError):
                     continue
-                if _stamp_gone(writer):
+                if stamp_gone(writer):
                     shutil.rmtree(scratch, ignore_errors=True)
                     removed.append(scratch)
         return removed
