@@ -5,7 +5,7 @@ called with (`task_inputs`), which code makes up a step's cache key (tasks/cachi
 package's files and their imports), the CLI's step names, and the manifest's steps.
 
 A step's task is named as "module:attribute" and imported only when the flow calls it, so this
-module stays import-light: tasks/caching.py and tasks/store.py read it without loading Keras.
+module stays import-light: tasks/caching.py and tasks/store/ read it without loading Keras.
 """
 
 from __future__ import annotations
