@@ -7,7 +7,7 @@ VENV := .venv
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup run demo test bench bench-quick ui deploy clean
+.PHONY: setup run demo test test-quick bench bench-quick ui deploy clean
 
 # uv itself lives in its own small venv, so `uv sync` can manage .venv exactly.
 $(UV):
@@ -26,8 +26,11 @@ run: setup  ## the main job: the default preset on the IMDb archive (make run AR
 demo: setup  ## the whole flow offline on the synthetic corpus
 	$(VENV)/bin/rnnflow run --preset demo $(ARGS)
 
-test: setup  ## the test suite, offline
+test: setup  ## the test suite, offline: every test
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+test-quick: setup  ## the quick loop: every test not marked slow (no training, no flow runs, no rnnflow processes)
+	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: setup  ## benchmarks, not tests: artifacts/bench/*.json, then BENCHMARKS.md (make bench ARGS='--archive PATH')
 	$(VENV)/bin/python -m bench $(ARGS); status=$$?; $(VENV)/bin/python bench/summarize.py && exit $$status

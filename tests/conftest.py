@@ -1,11 +1,15 @@
-"""Shared fixtures: tiny corpora the tests make themselves, and one real Prefect API per session."""
+"""Shared fixtures: tiny corpora the tests make themselves, one real Prefect API per session, and one finished tiny
+run per session that every test reading a finished run shares (tests that change a run work on a copy of it).
+
+The helpers these are built from live in tests/helpers.py; test modules import them from there.
+"""
 
 from __future__ import annotations
 
-import io
 import os
-import tarfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -13,26 +17,20 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tasks.synthetic import synthetic_reviews  # noqa: E402
+from tests.helpers import TINY_RUN_ID, copy_root, make_imdb_archive, tiny_config, tree_digest  # noqa: E402
+
+# Fixtures that train a model or start Prefect: a test using any of them is slow, and must say so.
+SLOW_FIXTURES = {"prefect_api", "tiny_run", "tiny_run_copy"}
 
 
-def make_imdb_archive(path: Path, per_class: int = 30, seed: int = 0) -> Path:
-    """A .tar.gz in the aclImdb layout, with review-like texts and <br /> tags, like the real archive."""
-    with tarfile.open(path, "w:gz") as archive:
-        for split_index, split in enumerate(("train", "test")):
-            frame = synthetic_reviews(per_class * 4, seed=seed + split_index)
-            for polarity, label in (("neg", 0), ("pos", 1)):
-                rows = frame[frame["label"] == label].head(per_class)
-                for review_id, (text, rating) in enumerate(zip(rows["text"], rows["rating"])):
-                    data = (text + f" review {split} {polarity} {review_id}.<br /><br />The end.").encode()
-                    info = tarfile.TarInfo(f"aclImdb/{split}/{polarity}/{review_id}_{rating}.txt")
-                    info.size = len(data)
-                    archive.addfile(info, io.BytesIO(data))
-        readme = b"the dataset's own description"
-        info = tarfile.TarInfo("aclImdb/README")
-        info.size = len(readme)
-        archive.addfile(info, io.BytesIO(readme))
-    return path
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`pytest -m "not slow"` is the quick loop: refuse a test that uses a slow fixture without @pytest.mark.slow."""
+    unmarked = [item.nodeid for item in items
+                if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError(
+            f"mark these tests @pytest.mark.slow: they use one of {sorted(SLOW_FIXTURES)}: " + ", ".join(unmarked)
+        )
 
 
 @pytest.fixture
@@ -60,3 +58,60 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+# --------------------------------------------------------------------------- one finished tiny run
+
+
+@dataclass(frozen=True)
+class TinyRun:
+    root: Path  # the artifacts root: runs/, cache/, prefect/, champion.json
+    folder: Path  # root / "runs" / TINY_RUN_ID
+
+    @property
+    def run_id(self) -> str:
+        return self.folder.name
+
+
+@dataclass(frozen=True)
+class _Pristine:
+    run: TinyRun
+    digest: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def _tiny_run_once(prefect_api, tmp_path_factory: pytest.TempPathFactory) -> _Pristine:
+    """The tiny configuration run once through the whole flow (rnnflow_pipeline, the test Prefect API), into a
+    fresh artifacts root: every step completed, the run its root's champion. Its digest is kept to check it stays so."""
+    from flows.pipeline import rnnflow_pipeline
+
+    root = tmp_path_factory.mktemp("tiny-run") / "artifacts"
+    folder = Path(rnnflow_pipeline(config=tiny_config(), artifacts_root=str(root), run_id=TINY_RUN_ID))
+    return _Pristine(TinyRun(root=root, folder=folder), tree_digest(root))
+
+
+def _check_pristine(pristine: _Pristine) -> None:
+    now = tree_digest(pristine.run.root)
+    if now != pristine.digest:
+        differ = sorted(name for name in set(now) | set(pristine.digest) if now.get(name) != pristine.digest.get(name))
+        pytest.fail(f"this test changed the shared tiny run ({', '.join(differ[:5])}): change a tiny_run_copy instead")
+
+
+@pytest.fixture
+def tiny_run(_tiny_run_once: _Pristine) -> Iterator[TinyRun]:
+    """The session's finished tiny run, to read only: after the test, its root must be byte for byte as it was."""
+    yield _tiny_run_once.run
+    _check_pristine(_tiny_run_once)
+
+
+@pytest.fixture
+def tiny_run_copy(_tiny_run_once: _Pristine, tmp_path: Path) -> Iterator[TinyRun]:
+    """A private copy of the tiny run's whole artifacts root (under tmp_path/artifacts), to change at will.
+
+    As with any artifacts root copied elsewhere, a later run in the copy that finds a step in the cache reads
+    that step's files where the cached result says they are: in the shared root. tiny_run's check catches a
+    test that would write there, as it does for tiny_run.
+    """
+    root = copy_root(_tiny_run_once.run.root, tmp_path / "artifacts")
+    yield TinyRun(root=root, folder=root / "runs" / TINY_RUN_ID)
+    _check_pristine(_tiny_run_once)

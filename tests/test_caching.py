@@ -11,25 +11,9 @@ from flows.pipeline import rnnflow_pipeline
 from tasks.caching import ProcessBoundLockManager, step_key
 from tasks.config import load_config
 from tasks.store import STEPS, ArtifactStore, StepOutput
-
-TINY = [
-    "data.synthetic_reviews=160",
-    "encode.num_words=200",
-    "encode.max_len=40",
-    "model.units=8",
-    "model.embedding_dim=8",
-    "train.epochs=2",
-    "train.learning_rate=0.01",
-]
-
-
-def _statuses(folder: str | Path) -> dict[str, str]:
-    manifest = json.loads((Path(folder) / "manifest.json").read_text())
-    return {name: entry["status"] for name, entry in manifest["steps"].items()}
-
-
-def _tree_digest(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+from tests.helpers import step_statuses as _statuses
+from tests.helpers import tiny_config
+from tests.helpers import tree_digest as _tree_digest
 
 
 def test_key_covers_section_upstream_and_code_but_not_the_run():
@@ -42,10 +26,10 @@ def test_key_covers_section_upstream_and_code_but_not_the_run():
     assert step_key("train", {"epochs": 2}, changed) != key
 
 
-def test_deleted_or_corrupted_cache_files_force_a_recompute(prefect_api, tmp_path: Path):
-    root = tmp_path / "artifacts"
-    config = load_config("demo", overrides=TINY)
-    rnnflow_pipeline(config=config, artifacts_root=str(root))
+@pytest.mark.slow
+def test_deleted_or_corrupted_cache_files_force_a_recompute(tiny_run_copy):
+    root = tiny_run_copy.root  # the tiny configuration, run once already in this root
+    config = tiny_config()
     store = ArtifactStore(root)
     (encode_entry,) = (store.cache_dir / "encode").iterdir()
     (encode_entry / "X_train.npy").unlink()
@@ -59,16 +43,17 @@ def test_deleted_or_corrupted_cache_files_force_a_recompute(prefect_api, tmp_pat
     assert (encode_entry / "X_train.npy").exists()
 
 
-def test_refresh_and_from_recompute_what_they_name(prefect_api, tmp_path: Path):
-    root = str(tmp_path / "artifacts")
-    config = load_config("demo", overrides=TINY)
-    rnnflow_pipeline(config=config, artifacts_root=root)
+@pytest.mark.slow
+def test_refresh_and_from_recompute_what_they_name(tiny_run_copy):
+    root = str(tiny_run_copy.root)  # the tiny configuration, run once already in this root
+    config = tiny_config()
     assert _statuses(rnnflow_pipeline(config=config, artifacts_root=root, refresh=["encode"]))["encode"] == "completed"
     statuses = _statuses(rnnflow_pipeline(config=config, artifacts_root=root, start_from="train"))
     assert statuses == {"ingest": "cached", "validate": "cached", "encode": "cached",
                         "train": "completed", "evaluate": "completed", "promote": "completed", "report": "completed"}
 
 
+@pytest.mark.slow
 def test_a_step_that_fails_once_succeeds_on_retry(prefect_api, tmp_path: Path, monkeypatch):
     import tasks.ingest
 
@@ -82,23 +67,25 @@ def test_a_step_that_fails_once_succeeds_on_retry(prefect_api, tmp_path: Path, m
         return real(*args, **kwargs)
 
     monkeypatch.setattr(tasks.ingest, "ingest_reviews", flaky)
-    config = load_config("demo", overrides=[*TINY, "data.retry_delay_seconds=0.1", "data.seed=7"])
+    config = tiny_config("data.retry_delay_seconds=0.1", "data.seed=7")
     folder = Path(rnnflow_pipeline(config=config, artifacts_root=str(tmp_path / "a")))
     assert calls["n"] == 2
     assert _statuses(folder)["ingest"] == "completed"
     assert not list((tmp_path / "a" / "cache" / "ingest").glob(".*partial")), "the failed try left no scratch files"
 
 
+@pytest.mark.slow
 def test_bad_input_is_not_retried(prefect_api, tmp_path: Path):
-    config = load_config("demo", overrides=[*TINY, "data.source=imdb", f"data.path={tmp_path / 'missing.tar.gz'}"])
+    config = tiny_config("data.source=imdb", f"data.path={tmp_path / 'missing.tar.gz'}")
     with pytest.raises(Exception, match="does not exist"):
         rnnflow_pipeline(config=config, artifacts_root=str(tmp_path / "a"))
 
 
-def test_rerunning_one_step_makes_a_new_folder_and_leaves_the_old_one_untouched(prefect_api, tmp_path: Path):
-    root = str(tmp_path / "artifacts")
-    config = load_config("demo", overrides=TINY)
-    first = Path(rnnflow_pipeline(config=config, artifacts_root=root))
+@pytest.mark.slow
+def test_rerunning_one_step_makes_a_new_folder_and_leaves_the_old_one_untouched(tiny_run_copy):
+    root = str(tiny_run_copy.root)
+    config = tiny_config()
+    first = tiny_run_copy.folder  # a finished run of config in this root
     before = _tree_digest(first)
     changed = load_config(base=config.as_dict(), overrides=["train.epochs=1"])
     second = Path(rnnflow_pipeline(config=changed, artifacts_root=root, only_step="train", derived_from=first.name))
@@ -114,6 +101,7 @@ def test_rerunning_one_step_makes_a_new_folder_and_leaves_the_old_one_untouched(
     assert json.loads((second / "train" / "train.json").read_text())["epochs_run"] == 1
 
 
+@pytest.mark.slow
 def test_a_retried_flow_run_resumes_its_folder_and_reuses_finished_steps(prefect_api, tmp_path: Path, monkeypatch):
     import tasks.evaluate
 
@@ -127,7 +115,7 @@ def test_a_retried_flow_run_resumes_its_folder_and_reuses_finished_steps(prefect
         return real(*args, **kwargs)
 
     monkeypatch.setattr(tasks.evaluate, "evaluate_model", fails_first)
-    config = load_config("demo", overrides=[*TINY, "data.seed=11"])
+    config = tiny_config("data.seed=11")
     folder = Path(rnnflow_pipeline.with_options(retries=1)(config=config, artifacts_root=str(tmp_path / "a"), run_id="20260101T000000000Z-beef"))
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["status"] == "completed" and manifest["attempts"] == 2
@@ -167,6 +155,7 @@ def test_a_module_edited_during_a_run_keeps_the_key_of_the_code_that_runs(monkey
     assert ran == []
 
 
+@pytest.mark.slow  # about 8 s: every step's key, once for each file of its package
 def test_editing_any_file_of_a_steps_package_changes_that_steps_key_and_no_others(monkeypatch: pytest.MonkeyPatch):
     """The code version is found, not listed: every .py file of a step's own package (tasks/ingest/ is a folder of
     them, found by walking it) and what those import. A file added to the package counts without being named anywhere."""

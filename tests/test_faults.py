@@ -13,17 +13,11 @@ from pathlib import Path
 import pytest
 
 from tasks.store import ArtifactStore
+from tests.helpers import step_statuses as _statuses
+from tests.helpers import tiny_cli_args
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = [
-    "--preset", "demo",
-    "--set", "data.synthetic_reviews=160",
-    "--set", "encode.num_words=200",
-    "--set", "encode.max_len=40",
-    "--set", "model.units=8",
-    "--set", "model.embedding_dim=8",
-    "--set", "train.learning_rate=0.01",
-]
+pytestmark = pytest.mark.slow  # real `rnnflow` processes, each importing and running the whole flow
 
 
 def _env() -> dict[str, str]:
@@ -39,11 +33,6 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "flows.cli", *args]
 
 
-def _statuses(folder: Path) -> dict[str, str]:
-    manifest = json.loads((folder / "manifest.json").read_text())
-    return {name: entry["status"] for name, entry in manifest["steps"].items()}
-
-
 def _wait_for(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -54,8 +43,10 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def test_a_run_killed_during_train_leaves_the_cache_whole(prefect_api, tmp_path: Path, capsys):
+    from flows.cli import main
+
     root = tmp_path / "artifacts"
-    args = [*TINY, "--set", "train.epochs=60", "--set", "train.patience=60", "--artifacts", str(root)]
+    args = [*tiny_cli_args("train.epochs=60", "train.patience=60"), "--artifacts", str(root)]
     victim = subprocess.Popen(_cli("run", *args), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     train_cache = root / "cache" / "train"
     try:
@@ -69,17 +60,15 @@ def test_a_run_killed_during_train_leaves_the_cache_whole(prefect_api, tmp_path:
     (killed,) = (root / "runs").iterdir()
     assert json.loads((killed / "manifest.json").read_text())["status"] == "running", "the killed run shows it never finished"
 
-    done = subprocess.run(_cli("run", *args[:-4], "--set", "train.epochs=60", "--set", "train.patience=1", "--artifacts", str(root)),
-                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    folder = Path(done.stdout.strip().splitlines()[-1])
+    # The next run (here, in this process: the kill is the victim's) finds the cache whole and reuses it.
+    capsys.readouterr()
+    assert main(["run", *tiny_cli_args("train.epochs=60", "train.patience=1"), "--artifacts", str(root)]) == 0
+    folder = Path(capsys.readouterr().out.strip().splitlines()[-1])
     statuses = _statuses(folder)
     assert statuses["ingest"] == statuses["validate"] == statuses["encode"] == "cached"
     assert statuses["train"] == "completed"
 
     # The run list shows both: the killed one as failed (its process is gone), with no test figure.
-    from flows.cli import main
-
     assert main(["runs", "--artifacts", str(root)]) == 0
     lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
     assert lines[killed.name][1:3] == ["failed", "(killed)"] and lines[killed.name][-1] == "-"
@@ -105,7 +94,7 @@ def test_sigterm_ends_a_run_and_the_temporary_prefect_server_with_it(tmp_path: P
     root = tmp_path / "artifacts"
     env = {k: v for k, v in _env().items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # its own temporary server and database
-    args = [*TINY, "--set", "train.epochs=60", "--set", "train.patience=60", "--artifacts", str(root)]
+    args = [*tiny_cli_args("train.epochs=60", "train.patience=60"), "--artifacts", str(root)]
     victim = subprocess.Popen(_cli("run", *args), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(lambda: any(root.glob("cache/train/.*.partial")), 300, "training to start")
@@ -124,7 +113,7 @@ def test_sigterm_ends_a_run_and_the_temporary_prefect_server_with_it(tmp_path: P
 
 def test_two_runs_at_once_both_finish_sharing_the_cache(prefect_api, tmp_path: Path):
     root = tmp_path / "artifacts"
-    args = _cli("run", *TINY, "--set", "train.epochs=2", "--artifacts", str(root))
+    args = _cli("run", *tiny_cli_args(), "--artifacts", str(root))  # the tiny configuration: train.epochs=2
     runs = [subprocess.Popen(args, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [run.communicate(timeout=600) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in results]
@@ -148,16 +137,18 @@ def test_a_served_deployment_runs_when_triggered(prefect_api, tmp_path: Path):
     from prefect.deployments import run_deployment
 
     root = tmp_path / "artifacts"
+    # The server looks for runs to start every second, not Prefect's default 10: the wait is all this changes.
+    env = {**_env(), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     server = subprocess.Popen(
-        _cli("serve", *TINY, "--set", "train.epochs=1", "--cron", "0 3 * * *", "--name", "rnnflow-test", "--artifacts", str(root)),
-        cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        _cli("serve", *tiny_cli_args("train.epochs=1"), "--cron", "0 3 * * *", "--name", "rnnflow-test", "--artifacts", str(root)),
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:
         state = None
         deadline = time.monotonic() + 120
         while state is None:
             try:
-                flow_run = run_deployment("rnnflow/rnnflow-test", timeout=400)
+                flow_run = run_deployment("rnnflow/rnnflow-test", timeout=400, poll_interval=1)
                 state = flow_run.state
             except Exception:  # the deployment is not registered yet
                 if time.monotonic() > deadline or server.poll() is not None:

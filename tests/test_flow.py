@@ -9,22 +9,11 @@ import pytest
 from prefect.artifacts import Artifact
 
 from flows.pipeline import rnnflow_pipeline
-from tasks.config import load_config
 from tasks.store import STEPS, ArtifactStore, sha256_file
+from tests.helpers import manifest as _manifest
+from tests.helpers import tiny_config
 
-TINY = [
-    "data.synthetic_reviews=160",
-    "encode.num_words=200",
-    "encode.max_len=40",
-    "model.units=8",
-    "model.embedding_dim=8",
-    "train.epochs=2",
-    "train.learning_rate=0.01",
-]
-
-
-def _manifest(folder: Path) -> dict:
-    return json.loads((folder / "manifest.json").read_text())
+pytestmark = pytest.mark.slow  # whole flow runs
 
 
 @pytest.fixture
@@ -32,9 +21,9 @@ def root(tmp_path: Path) -> Path:
     return tmp_path / "artifacts"
 
 
-def test_run_writes_a_complete_run_folder(prefect_api, root: Path):
-    config = load_config("demo", overrides=TINY)
-    folder = Path(rnnflow_pipeline(config=config, artifacts_root=str(root)))
+def test_run_writes_a_complete_run_folder(tiny_run, tiny_run_copy):
+    # The session's tiny run (tests/conftest.py): the tiny configuration, the first run in a fresh root.
+    folder = tiny_run.folder
     manifest = _manifest(folder)
     assert manifest["status"] == "completed"
     assert list(manifest["steps"]) == list(STEPS)
@@ -52,10 +41,12 @@ def test_run_writes_a_complete_run_folder(prefect_api, root: Path):
     assert (folder / "validate" / "data_docs" / "index.html").exists()
     assert (folder / "train" / "model.keras").exists()
 
-    # The same configuration again: nothing recomputes but promote (never cached: it asks the
-    # champion); the new folder is complete on its own, and the UI still gets its report.
+    # The same configuration again, in a copy of that root: nothing recomputes but promote (never cached: it
+    # asks the champion); the new folder is complete on its own, and the UI still gets its report.
+    root = tiny_run_copy.root
+    config = tiny_config()
     again = Path(rnnflow_pipeline(config=config, artifacts_root=str(root)))
-    assert again != folder
+    assert again != tiny_run_copy.folder
     steps = _manifest(again)["steps"]
     expected = {name: "cached" for name in STEPS} | {"promote": "completed"}
     assert {name: entry["status"] for name, entry in steps.items()} == expected
@@ -64,7 +55,7 @@ def test_run_writes_a_complete_run_folder(prefect_api, root: Path):
     assert link is not None and (again / "report" / "report.html").resolve().as_uri() in link.data
 
     # A train-only change recomputes exactly train, evaluate, report and promote.
-    changed = load_config("demo", overrides=[*TINY, "train.epochs=1"])
+    changed = tiny_config("train.epochs=1")
     third = _manifest(Path(rnnflow_pipeline(config=changed, artifacts_root=str(root))))
     assert {n: e["status"] for n, e in third["steps"].items()} == {
         "ingest": "cached", "validate": "cached", "encode": "cached",
@@ -74,7 +65,7 @@ def test_run_writes_a_complete_run_folder(prefect_api, root: Path):
 
 
 def test_bad_data_stops_before_training_and_marks_the_run_failed(prefect_api, root: Path):
-    config = load_config("demo", overrides=[*TINY, "data.synthetic_positive_fraction=0.05"])
+    config = tiny_config("data.synthetic_positive_fraction=0.05")
     with pytest.raises(Exception, match="class_balance|class balance"):
         rnnflow_pipeline(config=config, artifacts_root=str(root))
     (folder,) = (root / "runs").iterdir()

@@ -20,7 +20,7 @@ import pytest
 from tasks.config import ConfigError, DataConfig, load_config
 from tasks.ingest import IngestError, ingest_reviews, locate_source, read_imdb
 from tasks.store import read_json
-from tests.conftest import make_imdb_archive
+from tests.helpers import make_imdb_archive
 
 
 def _ingest(tmp_path: Path, **data) -> tuple[dict, Path]:

@@ -15,6 +15,7 @@ import pytest
 
 from tasks.config import EncodeConfig
 from tasks.encode import NotEnoughSpaceError, encode_reviews
+from tests.helpers import tiny_cli_args
 
 REPO = Path(__file__).resolve().parent.parent
 RNNFLOW = [sys.executable, "-m", "flows.cli"]
@@ -111,9 +112,10 @@ def _descendants(pid: int) -> dict[int, str]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
 def test_the_temporary_prefect_server_dies_with_a_killed_run(tmp_path, shared_root):
-    args = ["run", "--preset", "demo", "--set", "data.max_reviews=200", "--set", "train.epochs=1", "--artifacts", str(shared_root)]
+    args = ["run", *tiny_cli_args("train.epochs=1"), "--artifacts", str(shared_root)]
     victim = subprocess.Popen([*RNNFLOW, *args], cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline, servers = time.monotonic() + 240, []
@@ -130,6 +132,7 @@ def test_the_temporary_prefect_server_dies_with_a_killed_run(tmp_path, shared_ro
     assert not any(_alive(pid) for pid in servers), "the server went with its parent"
 
 
+@pytest.mark.slow
 def test_a_temporary_server_too_slow_to_start_is_one_sentence_and_exit_1(tmp_path, shared_root):
     env = _env(tmp_path, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="1")
     done = subprocess.run([*RNNFLOW, "run", "--preset", "demo", "--artifacts", str(shared_root)], cwd=tmp_path, env=env,
@@ -148,6 +151,7 @@ def test_the_startup_timeout_applies_from_any_working_folder(tmp_path):
     assert done.stdout.strip() == "120", done.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_bad_input_prints_its_sentence_without_tracebacks_and_keeps_them_in_run_log(tmp_path, shared_root):
     table = tmp_path / "reviews.csv"
     table.write_text('text,rating\n"a good film",1\n"a bad film",0\n')
@@ -168,6 +172,7 @@ def test_bad_input_prints_its_sentence_without_tracebacks_and_keeps_them_in_run_
     assert empty_database_path(prefect.__version__).is_file(), "the empty database the next runs copy"
 
 
+@pytest.mark.slow
 def test_a_failed_download_leaves_no_empty_data_folder(tmp_path, shared_root):
     url = "http://127.0.0.1:9/aclImdb_v1.tar.gz"  # the discard port: refused at once
     args = ["run", "--preset", "demo", "--set", "data.source=imdb", "--set", f"data.path={url}", "--set", "data.retries=0", "--artifacts", str(shared_root)]

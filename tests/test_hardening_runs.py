@@ -95,6 +95,7 @@ def _leaving(other: Path) -> list[str]:
     return [str(other / "runs" / RUN_ID), f"../../{other.name}/runs/{RUN_ID}", f"../{RUN_ID}", "..", f"{RUN_ID}/."]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["predict", "generate", "promote", "step", "run"])
 def test_a_run_argument_that_leaves_the_root_exits_2_for_every_command(command, root: Path, other: Path, capsys):
     before_root, before_other = _snapshot(root), _snapshot(other)
@@ -114,12 +115,14 @@ def test_a_run_argument_that_leaves_the_root_exits_2_for_every_command(command, 
     assert _snapshot(root) == before_root, "nor this one (no champion.json, no new run folder)"
 
 
+@pytest.mark.slow
 def test_a_run_folder_linking_out_of_the_root_is_refused(root: Path, other: Path, capsys):
     (root / "runs" / "linked").symlink_to(other / "runs" / RUN_ID)
     assert main(["predict", "--run", "linked", "fine", "--artifacts", str(root)]) == 2
     assert f"is a link to {other / 'runs' / RUN_ID}, outside {root / 'runs'}" in _one_error(capsys)
 
 
+@pytest.mark.slow
 def test_champion_never_names_a_missing_folder(root: Path, other: Path, capsys):
     # A pointer written by the old code, naming another root's run by path.
     write_json(root / "champion.json", {"run_id": str(other / "runs" / RUN_ID)})
@@ -154,6 +157,7 @@ def _running_manifest(root: Path, run_id: str, stamp: dict) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_a_run_whose_process_is_gone_lists_as_failed_killed(root: Path, capsys):
     store = ArtifactStore(root)
     started = store.start_run({"preset": "demo"}, run_id="20260102T000000000Z-mine")
@@ -179,6 +183,7 @@ def test_a_run_whose_process_is_gone_lists_as_failed_killed(root: Path, capsys):
     assert (elsewhere / "manifest.json").read_bytes() == away_bytes, "other hosts' runs are not rewritten"
 
 
+@pytest.mark.slow
 def test_stale_partial_folders_are_cleaned_when_their_writer_is_gone(root: Path, capsys):
     store = ArtifactStore(root)
     train = root / "cache" / "train"
@@ -228,6 +233,7 @@ def _damage_sentence(name: str, step: str) -> str:
             f"rerun that step with `rnnflow step {step} --run {RUN_ID}`.")
 
 
+@pytest.mark.slow
 def test_predict_and_generate_name_a_damaged_model_and_the_fix(root: Path, capsys):
     _damaged(root, "train/model.keras")
     assert main(["predict", "--run", RUN_ID, "a fine film", "--artifacts", str(root)]) == 2
@@ -236,6 +242,7 @@ def test_predict_and_generate_name_a_damaged_model_and_the_fix(root: Path, capsy
     assert _one_error(capsys) == _damage_sentence("train/model.keras", "train")
 
 
+@pytest.mark.slow
 def test_promote_refuses_a_damaged_candidate_and_cannot_rescore_a_damaged_champion(root: Path, capsys):
     champion = root / "runs" / "20251231T000000000Z-champ"
     shutil.copytree(root / "runs" / RUN_ID, champion)
@@ -260,6 +267,7 @@ def test_promote_refuses_a_damaged_candidate_and_cannot_rescore_a_damaged_champi
     assert read_json(root / "champion.json")["run_id"] == champion.name, "a damaged model never becomes champion"
 
 
+@pytest.mark.slow
 def test_step_checks_the_inputs_it_reads_before_any_run_folder_exists(root: Path, capsys):
     _damaged(root, "encode/X_train.npy")
     assert main(["step", "train", "--run", RUN_ID, "--artifacts", str(root)]) == 2
@@ -270,6 +278,7 @@ def test_step_checks_the_inputs_it_reads_before_any_run_folder_exists(root: Path
 # --------------------------------------------------------------------------- 4. malformed manifests
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
@@ -317,6 +326,7 @@ def test_a_file_as_artifacts_root_exits_2_with_one_sentence(args: list[str], tmp
     assert _one_error(capsys) == f"Artifacts root {target / 'sub'} is a file, not a folder ({target} above it is a file): choose another with --artifacts."
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["promote", RUN_ID, "--force"], ["step", "train", "--run", RUN_ID], ["run", "--preset", "demo"]], ids=lambda a: a[0])
 def test_a_read_only_root_exits_2_before_any_step_runs(args: list[str], root: Path, monkeypatch, capsys):
     # Tests run as root, which chmod does not stop: deny writes the way os.access reports a read-only mount.
@@ -337,6 +347,7 @@ def test_a_read_only_root_exits_2_before_any_step_runs(args: list[str], root: Pa
     assert _snapshot(root) == before and not (root / "champion.lock").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to drop to an unprivileged user")
 def test_a_really_read_only_root_for_an_unprivileged_user(pristine: Path):
     """The same, for real: `promote` as user nobody on a root it may read but not write (once a PermissionError on champion.lock)."""
@@ -366,6 +377,7 @@ def test_a_really_read_only_root_for_an_unprivileged_user(pristine: Path):
 # --------------------------------------------------------------------------- 6. --output and --temperature
 
 
+@pytest.mark.slow
 def test_predict_output_onto_a_folder_or_under_a_file_exits_2(pristine: Path, tmp_path: Path, capsys):
     folder = tmp_path / "predictions.parquet"
     folder.mkdir()
@@ -377,6 +389,7 @@ def test_predict_output_onto_a_folder_or_under_a_file_exits_2(pristine: Path, tm
     assert _one_error(capsys) == f"Output {blocker / 'p.csv'} cannot be written: {blocker} is a file, not a folder; choose another path for --output."
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["nan", "inf", "-1"])
 def test_generate_temperature_must_be_a_finite_number(pristine: Path, value: str, capsys):
     assert main(["generate", "--prompt", "the", "--temperature", value, "--artifacts", str(pristine)]) == 2

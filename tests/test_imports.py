@@ -6,10 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("tensorflow", "keras", "sklearn", "matplotlib", "great_expectations")
 
 
+@pytest.mark.slow
 def test_importing_the_flow_loads_no_training_or_plotting_library():
     code = f"import sys, flows.pipeline; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)

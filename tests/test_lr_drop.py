@@ -9,11 +9,12 @@ from tasks.config import ModelConfig, TrainConfig
 from tasks.report import history_table
 from tasks.store import read_json
 from tasks.train import train_model
-from tests.test_streaming_train import _toy_encoding
+from tests.helpers import toy_encoding
 
 
+@pytest.mark.slow
 def test_the_rate_drops_after_an_epoch_without_progress_and_the_curves_say_so(tmp_path):
-    encoded = _toy_encoding(tmp_path / "encode")
+    encoded = toy_encoding(tmp_path / "encode")
     out = tmp_path / "train"
     out.mkdir()
     # Validation labels the other way round: the better the model fits train, the worse val_loss gets.

@@ -14,8 +14,9 @@ from tasks.models import TokenWindow, VocabularyCap, build_model, cudnn_eligible
 from tasks.report import write_report
 from tasks.store import read_json
 from tasks.train import train_model
-from tests.test_report import CONFIG, make_upstream
-from tests.test_streaming_train import _toy_encoding
+from tests.helpers import REPORT_CONFIG as CONFIG
+from tests.helpers import make_upstream
+from tests.helpers import toy_encoding
 
 ROWS = np.array(
     [
@@ -106,7 +107,7 @@ def test_next_token_reads_the_whole_text_with_the_whole_vocabulary(key: str, val
 @pytest.fixture(scope="module")
 def two_readers(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp_path = tmp_path_factory.mktemp("readers")
-    encoded = _toy_encoding(tmp_path / "encode")
+    encoded = toy_encoding(tmp_path / "encode")
     out = tmp_path / "train"
     out.mkdir()
     model = ModelConfig(cell="gru", units=8, embedding_dim=8, bidirectional=False, window=6)
@@ -116,6 +117,7 @@ def two_readers(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_each_member_reads_as_its_entry_says_and_train_json_records_it(two_readers: Path):
     import keras
 

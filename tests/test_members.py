@@ -14,8 +14,9 @@ from tasks.evaluate import evaluate_model
 from tasks.report import write_report
 from tasks.store import read_json
 from tasks.train import member_rows, train_model
-from tests.test_report import CONFIG, make_upstream
-from tests.test_streaming_train import _toy_encoding
+from tests.helpers import REPORT_CONFIG as CONFIG
+from tests.helpers import make_upstream
+from tests.helpers import toy_encoding
 
 
 def test_member_zero_validates_on_val_and_the_others_on_their_own_blocks_of_train():
@@ -40,7 +41,7 @@ def test_next_token_runs_one_model():
 @pytest.fixture(scope="module")
 def two_members(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     tmp_path = tmp_path_factory.mktemp("members")
-    encoded = _toy_encoding(tmp_path / "encode")
+    encoded = toy_encoding(tmp_path / "encode")
     for name in ("X", "y"):  # the toy encoding has no test split: its val rows stand in
         np.save(encoded / f"{name}_test.npy", np.load(encoded / f"{name}_val.npy"))
     pd.DataFrame({"id": [f"r{i}" for i in range(64)], "length": np.full(64, 12)}).to_parquet(encoded / "tokens_test.parquet")
@@ -53,6 +54,7 @@ def two_members(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, P
     return encoded, out, evaluated
 
 
+@pytest.mark.slow
 def test_model_keras_is_the_mean_of_the_members_kept_beside_it(two_members):
     import keras
 
@@ -64,6 +66,7 @@ def test_model_keras_is_the_mean_of_the_members_kept_beside_it(two_members):
     assert (out / "model_text.keras").exists(), "the averaged model is exported with its preprocessing like any other"
 
 
+@pytest.mark.slow
 def test_train_json_describes_each_member(two_members):
     _, out, _ = two_members
     info = read_json(out / "train.json")
@@ -77,6 +80,7 @@ def test_train_json_describes_each_member(two_members):
     assert read_json(out / "history.json") == runs[0]["history"], "history.json is member 1's curves"
 
 
+@pytest.mark.slow
 def test_evaluate_scores_the_average_and_each_member_alone(two_members):
     encoded, _, evaluated = two_members
     metrics = read_json(evaluated / "metrics.json")
@@ -88,7 +92,7 @@ def test_evaluate_scores_the_average_and_each_member_alone(two_members):
 
 
 def test_streamed_training_with_members_is_refused_in_one_sentence(tmp_path: Path):
-    encoded = _toy_encoding(tmp_path / "encode")
+    encoded = toy_encoding(tmp_path / "encode")
     (tmp_path / "train").mkdir()
     config = TrainConfig(epochs=1, members=2, in_memory_max_mb=0)
     with pytest.raises(ValueError, match="raise train.in_memory_max_mb or leave train.members at 1"):
@@ -116,6 +120,7 @@ def test_report_lists_the_members(tmp_path: Path):
     assert "| 2 | 1,338 | - | 3 of 4 | 0.7600 | 0.8600 | 0.9400 |" in markdown
 
 
+@pytest.mark.slow
 def test_the_ensemble_summary_shows_each_member_s_layers_and_every_column(two_members, monkeypatch):
     import keras
 

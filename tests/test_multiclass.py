@@ -20,21 +20,18 @@ import pytest
 
 from flows.cli import main
 from tasks.store import read_json
-from conftest import make_imdb_archive  # tests/ is on sys.path: pytest put it there for conftest.py
+from tests.helpers import TINY_MODEL, make_imdb_archive
 
 STAR_CLASSES = ["1-2", "3-4", "7-8", "9-10"]  # the order ingest.json must record: alphabetical, as they are not numbers
+# The table's columns, then the tiny configuration's encode, model and train sections (tests/helpers.py), one epoch.
 TINY = [
     "data.source=table",
     "data.text_column=review",
     "data.label_column=stars",
     "data.split_column=part",
     "data.rating_column=rating",
-    "encode.num_words=200",
-    "encode.max_len=40",
-    "model.units=8",
-    "model.embedding_dim=8",
+    *TINY_MODEL,
     "train.epochs=1",
-    "train.learning_rate=0.01",
 ]
 
 
@@ -57,6 +54,9 @@ def star_table(archive: Path, target: Path) -> Path:
     assert sorted(frame["stars"].unique()) == STAR_CLASSES, "the synthetic archive holds every class"
     frame.to_csv(target, index=False)
     return target
+
+
+pytestmark = pytest.mark.slow  # one flow run shared by the module, and a model trained by the steps
 
 
 @pytest.fixture(scope="module")

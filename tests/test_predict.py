@@ -12,18 +12,14 @@ import pytest
 import tensorflow as tf
 
 from flows.cli import main
-from tasks.config import DataConfig, EncodeConfig, ModelConfig, TrainConfig
-from tasks.encode import PAD, Vocabulary, encode_reviews
+from tasks.config import DataConfig, EncodeConfig
+from tasks.encode import PAD, Vocabulary
 from tasks.export import build_text_encoder
-from tasks.ingest import ingest_reviews, locate_source
 from tasks.predict import encode_texts, load_predictor, predict_texts
-from tasks.store import write_json
 from tasks.synthetic import synthetic_reviews
 from tasks.text import clean_text
-from tasks.train import train_model
-
-RUN_ID = "20260101T000000000Z-test"
-DATA = DataConfig(source="synthetic", synthetic_reviews=80, seed=7)
+from tests.helpers import TINY_RUN_ID as RUN_ID
+from tests.helpers import manifest
 
 # Every ASCII character, weighted towards the ones the rules treat specially: tags, breaks, apostrophes, case, NUL.
 _ASCII = "".join(chr(c) for c in range(128))
@@ -49,32 +45,24 @@ def ascii_texts(n: int, seed: int = 0) -> list[str]:
     ]
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An artifacts root with one completed run, made by the step functions on a tiny synthetic corpus."""
-    root = tmp_path_factory.mktemp("artifacts")
-    run = root / "runs" / RUN_ID
-    for step in ("ingest", "encode", "train"):
-        (run / step).mkdir(parents=True)
-    ingest_reviews(DATA, locate_source(DATA), run / "ingest")
-    # max_len 30 is shorter than many reviews and longer than some: both truncation and padding happen.
-    encode_reviews(EncodeConfig(num_words=60, max_len=30), run / "ingest", run / "encode")
-    model = ModelConfig(cell="gru", units=4, embedding_dim=4, bidirectional=False)
-    train_model(model, TrainConfig(epochs=1, batch_size=32), run / "encode", run / "train")
-    write_json(run / "manifest.json", {"run_id": RUN_ID, "status": "completed", "config": {"data": DATA.model_dump(mode="json")}, "steps": {}})
-    return root
+@pytest.fixture
+def root(tiny_run) -> Path:
+    """The session's finished tiny run (tests/conftest.py): the whole flow on the synthetic corpus, its max_len of
+    40 shorter than many reviews and longer than some, so both truncation and padding happen."""
+    return tiny_run.root
 
 
-@pytest.fixture(scope="module")
-def run(root: Path) -> Path:
-    return root / "runs" / RUN_ID
+@pytest.fixture
+def run(tiny_run) -> Path:
+    return tiny_run.folder
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def raw_test_texts(run: Path) -> list[str]:
     """The test split's texts as the source made them, before ingest cleaned them, in the order of X_test."""
+    data = DataConfig(**manifest(run)["config"]["data"])
     # ingest draws the synthetic test split with seed + 1, then shuffles it; ids tie the two together.
-    raw = synthetic_reviews(DATA.synthetic_reviews, DATA.synthetic_positive_fraction, seed=DATA.seed + 1).set_index("id")["text"]
+    raw = synthetic_reviews(data.synthetic_reviews, data.synthetic_positive_fraction, seed=data.seed + 1).set_index("id")["text"]
     ingested = pd.read_parquet(run / "ingest" / "test.parquet")
     texts = raw.loc[ingested["id"]].tolist()
     assert [clean_text(t) for t in texts] == ingested["text"].tolist(), "raw and ingested test texts line up"
@@ -84,6 +72,7 @@ def raw_test_texts(run: Path) -> list[str]:
 # --------------------------------------------------------------------------- no training/serving skew
 
 
+@pytest.mark.slow
 def test_predictor_encodes_raw_test_texts_exactly_as_training_did(run: Path, raw_test_texts: list[str]):
     x_test = np.load(run / "encode" / "X_test.npy")
     predictor = load_predictor(run)
@@ -97,6 +86,7 @@ def test_predictor_encodes_raw_test_texts_exactly_as_training_did(run: Path, raw
     assert (x_test[:, -1] == PAD).any() and (x_test[:, -1] != PAD).any()
 
 
+@pytest.mark.slow
 def test_predict_texts_gives_a_label_and_probability_per_text_in_order(run: Path):
     predictor = load_predictor(run)
     texts = ["a wonderful moving film", "dull and boring", "", "wonderful " * 40]
@@ -119,6 +109,7 @@ def test_predict_texts_gives_a_label_and_probability_per_text_in_order(run: Path
 # --------------------------------------------------------------------------- the exported string model
 
 
+@pytest.mark.slow
 def test_string_model_loads_and_matches_the_integer_model(run: Path, raw_test_texts: list[str]):
     path = run / "train" / "model_text.keras"
     assert path.is_file() and (run / "train" / "model.keras").is_file()
@@ -170,6 +161,7 @@ def test_string_encoder_agrees_on_some_unicode_words():
 # --------------------------------------------------------------------------- rnnflow predict
 
 
+@pytest.mark.slow
 def test_cli_prints_a_table_for_texts(root: Path, capsys: pytest.CaptureFixture[str]):
     assert main(["predict", "--artifacts", str(root), "--run", "latest", "a wonderful moving film", "dull and boring"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -179,6 +171,7 @@ def test_cli_prints_a_table_for_texts(root: Path, capsys: pytest.CaptureFixture[
     assert lines[2].split()[0] in ("neg", "pos")
 
 
+@pytest.mark.slow
 def test_cli_writes_csv_input_to_parquet_output(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     source = tmp_path / "reviews.csv"
     pd.DataFrame({"id": [1, 2, 3], "review": ["a wonderful film", "dull, boring<br />script", "NA"]}).to_csv(source, index=False)
@@ -192,6 +185,7 @@ def test_cli_writes_csv_input_to_parquet_output(root: Path, tmp_path: Path, caps
     assert not list(target.parent.glob(".*.tmp")), "no temporary file is left behind"
 
 
+@pytest.mark.slow
 def test_cli_reads_txt_one_text_per_line_and_writes_csv(root: Path, tmp_path: Path):
     source = tmp_path / "reviews.txt"
     source.write_text("a wonderful film\n\ndull and boring\n", encoding="utf-8")
@@ -206,6 +200,7 @@ def _error(capsys: pytest.CaptureFixture[str]) -> str:
     return err[0]
 
 
+@pytest.mark.slow
 def test_cli_names_the_missing_text_column_and_lists_the_columns(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     source = tmp_path / "reviews.csv"
     pd.DataFrame({"id": [1], "review": ["fine"]}).to_csv(source, index=False)
@@ -214,6 +209,7 @@ def test_cli_names_the_missing_text_column_and_lists_the_columns(root: Path, tmp
     assert "no column 'text'" in message and "'id', 'review'" in message and "--text-column" in message
 
 
+@pytest.mark.slow
 def test_cli_parquet_with_empty_texts_names_the_row(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     source = tmp_path / "reviews.parquet"
     pd.DataFrame({"text": ["fine", None, "good"]}).to_parquet(source)
@@ -221,6 +217,7 @@ def test_cli_parquet_with_empty_texts_names_the_row(root: Path, tmp_path: Path, 
     assert "first row 2" in _error(capsys)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "expected"),
     [

@@ -167,6 +167,7 @@ CHANCE = [*BASE, "train.epochs=1", "train.learning_rate=0"]  # the weights never
 GOOD = [*BASE, "train.epochs=8", "train.learning_rate=0.05"]  # about 0.74 on this corpus
 
 
+@pytest.mark.slow
 def test_runs_are_promoted_only_when_better_and_by_hand_on_request(prefect_api, tmp_path: Path, capsys):
     from prefect.artifacts import Artifact
 

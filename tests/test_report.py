@@ -11,75 +11,8 @@ import pytest
 import tasks.report as report
 from tasks.report import format_metric, publish_report_artifacts, write_report
 from tasks.store import StepOutput
-
-MODEL_SUMMARY = (
-    'Model: "imdb_lstm"\n'
-    "┏━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━━━━━━━┓\n"
-    "┃ Layer (type)                    ┃ Output Shape           ┃\n"
-    "│ tokens (InputLayer)             │ (None, 100) <masked>   │\n"
-    "│ embedding (Embedding)           │ (None, 100, 16)        │\n"
-    "Total params: 8,209 (32.07 KB)\n"
-)
-
-CONFIG = {
-    "preset": "tiny",
-    "data": {"source": "synthetic", "url": "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"},
-    "encode": {"num_words": 500, "max_len": 100},
-    "model": {"cell": "lstm", "units": 8, "layers": 1, "bidirectional": True, "input": "embedding", "embedding_dim": 16},
-    "train": {"epochs": 3},
-}
-
-
-def _step(tmp_path: Path, step: str, files: dict[str, object]) -> StepOutput:
-    folder = tmp_path / "upstream" / step
-    folder.mkdir(parents=True)
-    for name, data in files.items():
-        (folder / name).write_text(json.dumps(data), encoding="utf-8")
-    return StepOutput(step=step, key="k", dir=str(folder), files={name: "0" for name in files}, summary={})
-
-
-def make_upstream(tmp_path: Path, labels: list[str], model_summary: str = MODEL_SUMMARY) -> dict[str, StepOutput]:
-    size = len(labels)
-    matrix = [[40 if row == col else 5 for col in range(size)] for row in range(size)]
-    binary = size == 2
-    validation = {
-        "passed": True,
-        "checks": [
-            {"check": "class_balance", "split": "train", "observed": 0.4987, "bound": [0.3, 0.7], "severity": "error",
-             "passed": True, "message": "smallest class share within bounds"},
-            {"check": "token_length", "split": "test", "observed": 5123, "bound": 5000, "severity": "warning",
-             "passed": False, "message": "1 review longer than 5000 tokens <check the source>"},
-        ],
-        "length_stats": {split: {"min": 3, "mean": 120.5, "median": 100, "p90": 210, "p99": 400, "max": 5123}
-                         for split in ("train", "val", "test")},
-        "label_counts": {split: {label: 50 + index for index, label in enumerate(labels)} for split in ("train", "val", "test")},
-        "warnings": ["test: 1 review longer than 5000 tokens & more"],
-    }
-    encode = {
-        "max_len": 100, "num_words": 500, "vocab_size": 500, "tokenizer": "word", "padding": "post", "truncating": "pre",
-        "length_histogram": {"edges": [0, 50, 100, 150, 200], "counts": [10, 30, 20, 5]},
-        "truncated_fraction": {"train": 0.3846, "val": 0.35, "test": 0.4}, "n": {"train": 80, "val": 20, "test": 90},
-    }
-    train = {
-        "epochs_run": 3, "best_epoch": 2, "params": 8209, "seconds": 12.34, "samples_per_second": 1500.0,
-        "model_summary": model_summary, "cudnn_eligible": True, "stopped_early": True,
-    }
-    history = {"loss": [0.69, 0.5, 0.45], "accuracy": [0.5, 0.75, 0.8], "val_loss": [0.68, 0.55, 0.58], "val_accuracy": [0.52, 0.74, 0.73]}
-    metrics = {
-        "test": {"accuracy": 0.87654, "loss": 0.3312, "precision": 0.8811, "recall": 0.8712, "f1": 0.8761,
-                 "roc_auc": 0.9423 if binary else None, "n": 90},
-        "labels": labels,
-        "confusion_matrix": matrix,
-        "roc_curve": {"fpr": [0.0, 0.1, 0.3, 1.0], "tpr": [0.0, 0.6, 0.9, 1.0]} if binary else None,
-        "by_length": [{"bucket": "0-100", "n": 50, "accuracy": 0.9}, {"bucket": "100+", "n": 40, "accuracy": 0.85}],
-        "per_class": {label: {"precision": 0.88, "recall": 0.87, "f1": 0.875, "support": 45} for label in labels},
-    }
-    return {
-        "validate": _step(tmp_path, "validate", {"validation.json": validation}),
-        "encode": _step(tmp_path, "encode", {"encode.json": encode}),
-        "train": _step(tmp_path, "train", {"train.json": train, "history.json": history}),
-        "evaluate": _step(tmp_path, "evaluate", {"metrics.json": metrics}),
-    }
+from tests.helpers import REPORT_CONFIG as CONFIG
+from tests.helpers import make_upstream
 
 
 @pytest.fixture(scope="module")

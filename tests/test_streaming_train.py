@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from tasks.config import ModelConfig, TrainConfig
-from tasks.encode import PAD, START, Vocabulary
+from tasks.encode import PAD, START
 from tasks.models import next_token_arrays
-from tasks.store import read_json, write_json
+from tasks.store import read_json
 from tasks.train import memmap_dataset, train_model
+from tests.helpers import toy_encoding
 
 
 def _mapped(tmp_path: Path, name: str, array: np.ndarray) -> np.ndarray:
@@ -63,28 +64,10 @@ def test_next_token_batches_are_next_token_arrays_of_the_rows(tmp_path: Path):
         assert got.dtype == expected.dtype and np.array_equal(got, expected)
 
 
-def _toy_encoding(folder: Path, *, n_train: int = 256, n_val: int = 64, max_len: int = 12) -> Path:
-    """A trivially learnable encode folder: positive rows use ids 3-5, negative rows ids 6-8, post-padded."""
-    rng = np.random.default_rng(1)
-    folder.mkdir()
-    for split, n in (("train", n_train), ("val", n_val)):
-        y = (np.arange(n) % 2).astype(np.int32)
-        x = np.full((n, max_len), PAD, np.int32)
-        for i, label in enumerate(y):
-            length = int(rng.integers(3, max_len + 1))
-            x[i, 0] = START
-            x[i, 1:length] = rng.integers(3, 6, size=length - 1) if label else rng.integers(6, 9, size=length - 1)
-        np.save(folder / f"X_{split}.npy", x)
-        np.save(folder / f"y_{split}.npy", y)
-    write_json(folder / "encode.json", {"num_words": 9, "max_len": max_len, "padding": "post"})
-    write_json(folder / "labels.json", ["neg", "pos"])
-    Vocabulary([f"w{i}" for i in range(6)], max_len=max_len, padding="post", truncating="pre").save(folder / "vocab.json")
-    return folder
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("budget,expected_input", [({"in_memory_max_mb": 0}, "memmap_tf_data"), ({}, "in_memory")])
 def test_classifier_learns_through_either_input_path(tmp_path: Path, budget: dict, expected_input: str):
-    encoded = _toy_encoding(tmp_path / "encode")
+    encoded = toy_encoding(tmp_path / "encode")
     out = tmp_path / "train"
     out.mkdir()
     model = ModelConfig(cell="gru", units=8, embedding_dim=8, bidirectional=False)
@@ -99,8 +82,9 @@ def test_classifier_learns_through_either_input_path(tmp_path: Path, budget: dic
     assert (out / "model.keras").exists() and (out / "model_text.keras").exists()
 
 
+@pytest.mark.slow
 def test_next_token_model_trains_through_the_memmap_path(tmp_path: Path):
-    encoded = _toy_encoding(tmp_path / "encode")
+    encoded = toy_encoding(tmp_path / "encode")
     x = np.load(encoded / "X_train.npy")
     alternating = np.where(x > PAD, np.where(np.arange(x.shape[1]) % 2 == 0, 3, 4), PAD).astype(np.int32)
     alternating[:, 0] = START

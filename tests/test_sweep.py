@@ -12,15 +12,8 @@ from flows.cli import main
 from tasks.config import ConfigError, load_config
 from tasks.store import STEPS
 from tasks.sweep import SWEEP_HTML, SWEEP_JSON, best_row, grid_points, parse_grid, point_configs, write_sweep_report
+from tests.helpers import tiny_config
 
-TINY = [
-    "data.synthetic_reviews=160",
-    "encode.num_words=200",
-    "encode.max_len=40",
-    "model.embedding_dim=8",
-    "train.epochs=2",
-    "train.learning_rate=0.01",
-]
 
 
 # --------------------------------------------------------------------------- the grid
@@ -126,6 +119,7 @@ def test_sweep_report_marks_the_best_point_and_shows_failed_ones(tmp_path: Path)
 # --------------------------------------------------------------------------- a real sweep on Dask
 
 
+@pytest.mark.slow
 def test_a_2x2_sweep_on_a_local_dask_cluster(prefect_api, tmp_path: Path):
     """Two worker processes, one thread each: the points really cross a process boundary (by path)."""
     from flows.sweep import rnnflow_sweep, task_runner
@@ -133,7 +127,7 @@ def test_a_2x2_sweep_on_a_local_dask_cluster(prefect_api, tmp_path: Path):
     root = tmp_path / "artifacts"
     grid = parse_grid(["model.cell=lstm,gru", "model.units=8,16"])
     runner = task_runner("dask", workers=2)
-    folder = Path(rnnflow_sweep.with_options(task_runner=runner)(grid=grid, config=load_config("demo", overrides=TINY), artifacts_root=str(root)))
+    folder = Path(rnnflow_sweep.with_options(task_runner=runner)(grid=grid, config=tiny_config(), artifacts_root=str(root)))  # the grid sets model.units
 
     assert folder.parent == root / "sweeps"
     sweep = json.loads((folder / "manifest.json").read_text())

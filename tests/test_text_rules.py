@@ -84,6 +84,7 @@ def test_ascii_text_keeps_the_old_word_rule():
     assert arrow_tokens(texts, True, "word") == [old.findall(t.lower()) for t in texts]
 
 
+@pytest.mark.slow
 def test_every_assigned_code_point_agrees_except_capitals_newer_than_tensorflows_tables():
     """Each assigned code point below U+30000, alone and between two letters, through Arrow, TensorFlow and the reference.
 
