@@ -6,6 +6,7 @@ UV := $(TOOLS)/bin/uv
 VENV := .venv
 ARGS ?=
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2  # pytest-xdist processes for `make test` (TEST_WORKERS=0: one process)
 
 .PHONY: setup run demo test test-quick bench bench-quick ui deploy clean
 
@@ -26,8 +27,8 @@ run: setup  ## the main job: the default preset on the IMDb archive (make run AR
 demo: setup  ## the whole flow offline on the synthetic corpus
 	$(VENV)/bin/rnnflow run --preset demo $(ARGS)
 
-test: setup  ## the test suite, offline: every test
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+test: setup  ## the test suite, offline: every test, on TEST_WORKERS processes (tests of one module share a process)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 test-quick: setup  ## the quick loop: every test not marked slow (no training, no flow runs, no rnnflow processes)
 	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
