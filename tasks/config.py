@@ -164,6 +164,16 @@ class TrainConfig(Section):
         default=1024, ge=0,
         description="train arrays larger than this (MiB) are read batch by batch, memory-mapped through tf.data, instead of handed to Keras whole",
     )
+    bucket_by_length: bool = Field(
+        default=True,
+        description="batches of reviews of similar length, each padded (right) only to its longest review rounded up to a multiple of 32, "
+        "not to encode.max_len; models whose padding is masked (model.mask_padding) and next_token models; false: every batch max_len wide",
+    )
+    deterministic: bool = Field(
+        default=False,
+        description="TensorFlow's op determinism (tf.config.experimental.enable_op_determinism): a retrained run repeats its figures "
+        "to the last digit on one machine, at some speed",
+    )
 
 
 def member_changes(train: TrainConfig, k: int) -> dict[str, Any]:

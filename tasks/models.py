@@ -94,19 +94,23 @@ class TokenWindow(layers.Layer):
     def call(self, inputs):
         ops = keras.ops
         steps = ops.shape(inputs)[1]
+        # As long as the window, or as the rows when they are shorter (batches padded to their own longest
+        # review, train.bucket_by_length): the steps past the rows' width could only be padding.
+        width = min(steps, self.length) if isinstance(steps, int) else ops.minimum(steps, self.length)
         real = ops.cast(ops.not_equal(inputs, 0), "int32")
         size = ops.sum(real, axis=1, keepdims=True)
         # The text's first position: 0 when right-padded, the number of zeros before it when left-padded.
         index = ops.arange(steps, dtype="int32")[None, :]
         begin = ops.min(ops.where(real > 0, index, steps), axis=1, keepdims=True)
         skip = ops.maximum(size - self.length, 0) if self.at == "end" else ops.zeros_like(size)
-        offsets = ops.arange(self.length, dtype="int32")[None, :]
+        offsets = ops.arange(width, dtype="int32")[None, :]
         positions = begin + skip + offsets
         taken = ops.take_along_axis(inputs, ops.minimum(positions, steps - 1), axis=1)
         return ops.where(offsets < ops.minimum(size, self.length), taken, ops.zeros_like(taken))
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.length)
+        steps = input_shape[1]  # rows of any length: a window of any length up to self.length
+        return (input_shape[0], None if steps is None else min(steps, self.length))
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "length": self.length, "at": self.at}
@@ -159,14 +163,19 @@ def cudnn_eligible(cfg: ModelConfig, padding: str) -> bool:
     return cells_ok and mask_ok
 
 
-def build_model(cfg: ModelConfig, *, num_tokens: int, max_len: int, n_classes: int) -> keras.Model:
-    """The classifier (model.task classify), or for next_token a model of every next token (see build_next_token_model)."""
+def build_model(cfg: ModelConfig, *, num_tokens: int, max_len: int | None, n_classes: int) -> keras.Model:
+    """The classifier (model.task classify), or for next_token a model of every next token (see build_next_token_model).
+
+    max_len None: rows of any length (train.bucket_by_length pads each batch to its own longest review);
+    such a model reads max_len-padded rows (evaluate, predict, model_text.keras) all the same.
+    """
     if cfg.task == "next_token":
         return build_next_token_model(cfg, num_tokens=num_tokens)
     inputs = keras.Input(shape=(max_len,), dtype="int32", name="token_ids")
     ids = inputs
     if cfg.window:  # one as long as the rows reads whole rows, laid out right-padded all the same (cudnn_eligible counts on it)
-        ids = TokenWindow(min(cfg.window, max_len), cfg.window_at, name=f"window_{cfg.window_at}")(inputs)
+        length = cfg.window if max_len is None else min(cfg.window, max_len)
+        ids = TokenWindow(length, cfg.window_at, name=f"window_{cfg.window_at}")(inputs)
     steps = ids.shape[1]
     if cfg.num_words and cfg.num_words < num_tokens:
         ids = VocabularyCap(cfg.num_words, name=f"first_{cfg.num_words}_words")(ids)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -61,48 +64,111 @@ def epoch_report(epochs: int, hook: EpochHook | None, prefix: str = "") -> Any:
     return keras.callbacks.LambdaCallback(on_epoch_begin=lines.begin, on_epoch_end=lines.end)
 
 
+# train.bucket_by_length: a batch holds rows of one bucket, those whose length rounds up to the same multiple of
+# BUCKET_STEP (at most max_len), and is padded to that width: a model meets max_len / BUCKET_STEP widths at most.
+BUCKET_STEP = 32
+
+
+def row_lengths(x: np.ndarray, rows_at_once: int = 65_536) -> np.ndarray:
+    """Each row's number of ids that are not padding (0), read rows_at_once rows at a time (x may be memory-mapped)."""
+    return np.concatenate([np.count_nonzero(x[i : i + rows_at_once], axis=1) for i in range(0, len(x), rows_at_once)] or [np.zeros(0, int)])
+
+
+def bucket_width(longest: int, max_len: int) -> int:
+    """The width of the bucket of a row of `longest` ids: the next multiple of BUCKET_STEP, at most max_len."""
+    return int(min(max_len, max(BUCKET_STEP, -(-int(longest) // BUCKET_STEP) * BUCKET_STEP)))
+
+
+def left_aligned(x: np.ndarray) -> np.ndarray:
+    """Rows with their ids first, in order, and their padding after (right-padded), whichever side encode padded."""
+    return np.take_along_axis(x, np.argsort(x == 0, axis=1, kind="stable"), axis=1)
+
+
+def epoch_batches(
+    n: int, batch_size: int, seed: int | None, epoch: int = 0, lengths: np.ndarray | None = None, max_len: int | None = None,
+) -> list[np.ndarray]:
+    """The row indices of each batch of one epoch, each batch's sorted (read front to back): ceil(n / batch_size) batches.
+
+    Without lengths: in file order (seed None), or cut from a permutation seeded with seed + epoch.
+    With lengths (train.bucket_by_length), buckets as tf.data's bucket_by_sequence_length makes them:
+    the rows, in file order (seed None: validation) or in the seeded permutation, go each to the bucket
+    of its width (bucket_width; max_len: the widest, default the longest row), and each bucket is cut
+    into batches of batch_size rows. What is left of the buckets is laid end to end, narrowest first, and
+    cut into batches too (each as wide as its widest row's bucket), so there is no tiny batch per bucket
+    and as many batches as without buckets; with a seed, the same generator then shuffles the order of
+    all batches. Every row once an epoch.
+    """
+    rng = None if seed is None else np.random.default_rng(seed + epoch)
+    order = np.arange(n) if rng is None else rng.permutation(n)
+    if lengths is None:
+        return [np.sort(order[start : start + batch_size]) for start in range(0, n, batch_size)]
+    widest = int(max_len if max_len is not None else max(int(lengths.max(initial=1)), 1))
+    widths = np.minimum(widest, np.maximum(BUCKET_STEP, -(-lengths[order] // BUCKET_STEP) * BUCKET_STEP))
+    batches, left = [], []
+    for width in np.unique(widths):
+        rows = order[widths == width]  # this bucket's rows, in the order they arrive
+        whole = len(rows) - len(rows) % batch_size
+        batches += [np.sort(rows[start : start + batch_size]) for start in range(0, whole, batch_size)]
+        left.append(rows[whole:])
+    rest = np.concatenate(left) if left else np.zeros(0, int)
+    batches += [np.sort(rest[start : start + batch_size]) for start in range(0, len(rest), batch_size)]
+    return batches if rng is None else [batches[i] for i in rng.permutation(len(batches))]
+
+
 def memmap_dataset(
     x: np.ndarray, y: np.ndarray, batch_size: int, *, epochs: int = 1, seed: int | None = None, next_token: bool = False,
+    bucket: bool = False, right_padded: bool = True,
 ) -> tuple[Any, int]:
-    """(tf.data.Dataset, batches per epoch) reading rows of x and y (memory-mapped .npy) one batch at a time.
+    """(tf.data.Dataset, batches per epoch) reading rows of x and y (memory-mapped .npy, or arrays in memory) one batch at a time.
 
-    With a seed, epoch e visits every row once in the order of a permutation seeded with seed + e,
+    With a seed, epoch e visits every row once in an order seeded with seed + e (epoch_batches),
     and the dataset holds epochs of them back to back (fit with steps_per_epoch = batches per epoch);
     without, one epoch in file order (validation). Each batch's indices are sorted, so its rows are read
     front to back; its labels are gathered with the same indices. next_token batches are
     next_token_arrays of the rows: (inputs, targets, weights).
+
+    bucket (train.bucket_by_length): rows of one bucket batched together (epoch_batches), each batch
+    laid out right-padded (right_padded False: encode padded on the left, left_aligned moves the ids
+    first) and cut to its bucket's width (bucket_width of its longest row) instead of max_len.
     """
     import tensorflow as tf
 
     from tasks.models import next_token_arrays
 
     n, max_len = x.shape
-    steps = -(-n // batch_size)
-    permutation: dict[int, np.ndarray] = {}
+    lengths = row_lengths(x) if bucket else None
+    plan: dict[int, list[np.ndarray]] = {0: epoch_batches(n, batch_size, seed, 0, lengths, max_len)}
+    steps = len(plan[0])  # ceil(n / batch_size)
 
     def rows(step: np.int64) -> np.ndarray:
-        epoch, start = divmod(int(step), steps)
-        start *= batch_size
-        if seed is None:
-            return np.arange(start, min(start + batch_size, n))
-        order = permutation.get(epoch)
-        if order is None:  # a pure function of the epoch: recomputing it (if tf.data ever loads out of order) is only slower
-            order = np.random.default_rng(seed + epoch).permutation(n)
-            permutation.clear()  # one epoch's order held at a time
-            permutation[epoch] = order
-        return np.sort(order[start : start + batch_size])
+        epoch, batch = divmod(int(step), steps)
+        batches = plan.get(epoch)
+        if batches is None:  # a pure function of the epoch: recomputing it (if tf.data ever loads out of order) is only slower
+            batches = epoch_batches(n, batch_size, seed, epoch, lengths, max_len)
+            plan.clear()  # one epoch's order held at a time
+            plan[epoch] = batches
+        return batches[batch]
 
     if next_token:
         def load(step: np.int64) -> tuple[np.ndarray, ...]:
-            return next_token_arrays(np.asarray(x[rows(step)]))
+            index = rows(step)
+            arrays = next_token_arrays(np.asarray(x[index]))
+            if lengths is None:
+                return arrays
+            # A row of L ids has L steps that count (the last one's target is the padding that ends it), max_len - 1 at most.
+            width = bucket_width(min(lengths[index].max(), max_len - 1), max_len - 1)
+            return tuple(np.ascontiguousarray(a[:, :width]) for a in arrays)
 
-        types, shapes = (tf.int32, tf.int32, tf.float32), ([None, max_len - 1],) * 3
+        types, shapes = (tf.int32, tf.int32, tf.float32), ([None, max_len - 1 if lengths is None else None],) * 3
     else:
         def load(step: np.int64) -> tuple[np.ndarray, ...]:
             index = rows(step)
-            return np.asarray(x[index], dtype=np.int32), np.asarray(y[index], dtype=np.int32)
+            xb = np.asarray(x[index], dtype=np.int32)
+            if lengths is not None:
+                xb = np.ascontiguousarray((xb if right_padded else left_aligned(xb))[:, : bucket_width(lengths[index].max(), max_len)])
+            return xb, np.asarray(y[index], dtype=np.int32)
 
-        types, shapes = (tf.int32, tf.int32), ([None, max_len], [None])
+        types, shapes = (tf.int32, tf.int32), ([None, max_len if lengths is None else None], [None])
 
     def load_tensors(step: Any) -> tuple[Any, ...]:
         tensors = tf.numpy_function(load, [step], types, stateful=False)
@@ -112,6 +178,17 @@ def memmap_dataset(
 
     dataset = tf.data.Dataset.range(steps * (epochs if seed is not None else 1)).map(load_tensors)
     return dataset.prefetch(tf.data.AUTOTUNE), steps
+
+
+def mean_batch_width(x: np.ndarray, batch_size: int, seed: int, *, next_token: bool = False) -> float:
+    """The mean width of one epoch's bucketed train batches (epoch_batches, bucket_width), weighed by their rows: against max_len."""
+    n, max_len = x.shape
+    lengths = row_lengths(x)
+    widths = [
+        (bucket_width(min(lengths[b].max(), max_len - 1), max_len - 1) if next_token else bucket_width(lengths[b].max(), max_len)) * len(b)
+        for b in epoch_batches(n, batch_size, seed, 0, lengths, max_len)
+    ]
+    return round(sum(widths) / n, 1) if n else 0.0
 
 
 def member_rows(n_train: int, n_val: int, members: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -219,13 +296,31 @@ def compile_settings(model_cfg: ModelConfig, train_cfg: TrainConfig, n_classes: 
     return {"optimizer": optimizer, "loss": loss, **metrics}
 
 
-def member_inputs(data: TrainingData, train_cfg: TrainConfig, k: int, *, next_token: bool) -> dict[str, Any]:
-    """What model.fit gets for member k: its training and validation data, streamed or in memory."""
-    if data.streamed:
+def bucketed(model_cfg: ModelConfig, train_cfg: TrainConfig, k: int) -> bool:
+    """Whether member k trains on batches padded to their own longest review (train.bucket_by_length).
+
+    Only where the padding cut off could not change what the model computes: a classifier that masks
+    its padding (model.mask_padding; one that reads padding as input would learn on fewer padding steps
+    than evaluate gives it), and a next_token model, whose steps read only the steps before them, so the
+    padding after a batch's longest text changes no step that counts.
+    """
+    cfg = member_model(model_cfg, train_cfg, k)
+    return train_cfg.bucket_by_length and (cfg.task == "next_token" or cfg.mask_padding)
+
+
+def member_inputs(data: TrainingData, train_cfg: TrainConfig, k: int, *, next_token: bool, bucket: bool = False) -> dict[str, Any]:
+    """What model.fit gets for member k: its training and validation data, streamed or in memory.
+
+    bucket (bucketed): both through memmap_dataset's buckets, batches of rows of about one length each
+    padded to its bucket's width, in an order seeded with the member's seed (train.seed + k).
+    """
+    if data.streamed or bucket:
+        xt, yt, xv, yv = (data.x_train, data.y_train, data.x_val, data.y_val) if data.streamed else data.member_arrays(k)
+        layout = {"bucket": bucket, "right_padded": data.encoding.get("padding", "post") == "post"}
         train_data, steps_per_epoch = memmap_dataset(
-            data.x_train, data.y_train, train_cfg.batch_size, epochs=train_cfg.epochs, seed=train_cfg.seed, next_token=next_token
+            xt, yt, train_cfg.batch_size, epochs=train_cfg.epochs, seed=train_cfg.seed + k, next_token=next_token, **layout
         )
-        val_data, _ = memmap_dataset(data.x_val, data.y_val, train_cfg.batch_size, next_token=next_token)
+        val_data, _ = memmap_dataset(xv, yv, train_cfg.batch_size, next_token=next_token, **layout)
         # shuffle=False: the dataset brings each epoch's own order (Keras would only warn that it ignores True).
         return {"x": train_data, "validation_data": val_data, "steps_per_epoch": steps_per_epoch, "shuffle": False}
     # As before the tf.data path, so runs measured with it reproduce: whole arrays, Keras shuffles.
@@ -305,8 +400,10 @@ def fit_member(
     started = time.perf_counter()
     members, seed = train_cfg.members, train_cfg.seed + k
     keras.utils.set_random_seed(seed)
-    model = build_model(
-        member_model(model_cfg, train_cfg, k), num_tokens=data.encoding["num_words"], max_len=data.encoding["max_len"], n_classes=data.n_classes
+    bucket = bucketed(model_cfg, train_cfg, k)
+    model = build_model(  # bucketed: rows of any length (max_len None), max_len-padded ones included
+        member_model(model_cfg, train_cfg, k), num_tokens=data.encoding["num_words"],
+        max_len=None if bucket else data.encoding["max_len"], n_classes=data.n_classes,
     )
     if members > 1:
         model.name = f"{model.name}_member{k + 1}"
@@ -314,7 +411,8 @@ def fit_member(
     checkpoint = out_dir / (RunFiles.MODEL.name if members == 1 else f"member_{k + 1}.keras")
     callbacks = member_callbacks(train_cfg, k, checkpoint, on_epoch)
     fitted = model.fit(
-        **member_inputs(data, train_cfg, k, next_token=model_cfg.task == "next_token"), epochs=train_cfg.epochs, callbacks=callbacks, verbose=0
+        **member_inputs(data, train_cfg, k, next_token=model_cfg.task == "next_token", bucket=bucket),
+        epochs=train_cfg.epochs, callbacks=callbacks, verbose=0,
     )
     if not checkpoint.exists():  # val_loss was NaN every epoch: keep the last weights rather than nothing
         model.save(checkpoint)
@@ -371,6 +469,7 @@ def train_info(
     from tasks.models import cudnn_eligible
 
     epochs_run = sum(m.epochs_run for m in members)
+    bucket = all(bucketed(model_cfg, train_cfg, k) for k in range(len(members)))
     val_accuracies = [m.best_val_accuracy for m in members if m.best_val_accuracy is not None]
     info = {
         "task": model_cfg.task,
@@ -382,8 +481,16 @@ def train_info(
         "seconds": round(seconds, 2),
         # Every member trains on as many rows as train holds (member_rows), so this is the rate over all of them.
         "samples_per_second": round(len(data.x_train) * epochs_run / seconds, 1) if seconds else None,
-        # in_memory: the arrays handed to model.fit whole; memmap_tf_data: batches read from the .npy (train.in_memory_max_mb).
+        # in_memory: the arrays held in memory (handed to model.fit whole, or with bucket_by_length gathered batch by batch
+        # through tf.data); memmap_tf_data: batches read from the .npy (train.in_memory_max_mb).
         "input": "memmap_tf_data" if data.streamed else "in_memory",
+        # Whether batches were padded to their own longest review (bucketed: train.bucket_by_length, where it applies),
+        # and how wide the first member's first epoch's batches were on average, against encode's max_len.
+        "bucket_by_length": bucket,
+        "mean_batch_width": mean_batch_width(data.member_arrays(0)[0], train_cfg.batch_size, train_cfg.seed, next_token=model_cfg.task == "next_token")
+        if bucket else data.encoding["max_len"] - (model_cfg.task == "next_token"),
+        "max_len": data.encoding["max_len"],
+        "deterministic": train_cfg.deterministic,
         # With members, each on its own validation rows: the mean of their best epochs' figures.
         "best_val_loss": float(np.mean([m.best_val_loss for m in members])),
         "best_val_accuracy": float(np.mean(val_accuracies)) if val_accuracies else None,
@@ -411,6 +518,37 @@ def write_outputs(
     return info
 
 
+_DETERMINISM_LOCK = threading.Lock()
+_determinism_users = [0, False]  # trainings inside op_determinism(True) now; whether determinism was on before the first
+
+
+@contextmanager
+def op_determinism(on: bool) -> Iterator[None]:
+    """train.deterministic: TensorFlow's op determinism on inside the block, then as it was.
+
+    With seeds set (keras.utils.set_random_seed), a retrained run then repeats its figures to the last
+    digit on one machine. The switch is the process's: sweep points training side by side in threads
+    share it, so it stays on while any of them needs it (counted) and goes back off after the last.
+    """
+    if not on:
+        yield
+        return
+    from tensorflow.python.framework import config as tf_config
+
+    with _DETERMINISM_LOCK:
+        if _determinism_users[0] == 0:
+            _determinism_users[1] = tf_config.is_op_determinism_enabled()
+            tf_config.enable_op_determinism()
+        _determinism_users[0] += 1
+    try:
+        yield
+    finally:
+        with _DETERMINISM_LOCK:
+            _determinism_users[0] -= 1
+            if _determinism_users[0] == 0 and not _determinism_users[1]:
+                tf_config.disable_op_determinism()
+
+
 def train_model(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -431,7 +569,8 @@ def train_model(
     keras.utils.set_random_seed(train_cfg.seed)
     data = load_training_data(encode_dir, train_cfg)
     started = time.perf_counter()
-    members = [fit_member(model_cfg, train_cfg, data, k, out_dir, on_epoch) for k in range(train_cfg.members)]
+    with op_determinism(train_cfg.deterministic):
+        members = [fit_member(model_cfg, train_cfg, data, k, out_dir, on_epoch) for k in range(train_cfg.members)]
     seconds = time.perf_counter() - started
     model = members[0].model if len(members) == 1 else ensemble(members, data.encoding["max_len"], RunFiles.MODEL.of_step(out_dir))
     if model_cfg.task != "next_token":
