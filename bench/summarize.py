@@ -18,13 +18,14 @@ GOALS = {  # the issue's goals, by the suite that measures them, in the order th
     "overhead": ["pipeline ≤ 1.10× plain script"],
     "reruns": ["identical re-run < 10% of first", "identical re-run < 10% of first, Prefect server running"],
     "steps": ["encode ≥ 5× faster than TextVectorization"],
+    "train": ["default preset's train step ≥ 1.6× faster"],
     "growth": ["growth linear", "memory flat where streamed"],
 }
 ABOUT = {
     "overhead": "The whole `rnnflow run` against a plain Keras script of the same recipe (bench/plain_keras.py), run side by side, alternating.",
     "reruns": "A first run, an identical re-run and a train-only change, in one artifacts root, as fractions of the first run.",
     "steps": "Ingest, validate and encode called as plain functions in-process; encode against keras.layers.TextVectorization.",
-    "train": "Training samples per second per preset on the CPU, one epoch.",
+    "train": "Training samples per second per preset on the CPU, `train.bucket_by_length` off and on side by side, and test accuracy after the short fit.",
     "memory": "Peak resident memory of each step in its own process, and of a whole `rnnflow run --preset seed-onehot`.",
     "growth": "Ingest, validate and encode on synthetic corpora of growing size: time, peak memory and growth exponents.",
 }
@@ -160,17 +161,25 @@ def render_steps(record: dict[str, Any]) -> list[str]:
     return lines + commands([(r["name"], r["command"]) for r in rows], IN_PROCESS)
 
 
+def _epochs_raw(epoch_s: list | None) -> str:
+    """Each repeat's epoch seconds, repeats separated by ';' (older records: one list of one-epoch timings)."""
+    if not epoch_s:
+        return "–"
+    return "; ".join(raw(r) if isinstance(r, list) else num(r) for r in epoch_s)
+
+
 def render_train(record: dict[str, Any]) -> list[str]:
     rows = record["rows"]
     lines = table(
-        ["preset", "device", "model", "params", "max_len", "batch", "cuDNN eligible", "reviews", "median epoch s", "raw s", "samples/s",
-         "steady samples/s"],
-        [[r["name"], r["device"], f"{r['model']['input']} → {r['model']['cell']} {r['model']['units']}", num(r["model"]["params"]),
-          r["max_len"], r["batch_size"], num(r["cudnn_eligible"]), num(r["n"]), num(r["median_s"]), raw(r["timings_s"]),
-          num(r["samples_per_s"]), num(r["steady_samples_per_s"])] for r in rows],
+        ["preset", "device", "bucket_by_length", "model", "params", "max_len", "mean batch width", "batch", "cuDNN eligible", "reviews",
+         "epochs", "first epoch s", "median epoch s", "raw epoch s", "samples/s", "on / off", "test accuracy"],
+        [[r["name"], r["device"], r.get("bucket_by_length", "off"), f"{r['model']['input']} → {r['model']['cell']} {r['model']['units']}",
+          num(r["model"]["params"]), r["max_len"], num(r.get("mean_batch_width", r["max_len"])), r["batch_size"], num(r["cudnn_eligible"]),
+          num(r["n"]), num(r.get("epochs", 1)), num(r.get("first_epoch_s")), num(r["median_s"]), _epochs_raw(r.get("epoch_s", r.get("timings_s"))),
+          num(r["samples_per_s"]), f"{num(r['speedup'])}×" if r.get("speedup") else "–", num(r.get("test_accuracy"), 4)] for r in rows],
     )
     lines += ["", f"- {record['summary']['gpu']}"]
-    return lines + commands([(f"{r['name']} ({r['device']})", r["command"]) for r in rows], IN_PROCESS)
+    return lines + commands([(f"{r['name']} ({r['device']}, {r.get('bucket_by_length', 'off')})", r["command"]) for r in rows], IN_PROCESS)
 
 
 def render_memory(record: dict[str, Any]) -> list[str]:

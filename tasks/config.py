@@ -169,6 +169,11 @@ class TrainConfig(Section):
         description="batches of reviews of similar length, each padded (right) only to its longest review rounded up to a multiple of 32, "
         "not to encode.max_len; models whose padding is masked (model.mask_padding) and next_token models; false: every batch max_len wide",
     )
+    jit_compile: Literal["auto", True, False] = Field(
+        default="auto",
+        description="XLA for the train step (model.compile's jit_compile): auto is Keras' choice (off on a CPU); true compiles each batch "
+        "shape once (tens of seconds per model) for faster epochs after (docs/training-speed.md)",
+    )
     deterministic: bool = Field(
         default=False,
         description="TensorFlow's op determinism (tf.config.experimental.enable_op_determinism): a retrained run repeats its figures "

@@ -407,7 +407,7 @@ def fit_member(
     )
     if members > 1:
         model.name = f"{model.name}_member{k + 1}"
-    model.compile(**compile_settings(model_cfg, train_cfg, data.n_classes))
+    model.compile(**compile_settings(model_cfg, train_cfg, data.n_classes), jit_compile=train_cfg.jit_compile)
     checkpoint = out_dir / (RunFiles.MODEL.name if members == 1 else f"member_{k + 1}.keras")
     callbacks = member_callbacks(train_cfg, k, checkpoint, on_epoch)
     fitted = model.fit(
@@ -491,6 +491,7 @@ def train_info(
         if bucket else data.encoding["max_len"] - (model_cfg.task == "next_token"),
         "max_len": data.encoding["max_len"],
         "deterministic": train_cfg.deterministic,
+        "jit_compile": bool(getattr(members[0].model, "jit_compile", False)),  # XLA, as Keras resolved train.jit_compile
         # With members, each on its own validation rows: the mean of their best epochs' figures.
         "best_val_loss": float(np.mean([m.best_val_loss for m in members])),
         "best_val_accuracy": float(np.mean(val_accuracies)) if val_accuracies else None,

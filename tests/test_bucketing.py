@@ -280,7 +280,12 @@ def test_the_keys_default_to_buckets_on_and_determinism_off():
     assert config.train.bucket_by_length is False and config.train.deterministic is True
 
 
-@pytest.mark.parametrize("item", ["train.bucket_by_length=sometimes", "train.deterministic=2"])
+def test_jit_compile_is_keras_choice_unless_forced():
+    assert RunConfig().train.jit_compile == "auto"
+    assert load_config("default", overrides=["train.jit_compile=true"]).train.jit_compile is True
+
+
+@pytest.mark.parametrize("item", ["train.bucket_by_length=sometimes", "train.deterministic=2", "train.jit_compile=fast"])
 def test_a_wrong_value_is_one_sentence(item: str):
     with pytest.raises(ConfigError, match=rf"Configuration key '{item.split('=')[0]}' in --set is invalid"):
         load_config("default", overrides=[item])
