@@ -104,14 +104,15 @@ def make_imdb_archive(path: Path, per_class: int = 30, seed: int = 0) -> Path:
     return path
 
 
-def toy_encoding(folder: Path, *, n_train: int = 256, n_val: int = 64, max_len: int = 12) -> Path:
-    """A trivially learnable encode folder: positive rows use ids 3-5, negative rows ids 6-8, post-padded."""
+def toy_encoding(folder: Path, *, n_train: int = 256, n_val: int = 64, max_len: int = 12, test: bool = False) -> Path:
+    """A trivially learnable encode folder: positive rows use ids 3-5, negative rows ids 6-8, post-padded.
+    test: also a test split of n_val rows, with the tokens_test.parquet evaluate reads lengths from."""
     from tasks.encode import PAD, START, Vocabulary
     from tasks.store import write_json
 
     rng = np.random.default_rng(1)
     folder.mkdir()
-    for split, n in (("train", n_train), ("val", n_val)):
+    for split, n in (("train", n_train), ("val", n_val), *((("test", n_val),) if test else ())):
         y = (np.arange(n) % 2).astype(np.int32)
         x = np.full((n, max_len), PAD, np.int32)
         for i, label in enumerate(y):
@@ -120,6 +121,10 @@ def toy_encoding(folder: Path, *, n_train: int = 256, n_val: int = 64, max_len: 
             x[i, 1:length] = rng.integers(3, 6, size=length - 1) if label else rng.integers(6, 9, size=length - 1)
         np.save(folder / f"X_{split}.npy", x)
         np.save(folder / f"y_{split}.npy", y)
+    if test:
+        import pandas as pd
+
+        pd.DataFrame({"id": [f"r{i}" for i in range(n_val)], "length": np.count_nonzero(x, axis=1)}).to_parquet(folder / "tokens_test.parquet")
     write_json(folder / "encode.json", {"num_words": 9, "max_len": max_len, "padding": "post"})
     write_json(folder / "labels.json", ["neg", "pos"])
     Vocabulary([f"w{i}" for i in range(6)], max_len=max_len, padding="post", truncating="pre").save(folder / "vocab.json")

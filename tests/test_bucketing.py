@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from tasks.config import ConfigError, ModelConfig, RunConfig, TrainConfig, load_config
-from tasks.encode import PAD, START, Vocabulary
+from tasks.encode import PAD, START
 from tasks.models import TokenWindow, build_model, next_token_arrays
-from tasks.store import read_json, write_json
+from tasks.store import read_json
+from tests.helpers import toy_encoding
 from tasks.train import (
     BUCKET_STEP, TrainingData, bucket_width, bucketed, epoch_batches, member_inputs, memmap_dataset, op_determinism, train_model,
 )
@@ -176,26 +176,6 @@ def test_a_window_of_rows_shorter_than_it_is_as_wide_as_the_rows():
     assert np.asarray(TokenWindow(2, "end")(rows)).tolist() == [[5, 6], [1, 4]]
 
 
-def _toy_encoding(folder: Path, *, n_train: int = 192, n_val: int = 64, max_len: int = 64) -> Path:
-    """A learnable encode folder with a test split: positive rows use ids 3-5, negative 6-8, post-padded, of many lengths."""
-    rng = np.random.default_rng(1)
-    folder.mkdir()
-    for split, n in (("train", n_train), ("val", n_val), ("test", n_val)):
-        y = (np.arange(n) % 2).astype(np.int32)
-        x = np.full((n, max_len), PAD, np.int32)
-        for i, label in enumerate(y):
-            length = int(rng.integers(3, max_len + 1))
-            x[i, 0] = START
-            x[i, 1:length] = rng.integers(3, 6, size=length - 1) if label else rng.integers(6, 9, size=length - 1)
-        np.save(folder / f"X_{split}.npy", x)
-        np.save(folder / f"y_{split}.npy", y)
-    pd.DataFrame({"id": [f"r{i}" for i in range(n_val)], "length": np.count_nonzero(x, axis=1)}).to_parquet(folder / "tokens_test.parquet")
-    write_json(folder / "encode.json", {"num_words": 9, "max_len": max_len, "padding": "post"})
-    write_json(folder / "labels.json", ["neg", "pos"])
-    Vocabulary([f"w{i}" for i in range(6)], max_len=max_len, padding="post", truncating="pre").save(folder / "vocab.json")
-    return folder
-
-
 TOY_MODEL = ModelConfig(cell="gru", units=8, embedding_dim=8, bidirectional=False, word_dropout=0.1)
 TOY_TRAIN = TrainConfig(epochs=2, patience=2, batch_size=16, learning_rate=0.02)
 
@@ -207,7 +187,7 @@ def test_a_model_trained_on_buckets_evaluates_and_predicts_on_max_len_rows(tmp_p
     import tasks.export  # noqa: F401  (registers model_text.keras's layers)
     from tasks.evaluate import evaluate_model
 
-    encoded = _toy_encoding(tmp_path / "encode")
+    encoded = toy_encoding(tmp_path / "encode", n_train=192, max_len=64, test=True)
     out, evaluated = tmp_path / "train", tmp_path / "evaluate"
     out.mkdir()
     evaluated.mkdir()
@@ -228,7 +208,7 @@ def test_a_model_trained_on_buckets_evaluates_and_predicts_on_max_len_rows(tmp_p
 def test_off_trains_the_max_len_model_of_before(tmp_path: Path):
     import keras
 
-    encoded = _toy_encoding(tmp_path / "encode")
+    encoded = toy_encoding(tmp_path / "encode", n_train=192, max_len=64, test=True)
     out = tmp_path / "train"
     out.mkdir()
     train_model(TOY_MODEL, TOY_TRAIN.model_copy(update={"bucket_by_length": False, "epochs": 1}), encoded, out)
@@ -241,7 +221,7 @@ def test_off_trains_the_max_len_model_of_before(tmp_path: Path):
 def test_deterministic_runs_repeat_their_figures_to_the_last_digit(tmp_path: Path):
     from tensorflow.python.framework import config as tf_config
 
-    encoded = _toy_encoding(tmp_path / "encode")
+    encoded = toy_encoding(tmp_path / "encode", n_train=192, max_len=64, test=True)
     histories, weights = [], []
     for name in ("first", "again"):
         out = tmp_path / name
