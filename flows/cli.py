@@ -35,7 +35,7 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE.yaml", help="a YAML file of configuration sections")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one key, e.g. --set train.epochs=3 (repeatable)")
-    parser.add_argument("--artifacts", metavar="DIR", help="artifacts root (default: $RNNFLOW_ARTIFACTS or artifacts/)")
+    parser.add_argument("--artifacts", metavar="ROOT", help="artifacts root: a folder, or a URL such as s3://BUCKET/PREFIX (default: $RNNFLOW_ARTIFACTS or artifacts/)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("step", choices=alone, metavar="STEP", help=f"one of {', '.join(alone)}")
     step.add_argument("--run", dest="derived_from", required=True, metavar="RUN_ID", help="the run whose inputs to use ('latest' for the newest completed)")
     step.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    step.add_argument("--artifacts", metavar="DIR")
+    step.add_argument("--artifacts", metavar="ROOT")
 
     sweep = commands.add_parser("sweep", help="one run per grid point, in parallel, and sweep.html comparing them")
     _config_args(sweep)
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--name", default="rnnflow-nightly", help="deployment name (default: rnnflow-nightly)")
 
     runs = commands.add_parser("runs", help="list runs with status and test accuracy")
-    runs.add_argument("--artifacts", metavar="DIR")
+    runs.add_argument("--artifacts", metavar="ROOT")
 
     commands.add_parser("presets", help="list the shipped presets")
 
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", metavar="FILE", help=".txt (one text per line), .csv or .parquet")
     predict.add_argument("--text-column", default="text", metavar="NAME", help="the text column of a .csv or .parquet input (default: text)")
     predict.add_argument("--output", metavar="FILE.parquet|.csv", help="write every prediction there instead of printing a table")
-    predict.add_argument("--artifacts", metavar="DIR")
+    predict.add_argument("--artifacts", metavar="ROOT")
 
     generate = commands.add_parser("generate", help="continue a text with a next_token run's model and print it")
     generate.add_argument("--run", default="latest", metavar="ID|latest|champion", help="a run trained with model.task next_token (default: latest completed)")
@@ -96,16 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--length", type=int, default=200, metavar="N", help="at most N more characters; the model may end the text sooner (default: 200)")
     generate.add_argument("--temperature", type=float, default=0.0, metavar="T",
                           help="0 takes the likeliest character each time (the default); above 0 draws one, more varied as T grows")
-    generate.add_argument("--artifacts", metavar="DIR")
+    generate.add_argument("--artifacts", metavar="ROOT")
 
     champion = commands.add_parser("champion", help="print the champion (the promoted run) and its test metrics")
-    champion.add_argument("--artifacts", metavar="DIR")
+    champion.add_argument("--artifacts", metavar="ROOT")
 
     promote = commands.add_parser("promote", help="make a run the champion by hand, if it beats the champion (or with --force)")
     promote.add_argument("run", metavar="RUN_ID", help="the run to promote ('latest' for the newest completed)")
     promote.add_argument("--force", action="store_true", help="promote even when it does not beat the champion or a check failed")
     promote.add_argument("--reason", metavar="TEXT", help="why, for champion.json and the run's manifest")
-    promote.add_argument("--artifacts", metavar="DIR")
+    promote.add_argument("--artifacts", metavar="ROOT")
     return parser
 
 
@@ -178,8 +178,12 @@ def _execute(store: ArtifactStore, config: RunConfig, **options) -> int:
 
     run_id = new_run_id()
     with tags(f"preset:{config.preset}", f"cell:{config.model.cell}"):
-        state = rnnflow_pipeline(config=config, artifacts_root=str(store.root), run_id=run_id, return_state=True, **options)
+        state = rnnflow_pipeline(config=config, artifacts_root=store.location, run_id=run_id, return_state=True, **options)
     folder = store.run_dir(run_id)
+    if store.remote is not None:  # what this run sent to the bucket (server-side copies not counted: nothing travels)
+        from tasks.store import RemoteRoot
+
+        print(f"uploaded {RemoteRoot.uploaded_bytes} bytes to {store.location}")
     if state.is_completed():
         metrics_file = RunFiles.METRICS.of_run(folder)
         if metrics_file.exists():
@@ -187,14 +191,14 @@ def _execute(store: ArtifactStore, config: RunConfig, **options) -> int:
             roc_auc = "n/a" if metrics.get("roc_auc") is None else f"{metrics['roc_auc']:.4f}"
             print(f"test accuracy {metrics['accuracy']:.4f}  f1 {metrics['f1']:.4f}  roc_auc {roc_auc}")
         _print_promotion(folder)
-        print(folder)
+        print(store.where(folder))
         return EXIT_OK
     manifest = read_json(folder / MANIFEST_FILE) if (folder / MANIFEST_FILE).exists() else {}
     _print_promotion(folder)  # a run can be promoted and then fail its report
     failed = [(name, step.get("error")) for name, step in manifest.get("steps", {}).items() if step.get("status") == "failed"]
     reason = f"step {failed[0][0]} failed: {failed[0][1]}" if failed else (manifest.get("error") or state.message)
     print(f"rnnflow: {reason}", file=sys.stderr)
-    print(folder)
+    print(store.where(folder))
     return EXIT_FAILED
 
 
@@ -235,7 +239,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             except ValueError as error:
                 raise UsageError(str(error)) from None
         state = rnnflow_sweep.with_options(task_runner=runner)(
-            grid=grid, config=config, artifacts_root=str(store.root), sweep_id=sweep_id, data_dir=args.data_dir, return_state=True
+            grid=grid, config=config, artifacts_root=store.location, sweep_id=sweep_id, data_dir=args.data_dir, return_state=True
         )
     folder = sweep_folder(store.root, sweep_id)
     if (folder / SWEEP_JSON).exists():
@@ -243,9 +247,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not state.is_completed():
         manifest = read_json(folder / MANIFEST_FILE) if (folder / MANIFEST_FILE).exists() else {}
         print(f"rnnflow: {manifest.get('error') or state.message}", file=sys.stderr)
-        print(folder)
+        print(store.where(folder))
         return EXIT_FAILED
-    print(folder)
+    print(store.where(folder))
     return EXIT_OK
 
 
@@ -265,7 +269,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     schedule = {"cron": args.cron} if args.cron else {"interval": args.interval}
     rnnflow_pipeline.serve(
         name=args.name,
-        parameters={"config": config.as_dict(), "artifacts_root": str(_store(args, writing=True).root)},
+        parameters={"config": config.as_dict(), "artifacts_root": _store(args, writing=True).location},
         tags=[f"preset:{config.preset}", f"cell:{config.model.cell}"],
         description="rnnflow: train and report a recurrent text classifier on a schedule.",
         **schedule,
@@ -277,7 +281,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     store = _store(args)
     runs = store.list_runs()
     if not runs:
-        print(f"no runs under {store.runs_dir}")
+        print(f"no runs under {store.where(store.runs_dir)}")
         return EXIT_OK
     width = max(10, *(len(run.get("shown_status") or run["status"]) for run in runs))
     print(f"{'run id':<28} {'status':<{width}} {'preset':<18} {'cell':<11} {'test acc':>8}")
@@ -360,7 +364,7 @@ def cmd_champion(args: argparse.Namespace) -> int:
         print(f"rnnflow: error: {error}", file=sys.stderr)
         return EXIT_FAILED
     if pointer is None:
-        print(f"no champion under {store.root}: the first completed run becomes champion, or use 'rnnflow promote RUN_ID'")
+        print(f"no champion under {store.location}: the first completed run becomes champion, or use 'rnnflow promote RUN_ID'")
         return EXIT_FAILED
     try:  # never name a folder that is not there (or not under this root)
         folder = store.resolve_run("champion")
@@ -377,7 +381,7 @@ def cmd_champion(args: argparse.Namespace) -> int:
         print(f"test         {shown}")
     else:
         print(f"test         no metrics: {metrics_file} is missing")
-    print(folder)
+    print(store.where(folder))
     return EXIT_OK
 
 

@@ -114,7 +114,7 @@ def run_step(run: RunRecord, store: ArtifactStore, config: RunConfig, step: str,
     if spec.retries:
         task = with_retries(task, config)
     started = time.perf_counter()
-    state = task(root=str(store.root), return_state=True, **params)
+    state = task(root=store.location, return_state=True, **params)
     seconds = time.perf_counter() - started
     if not state.is_completed():
         error = state.result(raise_on_failure=False)
@@ -126,7 +126,7 @@ def run_step(run: RunRecord, store: ArtifactStore, config: RunConfig, step: str,
         raise StepFailed(step, one_line(error))
     output: StepOutput = state.result()
     release_free_memory()
-    run.record_step(output, status="cached" if state.name == "Cached" else "completed", seconds=seconds)
+    run.record_step(output, status="cached" if state.name == "Cached" or output.reused else "completed", seconds=seconds)
     if spec.after:
         load_attribute(spec.after)(run, output)
     return output
@@ -175,17 +175,20 @@ def rnnflow_pipeline(
     reuse, execute = plan_steps(start_from, only_step, derived_from)
     wanted = set(refresh or []) | ({only_step} if only_step else set()) | (set(STEPS[STEPS.index(start_from):]) if start_from else set())
     run = store.start_run(config.as_dict(), run_id=run_id, derived_from=derived_from, flow_run_id=str(flow_run.id or ""))
-    with run_log(run.folder, str(flow_run.id or "")):
-        return _run_pipeline(logger, run, store, config, reuse, execute, wanted, derived_from, data_dir)
+    try:
+        with run_log(run.folder, str(flow_run.id or "")):
+            return _run_pipeline(logger, run, store, config, reuse, execute, wanted, derived_from, data_dir)
+    finally:
+        run.push_file(RUN_LOG)  # for a URL root: the log joins the run folder in the bucket
 
 
 def _run_pipeline(logger: Any, run: RunRecord, store: ArtifactStore, config: RunConfig, reuse: list[str], execute: list[str],
                   wanted: set[str], derived_from: str | None, data_dir: str) -> str:
-    logger.info("run folder: %s", run.folder)
+    logger.info("run folder: %s", run.location)
     outputs: dict[str, StepOutput] = {}
     try:
         if reuse:
-            source_run = RunRecord.load(store.resolve_run(derived_from))
+            source_run = RunRecord.load(store.resolve_run(derived_from), store=store)
             run.manifest["inputs"] = source_run.manifest.get("inputs", {})
             for step in reuse:
                 if step in source_run.manifest["steps"]:

@@ -28,7 +28,7 @@ from tasks.config import RunConfig, load_config
 from tasks.logs import one_line
 from tasks.steps import STEPS, task_inputs
 from tasks.store import ArtifactStore, RunRecord, StepOutput, new_run_id
-from tasks.sweep import Grid, point_configs, point_label, point_row, start_sweep, sweep_report_task, sweeps_dir
+from tasks.sweep import SWEEP_HTML, SWEEP_JSON, Grid, point_configs, point_label, point_row, start_sweep, sweep_report_task, sweeps_dir
 
 SHARED_STEPS = STEPS[: STEPS.index("train")]  # ingest, validate, encode: once per sweep
 POINT_STEPS = STEPS[STEPS.index("train"):]  # train, evaluate, report, promote: once per point
@@ -94,10 +94,15 @@ def prefect_api_for_workers(dask_address: str | None = None) -> Iterator[str]:
 
 
 @task(name="sweep-point", cache_policy=NO_CACHE)
-def sweep_point_task(root: str, run_folder: str, config: RunConfig, shared: dict[str, StepOutput]) -> str:
-    """Train, evaluate, report and promote one grid point into its run folder, on whichever worker runs it."""
-    store, run = ArtifactStore(root), RunRecord.load(Path(run_folder))
-    outputs = dict(shared)
+def sweep_point_task(root: str, run_id: str, config: RunConfig, shared: dict[str, StepOutput]) -> str:
+    """Train, evaluate, report and promote one grid point into its run folder, on whichever worker runs it.
+
+    For a URL root the worker needs no folder of the flow's: its own mirror fetches the shared
+    steps' entries from the bucket, and the run folder goes back there as it is written.
+    """
+    store = ArtifactStore(root)
+    run = store.open_run(store.run_dir(run_id))
+    outputs = {name: store.local_output(output) for name, output in shared.items()}
     try:
         for step in POINT_STEPS:
             outputs[step] = run_step(run, store, config, step, set(), **task_inputs(step, config, outputs, run_context(run)))
@@ -105,7 +110,7 @@ def sweep_point_task(root: str, run_folder: str, config: RunConfig, shared: dict
         run.finish("failed", error=one_line(error))
         raise
     run.finish("completed")
-    return run_folder
+    return run.location
 
 
 def _failure_reason(future: Any) -> str:
@@ -160,7 +165,7 @@ def rnnflow_sweep(
         store, config, grid, sweep_id=sweep_id or new_run_id(),
         task_runner=describe_task_runner(context.task_runner), flow_run_id=str(flow_run.id or ""),
     )
-    logger.info("sweep folder: %s (%d points)", sweep.folder, len(points))
+    logger.info("sweep folder: %s (%d points)", sweep.location, len(points))
     shared: dict[str, StepOutput] = {}
     try:
         sweep.manifest["inputs"] = locate_input(sweep, config, data_dir)
@@ -174,18 +179,20 @@ def rnnflow_sweep(
     sweep.manifest["points"] = [{"run_id": run.run_id, "grid_point": point} for point, _, run in runs]
     sweep.save()
     futures = [
-        sweep_point_task.with_options(task_run_name=f"point-{point_label(point)}").submit(str(store.root), str(run.folder), point_config, shared)
+        sweep_point_task.with_options(task_run_name=f"point-{point_label(point)}").submit(store.location, run.run_id, point_config, shared)
         for point, point_config, run in runs
     ]
     wait(futures)
     for (point, _, run), future in zip(runs, futures):
-        record = RunRecord.load(run.folder)
+        record = store.open_run(run.folder)  # fresh: the worker wrote it (to the bucket, for a URL root)
         if record.manifest["status"] == "running":  # the task never started, or its worker died
             record.finish("failed", error=_failure_reason(future))
         logger.info("%s: %s", point_label(point), record.manifest["status"])
 
     rows = [point_row(run.folder, point) for point, _, run in runs]
     summary = sweep_report_task(str(sweep.folder), sweep.manifest, rows)
+    for name in (SWEEP_JSON, SWEEP_HTML):  # for a URL root: the comparison joins the sweep folder in the bucket
+        store.push(sweep.folder / name)
     failed = [row for row in rows if row["status"] != "completed"]
     sweep.manifest["best_run_id"] = summary["best_run_id"]
     if failed:

@@ -164,7 +164,22 @@ def produce_step(
                 "its cache key describes: start the run again"
             )
     store = ArtifactStore(root)
-    return store.produce(step, step_key(step, section, upstream, extra), work)
+    key = step_key(step, section, upstream, extra)
+    if store.remote is not None and not refreshing():
+        # Another machine's worker may have made this entry: its Prefect record is in that machine's
+        # mirror, not here, but the entry itself is in the bucket, whole and checked.
+        found = store.read_entry(step, key)
+        if found is not None:
+            return found.model_copy(update={"reused": True})
+    return store.produce(step, key, work)
+
+
+def refreshing() -> bool:
+    """Whether the running task was asked to recompute (--refresh, or `rnnflow step`): its refresh_cache option."""
+    from prefect.context import TaskRunContext
+
+    context = TaskRunContext.get()
+    return bool(context is not None and context.task.refresh_cache)
 
 
 class ProcessBoundLockManager(FileSystemLockManager):

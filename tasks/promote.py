@@ -248,7 +248,7 @@ def _test_fingerprint(manifest: dict[str, Any]) -> str | None:
 def score_champion(store: ArtifactStore, run_id: str, candidate: Candidate, metric: str) -> ChampionScore:
     """The champion's metric on the candidate's test texts: its recorded value when it was tested on the
     same texts (ingest's test.parquet has the same sha256), else its model scored again on them."""
-    folder = store.run_dir(run_id)
+    folder = store.fetch_run_folder(run_id)  # in the mirror, for a URL root
     try:
         manifest = read_json(folder / MANIFEST_FILE)
     except (OSError, ValueError):
@@ -370,14 +370,14 @@ def promote_by_hand(store: ArtifactStore, run: str, *, force: bool = False, reas
     """`rnnflow promote RUN_ID`: the same comparison as the flow's (the run's own promote settings),
     or none with force; who decided goes into the run's manifest and champion.json."""
     folder = store.resolve_run(run)
-    record = RunRecord.load(folder)
+    record = RunRecord.load(folder, store=store)
     if record.manifest.get("status") != "completed" and not force:
         raise PromotionError(f"Run {folder.name} is {record.manifest.get('status')}, not completed: promote it with --force if you mean it.")
     candidate = candidate_from_run(folder)
     settings = {**((record.manifest.get("config") or {}).get("promote") or {}), "enabled": True}
 
     def note_in_manifest(decision: dict[str, Any]) -> None:
-        manifest = RunRecord.load(folder)  # fresh: the file, not what was read before the lock
+        manifest = store.open_run(folder)  # fresh: the file (the bucket's), not what was read before the lock
         if manifest.manifest.get("promotion"):
             manifest.manifest.setdefault("promotion_history", []).append(manifest.manifest["promotion"])
         manifest.manifest["promotion"] = {**decision, "run_id": folder.name, "decided_at": utc_now()}

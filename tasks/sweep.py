@@ -153,7 +153,7 @@ def sweeps_dir(store: ArtifactStore) -> Path:
 def start_sweep(store: ArtifactStore, config: RunConfig, grid: Grid, *, sweep_id: str, task_runner: dict[str, Any], flow_run_id: str | None) -> RunRecord:
     """Create <root>/sweeps/<sweep-id>/ and its manifest: the record the shared steps are linked into."""
     folder = sweeps_dir(store) / sweep_id
-    return RunRecord.create(folder, {"sweep_id": sweep_id}, config=config.as_dict(), flow_run_id=flow_run_id,
+    return RunRecord.create(folder, {"sweep_id": sweep_id}, config=config.as_dict(), flow_run_id=flow_run_id, store=store,
                             task_runner=task_runner, grid=grid, points=[])
 
 

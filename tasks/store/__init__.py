@@ -10,18 +10,25 @@ Layout under the artifacts root:
     runs/<run-id>/<step>/...         the step's outputs (hard links into cache/ where possible)
     cache/<step>/<key>/...           one complete entry per step fingerprint, with _entry.json
     prefect/results/, prefect/locks/ Prefect's persisted task results and cache locks
+
+The root may be an fsspec URL (s3://bucket/prefix): the same layout is kept in the bucket, and a
+local mirror folder (tasks/store/remote.py) is where steps read and write; the methods marked
+"remote" below move files between the two. Local roots never touch remote code.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import platform
 import secrets
 import shutil
+import socket
 import subprocess
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -38,11 +45,14 @@ from tasks.store.manifest import (  # noqa: F401
     RunNotFoundError, StepRecord, load_manifest, require_run_files, verify_run_files,
 )
 from tasks.store.process import ProcessStamp, pid_alive, process_stamp, stamp_gone  # noqa: F401
+from tasks.store.remote import MIRROR_ENV, RemoteRoot, is_url, mirror_folder  # noqa: F401
 
 SPLITS = ("train", "val", "test")  # ingest writes <split>.parquet, encode X_<split>.npy / y_<split>.npy
 CHAMPION_FILE = "champion.json"  # <root>/champion.json: the run whose model is promoted (tasks/promote.py decides)
 CHAMPION_LOCK = "champion.lock"  # <root>/champion.lock: held while the pointer is read, compared and replaced
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
+REMOTE_LOCK_SECONDS = 300  # a champion lock object older than this is a dead holder's: taken over
+REMOTE_LOCK_WAIT_SECONDS = 600  # how long a promote waits for another holder's lock object
 
 
 # --------------------------------------------------------------------------- step outputs
@@ -56,6 +66,7 @@ class StepOutput(BaseModel):
     dir: str
     files: dict[str, str]  # relative path -> sha256
     summary: dict[str, Any] = {}
+    reused: bool = False  # found complete in the bucket and not recomputed (URL roots): recorded as cached
 
     @property
     def path(self) -> Path:
@@ -80,16 +91,37 @@ def new_run_id() -> str:
     return now.strftime("%Y%m%dT%H%M%S") + f"{now.microsecond // 1000:03d}Z-{secrets.token_hex(2)}"
 
 
-def default_root() -> Path:
-    return Path(os.environ.get("RNNFLOW_ARTIFACTS", "artifacts"))
+def default_root() -> str:
+    return os.environ.get("RNNFLOW_ARTIFACTS", "artifacts")
 
 
 class ArtifactStore:
-    """One artifacts root: run folders, the step cache, and where Prefect keeps results and locks."""
+    """One artifacts root: run folders, the step cache, and where Prefect keeps results and locks.
+
+    root is a local folder, or an fsspec URL whose files are worked on in a local mirror (self.root);
+    self.location is what the user named (the URL, or the resolved folder), what crosses to other processes.
+    """
 
     def __init__(self, root: str | Path | None = None):
-        self.root = Path(root) if root is not None else default_root()
-        self.root = self.root.expanduser().resolve()
+        text = str(root) if root is not None else default_root()
+        self.remote: RemoteRoot | None = None
+        if is_url(text):
+            self.remote = RemoteRoot(text)
+            self.location = self.remote.url
+            self.root = mirror_folder(self.location)
+        else:
+            self.root = Path(text).expanduser().resolve()
+            self.location = str(self.root)
+
+    def where(self, path: Path | None = None) -> str:
+        """A file or folder of this root as the user knows it: its URL for a URL root, else its path."""
+        path = self.root if path is None else Path(path)
+        if self.remote is None:
+            return str(path)
+        try:
+            return self.remote.url_of(path.relative_to(self.root).as_posix().removeprefix("."))
+        except ValueError:
+            return str(path)
 
     @property
     def runs_dir(self) -> Path:
@@ -123,7 +155,9 @@ class ArtifactStore:
             path = path.parent
 
     def check_folder(self) -> None:
-        """One sentence when the root (or a folder it would be made in) is a file: for every command."""
+        """One sentence when the root (or a folder it would be made in) is a file, or its bucket is not there: for every command."""
+        if self.remote is not None:
+            self.remote.check_readable()
         path = self._first_existing()
         if not path.is_dir():
             where = "" if path == self.root else f" ({path} above it is a file)"
@@ -135,6 +169,8 @@ class ArtifactStore:
         os.access, not a trial write: it sees read-only mounts for root too, and writes nothing.
         """
         self.check_folder()
+        if self.remote is not None:
+            self.remote.check()
         base = self._first_existing()
         folders = [base, *(d for d in (self.runs_dir, self.cache_dir, self.root / "prefect", self.prefect_results_dir, self.locks_dir) if d.is_dir())]
         files = [f for f in (self.champion_file, self.root / CHAMPION_LOCK) if f.is_file()]
@@ -155,7 +191,16 @@ class ArtifactStore:
         return self.cache_dir / step / key
 
     def read_entry(self, step: str, key: str) -> StepOutput | None:
-        """The cached output for this key, only if every file is present and matches its sha256."""
+        """The cached output for this key, only if every file is present and matches its sha256.
+
+        For a URL root, an entry missing from the mirror is fetched from the bucket first (remote).
+        """
+        output = self._read_local_entry(step, key)
+        if output is None and self.remote is not None and self._pull_entry(step, key):
+            output = self._read_local_entry(step, key)
+        return output
+
+    def _read_local_entry(self, step: str, key: str) -> StepOutput | None:
         folder = self.entry_dir(step, key)
         try:
             output = StepOutput.model_validate(read_json(folder / ENTRY_FILE))
@@ -188,15 +233,72 @@ class ArtifactStore:
             summary = work(scratch) or {}
             output = StepOutput(step=step, key=key, dir=str(final), files=_hash_tree(scratch), summary=summary)
             write_json(scratch / ENTRY_FILE, output.model_dump(mode="json"))
-            if final.exists():  # a stale or refreshed entry: move it aside, then swap
-                trash = final.with_name(f".{key}.{secrets.token_hex(3)}.old")
-                os.replace(final, trash)
-                shutil.rmtree(trash, ignore_errors=True)
-            os.replace(scratch, final)
+            self._install(scratch, final)
             (final / WRITER_FILE).unlink(missing_ok=True)  # the entry is whole now; hashing and linking skip it anyway
+            if self.remote is not None:
+                self._push_entry(final, output)
             return output
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    @staticmethod
+    def _install(scratch: Path, final: Path) -> None:
+        """Swap a finished scratch folder in as final by one rename (a stale or refreshed one moved aside first)."""
+        if final.exists():
+            trash = final.with_name(f".{final.name}.{secrets.token_hex(3)}.old")
+            os.replace(final, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        os.replace(scratch, final)
+
+    def _push_entry(self, final: Path, output: StepOutput) -> None:
+        """(remote) Upload a new entry: its old _entry.json removed first, the files, then _entry.json last,
+        so a reader in another process sees no entry or a whole one (read_entry checks every sha256 anyway)."""
+        assert self.remote is not None
+        rel = final.relative_to(self.root).as_posix()
+        self.remote.delete(f"{rel}/{ENTRY_FILE}")
+        for name in sorted(output.files):
+            self.remote.put_file(final / name, f"{rel}/{name}")
+        self.remote.put_file(final / ENTRY_FILE, f"{rel}/{ENTRY_FILE}")
+
+    def _pull_entry(self, step: str, key: str) -> bool:
+        """(remote) Fetch a whole entry from the bucket into the mirror; False when the bucket has none."""
+        assert self.remote is not None
+        final = self.entry_dir(step, key)
+        rel = final.relative_to(self.root).as_posix()
+        data = self.remote.read_bytes(f"{rel}/{ENTRY_FILE}")
+        if data is None:
+            return False
+        try:
+            output = StepOutput.model_validate_json(data)
+        except ValueError:
+            return False
+        final.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".partial", dir=final.parent))
+        try:
+            write_json(scratch / WRITER_FILE, process_stamp())
+            for name in sorted(output.files):
+                try:
+                    self.remote.get_file(f"{rel}/{name}", scratch / name)
+                except FileNotFoundError:
+                    return False  # being replaced, or damaged: a miss, and the step recomputes
+            (scratch / WRITER_FILE).unlink()
+            write_json(scratch / ENTRY_FILE, output.model_copy(update={"dir": str(final), "reused": False}).model_dump(mode="json"))
+            self._install(scratch, final)
+            return True
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def local_output(self, output: StepOutput) -> StepOutput:
+        """A step's output as this process can read it: for a URL root, the entry in this machine's mirror
+        (fetched when missing; a pointer made on another worker names a folder of that worker's)."""
+        if self.remote is None or (output.path.is_dir() and output.path.is_relative_to(self.root)):
+            return output
+        found = self.read_entry(output.step, output.key)
+        if found is None:
+            raise RunError(
+                f"The {output.step} output {output.key} is not in the cache at {self.where(self.cache_dir)}: rerun the step with 'rnnflow run'."
+            )
+        return found
 
     def clean_stale_partials(self, step: str | None = None) -> list[Path]:
         """Remove .partial scratch folders (of one step, or all) whose writer is gone from this host.
@@ -226,8 +328,13 @@ class ArtifactStore:
     def read_champion(self) -> dict[str, Any] | None:
         """The champion pointer ({"run_id", "promoted_at", "metric", "value", ...}), or None when no run was promoted yet."""
         path = self.champion_file
+        if self.remote is not None:
+            path = self.where(path)  # (remote) what the messages name; the bytes come from the bucket
+            data, self._champion_tag = self.remote.read_with_tag(CHAMPION_FILE)
+            if data is None:
+                return None
         try:
-            pointer = read_json(path)
+            pointer = read_json(path) if self.remote is None else json.loads(data)
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
@@ -243,8 +350,60 @@ class ArtifactStore:
         return pointer
 
     def write_champion(self, pointer: dict[str, Any]) -> None:
-        """Replace the pointer whole (temporary file + rename): readers see the old one or the new one. Hold champion_lock."""
-        write_json(self.champion_file, pointer)
+        """Replace the pointer whole (temporary file + rename): readers see the old one or the new one. Hold champion_lock.
+
+        (remote) On S3 the replace is conditional on the pointer read under the lock being the one there
+        (If-Match its ETag, If-None-Match when there was none): two runs cannot both win, even past a lock taken over.
+        """
+        if self.remote is None:
+            write_json(self.champion_file, pointer)
+            return
+        data = (json.dumps(pointer, indent=2, sort_keys=True) + "\n").encode()
+        tag = getattr(self, "_champion_tag", None)
+        try:
+            self.remote.write_bytes(CHAMPION_FILE, data, if_match=tag, if_absent=tag is None)
+        except FileExistsError:
+            raise ChampionError(
+                f"The champion pointer {self.where(self.champion_file)} changed while this run decided (another run was promoted at the same time): "
+                "run 'rnnflow promote RUN_ID' to decide again."
+            ) from None
+        write_json(self.champion_file, pointer)  # the mirror's copy, for anyone reading this folder
+
+    @contextlib.contextmanager
+    def _remote_lock(self) -> Iterator[None]:
+        """(remote) A lock object <root>/champion.lock, created only if absent, naming its owner and expiry;
+        one left by a dead holder is taken over once expired."""
+        assert self.remote is not None
+        owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        deadline = time.monotonic() + REMOTE_LOCK_WAIT_SECONDS
+        while True:
+            body = json.dumps({"owner": owner, "expires": time.time() + REMOTE_LOCK_SECONDS}).encode()
+            try:
+                self.remote.write_bytes(CHAMPION_LOCK, body, create=True)
+                break
+            except FileExistsError:
+                held = self.remote.read_bytes(CHAMPION_LOCK)
+                try:
+                    current = json.loads(held) if held else None
+                except ValueError:
+                    current = {"owner": "unreadable", "expires": 0}
+                if current is None:
+                    continue
+                if float(current.get("expires", 0)) < time.time():
+                    self.remote.delete(CHAMPION_LOCK)  # its holder is gone (or hung past the expiry)
+                    continue
+                if time.monotonic() > deadline:
+                    raise ChampionError(
+                        f"The champion lock {self.where(self.root / CHAMPION_LOCK)} is held by {current.get('owner')}: wait for that run to finish, "
+                        f"or delete the lock object if its process is gone (it expires by itself after {REMOTE_LOCK_SECONDS} s)."
+                    ) from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            held = self.remote.read_bytes(CHAMPION_LOCK)
+            if held and owner.encode() in held:
+                self.remote.delete(CHAMPION_LOCK)
 
     @contextlib.contextmanager
     def champion_lock(self) -> Iterator[None]:
@@ -260,7 +419,11 @@ class ArtifactStore:
         with handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             try:
-                yield
+                if self.remote is None:
+                    yield
+                else:
+                    with self._remote_lock():
+                        yield
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
@@ -276,6 +439,8 @@ class ArtifactStore:
         rather than hiding every other run; a run whose process is gone from this host shows failed.
         """
         runs: list[dict[str, Any]] = []
+        if self.remote is not None:
+            self._pull_manifests()
         if not self.runs_dir.is_dir():
             return runs
         with contextlib.suppress(OSError):  # a read-only root still lists
@@ -300,7 +465,7 @@ class ArtifactStore:
             return manifest
         reason = f"killed: its process (pid {manifest.process.pid} on {manifest.process.host}) ended before the run finished"
         try:
-            record = RunRecord.load(folder)
+            record = RunRecord.load(folder, store=self)
             record.manifest.update(status="failed", killed=True, error=reason)
             record.save()
         except (OSError, RunError):
@@ -332,9 +497,11 @@ class ArtifactStore:
             if pointer is None:
                 raise RunNotFoundError(f"No champion under {self.root}: the first completed run becomes champion, or use 'rnnflow promote RUN_ID'.")
             run_id = pointer["run_id"]
+            if self.remote is not None:
+                self.pull_manifest(self.run_dir(self.check_run_id(run_id)))
             if not (self.run_dir(run_id) / MANIFEST_FILE).is_file():
                 raise RunNotFoundError(
-                    f"The champion {run_id} named by {self.champion_file} is gone from {self.runs_dir}: promote another run with 'rnnflow promote RUN_ID --force'."
+                    f"The champion {run_id} named by {self.where(self.champion_file)} is gone from {self.where(self.runs_dir)}: promote another run with 'rnnflow promote RUN_ID --force'."
                 )
         elif run_id == "latest":
             done = self.completed_runs()
@@ -343,8 +510,10 @@ class ArtifactStore:
             run_id = done[-1]
         self.check_run_id(run_id)
         folder = self.run_dir(run_id)
+        if self.remote is not None:
+            self.pull_run(folder)
         if not (folder / MANIFEST_FILE).is_file():
-            raise RunNotFoundError(f"No run {run_id!r} under {self.runs_dir}: 'rnnflow runs' lists the run ids.")
+            raise RunNotFoundError(f"No run {run_id!r} under {self.where(self.runs_dir)}: 'rnnflow runs' lists the run ids.")
         if folder.resolve().parent != self.runs_dir.resolve():
             raise BadRunIdError(f"Run {run_id} is a link to {folder.resolve()}, outside {self.runs_dir}: give a run that lives under this root.")
         load_manifest(folder)  # one sentence now, rather than an AttributeError in whoever reads it next
@@ -355,10 +524,12 @@ class ArtifactStore:
     ) -> "RunRecord":
         run_id = run_id or new_run_id()
         folder = self.run_dir(run_id)
+        if self.remote is not None:
+            self.pull_manifest(folder)
         if (folder / MANIFEST_FILE).is_file():
             # A retried flow run (from the UI or `prefect flow-run retry`) comes back with the same
             # run id: it resumes its own folder, and the step cache supplies what already finished.
-            record = RunRecord.load(folder)
+            record = RunRecord.load(folder, store=self)
             if record.manifest["status"] == "completed":
                 raise FileExistsError(f"Run {run_id} already completed: start a new run instead of reusing its id.")
             record.manifest["status"] = "running"
@@ -370,30 +541,121 @@ class ArtifactStore:
             return record
         # Which process runs it: a run whose process is gone (kill -9) shows as failed, not running forever.
         return RunRecord.create(folder, {"run_id": run_id, "attempts": 1, "derived_from": derived_from, "process": process_stamp()},
-                                config=config, flow_run_id=flow_run_id)
+                                config=config, flow_run_id=flow_run_id, store=self)
+
+    def open_run(self, folder: Path) -> "RunRecord":
+        """The record of a run (or sweep) folder of this root, its manifest fresh from the bucket for a URL root."""
+        if self.remote is not None:
+            self.pull_manifest(folder)
+        return RunRecord.load(folder, store=self)
+
+    # ----- (remote) run folders between the mirror and the bucket
+
+    def _rel(self, path: Path) -> str:
+        return Path(path).relative_to(self.root).as_posix()
+
+    def push(self, path: Path) -> None:
+        """(remote) Upload a file, or every file of a folder, of the mirror to the same place in the bucket."""
+        if self.remote is None:
+            return
+        path = Path(path)
+        if path.is_file():
+            self.remote.put_file(path, self._rel(path))
+        elif path.is_dir():
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                self.remote.put_file(file, self._rel(file))
+
+    def push_step(self, target: Path, source: Path) -> None:
+        """(remote) A step's folder of a run, in the bucket: copied there from where its files already are in the bucket
+        (a cache entry, another run's folder: server-side, the bytes went up once), else uploaded (promote's own folder,
+        a failed step's scratch)."""
+        if self.remote is None:
+            return
+        source, target = Path(source), Path(target)
+        inside = source.is_relative_to(self.root) and not any(part.endswith(".partial") for part in source.relative_to(self.root).parts)
+        copied = inside and source.resolve() != target.resolve()
+        for file in sorted(p for p in target.rglob("*") if p.is_file()):
+            name = file.relative_to(target).as_posix()
+            try:
+                if copied:
+                    self.remote.copy(self._rel(source / name), self._rel(file))
+                    continue
+            except FileNotFoundError:  # what the mirror kept but the bucket lost: send the bytes
+                pass
+            self.remote.put_file(file, self._rel(file))
+
+    def pull_manifest(self, folder: Path) -> bool:
+        """(remote) Fetch a run folder's manifest.json from the bucket into the mirror; False when it has none."""
+        assert self.remote is not None
+        data = self.remote.read_bytes(f"{self._rel(folder)}/{MANIFEST_FILE}")
+        if data is None:
+            return False
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        write_text(Path(folder) / MANIFEST_FILE, data.decode("utf-8"))
+        return True
+
+    def _pull_manifests(self) -> None:
+        assert self.remote is not None
+        for name in self.remote.children("runs"):
+            with contextlib.suppress(BadRunIdError):
+                self.pull_manifest(self.run_dir(self.check_run_id(name)))
+
+    def pull_run(self, folder: Path) -> None:
+        """(remote) Fetch a run folder: its manifest, then every step file it records that the mirror lacks or holds
+        changed (taken from the mirror's cache entry when that has it, else downloaded)."""
+        if not self.pull_manifest(folder):
+            return
+        try:
+            manifest = read_json(Path(folder) / MANIFEST_FILE)
+        except (OSError, ValueError):
+            return  # load_manifest says what is wrong with it
+        for step, entry in (manifest.get("steps") or {}).items():
+            for name, digest in (entry.get("outputs") or {}).items():
+                target = Path(folder) / str(entry.get("dir") or step) / name
+                if target.is_file() and sha256_file(target) == digest:
+                    continue
+                cached = self.entry_dir(step, str(entry.get("key"))) / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if cached.is_file() and sha256_file(cached) == digest:
+                    target.unlink(missing_ok=True)
+                    os.link(cached, target)
+                    continue
+                with contextlib.suppress(FileNotFoundError):  # missing in the bucket: verify_run_files names it
+                    with atomic_path(target) as scratch:
+                        self.remote.get_file(f"{self._rel(target)}", scratch)
+
+    def fetch_run_folder(self, run_id: str) -> Path:
+        """A run folder by id, its files in the mirror for a URL root (may not exist: callers check)."""
+        folder = self.run_dir(self.check_run_id(run_id))
+        if self.remote is not None:
+            self.pull_run(folder)
+        return folder
 
 
 class RunRecord:
     """One run folder and its manifest; the flow process is its only writer."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, store: ArtifactStore | None = None):
         self.folder = Path(folder)
         self.manifest: dict[str, Any] = {}
+        self.store = store  # for a URL root: every save also goes to the bucket
 
     @classmethod
-    def load(cls, folder: Path) -> "RunRecord":
-        record = cls(folder)
+    def load(cls, folder: Path, store: ArtifactStore | None = None) -> "RunRecord":
+        record = cls(folder, store)
         load_manifest(folder)  # validated; the raw dict is kept so saving never drops or reshapes a key
         record.manifest = read_json(Path(folder) / MANIFEST_FILE)
         return record
 
     @classmethod
     def create(cls, folder: Path, identity: dict[str, Any], *, config: dict[str, Any], flow_run_id: str | None,
-               **fields: Any) -> "RunRecord":
+               store: ArtifactStore | None = None, **fields: Any) -> "RunRecord":
         """A new folder (never an existing one) and the manifest every record starts with: a run's, or a sweep's."""
         folder = Path(folder)
+        if store is not None and store.remote is not None and store.remote.read_bytes(f"{store._rel(folder)}/{MANIFEST_FILE}") is not None:
+            raise FileExistsError(f"{store.where(folder)} already exists: start a new run instead of reusing its id.")
         folder.mkdir(parents=True, exist_ok=False)
-        record = cls(folder)
+        record = cls(folder, store)
         record.manifest = {
             **identity,
             "status": "running",
@@ -413,16 +675,30 @@ class RunRecord:
     def run_id(self) -> str:
         return self.manifest["run_id"]
 
+    @property
+    def location(self) -> str:
+        """The run folder as the user knows it: its URL in the bucket for a URL root."""
+        return self.store.where(self.folder) if self.store is not None else str(self.folder)
+
     def save(self) -> None:
+        """The manifest, whole; for a URL root also to the bucket, after the files it names."""
         write_json(self.folder / MANIFEST_FILE, self.manifest)
+        if self.store is not None:
+            self.store.push(self.folder / MANIFEST_FILE)
 
     def link_outputs(self, step: str, source: Path) -> None:
         target = self.folder / step
-        if Path(source).resolve() == target.resolve():
-            return  # a step that writes straight into the run folder (promote, never cached)
-        if target.exists():
-            shutil.rmtree(target)
-        _link_tree(Path(source), target)
+        if Path(source).resolve() != target.resolve():  # else a step that writes straight into the run folder (promote)
+            if target.exists():
+                shutil.rmtree(target)
+            _link_tree(Path(source), target)
+        if self.store is not None:
+            self.store.push_step(target, Path(source))
+
+    def push_file(self, name: str) -> None:
+        """(remote) One more file of the run folder (run.log) to the bucket."""
+        if self.store is not None:
+            self.store.push(self.folder / name)
 
     def record_step(self, output: StepOutput, *, status: str, seconds: float, reused_from: str | None = None) -> None:
         """Link a step's outputs into the run folder and note them, with their sha256, in the manifest."""
