@@ -1,6 +1,6 @@
 """python -m bench [--archive PATH] [--repeats N] [--only NAME ...] [--quick] [...]: run the suites, one JSON file each.
 
-Suites: overhead, reruns, steps, train, memory, growth (see each module under bench/suites/).
+Suites: overhead, reruns, steps, train, memory, growth, object_store (see each module under bench/suites/).
 Results go to artifacts/bench/<suite>.json; `python bench/summarize.py` turns them into BENCHMARKS.md.
 """
 

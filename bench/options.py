@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-SUITE_NAMES = ("overhead", "reruns", "steps", "train", "memory", "growth")
+SUITE_NAMES = ("overhead", "reruns", "steps", "train", "memory", "growth", "object_store")
 DEFAULT_PRESET = "seed-simple-rnn"
 DEFAULT_TRAIN_PRESETS = ("seed-simple-rnn", "seed-embedding", "seed-lstm", "default")
 DEFAULT_TRAIN_REVIEWS = 5000

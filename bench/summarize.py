@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "bench" / "profiles.md"  # hand-written profiles of the missed goals, included in BENCHMARKS.md
-SUITES = ("overhead", "reruns", "steps", "train", "memory", "growth")
+SUITES = ("overhead", "reruns", "steps", "train", "memory", "growth", "object_store")
 GOALS = {  # the issue's goals, by the suite that measures them, in the order the issue lists them
     "overhead": ["pipeline ≤ 1.10× plain script"],
     "reruns": ["identical re-run < 10% of first", "identical re-run < 10% of first, Prefect server running"],
@@ -28,6 +29,7 @@ ABOUT = {
     "train": "Training samples per second per preset on the CPU, `train.bucket_by_length` off and on side by side, and test accuracy after the short fit.",
     "memory": "Peak resident memory of each step in its own process, and of a whole `rnnflow run --preset seed-onehot`.",
     "growth": "Ingest, validate and encode on synthetic corpora of growing size: time, peak memory and growth exponents.",
+    "object_store": "The default preset's first run and identical re-run with the artifacts root on local disk, then on an S3 bucket (moto's server on 127.0.0.1).",
 }
 
 
@@ -195,6 +197,18 @@ def render_memory(record: dict[str, Any]) -> list[str]:
     return lines + commands(pairs)
 
 
+def render_object_store(record: dict[str, Any]) -> list[str]:
+    rows, summary = record["rows"], record["summary"]
+    lines = table(
+        ["root", "run", "wall s", "peak RSS MiB", "uploaded MiB", "test accuracy", "steps not from the cache"],
+        [[r["root"], r["run"], num(r["wall_s"]), num(r["peak_rss_mib"]), num(r["uploaded_bytes"] / 2**20, 1), num(r["test_accuracy"], 4),
+          ", ".join(s for s, status in r["step_statuses"].items() if status != "cached") or "none"] for r in rows],
+    )
+    lines += ["", f"- On the bucket / on local disk: first run **{num(summary['first_run_s3_over_local'])}×**, identical re-run "
+                  f"**{num(summary['rerun_s3_over_local'])}×**; uploaded {num(summary['first_run_uploaded_mib'], 1)} MiB, then {num(summary['rerun_uploaded_mib'], 1)} MiB."]
+    return lines + commands([(f"{r['root']}, {r['run']}", r["command"]) for r in rows])
+
+
 def render_growth(record: dict[str, Any]) -> list[str]:
     rows, summary = record["rows"], record["summary"]
     lines = table(
@@ -212,6 +226,7 @@ def render_growth(record: dict[str, Any]) -> list[str]:
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "overhead": render_overhead, "reruns": render_reruns, "steps": render_steps,
     "train": render_train, "memory": render_memory, "growth": render_growth,
+    "object_store": render_object_store,
 }
 
 
@@ -221,7 +236,23 @@ def machine_line(machine: dict[str, Any]) -> str:
             f"Prefect {machine.get('prefect')}; load average {machine.get('load_average_1_5_15')} at the start; {machine.get('date')}")
 
 
-def render(records: dict[str, dict[str, Any] | None]) -> str:
+def previous_sections(text: str) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """From a BENCHMARKS.md written before: each suite's section (its lines after the heading) and its goal rows,
+    so a suite whose JSON is not here (run on another day, or its files cleaned) keeps its last figures."""
+    sections: dict[str, str] = {}
+    goal_rows: dict[str, list[str]] = {}
+    for part in re.split(r"^## ", text, flags=re.M)[1:]:
+        heading, _, body = part.partition("\n")
+        if heading.strip() in SUITES:
+            sections[heading.strip()] = body.strip("\n")
+    for line in text.splitlines():
+        found = re.search(r"\| `(\w+)`[:|]", line)
+        if line.startswith("| ") and found and found.group(1) in SUITES:
+            goal_rows.setdefault(found.group(1), []).append(line)
+    return sections, goal_rows
+
+
+def render(records: dict[str, dict[str, Any] | None], previous: str = "") -> str:
     lines = [
         "# Benchmarks",
         "",
@@ -233,9 +264,14 @@ def render(records: dict[str, dict[str, Any] | None]) -> str:
         "## Goals",
         "",
     ]
+    kept_sections, kept_goals = previous_sections(previous)
     goal_rows = []
+    kept_lines: list[str] = []
     for suite, names in GOALS.items():
         record = records.get(suite)
+        if record is None and suite in kept_goals:  # not run since: its rows as they were
+            kept_lines += kept_goals[suite]
+            continue
         found = {g["goal"]: g for g in (record or {}).get("goals", [])} if record and record.get("status") == "ok" else {}
         for name in names:
             item = found.get(name)
@@ -245,19 +281,23 @@ def render(records: dict[str, dict[str, Any] | None]) -> str:
             else:
                 observed = observed_text(item) + ("" if item.get("note") is None else f" ({item['note'].split('. ')[0]})")
                 goal_rows.append([name, item["target"], observed, verdict(item, record), f"`{suite}`: {item['basis']}"])
-    lines += table(["goal", "target", "observed", "verdict", "measured by"], goal_rows)
+    lines += table(["goal", "target", "observed", "verdict", "measured by"], goal_rows) + kept_lines
 
     if PROFILES.is_file():  # hand-written: what the profiles of the missed goals show, and what was changed
         lines += ["", PROFILES.read_text(encoding="utf-8").strip()]
 
     latest = max((r for r in records.values() if r), key=lambda r: r.get("started_at", ""), default=None)
-    lines += ["", "## Machine", "", f"Latest suite: {machine_line(latest['machine'])}." if latest else "No suite has run yet.",
+    lines += ["", "## Machine", "", f"Latest suite: {machine_line(latest['machine'])}." if latest else next(
+                  (line for line in previous.splitlines() if line.startswith("Latest suite: ")), "No suite has run yet."),
               "Each suite below names the machine and load it ran with: other jobs may share the machine, so read timings "
               "against the load average."]
 
     for suite in SUITES:
         record = records.get(suite)
         lines += ["", f"## {suite}", "", ABOUT[suite], ""]
+        if record is None and suite in kept_sections:  # as the last summary wrote it (its run's date and command are in it)
+            lines[-2:] = [kept_sections[suite]]
+            continue
         if record is None:
             lines.append(f"Not run yet: `python -m bench --only {suite}` (or `make bench`), then `python bench/summarize.py`.")
             continue
@@ -289,8 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bench-dir", default=str(ROOT / "artifacts" / "bench"))
     parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
     args = parser.parse_args(argv)
-    text = render(load(Path(args.bench_dir)))
     output = Path(args.output)
+    text = render(load(Path(args.bench_dir)), output.read_text(encoding="utf-8") if output.is_file() else "")
     tmp = output.with_name(f".{output.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(output)  # complete or absent, like every other file the project writes
