@@ -119,7 +119,8 @@ class ArtifactStore:
         if self.remote is None:
             return str(path)
         try:
-            return self.remote.url_of(path.relative_to(self.root).as_posix().removeprefix("."))
+            rel = path.relative_to(self.root).as_posix()
+            return self.remote.url_of("" if rel == "." else rel)
         except ValueError:
             return str(path)
 
