@@ -1,8 +1,9 @@
-"""The store on a bucket: the same tests against a local root and an S3 root on a real S3 API server.
+"""The store on a bucket: the same tests against a local root, an S3 root on a real S3 API server, and a file:// URL.
 
 The server is moto's (`moto_server`, from the dev dependencies) on 127.0.0.1, started and stopped
 here; the client finds it the standard way (AWS_ENDPOINT_URL) with throwaway credentials in the
-environment. "Another machine" is a store whose mirror folder ($RNNFLOW_SCRATCH) is empty and
+environment. A file:// root goes through the same bucket code on fsspec's local filesystem, as gs://
+or az:// would. "Another machine" is a store whose mirror folder ($RNNFLOW_SCRATCH) is empty and
 different: all it shares with the first is the root.
 """
 
@@ -71,12 +72,15 @@ def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "file-url"])
 def root(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The artifacts root, once a folder and once s3://BUCKET/team/artifacts; this machine's mirror in tmp_path/mirror-a."""
+    """The artifacts root: a folder; s3://BUCKET/team/artifacts; and file:///... (fsspec's local filesystem through
+    the bucket code, as gs:// or az:// would go). This machine's mirror in tmp_path/mirror-a."""
     monkeypatch.setenv("RNNFLOW_SCRATCH", str(tmp_path / "mirror-a"))
     if request.param == "local":
         return str(tmp_path / "artifacts")
+    if request.param == "file-url":
+        return (tmp_path / "shared-store" / "artifacts").as_uri()
     env = request.getfixturevalue("s3_env")
     return f"s3://{new_bucket(env['AWS_ENDPOINT_URL'])}/team/artifacts"
 

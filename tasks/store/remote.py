@@ -61,7 +61,8 @@ class RemoteRoot:
         try:
             import fsspec
 
-            self.fs, base = fsspec.core.url_to_fs(self.url, use_listings_cache=False)
+            local = {"auto_mkdir": True} if self.protocol in ("file", "local") else {}  # object stores have no folders to make
+            self.fs, base = fsspec.core.url_to_fs(self.url, use_listings_cache=False, **local)
         except ImportError:
             package = PROTOCOL_PACKAGES.get(self.protocol, f"the fsspec implementation of {self.protocol}://")
             raise ArtifactsRootError(
