@@ -2,10 +2,11 @@
 
 The points run through the flow's Prefect task runner: ThreadPoolTaskRunner (threads of this
 process) or prefect_dask.DaskTaskRunner (a LocalCluster of worker processes, or an existing
-Dask scheduler). What crosses to a worker is small: the artifacts root, the point's run folder,
-its configuration and the shared steps' StepOutput pointers (paths). The files themselves are
-read where they lie, so every worker must see the artifacts root at the same path (a shared
-filesystem for workers on other machines).
+Dask scheduler). What crosses to a worker is small: the artifacts root, the point's run id,
+its configuration and the shared steps' StepOutput pointers. With a local root the files are
+read where they lie, so every worker must see it at the same path (a shared filesystem for
+workers on other machines); with a bucket root (s3://...) each worker fetches what it reads
+into its own mirror and writes its run folder back to the bucket.
 """
 
 from __future__ import annotations
