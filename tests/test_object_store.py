@@ -207,6 +207,16 @@ def test_a_bucket_that_does_not_exist_or_refuses_the_credentials_is_one_sentence
         RemoteRoot("gs://bucket/prefix")
 
 
+def test_an_endpoint_that_cannot_be_reached_is_named_not_taken_for_a_missing_bucket(tmp_path: Path):
+    env = {**os.environ, **CREDENTIALS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}", "AWS_MAX_ATTEMPTS": "1",
+           "RNNFLOW_SCRATCH": str(tmp_path / "mirror")}
+    done = subprocess.run([str(Path(sys.executable).with_name("rnnflow")), "runs", "--artifacts", "s3://team/nightly"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "Artifacts root s3://team/nightly could not read s3://team/nightly (EndpointConnectionError" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
 # --------------------------------------------------------------------------- the flow, the CLI and a Dask sweep on a bucket
 
 

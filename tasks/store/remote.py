@@ -108,9 +108,13 @@ class RemoteRoot:
 
     def check_readable(self) -> None:
         """The bucket (the URL's first part) exists and these credentials may look at it: for commands that only read."""
+        if self.protocol in ("file", "local"):
+            return  # a folder, made when first written
         bucket = self.base.split("/", 1)[0]
-        if not self._call("read", "", lambda: self.fs.exists(bucket)):
-            raise ArtifactsRootError(f"Artifacts root {self.url}: there is no bucket {bucket!r} at this endpoint: check the URL, or create the bucket and run 'rnnflow run' first.")
+        try:  # info, not exists: exists answers False for an endpoint it cannot reach too
+            self._call("read", "", lambda: self.fs.info(bucket))
+        except FileNotFoundError:
+            raise ArtifactsRootError(f"Artifacts root {self.url}: there is no bucket {bucket!r} at this endpoint: check the URL, or create the bucket and run 'rnnflow run' first.") from None
 
     def read_bytes(self, rel: str) -> bytes | None:
         """The object's bytes, or None when there is none."""
