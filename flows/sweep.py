@@ -193,7 +193,7 @@ def rnnflow_sweep(
     rows = [point_row(run.folder, point) for point, _, run in runs]
     summary = sweep_report_task(str(sweep.folder), sweep.manifest, rows)
     for name in (SWEEP_JSON, SWEEP_HTML):  # for a URL root: the comparison joins the sweep folder in the bucket
-        store.push(sweep.folder / name)
+        sweep.push_file(name)
     failed = [row for row in rows if row["status"] != "completed"]
     sweep.manifest["best_run_id"] = summary["best_run_id"]
     if failed:

@@ -74,9 +74,22 @@ def row_lengths(x: np.ndarray, rows_at_once: int = 65_536) -> np.ndarray:
     return np.concatenate([np.count_nonzero(x[i : i + rows_at_once], axis=1) for i in range(0, len(x), rows_at_once)] or [np.zeros(0, int)])
 
 
-def bucket_width(longest: int, max_len: int) -> int:
-    """The width of the bucket of a row of `longest` ids: the next multiple of BUCKET_STEP, at most max_len."""
-    return int(min(max_len, max(BUCKET_STEP, -(-int(longest) // BUCKET_STEP) * BUCKET_STEP)))
+def bucket_width(longest: Any, max_len: int) -> Any:
+    """The width of the bucket of a row of `longest` ids: the next multiple of BUCKET_STEP, at most max_len
+    (an int for an int, an array of widths for an array of lengths)."""
+    widths = np.minimum(max_len, np.maximum(BUCKET_STEP, -(-np.asarray(longest, dtype=np.int64) // BUCKET_STEP) * BUCKET_STEP))
+    return int(widths) if widths.ndim == 0 else widths
+
+
+def batch_width(longest: int, max_len: int, next_token: bool = False) -> int:
+    """How wide a bucketed batch whose longest row holds `longest` ids is laid out: its bucket's width.
+
+    A next_token row of L ids has L steps that count (the last one's target is the padding that ends
+    it), max_len - 1 at most, so its batches are cut from max_len - 1 steps.
+    """
+    if next_token:
+        return bucket_width(min(int(longest), max_len - 1), max_len - 1)
+    return bucket_width(longest, max_len)
 
 
 def left_aligned(x: np.ndarray) -> np.ndarray:
@@ -103,7 +116,7 @@ def epoch_batches(
     if lengths is None:
         return [np.sort(order[start : start + batch_size]) for start in range(0, n, batch_size)]
     widest = int(max_len if max_len is not None else max(int(lengths.max(initial=1)), 1))
-    widths = np.minimum(widest, np.maximum(BUCKET_STEP, -(-lengths[order] // BUCKET_STEP) * BUCKET_STEP))
+    widths = bucket_width(lengths[order], widest)
     batches, left = [], []
     for width in np.unique(widths):
         rows = order[widths == width]  # this bucket's rows, in the order they arrive
@@ -155,8 +168,7 @@ def memmap_dataset(
             arrays = next_token_arrays(np.asarray(x[index]))
             if lengths is None:
                 return arrays
-            # A row of L ids has L steps that count (the last one's target is the padding that ends it), max_len - 1 at most.
-            width = bucket_width(min(lengths[index].max(), max_len - 1), max_len - 1)
+            width = batch_width(lengths[index].max(), max_len, next_token=True)
             return tuple(np.ascontiguousarray(a[:, :width]) for a in arrays)
 
         types, shapes = (tf.int32, tf.int32, tf.float32), ([None, max_len - 1 if lengths is None else None],) * 3
@@ -165,7 +177,7 @@ def memmap_dataset(
             index = rows(step)
             xb = np.asarray(x[index], dtype=np.int32)
             if lengths is not None:
-                xb = np.ascontiguousarray((xb if right_padded else left_aligned(xb))[:, : bucket_width(lengths[index].max(), max_len)])
+                xb = np.ascontiguousarray((xb if right_padded else left_aligned(xb))[:, : batch_width(lengths[index].max(), max_len)])
             return xb, np.asarray(y[index], dtype=np.int32)
 
         types, shapes = (tf.int32, tf.int32), ([None, max_len if lengths is None else None], [None])
@@ -184,10 +196,7 @@ def mean_batch_width(x: np.ndarray, batch_size: int, seed: int, *, next_token: b
     """The mean width of one epoch's bucketed train batches (epoch_batches, bucket_width), weighed by their rows: against max_len."""
     n, max_len = x.shape
     lengths = row_lengths(x)
-    widths = [
-        (bucket_width(min(lengths[b].max(), max_len - 1), max_len - 1) if next_token else bucket_width(lengths[b].max(), max_len)) * len(b)
-        for b in epoch_batches(n, batch_size, seed, 0, lengths, max_len)
-    ]
+    widths = [batch_width(lengths[b].max(), max_len, next_token) * len(b) for b in epoch_batches(n, batch_size, seed, 0, lengths, max_len)]
     return round(sum(widths) / n, 1) if n else 0.0
 
 

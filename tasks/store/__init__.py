@@ -105,6 +105,7 @@ class ArtifactStore:
     def __init__(self, root: str | Path | None = None):
         text = str(root) if root is not None else default_root()
         self.remote: RemoteRoot | None = None
+        self._champion_tag: str | None = None  # (remote) the ETag of champion.json as read_champion last read it
         if is_url(text):
             self.remote = RemoteRoot(text)
             self.location = self.remote.url
@@ -360,7 +361,7 @@ class ArtifactStore:
             write_json(self.champion_file, pointer)
             return
         data = (json.dumps(pointer, indent=2, sort_keys=True) + "\n").encode()
-        tag = getattr(self, "_champion_tag", None)
+        tag = self._champion_tag
         try:
             self.remote.write_bytes(CHAMPION_FILE, data, if_match=tag, if_absent=tag is None)
         except FileExistsError:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -39,12 +40,13 @@ def mirror_folder(url: str) -> Path:
     Elsewhere $RNNFLOW_SCRATCH, or ~/.cache/rnnflow/mirror.
     """
     base: Path | None = None
-    try:
+    if "distributed" in sys.modules:  # a Dask worker has imported it; anyone else need not pay for the import
         from distributed import get_worker
 
-        base = Path(get_worker().local_directory) / "rnnflow-mirror"
-    except (ImportError, ValueError):  # not inside a Dask worker
-        pass
+        try:
+            base = Path(get_worker().local_directory) / "rnnflow-mirror"
+        except ValueError:  # not inside a Dask worker
+            pass
     if base is None:
         base = Path(os.environ.get(MIRROR_ENV) or Path.home() / ".cache" / "rnnflow" / "mirror")
     return (base.expanduser() / hashlib.sha256(url.encode()).hexdigest()[:16]).resolve()
