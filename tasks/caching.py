@@ -24,6 +24,7 @@ from typing import Any, Callable
 from prefect.cache_policies import CachePolicy
 from prefect.locking.filesystem import FileSystemLockManager
 
+from tasks.config import key_config
 from tasks.steps import step as step_spec
 from tasks.store import ArtifactStore, StepOutput, fingerprint, pid_alive
 
@@ -117,7 +118,7 @@ def step_key(step: str, section: dict[str, Any], upstream: dict[str, StepOutput]
         {
             "step": step,
             "code": code_version(step),
-            "config": section,
+            "config": key_config(section),
             "extra": extra or {},
             "upstream": {name: out.content_fingerprint for name, out in sorted(upstream.items())},
         }

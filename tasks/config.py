@@ -174,11 +174,39 @@ class TrainConfig(Section):
         description="XLA for the train step (model.compile's jit_compile): auto is Keras' choice (off on a CPU); true compiles each batch "
         "shape once (tens of seconds per model) for faster epochs after (docs/training-speed.md)",
     )
+    member_processes: int | Literal["auto"] = Field(
+        default="auto",
+        description="processes that fit train.members side by side, each with its share of the CPU threads: auto is one per core "
+        "(at most one per member; 1 with a GPU or inside a Dask worker); 1 fits them one after another in the step's own process. "
+        "Speed only: not part of the train step's cache key",
+    )
+
+    @field_validator("member_processes", mode="before")
+    @classmethod
+    def _processes(cls, value: Any) -> Any:
+        # One check for both kinds, so a wrong value gets one message rather than one per member of the union.
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 256):
+            return value
+        raise ValueError("should be auto or a whole number of processes from 1 to 256")
     deterministic: bool = Field(
         default=False,
         description="TensorFlow's op determinism (tf.config.experimental.enable_op_determinism): a retrained run repeats its figures "
         "to the last digit on one machine, at some speed",
     )
+
+
+# Keys that decide how fast a step runs, not what it makes: a step's cache key leaves them out (key_config),
+# so fitting the members in more or fewer processes reuses the model they made.
+SPEED_ONLY_KEYS = {"train": frozenset({"member_processes"})}
+
+
+def key_config(section: dict[str, Any]) -> dict[str, Any]:
+    """A step's configuration as its cache key sees it: section (keyed by section name, as the train and report
+    steps get theirs) without SPEED_ONLY_KEYS."""
+    return {
+        name: {k: v for k, v in value.items() if k not in SPEED_ONLY_KEYS[name]} if name in SPEED_ONLY_KEYS and isinstance(value, dict) else value
+        for name, value in section.items()
+    }
 
 
 def member_changes(train: TrainConfig, k: int) -> dict[str, Any]:

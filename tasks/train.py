@@ -19,6 +19,7 @@ from tasks.caching import StepCachePolicy, produce_step
 from tasks.config import ModelConfig, TrainConfig, member_changes, member_model
 from tasks.encode import Vocabulary, load_arrays
 from tasks.logs import step_logger
+from tasks.member_pool import fit_members_in_processes, member_processes
 from tasks.store import RunFiles, StepOutput, read_json, write_json, write_text
 
 # Keras (and TensorFlow under it) is imported inside the functions that use it, not here: the flow imports this
@@ -387,6 +388,7 @@ class MemberResult:
     seed: int
     validation_rows: int
     model_changes: dict[str, Any]  # train.member_models' entry for it
+    jit_compile: bool = False  # XLA, as Keras resolved train.jit_compile for it
 
     def run_record(self) -> dict[str, Any]:
         """Its entry in train.json's member_runs."""
@@ -434,7 +436,7 @@ def fit_member(
         best_val_loss=min(history.get("val_loss", [float("nan")])),
         best_val_accuracy=history.get("val_accuracy", [None])[best_epoch - 1] if epochs_run else None,
         seconds=round(time.perf_counter() - started, 2), seed=seed, validation_rows=data.validation_rows(k),
-        model_changes=member_changes(train_cfg, k),
+        model_changes=member_changes(train_cfg, k), jit_compile=bool(getattr(model, "jit_compile", False)),
     )
 
 
@@ -473,6 +475,7 @@ def write_history(out_dir: Path, member: MemberResult) -> None:
 
 def train_info(
     model_cfg: ModelConfig, train_cfg: TrainConfig, data: TrainingData, members: list[MemberResult], model: Any, seconds: float, summary: str,
+    processes: int = 1,
 ) -> dict[str, Any]:
     """train.json: what was trained, how long it took, and how well its best epochs did on validation."""
     from tasks.models import cudnn_eligible
@@ -500,7 +503,8 @@ def train_info(
         if bucket else data.encoding["max_len"] - (model_cfg.task == "next_token"),
         "max_len": data.encoding["max_len"],
         "deterministic": train_cfg.deterministic,
-        "jit_compile": bool(getattr(members[0].model, "jit_compile", False)),  # XLA, as Keras resolved train.jit_compile
+        "jit_compile": members[0].jit_compile,  # XLA, as Keras resolved train.jit_compile
+        "member_processes": processes,  # processes the members were fitted in (train.member_processes)
         # With members, each on its own validation rows: the mean of their best epochs' figures.
         "best_val_loss": float(np.mean([m.best_val_loss for m in members])),
         "best_val_accuracy": float(np.mean(val_accuracies)) if val_accuracies else None,
@@ -516,6 +520,7 @@ def train_info(
 
 def write_outputs(
     model_cfg: ModelConfig, train_cfg: TrainConfig, data: TrainingData, members: list[MemberResult], model: Any, seconds: float, out_dir: Path,
+    processes: int = 1,
 ) -> dict[str, Any]:
     """history.json and history.csv (the first member's: the only one with members 1), model_summary.txt and train.json."""
     from tasks.models import summary_text
@@ -523,7 +528,7 @@ def write_outputs(
     write_history(out_dir, members[0])
     summary = summary_text(model)
     write_text(out_dir / "model_summary.txt", summary + "\n")
-    info = train_info(model_cfg, train_cfg, data, members, model, seconds, summary)
+    info = train_info(model_cfg, train_cfg, data, members, model, seconds, summary, processes)
     write_json(RunFiles.TRAINING.of_step(out_dir), info)
     return info
 
@@ -570,22 +575,27 @@ def train_model(
 
     model.task next_token fits every step's next token instead of the label (next_token_arrays:
     padding steps weigh 0), with the same early stopping and checkpoint; it has no model_text.keras.
-    With train.members > 1, each member is fitted in turn (seed train.seed + k, validation rows from
+    With train.members > 1, each member is fitted (seed train.seed + k, validation rows from
     member_rows, its model section changed by train.member_models' entry for it) and kept as
-    member_K.keras; model.keras averages their probabilities.
+    member_K.keras; model.keras averages their probabilities. The members are fitted in turn here, or
+    side by side in train.member_processes processes (tasks/member_pool.py), the same fits either way.
     """
     import keras
 
     keras.utils.set_random_seed(train_cfg.seed)
     data = load_training_data(encode_dir, train_cfg)
     started = time.perf_counter()
-    with op_determinism(train_cfg.deterministic):
-        members = [fit_member(model_cfg, train_cfg, data, k, out_dir, on_epoch) for k in range(train_cfg.members)]
+    processes = member_processes(train_cfg)
+    if processes > 1:
+        members = fit_members_in_processes(model_cfg, train_cfg, encode_dir, out_dir, processes, on_epoch)
+    else:
+        with op_determinism(train_cfg.deterministic):
+            members = [fit_member(model_cfg, train_cfg, data, k, out_dir, on_epoch) for k in range(train_cfg.members)]
     seconds = time.perf_counter() - started
     model = members[0].model if len(members) == 1 else ensemble(members, data.encoding["max_len"], RunFiles.MODEL.of_step(out_dir))
     if model_cfg.task != "next_token":
         write_text_model(encode_dir, out_dir)
-    info = write_outputs(model_cfg, train_cfg, data, members, model, seconds, out_dir)
+    info = write_outputs(model_cfg, train_cfg, data, members, model, seconds, out_dir, processes)
     return {key: info[key] for key in RESULT_KEYS}
 
 

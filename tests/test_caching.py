@@ -26,6 +26,14 @@ def test_key_covers_section_upstream_and_code_but_not_the_run():
     assert step_key("train", {"epochs": 2}, changed) != key
 
 
+def test_how_many_processes_fit_the_members_is_not_part_of_the_train_key():
+    def key(**train) -> str:
+        return step_key("train", {"model": {"units": 8}, "train": {"members": 2, **train}}, {})
+
+    assert key(member_processes=1) == key(member_processes=2) == key(member_processes="auto"), "the same fits, whichever way"
+    assert key(member_processes=1) != key(member_processes=1, members=3)
+
+
 @pytest.mark.slow
 def test_deleted_or_corrupted_cache_files_force_a_recompute(tiny_run_copy):
     root = tiny_run_copy.root  # the tiny configuration, run once already in this root

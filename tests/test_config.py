@@ -32,6 +32,8 @@ def test_every_shipped_preset_loads():
         (["epochs=3"], ["section and a key"]),
         (["train.epochs"], ["section.key=value"]),
         (["model.cell=transformer"], ["model.cell"]),
+        (["train.member_processes=0"], ["'train.member_processes'", "auto or a whole number"]),
+        (["train.member_processes=many"], ["'train.member_processes'", "auto or a whole number", "'many'"]),
     ],
 )
 def test_bad_overrides_get_one_sentence_naming_the_key(overrides, words):

@@ -111,7 +111,7 @@ def two_readers(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path / "train"
     out.mkdir()
     model = ModelConfig(cell="gru", units=8, embedding_dim=8, bidirectional=False, window=6)
-    train = TrainConfig(epochs=2, patience=2, batch_size=16, learning_rate=0.02, members=2,
+    train = TrainConfig(epochs=2, patience=2, batch_size=16, learning_rate=0.02, members=2, member_processes=1,  # in turn: quicker on a toy
                         member_models=[{"window_at": "end"}, {"window_at": "start"}])
     train_model(model, train, encoded, out)
     return out

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -48,10 +52,57 @@ def two_members(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, P
     out, evaluated = tmp_path / "train", tmp_path / "evaluate"
     out.mkdir()
     evaluated.mkdir()
-    model = ModelConfig(cell="gru", units=8, embedding_dim=8, bidirectional=False)
-    train_model(model, TrainConfig(epochs=3, patience=3, batch_size=16, learning_rate=0.02, members=2), encoded, out)
+    # Fitted side by side in two processes (as on any machine of two cores or more), deterministic so that
+    # test_members_fitted_in_turn_are_the_same_fits can fit them again in this process and compare.
+    epochs: list = []
+    with _captured_log() as lines:
+        train_model(MODEL, TWO_MEMBERS.model_copy(update={"member_processes": 2}), encoded, out, lambda *args: epochs.append(args[:2]))
+    (tmp_path / "log.txt").write_text("\n".join(lines))
+    (tmp_path / "epochs.json").write_text(json.dumps(epochs))
     evaluate_model(encoded, out, evaluated)
     return encoded, out, evaluated
+
+
+MODEL = ModelConfig(cell="gru", units=8, embedding_dim=8, bidirectional=False)
+TWO_MEMBERS = TrainConfig(epochs=3, patience=3, batch_size=16, learning_rate=0.02, members=2, deterministic=True)
+
+
+@contextmanager
+def _captured_log() -> Iterator[list[str]]:
+    """The lines step code logs outside a Prefect run (the "rnnflow" logger) while the block runs."""
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("rnnflow")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@pytest.mark.slow
+def test_members_fitted_in_turn_are_the_same_fits(two_members, tmp_path: Path):
+    encoded, out, _ = two_members
+    in_turn = tmp_path / "train"
+    in_turn.mkdir()
+    train_model(MODEL, TWO_MEMBERS.model_copy(update={"member_processes": 1}), encoded, in_turn)
+    side_by_side, one_process = read_json(out / "train.json"), read_json(in_turn / "train.json")
+    assert (side_by_side["member_processes"], one_process["member_processes"]) == (2, 1)
+    assert [run["history"] for run in side_by_side["member_runs"]] == [run["history"] for run in one_process["member_runs"]]
+
+
+@pytest.mark.slow
+def test_members_in_processes_log_and_report_progress_as_in_one(two_members):
+    log = (two_members[1].parent / "log.txt").read_text()
+    assert re.search(r"train: 2 members in 2 processes, \d+ thread\(s\) each \(train.member_processes\)", log)
+    for k in (1, 2):
+        assert f"member {k}" in log, f"member {k}'s own lines come back from its process"
+    epochs = json.loads((two_members[1].parent / "epochs.json").read_text())
+    assert epochs == [[done, 6] for done in range(1, 7)], "every epoch of both members counted once, in order, out of 6"
 
 
 @pytest.mark.slow
@@ -134,3 +185,41 @@ def test_the_ensemble_summary_shows_each_member_s_layers_and_every_column(two_me
     table = [line for line in summary.splitlines() if line[:1] in "┏┃┡│├└"]
     assert table and all(line[-1] in "┓┃┩│┤┘" for line in table), "no line is cut before the table's right border"
     assert "Connected to" in summary
+
+
+def test_member_processes_auto_is_one_per_core_and_member_and_a_number_is_taken_as_asked(monkeypatch):
+    from tasks import member_pool
+
+    monkeypatch.setattr(member_pool, "cpu_cores", lambda: 2)
+    resolve = member_pool.member_processes
+    assert resolve(TrainConfig(members=5)) == 2, "auto on a CPU: one per core"
+    assert resolve(TrainConfig(members=5, member_processes=3)) == 3, "a number is taken as asked"
+    assert resolve(TrainConfig(members=2, member_processes=4)) == 2, "never more than one per member"
+    assert resolve(TrainConfig(members=1)) == resolve(TrainConfig(members=5, member_processes=1)) == 1
+
+
+def test_a_daemon_process_fits_the_members_itself_and_says_so_when_asked_for_more(monkeypatch, caplog):
+    import multiprocessing
+
+    from tasks import member_pool
+
+    monkeypatch.setattr(multiprocessing.current_process(), "daemon", True)
+    with caplog.at_level(logging.WARNING, logger="rnnflow"):
+        assert member_pool.member_processes(TrainConfig(members=5)) == 1
+        assert not caplog.records, "auto asks for nothing, so nothing is refused"
+        assert member_pool.member_processes(TrainConfig(members=5, member_processes=2)) == 1
+    assert "cannot start processes: the members train one after another here" in caplog.text
+
+
+def test_a_member_process_that_dies_is_one_sentence_naming_the_member_and_the_way_out():
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    from tasks.member_pool import _result
+
+    futures = [Future() for _ in range(3)]
+    futures[1].set_exception(BrokenProcessPool("A process in the process pool was terminated abruptly"))
+    with pytest.raises(RuntimeError) as caught:
+        _result(futures, 1)
+    assert str(caught.value).startswith("the process fitting member 2 of 3 ended before it finished (killed, or out of memory?)")
+    assert "set train.member_processes 1" in str(caught.value) and "\n" not in str(caught.value)
