@@ -444,6 +444,8 @@ def ensemble(members: list[MemberResult], max_len: int, path: Path) -> Any:
     """The members averaged (average_members) and saved to path, each from its checkpoint: the weights its early stopping kept."""
     import keras
 
+    import tasks.models  # noqa: F401  (registers the custom layers: members fitted in other processes left this one without them)
+
     model = average_members([keras.models.load_model(m.checkpoint, compile=False) for m in members], max_len)
     model.save(path)
     return model

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +129,19 @@ def test_each_member_reads_as_its_entry_says_and_train_json_records_it(two_reade
     assert "window_end" in layers[0] and "window_start" in layers[1]
     assert info["cudnn_eligible"] is True, "a window is right-padded, so the GRUs stay on the cuDNN path"
     assert "└ window_end" in info["model_summary"] and "└ window_start" in info["model_summary"]
+
+
+@pytest.mark.slow
+def test_members_with_custom_layers_are_averaged_by_a_process_that_never_built_one(two_readers: Path, tmp_path: Path):
+    # As train_model does after train.member_processes fitted the members in other processes: this process has only loaded files.
+    script = (
+        "import sys; from pathlib import Path; from types import SimpleNamespace; from tasks.train import ensemble; "
+        "members = [SimpleNamespace(checkpoint=Path(sys.argv[1]) / f'member_{k}.keras') for k in (1, 2)]; "
+        "print(ensemble(members, 12, Path(sys.argv[2]) / 'model.keras').name)"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(two_readers), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "model.keras").is_file() and done.stdout.strip().endswith("_ensemble")
 
 
 def test_the_report_shows_what_each_member_changes(tmp_path: Path):
