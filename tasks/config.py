@@ -178,7 +178,7 @@ class TrainConfig(Section):
         default="auto",
         description="processes that fit train.members side by side, each with its share of the CPU threads: auto is one per core "
         "(at most one per member; 1 with a GPU or inside a Dask worker); 1 fits them one after another in the step's own process. "
-        "Speed only: not part of the train step's cache key",
+        "Speed, not the model asked for: not part of the train step's cache key",
     )
 
     @field_validator("member_processes", mode="before")
@@ -195,8 +195,9 @@ class TrainConfig(Section):
     )
 
 
-# Keys that decide how fast a step runs, not what it makes: a step's cache key leaves them out (key_config),
-# so fitting the members in more or fewer processes reuses the model they made.
+# Keys that decide how fast a step runs, not what it is asked to make (like a thread count, they may change the
+# order of floating-point sums): a step's cache key leaves them out (key_config), so fitting the members in more
+# or fewer processes reuses the model they made.
 SPEED_ONLY_KEYS = {"train": frozenset({"member_processes"})}
 
 

@@ -580,7 +580,7 @@ def train_model(
     With train.members > 1, each member is fitted (seed train.seed + k, validation rows from
     member_rows, its model section changed by train.member_models' entry for it) and kept as
     member_K.keras; model.keras averages their probabilities. The members are fitted in turn here, or
-    side by side in train.member_processes processes (tasks/member_pool.py), the same fits either way.
+    side by side in train.member_processes processes (tasks/member_pool.py), with the same seeds, rows and callbacks.
     """
     import keras
 
