@@ -15,6 +15,7 @@ children still fitting leaves no orphan training on.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import logging.handlers
 import multiprocessing
@@ -31,6 +32,8 @@ from tasks.config import ModelConfig, TrainConfig
 from tasks.logs import step_logger
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from tasks.train import EpochHook, MemberResult
 
 
@@ -97,7 +100,8 @@ def _start_child(to_parent: Any, threads: int, parent: int) -> None:
 
 
 def _epoch_done(done: int, total: int, logs: dict[str, float]) -> None:
-    _to_parent.put(("epoch", done, total, logs))
+    """A child's on_epoch: only the epoch's figures go back; the parent counts epochs across all children."""
+    _to_parent.put(logs)
 
 
 def _fit_in_child(model: dict[str, Any], train: dict[str, Any], encode_dir: Path, k: int, out_dir: Path) -> MemberResult:
@@ -114,13 +118,12 @@ def _fit_in_child(model: dict[str, Any], train: dict[str, Any], encode_dir: Path
     return result
 
 
-def _relay(item: Any, on_epoch: EpochHook | None, epochs_done: list[int], total: int) -> None:
-    """One message from a child: a log record, logged here (in the task's run), or an epoch's end, counted for on_epoch."""
+def _relay(item: Any, on_epoch: EpochHook | None, ticks: Iterator[int], total: int) -> None:
+    """One message from a child: a log record, logged here (in the task's run), or an epoch's figures, counted for on_epoch."""
     if isinstance(item, logging.LogRecord):
         step_logger().log(item.levelno, "%s", item.getMessage())
     elif on_epoch is not None:
-        epochs_done[0] += 1
-        on_epoch(epochs_done[0], total, item[3])
+        on_epoch(next(ticks), total, item)
 
 
 def _result(futures: list[Future], k: int) -> MemberResult:
@@ -142,7 +145,7 @@ def fit_members_in_processes(
     to_parent = context.Queue()
     threads = max(1, cpu_cores() // processes)
     members, total = train_cfg.members, train_cfg.members * train_cfg.epochs
-    epochs_done = [0]
+    ticks = itertools.count(1)  # epochs ended so far, any member's
     step_logger().info("train: %d members in %d processes, %d thread(s) each (train.member_processes)", members, processes, threads)
     pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_start_child, initargs=(to_parent, threads, os.getpid()))
     finished = False
@@ -151,7 +154,7 @@ def fit_members_in_processes(
         futures: list[Future] = [pool.submit(_fit_in_child, *sections, encode_dir, k, out_dir) for k in range(members)]
         while not all(f.done() for f in futures):
             try:
-                _relay(to_parent.get(timeout=0.25), on_epoch, epochs_done, total)
+                _relay(to_parent.get(timeout=0.25), on_epoch, ticks, total)
             except queue_module.Empty:
                 pass
             failed = next((k for k, f in enumerate(futures) if f.done() and f.exception() is not None), None)
@@ -167,7 +170,7 @@ def fit_members_in_processes(
         pool.shutdown(wait=True, cancel_futures=True)
         while True:  # lines a child logged just before its member ended
             try:
-                _relay(to_parent.get_nowait(), on_epoch, epochs_done, total)
+                _relay(to_parent.get_nowait(), on_epoch, ticks, total)
             except (queue_module.Empty, OSError, ValueError):
                 break
         to_parent.close()
