@@ -53,6 +53,10 @@ class DataConfig(Section):
     retry_delay_seconds: float = Field(default=2.0, ge=0)
 
 
+# A test split that overlaps train flatters every test figure, so that warning keeps a run from becoming champion;
+# short or long reviews and repeated texts are facts about the data to look at, not reasons to distrust the model.
+BLOCKING_WARNINGS = ("train_test_overlap",)
+
 DEFAULT_SEVERITY = {
     "not_blank": "error",
     "label_in_set": "error",
@@ -226,9 +230,28 @@ PromoteMetric = Literal["accuracy", "loss", "precision", "recall", "f1", "roc_au
 
 class PromoteConfig(Section):
     enabled: bool = Field(default=True, description="compare each run with the champion and promote it when better")
+    model: str | None = Field(
+        default=None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="the model a run competes for: it is compared only with that model's champion; null: derived from the data "
+        "(source, input name, label column, task), as 'rnnflow config' prints",
+    )
+    blocking_warnings: list[str] = Field(
+        default_factory=lambda: list(BLOCKING_WARNINGS),
+        description="validation checks whose failed warning keeps a run from promotion (a failed error stops the run anyway); "
+        "the other warnings are shown in the report and the decision but do not block",
+    )
     metric: PromoteMetric = Field(default="accuracy", description="the test metric that decides; loss counts lower as better")
     min_delta: float = Field(default=0.0, ge=0, description="promote only when new > champion + min_delta (new < champion - min_delta for loss)")
     floors: dict[PromoteMetric, float] = Field(default_factory=dict, description="metric -> the least the new run must reach (the most, for loss)")
+
+
+    @field_validator("blocking_warnings")
+    @classmethod
+    def _known_checks(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(DEFAULT_SEVERITY))
+        if unknown:
+            raise ValueError(f"unknown check {unknown[0]!r}; the checks are {', '.join(DEFAULT_SEVERITY)}")
+        return sorted(set(value), key=list(DEFAULT_SEVERITY).index)
 
 
 class RunConfig(Section):
@@ -252,6 +275,11 @@ class RunConfig(Section):
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
+
+    @property
+    def model_name(self) -> str:
+        """The model this run competes for: promote.model, or one derived from the data keys (see derived_model_name)."""
+        return self.promote.model or derived_model_name(self.data, self.model.task)
 
     @model_validator(mode="after")
     def _member_models_fit(self) -> "RunConfig":
@@ -307,6 +335,31 @@ class RunConfig(Section):
                 "does not apply: leave it at 1"
             )
         return self
+
+
+_INPUT_SUFFIXES = (".gz", ".tgz", ".tar", ".zip", ".bz2", ".xz", ".zst", ".csv", ".tsv", ".parquet", ".jsonl", ".json", ".npz", ".txt")
+
+
+def derived_model_name(data: DataConfig, task: str = "classify") -> str:
+    """promote.model's default, from what the data is: source, input name, the label column when not 'label', the task.
+
+    Two tables of other languages or products get two models (and two champions) in one artifacts root;
+    reruns of one input with other model settings compete for the same one. "imdb-aclImdb_v1", "table-ko_reviews_train".
+    """
+    if data.source == "synthetic":
+        parts = ["synthetic"]
+    else:
+        name = data.path.rstrip("/").rsplit("/", 1)[-1]
+        while any(name.lower().endswith(suffix) for suffix in _INPUT_SUFFIXES):
+            name = name[: name.rfind(".")]
+        parts = [data.source, name or "input"]
+    if data.source == "table" and data.label_column != "label":
+        parts.append(data.label_column)
+    if task != "classify":
+        parts.append(task.replace("_", "-"))
+    text = "-".join(parts)
+    cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in text).strip("._-")
+    return (cleaned or "model")[:100]
 
 
 def preset_names() -> list[str]:

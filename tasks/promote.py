@@ -65,7 +65,7 @@ class Candidate:
     run_id: str
     test: dict[str, Any]  # metrics.json "test"
     labels: list[str] = field(default_factory=list)  # class names, by index
-    failed_checks: list[str] = field(default_factory=list)  # "duplicates on test (warning)"
+    failed_checks: list[dict[str, Any]] = field(default_factory=list)  # {"check", "split", "severity"} of each failed check
     n_checks: int = 0
     test_fingerprint: str | None = None  # sha256 of ingest/test.parquet: which texts it was tested on
     test_texts: Path | None = None  # that file, to score a champion tested on other texts
@@ -89,13 +89,44 @@ def promote_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
     return PromoteConfig.model_validate(settings or {}).model_dump(mode="json")
 
 
-def failed_validation_checks(validation: dict[str, Any]) -> list[str]:
-    """Every failed check of validation.json, any severity, as 'check on split (severity)'."""
+def failed_validation_checks(validation: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every failed check of validation.json, any severity: {"check", "split", "severity"}."""
     return [
-        f"{check.get('check', '?')} on {check.get('split') or 'all splits'} ({check.get('severity', '?')})"
+        {"check": str(check.get("check", "?")), "split": check.get("split"), "severity": str(check.get("severity", "?"))}
         for check in validation.get("checks") or []
-        if not check.get("passed", False)
+        if isinstance(check, dict) and not check.get("passed", False)
     ]
+
+
+def check_label(check: dict[str, Any]) -> str:
+    """'duplicates on test (warning)'."""
+    return f"{check.get('check', '?')} on {check.get('split') or 'all splits'} ({check.get('severity', '?')})"
+
+
+def validation_verdict(failed: list[dict[str, Any]], n_checks: int, blocking_warnings: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """One verdict on a run's validation that agrees with promotion: which failed checks block it and which do not.
+
+    A failed error stops the run at validate; a failed warning blocks promotion when its check is in
+    promote.blocking_warnings, and is shown without blocking otherwise. status: passed, warnings (none
+    blocking), blocked (a blocking warning failed) or failed (an error failed).
+    """
+    errors = [check_label(c) for c in failed if c.get("severity") == "error"]
+    blocking = [check_label(c) for c in failed if c.get("severity") != "error" and c.get("check") in blocking_warnings]
+    warnings = [check_label(c) for c in failed if c.get("severity") != "error" and c.get("check") not in blocking_warnings]
+    count = len(blocking) + len(warnings)
+    plural = "s" if count != 1 else ""
+    if errors:
+        status, text = "failed", f"failed: {', '.join(errors)}"
+    elif blocking:
+        status = "blocked"
+        text = (f"passed with {count} warning{plural}: not promotable unless {', '.join(blocking)} is fixed "
+                f"or its check left out of promote.blocking_warnings")
+    elif warnings:
+        status, text = "warnings", f"passed with {count} warning{plural} (none blocks promotion: promote.blocking_warnings)"
+    else:
+        status, text = "passed", f"passed: all {n_checks} checks"
+    return {"status": status, "text": text, "n_checks": n_checks, "errors": errors, "blocking": blocking, "warnings": warnings,
+            "passed": not errors and not blocking, "failed_checks": errors + blocking + warnings}
 
 
 def candidate_from_files(run_id: str, ingest_dir: Path, validate_dir: Path, encode_dir: Path, evaluate_dir: Path) -> Candidate:
@@ -171,7 +202,7 @@ def decide(candidate: Candidate, champion: ChampionScore | None, settings: dict[
         "delta": None,
         "min_delta": min_delta,
         "floors": floors,
-        "validation": {"passed": not candidate.failed_checks, "n_checks": candidate.n_checks, "failed_checks": list(candidate.failed_checks)},
+        "validation": validation_verdict(candidate.failed_checks, candidate.n_checks, settings["blocking_warnings"]),
         "reason": "",
         "decided_by": STEP_DECIDER,
         "forced": False,
@@ -181,9 +212,10 @@ def decide(candidate: Candidate, champion: ChampionScore | None, settings: dict[
         return decision
 
     blockers: list[str] = []
-    if candidate.failed_checks:
-        shown = ", ".join(candidate.failed_checks[:3]) + (f" and {len(candidate.failed_checks) - 3} more" if len(candidate.failed_checks) > 3 else "")
-        blockers.append(f"validation check{'s' if len(candidate.failed_checks) > 1 else ''} failed: {shown}")
+    stopping = decision["validation"]["errors"] + decision["validation"]["blocking"]
+    if stopping:
+        shown = ", ".join(stopping[:3]) + (f" and {len(stopping) - 3} more" if len(stopping) > 3 else "")
+        blockers.append(f"validation check{'s' if len(stopping) > 1 else ''} failed: {shown}")
     for floor in floors:
         if not floor["passed"]:
             shown = "n/a" if floor["value"] is None else f"{floor['value']:.4f}"
@@ -445,8 +477,11 @@ def promotion_rows(decision: dict[str, Any]) -> list[list[str]]:
     for floor in decision.get("floors") or []:
         rows.append([f"Floor {floor['metric']} ({floor['kind']} {floor['bound']:.4f})", f"{format_metric(floor['value'])} {'passed' if floor['passed'] else 'FAILED'}"])
     validation = decision.get("validation") or {}
-    failed = validation.get("failed_checks") or []
-    rows.append(["Validation", f"all {validation.get('n_checks', 0)} checks passed" if not failed else "failed: " + ", ".join(failed)])
+    if "text" in validation:
+        rows.append(["Validation", str(validation["text"])])
+    else:  # decisions recorded before the verdict: every failed check blocked
+        failed = validation.get("failed_checks") or []
+        rows.append(["Validation", f"all {validation.get('n_checks', 0)} checks passed" if not failed else "failed: " + ", ".join(map(str, failed))])
     rows.append(["Decided by", str(decision.get("decided_by", "")) + (" (forced)" if decision.get("forced") and "forced" not in str(decision.get("decided_by")) else "")])
     return rows
 

@@ -64,17 +64,27 @@ def test_loss_counts_lower_as_better():
     assert decision["reason"] == "loss 0.4000 >= champion 0.4400 - 0.0500"
 
 
-def test_floors_and_failed_checks_of_any_severity_block_a_better_run():
+def test_floors_and_blocking_warnings_block_a_better_run_and_other_warnings_do_not():
     floors = {**SETTINGS, "floors": {"f1": 0.8, "loss": 0.5}}
     decision = decide(_candidate(0.9), _champion(0.5), floors)
     assert not decision["promoted"]
     assert decision["reason"] == "f1 0.7500 is not at least the floor 0.8000"
     assert [f["passed"] for f in decision["floors"]] == [False, True]  # f1 below, loss under its ceiling
-    warned = decide(_candidate(0.9, failed_checks=["duplicates on test (warning)"]), _champion(0.5), SETTINGS)
+    overlap = {"check": "train_test_overlap", "split": "test", "severity": "warning"}
+    warned = decide(_candidate(0.9, failed_checks=[overlap]), _champion(0.5), SETTINGS)
     assert not warned["promoted"]
-    assert warned["validation"] == {"passed": False, "n_checks": 3, "failed_checks": ["duplicates on test (warning)"]}
-    assert "duplicates on test (warning)" in warned["reason"]
-    assert not decide(_candidate(0.9, failed_checks=["duplicates on test (warning)"]), None, SETTINGS)["promoted"], "first runs too"
+    assert warned["validation"]["status"] == "blocked" and not warned["validation"]["passed"]
+    assert warned["validation"]["text"].startswith("passed with 1 warning: not promotable unless train_test_overlap on test (warning)")
+    assert "train_test_overlap on test (warning)" in warned["reason"]
+    assert not decide(_candidate(0.9, failed_checks=[overlap]), None, SETTINGS)["promoted"], "first runs too"
+    # token_length is not in promote.blocking_warnings by default: shown, not blocking.
+    short = {"check": "token_length", "split": "train", "severity": "warning"}
+    shown = decide(_candidate(0.9, failed_checks=[short]), _champion(0.5), SETTINGS)
+    assert shown["promoted"], shown["reason"]
+    assert shown["validation"]["status"] == "warnings"
+    assert shown["validation"]["text"] == "passed with 1 warning (none blocks promotion: promote.blocking_warnings)"
+    blocked = decide(_candidate(0.9, failed_checks=[short]), _champion(0.5), {**SETTINGS, "blocking_warnings": ["token_length"]})
+    assert not blocked["promoted"] and "token_length on train (warning)" in blocked["reason"]
 
 
 def test_force_promotes_and_says_so_and_disabled_skips():
