@@ -16,7 +16,7 @@ GX never sees the texts themselves. Each split is streamed from Parquet in recor
 to a few numbers, the columns GX checks:
 
     label        as ingested, nulls kept as nulls
-    n_tokens     words after clean_text, as the word tokenizer counts them (a null text counts as "")
+    n_tokens     length after clean_text in encode.tokenizer's units (below; a null text counts as "")
     kept_share   share of the text's non-space characters that end up in tokens (tasks.text.kept_shares;
                  encode.tokenizer's rule), null for a null or blank text
     text_chars   length of the stripped text (0: empty or whitespace only), null for a null text
@@ -30,9 +30,18 @@ with 2**64 values, the chance that any two of a million distinct reviews collide
 3 in 100 million, so a false duplicate is negligible. Cross-split values ("this test review's
 hash is in train") are computed with pandas on these columns and handed to GX as an extra
 column, so every check lands in the same suite results and Data Docs. Length stats and label
-counts come from the same columns. Files written to the step folder:
+counts come from the same columns.
 
-    validation.json   passed, checks, length_stats, kept_share, label_counts, warnings
+Lengths (token_length, length_stats) count what encode will see: words for the word tokenizer,
+normalised characters (spaces and punctuation included) for char. Subword pieces are learnt at
+encode, and auto chooses words or pieces there, so neither has a fixed rule here: both count
+characters, which pieces are built from. A piece holds at least one character, so a character
+count bounds the piece count from above, and it is 0 only for an empty text: a review such as
+"..." or "♥♥" has no words but is not empty to a subword model. The unit is written down
+(validation.json's length_unit: "words" or "characters") and said in the check's messages;
+tasks.validate_rules.LENGTH_UNITS maps each tokenizer to it. Files written to the step folder:
+
+    validation.json   passed, checks, length_stats, length_unit, tokenizer, kept_share, label_counts, warnings
     gx/suite.json     {suite name: GX expectation suite JSON}
     gx/results.json   {validation name: GX validation result JSON}
     data_docs/        GX Data Docs (index.html)
@@ -41,9 +50,8 @@ counts come from the same columns. Files written to the step folder:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -55,24 +63,13 @@ from tasks import store
 from tasks.store import SPLITS, RunFiles, StepOutput, iter_parquet, parquet_rows, read_json, write_json
 from tasks.logs import step_logger
 from tasks.text import clean_text, kept_shares, token_counts
+from tasks.validate_rules import Rule, TextRule, overlap_rules, suite_rules
 
 REQUIRED_COLUMNS = ("text", "label")
 SUITE_NAME = "reviews"
 OVERLAP_SUITE_NAME = "reviews_test_vs_train"
 DATA_DOCS_SITE = "rnnflow"
 SUMMARY_MESSAGES = 5  # the summary travels in every StepOutput: keep it small
-
-# GX's own severity field, so Data Docs show which failures stop the run.
-_GX_SEVERITY = {"error": "critical", "warning": "warning"}
-
-
-@dataclass(frozen=True)
-class TextRule:
-    """The part of the encode section validation reads: which tokenizer's kept share to measure."""
-
-    tokenizer: str = "word"
-    lowercase: bool = True
-
 
 class DataValidationError(Exception):
     """The data cannot go on to encoding: the message is one sentence that says what and how to fix it."""
@@ -129,7 +126,7 @@ def _read_split(ingest_dir: Path, split: str, batch_rows: int, text_rule: TextRu
         texts = batch["text"]
         # Tags such as <br /> are not words: count tokens the way encoding will see them.
         cleaned = [clean_text(t) for t in texts.fillna("").astype(str)]
-        n_tokens[start:stop] = token_counts(cleaned)
+        n_tokens[start:stop] = token_counts(cleaned, text_rule.lowercase, text_rule.length_rule)
         kept_share[start:stop] = kept_shares(cleaned, text_rule.lowercase, text_rule.tokenizer)
         text_chars[start:stop] = texts.str.strip().str.len().to_numpy(dtype=np.float32, na_value=np.nan)
         text_hash[start:stop] = pd.util.hash_pandas_object(texts, index=False).to_numpy()
@@ -158,167 +155,6 @@ def _read_labels(ingest_dir: Path) -> list[str]:
     if not isinstance(labels, list) or not labels:
         raise DataValidationError(f"Validation input {path} has an empty or malformed 'labels' list: rerun the ingest step.")
     return [str(name) for name in labels]
-
-
-# --------------------------------------------------------------------------- rules
-
-
-@dataclass
-class _Rule:
-    """One GX expectation and how to read its result as a check a user understands."""
-
-    key: str  # unique within a suite; carried in the expectation's meta to find its result
-    check: str
-    expectation: Any
-    bound: str
-    observe: Callable[[dict], tuple[Any, str]]  # GX result dict -> (observed value, what was seen)
-    fix: str
-    describe_fact: Callable[[dict, dict], str | None] | None = None  # (result, split facts) -> a more telling phrase
-
-
-def _count_of(result: dict) -> int:
-    return int(result.get("unexpected_count") or 0)
-
-
-def _total(result: dict) -> int:
-    return int(result.get("element_count") or 0)
-
-
-def _share_in_set(result: dict) -> float:
-    present = _total(result) - int(result.get("missing_count") or 0)
-    return 1.0 - _count_of(result) / present if present else 0.0
-
-
-def _suite_rules(gxe: Any, cfg: ValidateConfig, labels: list[str], severity: dict[str, str], text_rule: TextRule) -> list[_Rule]:
-    class_ids = list(range(len(labels)))
-    names = ", ".join(f"{i}={name}" for i, name in enumerate(labels))
-    rules = [
-        _Rule(
-            "text_not_null", "not_blank",
-            gxe.ExpectColumnValuesToNotBeNull(column="text_hash"),
-            "at most 0",
-            lambda r: (_count_of(r), f"{_count_of(r)} of {_total(r)} texts are missing (null)"),
-            "drop or repair those rows at ingest",
-        ),
-        _Rule(
-            "text_not_blank", "not_blank",
-            # text_chars is the stripped length, null for a null text (counted by the rule above, not here).
-            gxe.ExpectColumnValuesToBeBetween(column="text_chars", min_value=1),
-            "at most 0",
-            lambda r: (_count_of(r), f"{_count_of(r)} of {_total(r)} texts are empty or whitespace only"),
-            "drop or repair those rows at ingest",
-        ),
-        _Rule(
-            "label_not_null", "label_in_set",
-            gxe.ExpectColumnValuesToNotBeNull(column="label"),
-            "at most 0",
-            lambda r: (_count_of(r), f"{_count_of(r)} of {_total(r)} labels are missing"),
-            "drop or repair those rows at ingest",
-        ),
-        _Rule(
-            "label_in_set", "label_in_set",
-            gxe.ExpectColumnValuesToBeInSet(column="label", value_set=class_ids),
-            f"each in {{{', '.join(map(str, class_ids))}}}",
-            lambda r: (
-                _count_of(r),
-                f"{_count_of(r)} of {_total(r)} labels are not a class index of ingest.json ({names})"
-                + (f", e.g. {', '.join(map(str, r.get('partial_unexpected_list', [])[:3]))}" if _count_of(r) else ""),
-            ),
-            "fix the labels at ingest or list every class in ingest.json's labels",
-        ),
-        _Rule(
-            "more_than_one_class", "class_balance",
-            gxe.ExpectColumnUniqueValueCountToBeBetween(column="label", min_value=2),
-            "at least 2 classes",
-            lambda r: (int(r.get("observed_value") or 0), f"{int(r.get('observed_value') or 0)} distinct classes are present"),
-            "split the reviews shuffled and stratified so every split holds every class",
-            describe_fact=lambda r, facts: (
-                f"only one class is present ({facts['classes_present']})" if (r.get("observed_value") or 0) < 2 else None
-            ),
-        ),
-    ]
-    # min_class_fraction is stated for two classes; with N classes an even share is 1/N, so the
-    # bound scales by 2/N (0.3 for two classes, 0.15 for four, 0.06 for ten stars).
-    min_share = cfg.min_class_fraction * 2 / max(2, len(labels))
-    for class_id, name in enumerate(labels):
-        # "at least min_share of labels are this class" is GX's `mostly` on a one-value set.
-        rules.append(
-            _Rule(
-                f"class_share:{name}", "class_balance",
-                gxe.ExpectColumnValuesToBeInSet(column="label", value_set=[class_id], mostly=min_share),
-                f"at least {min_share:.2%} (validate.min_class_fraction x 2/{max(2, len(labels))} classes)",
-                lambda r, name=name: (round(_share_in_set(r), 6), f"class {name} is {_share_in_set(r):.2%} of the reviews"),
-                "split the reviews shuffled and stratified, or lower validate.min_class_fraction",
-            )
-        )
-    rules += [
-        _Rule(
-            "shortest_review", "token_length",
-            gxe.ExpectColumnMinToBeBetween(column="n_tokens", min_value=cfg.min_tokens),
-            f"at least {cfg.min_tokens} tokens (validate.min_tokens)",
-            lambda r: (_int_or_none(r.get("observed_value")), f"the shortest review has {_int_or_none(r.get('observed_value'))} tokens"),
-            "drop the too-short reviews at ingest or lower validate.min_tokens",
-        ),
-        _Rule(
-            "longest_review", "token_length",
-            gxe.ExpectColumnMaxToBeBetween(column="n_tokens", max_value=cfg.max_tokens),
-            f"at most {cfg.max_tokens} tokens (validate.max_tokens)",
-            lambda r: (_int_or_none(r.get("observed_value")), f"the longest review has {_int_or_none(r.get('observed_value'))} tokens"),
-            "drop the outliers at ingest or raise validate.max_tokens",
-        ),
-        _Rule(
-            "kept_text", "kept_text",
-            gxe.ExpectColumnMedianToBeBetween(column="kept_share", min_value=cfg.min_kept_share),
-            f"at least {cfg.min_kept_share:.0%} (validate.min_kept_share)",
-            lambda r: (_float_or_none(r.get("observed_value")),
-                       f"the median review keeps {_float_or_none(r.get('observed_value')) or 0:.1%} of its non-space characters "
-                       f"in {text_rule.tokenizer} tokens"),
-            "set encode.tokenizer to subword or char (--set encode.tokenizer=subword)",
-        ),
-        _Rule(
-            "duplicate_texts", "duplicates",
-            # Rounded so that a share exactly at the bound does not fail on float noise.
-            # The text's 64-bit hash stands for the text (see the module docstring).
-            gxe.ExpectColumnProportionOfUniqueValuesToBeBetween(column="text_hash", min_value=round(1 - cfg.max_duplicate_fraction, 12)),
-            f"at most {cfg.max_duplicate_fraction:.2%} (validate.max_duplicate_fraction)",
-            lambda r: (_duplicate_share(r), f"{_duplicate_share(r):.2%} of texts repeat another text of the split"),
-            "deduplicate the reviews at ingest or raise validate.max_duplicate_fraction",
-        ),
-    ]
-    for rule in rules:
-        _tag(rule, severity)
-    return rules
-
-
-def _overlap_rules(gxe: Any, cfg: ValidateConfig, severity: dict[str, str]) -> list[_Rule]:
-    # GX has no expectation across tables: pandas marks each test text whose hash is in train, GX checks the share.
-    rule = _Rule(
-        "test_texts_in_train", "train_test_overlap",
-        gxe.ExpectColumnMeanToBeBetween(column="in_train", max_value=cfg.max_train_test_overlap),
-        f"at most {cfg.max_train_test_overlap:.2%} (validate.max_train_test_overlap)",
-        lambda r: (_float_or_none(r.get("observed_value")), f"{_float_or_none(r.get('observed_value')) or 0:.2%} of test texts also appear in train"),
-        "remove the shared reviews from test at ingest or raise validate.max_train_test_overlap",
-    )
-    _tag(rule, severity)
-    return [rule]
-
-
-def _tag(rule: _Rule, severity: dict[str, str]) -> None:
-    rule.expectation.meta = {"rule": rule.key, "check": rule.check}
-    rule.expectation.severity = _GX_SEVERITY[severity[rule.check]]
-
-
-def _int_or_none(value: Any) -> int | None:
-    return None if value is None else int(value)
-
-
-def _float_or_none(value: Any) -> float | None:
-    return None if value is None else round(float(value), 6)
-
-
-def _duplicate_share(result: dict) -> float:
-    unique = result.get("observed_value")
-    return round(1.0 - float(unique), 6) if unique is not None else 0.0
 
 
 # --------------------------------------------------------------------------- derived columns and stats
@@ -394,7 +230,7 @@ def _new_context(gx: Any, data_docs_dir: Path) -> Any:
     return context
 
 
-def _add_suite(gx: Any, context: Any, name: str, rules: list[_Rule]) -> Any:
+def _add_suite(gx: Any, context: Any, name: str, rules: list[Rule]) -> Any:
     suite = context.suites.add(gx.ExpectationSuite(name=name))
     for rule in rules:
         suite.add_expectation(rule.expectation)
@@ -407,7 +243,7 @@ def _run(gx: Any, context: Any, source: Any, name: str, suite: Any, frame: pd.Da
     return definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY", run_id=run_id)
 
 
-def _checks_from(result: Any, rules: list[_Rule], split: str, severity: dict[str, str], facts: dict) -> list[dict[str, Any]]:
+def _checks_from(result: Any, rules: list[Rule], split: str, severity: dict[str, str], facts: dict) -> list[dict[str, Any]]:
     by_key = {}
     for item in result.results:
         meta = item.expectation_config.meta or {}
@@ -453,7 +289,7 @@ def validate_reviews(
     Failed data checks do not raise: they are written down and the summary says passed=False.
     Only unusable input (a missing or unreadable file, a missing column, an empty split) raises.
     Splits are read batch_rows reviews at a time (default tasks.store.STREAM_ROWS, read at call time).
-    text_rule is the tokenizer encode will use (default: words, lowercased), for the kept_text check.
+    text_rule is the tokenizer encode will use (default: words, lowercased), for the kept_text and token_length checks.
     """
     text_rule = text_rule or TextRule()
     # GX's filesystem store wants an absolute base directory.
@@ -471,10 +307,10 @@ def validate_reviews(
 
     context = _new_context(gx, out_dir / "data_docs")
     source = context.data_sources.add_pandas(name="reviews")
-    rules = _suite_rules(gxe, cfg, labels, severity, text_rule)
-    overlap_rules = _overlap_rules(gxe, cfg, severity)
+    rules = suite_rules(gxe, cfg, labels, severity, text_rule)
+    test_rules = overlap_rules(gxe, cfg, severity)
     suite = _add_suite(gx, context, SUITE_NAME, rules)
-    overlap_suite = _add_suite(gx, context, OVERLAP_SUITE_NAME, overlap_rules)
+    overlap_suite = _add_suite(gx, context, OVERLAP_SUITE_NAME, test_rules)
     run_id = RunIdentifier(run_name="rnnflow-validate")
 
     label_counts = {split: _label_counts(frames[split]["label"], labels) for split in SPLITS}
@@ -487,7 +323,7 @@ def validate_reviews(
         checks += _checks_from(result, rules, split, severity, facts)
     result = _run(gx, context, source, "test_vs_train", overlap_suite, test_frame[["text_hash", "in_train"]], run_id)
     gx_results["test_vs_train"] = result
-    checks += _checks_from(result, overlap_rules, "test", severity, {})
+    checks += _checks_from(result, test_rules, "test", severity, {})
     context.build_data_docs(site_names=[DATA_DOCS_SITE])
 
     failed_errors = [c["message"] for c in checks if not c["passed"] and c["severity"] == "error"]
@@ -498,16 +334,13 @@ def validate_reviews(
         "passed": not failed_errors,
         "checks": checks,
         "length_stats": length_stats,
+        "length_unit": text_rule.length_unit,
         "tokenizer": text_rule.tokenizer,
         "kept_share": kept,
         "label_counts": label_counts,
         "warnings": warnings,
     }
-    write_json(RunFiles.VALIDATION.of_step(out_dir), report)
-    write_json(out_dir / "gx" / "suite.json", {s.name: s.to_json_dict() for s in (suite, overlap_suite)})
-    write_json(out_dir / "gx" / "results.json", {name: r.to_json_dict() for name, r in gx_results.items()})
-    if not (out_dir / "data_docs" / "index.html").is_file():
-        raise RuntimeError(f"Great Expectations wrote no Data Docs index under {out_dir / 'data_docs'}.")
+    _write_reports(out_dir, report, [suite, overlap_suite], gx_results)
 
     logger = step_logger()
     for message in failed_errors:
@@ -523,8 +356,17 @@ def validate_reviews(
         "errors": failed_errors[:SUMMARY_MESSAGES],
         "warnings": warnings[:SUMMARY_MESSAGES],
         "length_stats": length_stats,
+        "length_unit": text_rule.length_unit,
         "kept_share": kept,
     }
+
+
+def _write_reports(out_dir: Path, report: dict[str, Any], suites: list[Any], gx_results: dict[str, Any]) -> None:
+    write_json(RunFiles.VALIDATION.of_step(out_dir), report)
+    write_json(out_dir / "gx" / "suite.json", {suite.name: suite.to_json_dict() for suite in suites})
+    write_json(out_dir / "gx" / "results.json", {name: result.to_json_dict() for name, result in gx_results.items()})
+    if not (out_dir / "data_docs" / "index.html").is_file():
+        raise RuntimeError(f"Great Expectations wrote no Data Docs index under {out_dir / 'data_docs'}.")
 
 
 def first_error(summary: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ import tasks.text
 from tasks.config import EncodeConfig
 from tasks.encode import Vocabulary
 from tasks.export import TextStandardizer, build_text_encoder
-from tasks.text import FINAL_SIGMA, WORD_RE2, clean_text, kept_shares, tokenize, tokenize_many
+from tasks.text import FINAL_SIGMA, WORD_RE2, clean_text, kept_shares, token_counts, tokenize, tokenize_many
 
 AWKWARD = [
     "영화가 정말 재밌어요ㅋㅋ 최고!!",  # Hangul, compatibility jamo
@@ -64,6 +64,9 @@ def test_every_engine_gives_the_same_tokens_on_awkward_text(tokenizer: str, lowe
     assert [tokenize(t, lowercase, tokenizer) for t in texts] == expected
     assert arrow_tokens(texts, lowercase, tokenizer) == expected
     assert graph_tokens(texts, lowercase, tokenizer) == expected
+    # Validation counts lengths without listing tokens (char: code points): the counts must be the lists' lengths.
+    counts = token_counts(texts, lowercase, tokenizer)
+    assert counts.dtype == np.int64 and counts.tolist() == [len(tokens) for tokens in expected]
 
 
 def test_words_of_every_script_are_kept_whole():

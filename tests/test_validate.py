@@ -356,3 +356,69 @@ def test_min_kept_share_is_a_configuration_key(tmp_path: Path):
     assert not failed(report, "kept_text", "train")
     with pytest.raises(ConfigError, match="validate.min_kept_share"):
         load_config(overrides=["validate.min_kept_share=2"])
+
+
+# --------------------------------------------------------------------------- token_length: in the run's tokenizer units
+
+
+def _with_punctuation_review(frames: dict[str, pd.DataFrame]) -> None:
+    # A review of punctuation only, as in the Korean reviews ("...", "♥♥"): no word, but three characters.
+    frames["train"].loc[0, "text"] = "..."
+
+
+@pytest.mark.parametrize(
+    ("tokenizer", "shortest", "unit", "seen"),
+    [
+        ("word", 0, "words", "the shortest review has 0 words"),
+        ("char", 3, "characters", "the shortest review has 3 characters"),
+        ("subword", 3, "characters", "the shortest review has 3 characters (subword pieces are learnt at encode, from characters)"),
+        ("auto", 3, "characters", "the shortest review has 3 characters (tokenizer auto picks words or subword pieces at encode)"),
+    ],
+)
+def test_punctuation_only_review_is_empty_in_words_only(tmp_path: Path, tokenizer: str, shortest: int, unit: str, seen: str):
+    from tasks.validate import TextRule
+
+    ingest = make_corpus(tmp_path / "ingest", _with_punctuation_review)
+    summary = validate_reviews(ValidateConfig(), ingest, tmp_path / "validate", text_rule=TextRule(tokenizer=tokenizer))
+    report = json.loads((tmp_path / "validate" / "validation.json").read_text())
+    assert report["length_unit"] == summary["length_unit"] == unit and report["tokenizer"] == tokenizer
+    assert report["length_stats"]["train"]["min"] == shortest
+    (check,) = [c for c in report["checks"] if c["check"] == "token_length" and c["split"] == "train" and "shortest" in c["message"]]
+    assert check["observed"] == shortest and seen + f", bound at least 1 {unit[:-1]} (validate.min_tokens)" in check["message"]
+    # Only the word tokenizer loses the review: a warning (token_length does not block promotion by default), not an error.
+    assert check["passed"] is (tokenizer != "word") and check["severity"] == "warning" and summary["passed"] is True
+    suites = json.loads((tmp_path / "validate" / "gx" / "suite.json").read_text())
+    described = [e.get("description") or "" for e in suites["reviews"]["expectations"] if e["kwargs"].get("column") == "n_tokens"]
+    assert len(described) == 2 and all(f"(n_tokens, in {unit})" in text for text in described), described
+
+
+def test_length_stats_count_characters_under_the_char_tokenizer(tmp_path: Path, clean):
+    from tasks.validate import TextRule
+
+    _, words, _ = clean
+    assert words["length_unit"] == "words" and words["tokenizer"] == "word"
+    ingest = make_corpus(tmp_path / "ingest")
+    validate_reviews(ValidateConfig(), ingest, tmp_path / "validate", text_rule=TextRule(tokenizer="char"))
+    characters = json.loads((tmp_path / "validate" / "validation.json").read_text())
+    assert characters["length_unit"] == "characters"
+    for split in ("train", "val", "test"):
+        lengths = [len(text) for text in split_frame(split)["text"]]  # lowercase ASCII: a character is a token
+        assert characters["length_stats"][split]["min"] == min(lengths) and characters["length_stats"][split]["max"] == max(lengths)
+        assert characters["length_stats"][split] != words["length_stats"][split]
+
+
+def test_changing_the_tokenizer_changes_the_cache_key_and_the_lengths(tmp_path: Path):
+    # text_rule is a task input, so it is in validate's cache key: a char run cannot reuse the word run's lengths.
+    ingest = make_corpus(tmp_path / "ingest", _with_punctuation_review)
+    upstream = {"ingest": StepOutput(step="ingest", key="k", dir=str(ingest), files={"train.parquet": "x"})}
+    section = ValidateConfig().model_dump(mode="json")
+    root = str(tmp_path / "artifacts")
+    outputs = {
+        tokenizer: validate_task.fn(root, section, upstream, {"tokenizer": tokenizer, "lowercase": True})
+        for tokenizer in ("word", "char")
+    }
+    assert outputs["word"].key != outputs["char"].key
+    assert validate_task.fn(root, section, upstream, {"tokenizer": "word", "lowercase": True}).key == outputs["word"].key
+    stats = {name: json.loads(output.file("validation.json").read_text())["length_stats"] for name, output in outputs.items()}
+    assert stats["word"]["train"]["min"] == 0 and stats["char"]["train"]["min"] == 3
+    assert outputs["char"].summary["length_unit"] == "characters"

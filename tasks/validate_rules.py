@@ -1,0 +1,245 @@
+"""The validate step's checks as Great Expectations expectations, and how each result reads as a sentence.
+
+tasks/validate.py reduces every review to a few numbers (its module docstring lists them) and runs
+these rules over them; each Rule pairs one GX expectation with the words that explain its outcome.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from tasks.config import ValidateConfig
+
+# GX's own severity field, so Data Docs show which failures stop the run.
+_GX_SEVERITY = {"error": "critical", "warning": "warning"}
+
+# How a review's length is counted for each encode.tokenizer: (the tasks.text rule that counts it, its unit).
+# Subword pieces are learnt at encode and auto chooses there, so neither has a rule yet: both count characters,
+# which pieces are made of (tasks/validate.py's module docstring says why).
+LENGTH_UNITS = {
+    "word": ("word", "words"),
+    "char": ("char", "characters"),
+    "subword": ("char", "characters"),
+    "auto": ("char", "characters"),
+}
+_WHY_CHARACTERS = {
+    "subword": "subword pieces are learnt at encode, from characters",
+    "auto": "tokenizer auto picks words or subword pieces at encode",
+}
+
+
+@dataclass(frozen=True)
+class TextRule:
+    """The part of the encode section validation reads: the tokenizer whose kept share and lengths it measures."""
+
+    tokenizer: str = "word"
+    lowercase: bool = True
+
+    @property
+    def length_rule(self) -> str:
+        """The tasks.text tokenizer that counts a review's length: word or char."""
+        return LENGTH_UNITS[self.tokenizer][0]
+
+    @property
+    def length_unit(self) -> str:
+        """What a review's length is counted in: words or characters."""
+        return LENGTH_UNITS[self.tokenizer][1]
+
+    def length(self, count: Any) -> str:
+        """'1 word', '3 characters'."""
+        return f"{count} {self.length_unit[:-1] if count == 1 else self.length_unit}"
+
+    def length_phrase(self, count: Any) -> str:
+        """The length, and for subword and auto why it is in characters."""
+        why = _WHY_CHARACTERS.get(self.tokenizer)
+        return self.length(count) + (f" ({why})" if why else "")
+
+
+@dataclass
+class Rule:
+    """One GX expectation and how to read its result as a check a user understands."""
+
+    key: str  # unique within a suite; carried in the expectation's meta to find its result
+    check: str
+    expectation: Any
+    bound: str
+    observe: Callable[[dict], tuple[Any, str]]  # GX result dict -> (observed value, what was seen)
+    fix: str
+    describe_fact: Callable[[dict, dict], str | None] | None = None  # (result, split facts) -> a more telling phrase
+
+
+def _count_of(result: dict) -> int:
+    return int(result.get("unexpected_count") or 0)
+
+
+def _total(result: dict) -> int:
+    return int(result.get("element_count") or 0)
+
+
+def _share_in_set(result: dict) -> float:
+    present = _total(result) - int(result.get("missing_count") or 0)
+    return 1.0 - _count_of(result) / present if present else 0.0
+
+
+def suite_rules(gxe: Any, cfg: ValidateConfig, labels: list[str], severity: dict[str, str], text_rule: TextRule) -> list[Rule]:
+    """Every per-split rule, tagged with its key and severity."""
+    rules = _presence_rules(gxe, labels) + _class_share_rules(gxe, cfg, labels) + _length_rules(gxe, cfg, text_rule)
+    rules += _kept_and_duplicate_rules(gxe, cfg, text_rule)
+    for rule in rules:
+        _tag(rule, severity)
+    return rules
+
+
+def _presence_rules(gxe: Any, labels: list[str]) -> list[Rule]:
+    class_ids = list(range(len(labels)))
+    names = ", ".join(f"{i}={name}" for i, name in enumerate(labels))
+    return [
+        Rule(
+            "text_not_null", "not_blank",
+            gxe.ExpectColumnValuesToNotBeNull(column="text_hash"),
+            "at most 0",
+            lambda r: (_count_of(r), f"{_count_of(r)} of {_total(r)} texts are missing (null)"),
+            "drop or repair those rows at ingest",
+        ),
+        Rule(
+            "text_not_blank", "not_blank",
+            # text_chars is the stripped length, null for a null text (counted by the rule above, not here).
+            gxe.ExpectColumnValuesToBeBetween(column="text_chars", min_value=1),
+            "at most 0",
+            lambda r: (_count_of(r), f"{_count_of(r)} of {_total(r)} texts are empty or whitespace only"),
+            "drop or repair those rows at ingest",
+        ),
+        Rule(
+            "label_not_null", "label_in_set",
+            gxe.ExpectColumnValuesToNotBeNull(column="label"),
+            "at most 0",
+            lambda r: (_count_of(r), f"{_count_of(r)} of {_total(r)} labels are missing"),
+            "drop or repair those rows at ingest",
+        ),
+        Rule(
+            "label_in_set", "label_in_set",
+            gxe.ExpectColumnValuesToBeInSet(column="label", value_set=class_ids),
+            f"each in {{{', '.join(map(str, class_ids))}}}",
+            lambda r: (
+                _count_of(r),
+                f"{_count_of(r)} of {_total(r)} labels are not a class index of ingest.json ({names})"
+                + (f", e.g. {', '.join(map(str, r.get('partial_unexpected_list', [])[:3]))}" if _count_of(r) else ""),
+            ),
+            "fix the labels at ingest or list every class in ingest.json's labels",
+        ),
+    ]
+
+
+def _class_share_rules(gxe: Any, cfg: ValidateConfig, labels: list[str]) -> list[Rule]:
+    rules = [
+        Rule(
+            "more_than_one_class", "class_balance",
+            gxe.ExpectColumnUniqueValueCountToBeBetween(column="label", min_value=2),
+            "at least 2 classes",
+            lambda r: (int(r.get("observed_value") or 0), f"{int(r.get('observed_value') or 0)} distinct classes are present"),
+            "split the reviews shuffled and stratified so every split holds every class",
+            describe_fact=lambda r, facts: (
+                f"only one class is present ({facts['classes_present']})" if (r.get("observed_value") or 0) < 2 else None
+            ),
+        ),
+    ]
+    # min_class_fraction is stated for two classes; with N classes an even share is 1/N, so the
+    # bound scales by 2/N (0.3 for two classes, 0.15 for four, 0.06 for ten stars).
+    min_share = cfg.min_class_fraction * 2 / max(2, len(labels))
+    for class_id, name in enumerate(labels):
+        # "at least min_share of labels are this class" is GX's `mostly` on a one-value set.
+        rules.append(
+            Rule(
+                f"class_share:{name}", "class_balance",
+                gxe.ExpectColumnValuesToBeInSet(column="label", value_set=[class_id], mostly=min_share),
+                f"at least {min_share:.2%} (validate.min_class_fraction x 2/{max(2, len(labels))} classes)",
+                lambda r, name=name: (round(_share_in_set(r), 6), f"class {name} is {_share_in_set(r):.2%} of the reviews"),
+                "split the reviews shuffled and stratified, or lower validate.min_class_fraction",
+            )
+        )
+    return rules
+
+
+def _length_rules(gxe: Any, cfg: ValidateConfig, text_rule: TextRule) -> list[Rule]:
+    # n_tokens is counted in text_rule's length unit: the bounds, messages and Data Docs (description) say which.
+    unit = text_rule.length_unit
+    return [
+        Rule(
+            "shortest_review", "token_length",
+            gxe.ExpectColumnMinToBeBetween(
+                column="n_tokens", min_value=cfg.min_tokens,
+                description=f"The shortest review (n_tokens, in {unit}) has at least {cfg.min_tokens} (validate.min_tokens).",
+            ),
+            f"at least {text_rule.length(cfg.min_tokens)} (validate.min_tokens)",
+            lambda r: (int_or_none(r.get("observed_value")),
+                       f"the shortest review has {text_rule.length_phrase(int_or_none(r.get('observed_value')))}"),
+            "drop the too-short reviews at ingest or lower validate.min_tokens",
+        ),
+        Rule(
+            "longest_review", "token_length",
+            gxe.ExpectColumnMaxToBeBetween(
+                column="n_tokens", max_value=cfg.max_tokens,
+                description=f"The longest review (n_tokens, in {unit}) has at most {cfg.max_tokens} (validate.max_tokens).",
+            ),
+            f"at most {text_rule.length(cfg.max_tokens)} (validate.max_tokens)",
+            lambda r: (int_or_none(r.get("observed_value")),
+                       f"the longest review has {text_rule.length_phrase(int_or_none(r.get('observed_value')))}"),
+            "drop the outliers at ingest or raise validate.max_tokens",
+        ),
+    ]
+
+
+def _kept_and_duplicate_rules(gxe: Any, cfg: ValidateConfig, text_rule: TextRule) -> list[Rule]:
+    return [
+        Rule(
+            "kept_text", "kept_text",
+            gxe.ExpectColumnMedianToBeBetween(column="kept_share", min_value=cfg.min_kept_share),
+            f"at least {cfg.min_kept_share:.0%} (validate.min_kept_share)",
+            lambda r: (float_or_none(r.get("observed_value")),
+                       f"the median review keeps {float_or_none(r.get('observed_value')) or 0:.1%} of its non-space characters "
+                       f"in {text_rule.tokenizer} tokens"),
+            "set encode.tokenizer to subword or char (--set encode.tokenizer=subword)",
+        ),
+        Rule(
+            "duplicate_texts", "duplicates",
+            # Rounded so that a share exactly at the bound does not fail on float noise.
+            # The text's 64-bit hash stands for the text (see tasks/validate.py's module docstring).
+            gxe.ExpectColumnProportionOfUniqueValuesToBeBetween(column="text_hash", min_value=round(1 - cfg.max_duplicate_fraction, 12)),
+            f"at most {cfg.max_duplicate_fraction:.2%} (validate.max_duplicate_fraction)",
+            lambda r: (_duplicate_share(r), f"{_duplicate_share(r):.2%} of texts repeat another text of the split"),
+            "deduplicate the reviews at ingest or raise validate.max_duplicate_fraction",
+        ),
+    ]
+
+
+def overlap_rules(gxe: Any, cfg: ValidateConfig, severity: dict[str, str]) -> list[Rule]:
+    """The test-against-train rule, tagged."""
+    # GX has no expectation across tables: pandas marks each test text whose hash is in train, GX checks the share.
+    rule = Rule(
+        "test_texts_in_train", "train_test_overlap",
+        gxe.ExpectColumnMeanToBeBetween(column="in_train", max_value=cfg.max_train_test_overlap),
+        f"at most {cfg.max_train_test_overlap:.2%} (validate.max_train_test_overlap)",
+        lambda r: (float_or_none(r.get("observed_value")), f"{float_or_none(r.get('observed_value')) or 0:.2%} of test texts also appear in train"),
+        "remove the shared reviews from test at ingest or raise validate.max_train_test_overlap",
+    )
+    _tag(rule, severity)
+    return [rule]
+
+
+def _tag(rule: Rule, severity: dict[str, str]) -> None:
+    rule.expectation.meta = {"rule": rule.key, "check": rule.check}
+    rule.expectation.severity = _GX_SEVERITY[severity[rule.check]]
+
+
+def int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def float_or_none(value: Any) -> float | None:
+    return None if value is None else round(float(value), 6)
+
+
+def _duplicate_share(result: dict) -> float:
+    unique = result.get("observed_value")
+    return round(1.0 - float(unique), 6) if unique is not None else 0.0
