@@ -38,6 +38,9 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--artifacts", metavar="ROOT", help="artifacts root: a folder, or a URL such as s3://BUCKET/PREFIX (default: $RNNFLOW_ARTIFACTS or artifacts/)")
 
 
+MODEL_HELP = "the model whose champion 'champion' means, where the root holds several ('rnnflow champion' lists them)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="rnnflow", description="Train recurrent text classifiers as a Prefect flow.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -49,13 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", default="data", help="where downloads go (default: data/)")
     run.add_argument("--from", dest="start_from", choices=STEPS, metavar="STEP",
                      help="recompute STEP and every later step (with --run, the earlier ones come from that run)")
-    run.add_argument("--run", dest="derived_from", metavar="RUN_ID", help="with --from: the run whose earlier steps to reuse")
+    run.add_argument("--run", dest="derived_from", metavar="RUN_ID",
+                     help="with --from: the run whose earlier steps to reuse, with the configuration they were made with")
+    run.add_argument("--model", metavar="NAME", help=MODEL_HELP)
 
     step = commands.add_parser("step", help="rerun one step of a recorded run, as a new run folder")
     alone = [spec.name for spec in STEP_TABLE if spec.rerun_alone]
     step.add_argument("step", choices=alone, metavar="STEP", help=f"one of {', '.join(alone)}")
     step.add_argument("--run", dest="derived_from", required=True, metavar="RUN_ID", help="the run whose inputs to use ('latest' for the newest completed)")
     step.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    step.add_argument("--model", metavar="NAME", help=MODEL_HELP)
     step.add_argument("--artifacts", metavar="ROOT")
 
     sweep = commands.add_parser("sweep", help="one run per grid point, in parallel, and sweep.html comparing them")
@@ -79,8 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("presets", help="list the shipped presets")
 
-    show = commands.add_parser("config", help="print the resolved configuration as JSON")
+    show = commands.add_parser("config", help="print the resolved configuration as JSON (with --run: what a run's outputs were made with)")
     _config_args(show)
+    show.add_argument("--run", dest="recorded", metavar="RUN_ID", help="a recorded run: its configuration, step by step, from its manifest")
+    show.add_argument("--model", metavar="NAME", help=MODEL_HELP)
 
     predict = commands.add_parser("predict", help="label texts with a run's model: a table, or a file with --output")
     predict.add_argument("texts", nargs="*", metavar="TEXT", help="texts to label (or --input FILE)")
@@ -88,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", metavar="FILE", help=".txt (one text per line), .csv or .parquet")
     predict.add_argument("--text-column", default="text", metavar="NAME", help="the text column of a .csv or .parquet input (default: text)")
     predict.add_argument("--output", metavar="FILE.parquet|.csv", help="write every prediction there instead of printing a table")
+    predict.add_argument("--model", metavar="NAME", help=MODEL_HELP)
     predict.add_argument("--artifacts", metavar="ROOT")
 
     generate = commands.add_parser("generate", help="continue a text with a next_token run's model and print it")
@@ -96,15 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--length", type=int, default=200, metavar="N", help="at most N more characters; the model may end the text sooner (default: 200)")
     generate.add_argument("--temperature", type=float, default=0.0, metavar="T",
                           help="0 takes the likeliest character each time (the default); above 0 draws one, more varied as T grows")
+    generate.add_argument("--model", metavar="NAME", help=MODEL_HELP)
     generate.add_argument("--artifacts", metavar="ROOT")
 
-    champion = commands.add_parser("champion", help="print the champion (the promoted run) and its test metrics")
+    champion = commands.add_parser("champion", help="print each model's champion (the promoted run) and its test metrics")
+    champion.add_argument("--model", metavar="NAME", help="only this model's champion")
     champion.add_argument("--artifacts", metavar="ROOT")
 
     promote = commands.add_parser("promote", help="make a run the champion by hand, if it beats the champion (or with --force)")
     promote.add_argument("run", metavar="RUN_ID", help="the run to promote ('latest' for the newest completed)")
     promote.add_argument("--force", action="store_true", help="promote even when it does not beat the champion or a check failed")
     promote.add_argument("--reason", metavar="TEXT", help="why, for champion.json and the run's manifest")
+    promote.add_argument("--model", metavar="NAME", help=MODEL_HELP)
     promote.add_argument("--artifacts", metavar="ROOT")
     return parser
 
@@ -119,10 +131,10 @@ def _store(args: argparse.Namespace, writing: bool = False) -> ArtifactStore:
     return store
 
 
-def _resolve(store: ArtifactStore, run: str) -> Path:
-    """A run argument (an id under this root, 'latest' or 'champion') as its folder; exit 2 with one sentence otherwise."""
+def _resolve(store: ArtifactStore, run: str, model: str | None = None) -> Path:
+    """A run argument (an id under this root, 'latest' or 'champion' of model) as its folder; exit 2 with one sentence otherwise."""
     try:
-        return store.resolve_run(run)
+        return store.resolve_run(run, model)
     except (RunError, FileNotFoundError) as error:
         raise UsageError(str(error)) from None
 
@@ -132,7 +144,6 @@ def _load(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = _load(args)
     refresh = sorted(set(args.refresh or []))
     unknown = [s for s in refresh if s not in (*STEPS, "all")]
     if unknown:
@@ -140,7 +151,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.derived_from and not args.start_from:
         raise UsageError("--run needs --from STEP: say from which step to recompute, e.g. --from train --run RUN_ID.")
     store = _store(args, writing=True)
-    derived_from = _resolve(store, args.derived_from).name if args.derived_from else None
+    derived_from = None
+    if args.derived_from:  # the steps before --from come from that run as made: its configuration is the base
+        source = _resolve(store, args.derived_from, args.model)
+        derived_from = source.name
+        config = _reuse_config(source, args.start_from, args.preset, args.config, args.overrides)
+    else:
+        config = _load(args)
     from flows.pipeline import quiet_expected_tracebacks
     from flows.prefect_server import start_temporary_server
 
@@ -151,11 +168,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _execute(store, config, refresh=refresh, data_dir=args.data_dir, start_from=args.start_from, derived_from=derived_from)
 
 
+def _reuse_config(source: Path, first: str, preset: str | None, config_file: str | None, overrides: list[str]) -> RunConfig:
+    """The configuration of a rerun from step `first` of a recorded run: that run's, with the command's layers on top,
+    refused (one sentence) when they change what a reused step was made with."""
+    from tasks.provenance import check_reuse, reused_steps
+
+    recorded = read_json(source / MANIFEST_FILE)  # validated by _resolve
+    config = load_config(preset, config_file, overrides, base=recorded["config"])
+    check_reuse(recorded, config, reused_steps(first), first)
+    return config
+
+
 def cmd_step(args: argparse.Namespace) -> int:
     store = _store(args, writing=True)
-    source = _resolve(store, args.derived_from)
+    source = _resolve(store, args.derived_from, args.model)
     recorded = read_json(source / MANIFEST_FILE)  # validated by _resolve
-    config = load_config(base=recorded["config"], overrides=args.overrides)
+    config = _reuse_config(source, args.step, None, None, args.overrides)
     try:  # a damaged input fails here, before a new run folder exists, not as "mmap length is greater than file size"
         verify_run_files(source, _step_input_files(recorded, args.step))
     except RunError as error:
@@ -278,13 +306,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from tasks.store import model_of_config
+
     store = _store(args)
     runs = store.list_runs()
     if not runs:
         print(f"no runs under {store.where(store.runs_dir)}")
         return EXIT_OK
     width = max(10, *(len(run.get("shown_status") or run["status"]) for run in runs))
-    print(f"{'run id':<28} {'status':<{width}} {'preset':<18} {'cell':<11} {'test acc':>8}")
+    models = {run["run_id"]: model_of_config(run.get("config")) for run in runs if run["status"] != "unreadable"}
+    model_width = max(12, *map(len, models.values())) if models else 12
+    print(f"{'run id':<28} {'status':<{width}} {'model':<{model_width}} {'preset':<18} {'cell':<11} {'test acc':>8}")
     for manifest in runs:
         if manifest["status"] == "unreadable":  # listed, with its path and problem, rather than hiding the others
             print(f"{manifest['run_id']:<28} {'unreadable':<{width}} {manifest['problem']}")
@@ -293,8 +325,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
         config = manifest["config"]
         shown = "-" if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)) else format(accuracy, ".4f")
         print(
-            f"{manifest['run_id']:<28} {manifest['shown_status']:<{width}} {str(config.get('preset') or '?'):<18} "
-            f"{str(config['model'].get('cell') or '?'):<11} {shown:>8}"
+            f"{manifest['run_id']:<28} {manifest['shown_status']:<{width}} {models[manifest['run_id']]:<{model_width}} "
+            f"{str(config.get('preset') or '?'):<18} {str(config['model'].get('cell') or '?'):<11} {shown:>8}"
         )
     return EXIT_OK
 
@@ -306,8 +338,30 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    print(json.dumps(_load(args).as_dict(), indent=2))
+    if args.recorded:
+        print(json.dumps(_recorded_config(_store(args), args.recorded, args.model), indent=2))
+        return EXIT_OK
+    config = _load(args)
+    shown = config.as_dict()
+    shown["promote"]["model"] = config.model_name  # the derived default, so a user sees which champion the run competes for
+    print(json.dumps(shown, indent=2))
     return EXIT_OK
+
+
+def _recorded_config(store: ArtifactStore, run: str, model: str | None) -> dict:
+    """What a recorded run's outputs were made with, step by step: each step's configuration and the run that made it."""
+    from tasks.provenance import made_with
+    from tasks.store import model_of_config
+
+    def recorded(run_id: str) -> dict | None:
+        try:
+            return read_json(store.resolve_run(run_id) / MANIFEST_FILE)
+        except (RunError, OSError, ValueError):
+            return None
+
+    manifest = read_json(_resolve(store, run, model) / MANIFEST_FILE)
+    steps = {name: {"status": entry.get("status"), **made_with(manifest, name, recorded)} for name, entry in (manifest.get("steps") or {}).items()}
+    return {"run_id": manifest["run_id"], "model": model_of_config(manifest.get("config")), "status": manifest.get("status"), "steps": steps}
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -319,7 +373,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError("Give the texts to label or --input FILE (one of the two): e.g. rnnflow predict \"a moving film\".")
     try:
         output = check_output_path(Path(args.output)) if args.output else None
-        folder = _resolve(_store(args), args.run)
+        folder = _resolve(_store(args), args.run, args.model)
         texts = read_texts(Path(args.input), args.text_column) if args.input else list(args.texts)
         predictor = load_predictor(folder)
     except (PredictionInputError, RunError, FileNotFoundError) as error:
@@ -348,7 +402,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not math.isfinite(args.temperature) or args.temperature < 0:  # argparse's float() takes "nan" and "inf"
         raise UsageError(f"--temperature must be 0 (always the likeliest character) or more, not {args.temperature:g}.")
     try:
-        generator = load_generator(_resolve(_store(args), args.run))
+        generator = load_generator(_resolve(_store(args), args.run, args.model))
         text = generate(generator, args.prompt, length=args.length, temperature=args.temperature)
     except (GenerationError, RunError, FileNotFoundError) as error:
         raise UsageError(str(error)) from None
@@ -359,18 +413,31 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_champion(args: argparse.Namespace) -> int:
     store = _store(args)
     try:
-        pointer = store.read_champion()
+        champions = store.champions.read_all()
     except ChampionError as error:
         print(f"rnnflow: error: {error}", file=sys.stderr)
         return EXIT_FAILED
-    if pointer is None:
-        print(f"no champion under {store.location}: the first completed run becomes champion, or use 'rnnflow promote RUN_ID'")
+    if args.model is not None:
+        champions = {name: pointer for name, pointer in champions.items() if name == args.model}
+    if not champions:
+        which = f" of model {args.model!r}" if args.model else ""
+        print(f"no champion{which} under {store.location}: the first completed run becomes champion, or use 'rnnflow promote RUN_ID'")
         return EXIT_FAILED
+    code = EXIT_OK
+    for number, (name, pointer) in enumerate(champions.items()):
+        if number:
+            print()
+        code = max(code, _print_champion(store, name, pointer))
+    return code
+
+
+def _print_champion(store: ArtifactStore, model: str, pointer: dict) -> int:
     try:  # never name a folder that is not there (or not under this root)
-        folder = store.resolve_run("champion")
+        folder = store.resolve_run("champion", model)
     except (RunError, FileNotFoundError) as error:
         print(f"rnnflow: error: {error}", file=sys.stderr)
         return EXIT_FAILED
+    print(f"model        {model}")
     print(f"champion     {pointer['run_id']}")
     print(f"promoted at  {pointer.get('promoted_at')} by {pointer.get('decided_by')}")
     print(f"reason       {pointer.get('reason')}")
@@ -389,9 +456,9 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from tasks.promote import PromotionError, outcome_line, promote_by_hand
 
     store = _store(args, writing=True)  # champion.json and champion.lock are written
-    _resolve(store, args.run)
+    run = _resolve(store, args.run, args.model).name
     try:
-        decision = promote_by_hand(store, args.run, force=args.force, reason=args.reason)
+        decision = promote_by_hand(store, run, force=args.force, reason=args.reason)
     except ChampionError as error:  # champion.json is not a pointer: the champion's trouble, not the argument's
         print(f"rnnflow: error: {error}", file=sys.stderr)
         return EXIT_FAILED
@@ -404,7 +471,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     if not decision["promoted"]:
         print("rnnflow: the champion is unchanged; add --force to promote this run anyway", file=sys.stderr)
         return EXIT_FAILED
-    print(store.resolve_run("champion"))
+    print(store.resolve_run("champion", decision["model"]))
     return EXIT_OK
 
 

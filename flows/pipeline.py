@@ -19,6 +19,7 @@ from tasks.encode import NotEnoughSpaceError
 from tasks.ingest import IngestError, input_path, locate_source_task, retry_unless_bad_input
 from tasks.logs import one_line
 from tasks.promote import PromotionError, outcome_line
+from tasks.provenance import check_reuse, recorded_maker, recorded_step_config, step_config
 from tasks.steps import STEPS, load_attribute, step as step_spec, task_inputs
 from tasks.store import ArtifactsRootError, ArtifactStore, RunError, RunRecord, StepOutput
 from tasks.validate import DataValidationError
@@ -126,7 +127,9 @@ def run_step(run: RunRecord, store: ArtifactStore, config: RunConfig, step: str,
         raise StepFailed(step, one_line(error))
     output: StepOutput = state.result()
     release_free_memory()
-    run.record_step(output, status="cached" if state.name == "Cached" or output.reused else "completed", seconds=seconds)
+    computed = not (state.name == "Cached" or output.reused)
+    run.record_step(output, status="completed" if computed else "cached", seconds=seconds, config=step_config(step, config),
+                    made_by=run.run_id if computed else output.made_by)
     if spec.after:
         load_attribute(spec.after)(run, output)
     return output
@@ -189,11 +192,14 @@ def _run_pipeline(logger: Any, run: RunRecord, store: ArtifactStore, config: Run
     try:
         if reuse:
             source_run = RunRecord.load(store.resolve_run(derived_from), store=store)
+            check_reuse(source_run.manifest, config, reuse, execute[0])  # the CLI checked before starting; a deployment's call too
             run.manifest["inputs"] = source_run.manifest.get("inputs", {})
             for step in reuse:
                 if step in source_run.manifest["steps"]:
                     outputs[step] = source_run.step_output(step)
-                    run.record_step(outputs[step], status="cached", seconds=0.0, reused_from=source_run.run_id)
+                    run.record_step(outputs[step], status="cached", seconds=0.0, reused_from=source_run.run_id,
+                                    config=recorded_step_config(source_run.manifest, step) or {},
+                                    made_by=recorded_maker(source_run.manifest, step))
         if "ingest" in execute:
             run.manifest["inputs"] = locate_input(run, config, data_dir)
         for step in execute:

@@ -172,7 +172,16 @@ def produce_step(
         found = store.read_entry(step, key)
         if found is not None:
             return found.model_copy(update={"reused": True})
-    return store.produce(step, key, work)
+    return store.produce(step, key, work, made_by=running_run_id())
+
+
+def running_run_id() -> str | None:
+    """The rnnflow run id of the flow run this task belongs to (its `run_id` parameter), for the entry's made_by."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    run_id = (getattr(context, "parameters", None) or {}).get("run_id") if context is not None else None
+    return str(run_id) if run_id else None
 
 
 def refreshing() -> bool:

@@ -40,7 +40,10 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.config import PromoteConfig
 from tasks.render import Table, as_number, format_metric, markdown_table
-from tasks.store import MANIFEST_FILE, ArtifactStore, RunError, RunFiles, RunRecord, StepOutput, fingerprint, read_json, sha256_file, utc_now, verify_run_files, write_json
+from tasks.store import (
+    MANIFEST_FILE, ArtifactStore, RunError, RunFiles, RunRecord, StepOutput, fingerprint, model_of_config, read_json, sha256_file, utc_now,
+    verify_run_files, write_json,
+)
 
 DECISION_FILE = RunFiles.DECISION.name
 ARTIFACT_KEY = "rnnflow-promotion"
@@ -70,6 +73,7 @@ class Candidate:
     test_fingerprint: str | None = None  # sha256 of ingest/test.parquet: which texts it was tested on
     test_texts: Path | None = None  # that file, to score a champion tested on other texts
     task: str = "classify"  # metrics.json "task": a next_token model's accuracy is per character, not per text
+    model: str = "default"  # the model it competes for (RunConfig.model_name): compared only with that model's champion
 
 
 @dataclass(frozen=True)
@@ -129,13 +133,14 @@ def validation_verdict(failed: list[dict[str, Any]], n_checks: int, blocking_war
             "passed": not errors and not blocking, "failed_checks": errors + blocking + warnings}
 
 
-def candidate_from_files(run_id: str, ingest_dir: Path, validate_dir: Path, encode_dir: Path, evaluate_dir: Path) -> Candidate:
-    """A candidate from its steps' folders (cache entries in the flow, run-folder steps by hand)."""
+def candidate_from_files(run_id: str, model: str, ingest_dir: Path, validate_dir: Path, encode_dir: Path, evaluate_dir: Path) -> Candidate:
+    """A candidate for model's champion from its steps' folders (cache entries in the flow, run-folder steps by hand)."""
     validation = read_json(RunFiles.VALIDATION.of_step(validate_dir))
     test_texts = RunFiles.TEST_TEXTS.of_step(ingest_dir)
     metrics = read_json(RunFiles.METRICS.of_step(evaluate_dir))
     return Candidate(
         run_id=run_id,
+        model=model,
         task=metrics.get("task", "classify"),
         test=metrics.get("test") or {},
         labels=[str(label) for label in read_json(RunFiles.LABELS.of_step(encode_dir))],
@@ -156,7 +161,7 @@ def candidate_from_run(folder: Path) -> Candidate:
     # A damaged model must not become the champion every `predict --run champion` then fails on.
     verify_run_files(folder, [file.path for file in (*needed, RunFiles.TEST_TEXTS)])
     step_dirs = [folder / file.step for file in (RunFiles.TEST_TEXTS, RunFiles.VALIDATION, RunFiles.LABELS, RunFiles.METRICS)]
-    return candidate_from_files(folder.name, *step_dirs)
+    return candidate_from_files(folder.name, model_of_config(read_json(folder / MANIFEST_FILE).get("config")), *step_dirs)
 
 
 # --------------------------------------------------------------------------- the decision (pure)
@@ -363,20 +368,22 @@ def promote(
     """
     settings = promote_settings(settings)
     if not settings["enabled"] and not force:
-        return decide(candidate, None, settings)
-    with store.champion_lock():
-        current = store.read_champion()
+        return {**decide(candidate, None, settings), "model": candidate.model}
+    with store.champions.lock():
+        current = store.champions.read(candidate.model)  # this model's champion: another model's is never compared
         champion = None if current is None else scorer(store, current["run_id"], candidate, settings["metric"])
         decision = decide(candidate, champion, settings, force=force)
         decision["decided_by"] = decided_by
+        decision["model"] = candidate.model
         if note:
             decision["reason"] = f"{note} ({decision['reason']})"
         if decision["promoted"] and (current is None or current.get("run_id") != candidate.run_id):
-            store.write_champion({
+            store.champions.write(candidate.model, {
                 "run_id": candidate.run_id,
                 "promoted_at": utc_now(),
                 "metric": decision["metric"],
                 "value": decision["new"],
+                "labels": list(candidate.labels),
                 "decided_by": decided_by,
                 "reason": decision["reason"],
                 "forced": decision["forced"],
@@ -421,12 +428,12 @@ def promote_by_hand(store: ArtifactStore, run: str, *, force: bool = False, reas
 # --------------------------------------------------------------------------- the step
 
 
-def promote_run(root: str, run_folder: str, section: dict[str, Any], upstream: dict[str, StepOutput]) -> StepOutput:
-    """Decide for the run in run_folder and write promote/decision.json there (not into the cache)."""
+def promote_run(root: str, run_folder: str, section: dict[str, Any], upstream: dict[str, StepOutput], model_name: str) -> StepOutput:
+    """Decide for the run in run_folder, as a candidate for model_name's champion, and write promote/decision.json there (not into the cache)."""
     store = ArtifactStore(root)
     folder = Path(run_folder)
     candidate = candidate_from_files(
-        folder.name, upstream["ingest"].path, upstream["validate"].path, upstream["encode"].path, upstream["evaluate"].path
+        folder.name, model_name, upstream["ingest"].path, upstream["validate"].path, upstream["encode"].path, upstream["evaluate"].path
     )
     decision = promote(store, candidate, section)
     out_dir = folder / RunFiles.DECISION.step
@@ -434,6 +441,7 @@ def promote_run(root: str, run_folder: str, section: dict[str, Any], upstream: d
     summary = {
         "outcome": decision["outcome"],
         "promoted": decision["promoted"],
+        "model": model_name,
         "metric": decision["metric"],
         "new": decision["new"],
         "champion": (decision["champion"] or {}).get("value"),
@@ -460,6 +468,7 @@ def promotion_rows(decision: dict[str, Any]) -> list[list[str]]:
     champion = decision.get("champion") or {}
     rows = [
         ["Outcome", TITLES.get(decision.get("outcome"), str(decision.get("outcome")))],
+        ["Model", str(decision.get("model") or "(one champion per root: decided before models)")],
         ["Reason", str(decision.get("reason", ""))],
         ["Metric", f"{decision.get('metric')} ({'higher' if decision.get('higher_is_better', True) else 'lower'} is better)"],
         ["This run", format_metric(decision.get("new"))],
@@ -508,7 +517,7 @@ def publish_promotion_artifact(decision: dict[str, Any]) -> bool:
 
 
 @task(name="promote", cache_policy=NO_CACHE)
-def promote_task(root: str, section: dict, upstream: dict, run_folder: str) -> StepOutput:
-    output = promote_run(root, run_folder, section, upstream)
+def promote_task(root: str, section: dict, upstream: dict, run_folder: str, model_name: str) -> StepOutput:
+    output = promote_run(root, run_folder, section, upstream, model_name)
     publish_promotion_artifact(read_json(output.file(DECISION_FILE)))
     return output

@@ -40,6 +40,11 @@ class Step:
         return self.package or self.name
 
 
+def _model_name(config: "RunConfig") -> dict[str, Any]:
+    # The model whose champion the run is compared with (promote.model, or derived from the data keys).
+    return {"model_name": config.model_name}
+
+
 def _text_rule(config: "RunConfig") -> dict[str, Any]:
     # The kept_text check measures what encode's tokenizer keeps.
     return {"text_rule": {"tokenizer": config.encode.tokenizer, "lowercase": config.encode.lowercase}}
@@ -55,7 +60,7 @@ STEP_TABLE: tuple[Step, ...] = (
     Step("report", "tasks.report:report_task", (WHOLE_CONFIG,), ("validate", "encode", "train", "evaluate"),
          after="tasks.report:publish_run_report"),
     Step("promote", "tasks.promote:promote_task", ("promote",), ("ingest", "validate", "encode", "evaluate"),
-         context=("run_folder",), cached=False, after="tasks.promote:record_promotion"),
+         context=("run_folder",), derived=_model_name, cached=False, after="tasks.promote:record_promotion"),
 )
 
 STEP_BY_NAME: dict[str, Step] = {step.name: step for step in STEP_TABLE}

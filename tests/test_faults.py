@@ -130,7 +130,7 @@ def test_two_runs_at_once_both_finish_sharing_the_cache(prefect_api, tmp_path: P
     assert [m["status"] for m in manifests] == ["completed", "completed"]
     # The champion pointer is compared and swapped under a lock: one run is first, the other ties and loses.
     assert sorted(m["promotion"]["outcome"] for m in manifests) == ["not_promoted", "promoted"]
-    assert json.loads((root / "champion.json").read_text())["run_id"] in {f.name for f in folders}
+    assert store.champions.read("synthetic")["run_id"] in {f.name for f in folders}
 
 
 def test_a_served_deployment_runs_when_triggered(prefect_api, tmp_path: Path):

@@ -134,7 +134,7 @@ def test_champion_never_names_a_missing_folder(root: Path, other: Path, capsys):
     captured = capsys.readouterr()
     assert captured.out == "", "no folder is printed"
     assert captured.err.strip() == (
-        f"rnnflow: error: The champion 20250101T000000000Z-gone named by {root / 'champion.json'} is gone from {root / 'runs'}: "
+        f"rnnflow: error: The champion 20250101T000000000Z-gone of model 'legacy' named by {root / 'champion.json'} is gone from {root / 'runs'}: "
         f"promote another run with 'rnnflow promote RUN_ID --force'."
     )
     assert main(["predict", "--run", "champion", "fine", "--artifacts", str(root)]) == 2
@@ -264,7 +264,7 @@ def test_promote_refuses_a_damaged_candidate_and_cannot_rescore_a_damaged_champi
     _damaged(root, "train/model.keras")
     assert main(["promote", RUN_ID, "--force", "--artifacts", str(root)]) == 2
     assert _one_error(capsys) == _damage_sentence("train/model.keras", "train")
-    assert read_json(root / "champion.json")["run_id"] == champion.name, "a damaged model never becomes champion"
+    assert ArtifactStore(root).champions.choose(None)["run_id"] == champion.name, "a damaged model never becomes champion"
 
 
 @pytest.mark.slow

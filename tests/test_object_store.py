@@ -132,7 +132,7 @@ def test_an_entry_whose_entry_file_is_missing_or_whose_bytes_changed_is_no_entry
 def test_a_run_recorded_in_one_place_is_listed_resolved_and_checked_from_another(root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     first = ArtifactStore(root)
     run = first.start_run({"preset": "demo", "model": {"cell": "gru"}}, run_id="20260101T000000000Z-abcd")
-    run.record_step(first.produce("ingest", "k1", write_outputs), status="completed", seconds=1.0)
+    run.record_step(first.produce("ingest", "k1", write_outputs), status="completed", seconds=1.0, config={}, made_by=run.run_id)
     run.finish("completed")
     assert run.location == (f"{root}/runs/20260101T000000000Z-abcd" if first.remote else str(first.run_dir(run.run_id)))
 
@@ -152,10 +152,10 @@ def _promote_many(root: str, scratch: str, env: dict[str, str], times: int) -> N
     os.environ.update(env, RNNFLOW_SCRATCH=scratch)
     for _ in range(times):
         store = ArtifactStore(root)
-        with store.champion_lock():
-            pointer = store.read_champion() or {"run_id": "20260101T000000000Z-abcd", "value": 0}
+        with store.champions.lock():
+            pointer = store.champions.read("m") or {"run_id": "20260101T000000000Z-abcd", "value": 0}
             time.sleep(0.01)  # widen the window a lost update would need
-            store.write_champion({**pointer, "value": pointer["value"] + 1})
+            store.champions.write("m", {**pointer, "value": pointer["value"] + 1})
 
 
 def test_two_processes_promoting_at_once_lose_no_update(root: str, tmp_path: Path):
@@ -164,7 +164,7 @@ def test_two_processes_promoting_at_once_lose_no_update(root: str, tmp_path: Pat
         futures = [pool.submit(_promote_many, root, str(tmp_path / f"mirror-{n}"), env, 4) for n in range(2)]
         for future in futures:
             future.result(timeout=120)
-    assert ArtifactStore(root).read_champion()["value"] == 8
+    assert ArtifactStore(root).champions.read("m")["value"] == 8
     store = ArtifactStore(root)
     if store.remote is not None:
         assert store.remote.read_bytes(CHAMPION_LOCK) is None, "every lock object released"
@@ -174,28 +174,29 @@ def test_on_a_bucket_a_champion_replaced_since_it_was_read_is_not_overwritten(s3
     root = f"s3://{new_bucket(s3_env['AWS_ENDPOINT_URL'])}/a"
     monkeypatch.setenv("RNNFLOW_SCRATCH", str(tmp_path / "one"))
     slow = ArtifactStore(root)
-    assert slow.read_champion() is None
+    assert slow.champions.read_all() == {}
     fast = on_another_machine(monkeypatch, tmp_path, root)
-    fast.read_champion()
-    fast.write_champion({"run_id": "20260101T000000000Z-fast", "value": 0.9})
-    with pytest.raises(ChampionError, match="changed while this run decided"):  # as if its lock had been taken over
-        slow.write_champion({"run_id": "20260101T000000000Z-slow", "value": 0.8})
-    assert fast.read_champion()["run_id"] == "20260101T000000000Z-fast"
+    fast.champions.write("m", {"run_id": "20260101T000000000Z-fast", "value": 0.9})
+    # slow reads the bucket as it was before fast wrote (a lock taken over from under it): its conditional write must fail
+    monkeypatch.setattr(slow.remote, "read_with_tag", lambda rel: (None, None))
+    with pytest.raises(ChampionError, match="changed while this run decided"):
+        slow.champions.write("m", {"run_id": "20260101T000000000Z-slow", "value": 0.8})
+    assert fast.champions.read("m")["run_id"] == "20260101T000000000Z-fast"
 
 
 def test_on_a_bucket_a_dead_holders_lock_object_expires_and_a_live_ones_is_named(s3_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    import tasks.store as store_module
+    import tasks.store.champions as store_module
 
     root = f"s3://{new_bucket(s3_env['AWS_ENDPOINT_URL'])}/a"
     monkeypatch.setenv("RNNFLOW_SCRATCH", str(tmp_path / "one"))
     store = ArtifactStore(root)
     store.remote.write_bytes(CHAMPION_LOCK, json.dumps({"owner": "gone-host:123:ab", "expires": time.time() - 1}).encode())
-    with store.champion_lock():  # taken over at once
+    with store.champions.lock():  # taken over at once
         assert b"gone-host" not in store.remote.read_bytes(CHAMPION_LOCK)
     store.remote.write_bytes(CHAMPION_LOCK, json.dumps({"owner": "busy-host:456:cd", "expires": time.time() + 600}).encode())
     monkeypatch.setattr(store_module, "REMOTE_LOCK_WAIT_SECONDS", 1)
     with pytest.raises(ChampionError, match="held by busy-host:456:cd"):
-        with store.champion_lock():
+        with store.champions.lock():
             pass
 
 
@@ -261,7 +262,7 @@ def test_a_run_on_a_bucket_is_used_and_reused_from_a_machine_with_an_empty_mirro
     files = remote.files_under(f"runs/{run_id}")
     for name in (MANIFEST_FILE, "run.log", "train/model.keras", "encode/X_train.npy", "report/report.html", "promote/decision.json"):
         assert name in files, name
-    assert json.loads(remote.read_bytes("champion.json"))["run_id"] == run_id, "the first run became champion, in the bucket"
+    assert json.loads(remote.read_bytes("champion.json"))["models"]["synthetic"]["run_id"] == run_id, "the first run became champion, in the bucket"
 
     monkeypatch.setenv("RNNFLOW_SCRATCH", str(tmp_path / "laptop"))  # another machine: nothing of the trainer's folder
     assert main(["runs", "--artifacts", root]) == 0

@@ -140,7 +140,7 @@ def test_concurrent_promotions_leave_the_best_as_champion(tmp_path: Path):
     for thread in threads:
         thread.join(timeout=60)
 
-    champion = read_json(store.root / "champion.json")  # a whole, valid JSON file
+    champion = read_json(store.root / "champion.json")["models"]["default"]  # a whole, valid JSON file
     assert champion["run_id"] == "run-4" and champion["value"] == 0.9
     assert [p.name for p in store.root.iterdir() if p.name.startswith(".")] == [], "no temporary file left behind"
     assert len(order) == len(values)
@@ -159,7 +159,7 @@ def test_a_champion_tested_on_other_texts_is_scored_again(tmp_path: Path):
     # The fake champion has no model to score: the comparison is refused, not made on unlike splits.
     assert score.rescored and score.value is None and "cannot be scored again" in score.note
     assert not decide(_candidate(0.95), score, SETTINGS)["promoted"]
-    assert store.read_champion() is None
+    assert store.champions.read_all() == {}
 
 
 # --------------------------------------------------------------------------- the flow and the CLI, for real
@@ -193,13 +193,13 @@ def test_runs_are_promoted_only_when_better_and_by_hand_on_request(prefect_api, 
     assert first["promotion"]["outcome"] == "promoted" and first["promotion"]["reason"] == "first run: there is no champion yet"
     assert first["steps"]["promote"]["status"] == "completed"
     assert read_json(chance / "promote" / "decision.json")["outcome"] == "promoted"
-    assert store.read_champion()["run_id"] == chance.name
+    assert store.champions.read("synthetic")["run_id"] == chance.name
 
     good = Path(rnnflow_pipeline(config=load_config("demo", overrides=GOOD), artifacts_root=str(root)))
     promotion = read_json(good / "manifest.json")["promotion"]
     assert promotion["promoted"] and promotion["champion"]["run_id"] == chance.name
     assert promotion["new"] > promotion["champion"]["value"] + 0.1
-    champion = store.read_champion()
+    champion = store.champions.read("synthetic")
     assert champion["run_id"] == good.name and champion["previous_run_id"] == chance.name
     assert champion["decided_by"] == "rnnflow promote step"
     pointer_bytes = (root / "champion.json").read_bytes()
@@ -223,7 +223,7 @@ def test_runs_are_promoted_only_when_better_and_by_hand_on_request(prefect_api, 
     # By hand: refused without --force, recorded with it.
     assert main(["promote", worse.name, "--artifacts", str(root)]) == 1
     assert main(["promote", worse.name, "--force", "--reason", "rollback drill", "--artifacts", str(root)]) == 0
-    champion = store.read_champion()
+    champion = store.champions.read("synthetic")
     assert champion["run_id"] == worse.name and champion["forced"]
     assert champion["decided_by"] == f"{getpass.getuser()} by hand (forced)"
     assert champion["reason"].startswith("rollback drill (forced over: accuracy")

@@ -19,19 +19,15 @@ local mirror folder (tasks/store/remote.py) is where steps read and write; the m
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
 import platform
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from pydantic import BaseModel
 
@@ -44,15 +40,12 @@ from tasks.store.manifest import (  # noqa: F401
     MANIFEST_FILE, ArtifactsRootError, BadRunIdError, ChampionError, DamagedRunError, Manifest, ManifestError, RunError,
     RunNotFoundError, StepRecord, load_manifest, require_run_files, verify_run_files,
 )
+from tasks.store.champions import CHAMPION_FILE, CHAMPION_LOCK, ChampionRecord, model_of_config  # noqa: F401
 from tasks.store.process import ProcessStamp, pid_alive, process_stamp, stamp_gone  # noqa: F401
 from tasks.store.remote import MIRROR_ENV, RemoteRoot, is_url, mirror_folder  # noqa: F401
 
 SPLITS = ("train", "val", "test")  # ingest writes <split>.parquet, encode X_<split>.npy / y_<split>.npy
-CHAMPION_FILE = "champion.json"  # <root>/champion.json: the run whose model is promoted (tasks/promote.py decides)
-CHAMPION_LOCK = "champion.lock"  # <root>/champion.lock: held while the pointer is read, compared and replaced
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
-REMOTE_LOCK_SECONDS = 300  # a champion lock object older than this is a dead holder's: taken over
-REMOTE_LOCK_WAIT_SECONDS = 600  # how long a promote waits for another holder's lock object
 
 
 # --------------------------------------------------------------------------- step outputs
@@ -67,6 +60,7 @@ class StepOutput(BaseModel):
     files: dict[str, str]  # relative path -> sha256
     summary: dict[str, Any] = {}
     reused: bool = False  # found complete in the bucket and not recomputed (URL roots): recorded as cached
+    made_by: str | None = None  # the run whose execution computed it (entries made before this was kept: None)
 
     @property
     def path(self) -> Path:
@@ -105,7 +99,6 @@ class ArtifactStore:
     def __init__(self, root: str | Path | None = None):
         text = str(root) if root is not None else default_root()
         self.remote: RemoteRoot | None = None
-        self._champion_tag: str | None = None  # (remote) the ETag of champion.json as read_champion last read it
         if is_url(text):
             self.remote = RemoteRoot(text)
             self.location = self.remote.url
@@ -113,6 +106,7 @@ class ArtifactStore:
         else:
             self.root = Path(text).expanduser().resolve()
             self.location = str(self.root)
+        self.champions = ChampionRecord(self)  # <root>/champion.json: each model's promoted run
 
     def where(self, path: Path | None = None) -> str:
         """A file or folder of this root as the user knows it: its URL for a URL root, else its path."""
@@ -175,7 +169,7 @@ class ArtifactStore:
             self.remote.check()
         base = self._first_existing()
         folders = [base, *(d for d in (self.runs_dir, self.cache_dir, self.root / "prefect", self.prefect_results_dir, self.locks_dir) if d.is_dir())]
-        files = [f for f in (self.champion_file, self.root / CHAMPION_LOCK) if f.is_file()]
+        files = [f for f in (self.champions.file, self.champions.lock_file) if f.is_file()]
         for path in folders:
             if not os.access(path, os.W_OK | os.X_OK):
                 raise ArtifactsRootError(
@@ -220,7 +214,7 @@ class ArtifactStore:
             (self.prefect_results_dir / prefect_key).unlink(missing_ok=True)
         shutil.rmtree(self.entry_dir(step, key), ignore_errors=True)
 
-    def produce(self, step: str, key: str, work: Callable[[Path], dict[str, Any]]) -> StepOutput:
+    def produce(self, step: str, key: str, work: Callable[[Path], dict[str, Any]], made_by: str | None = None) -> StepOutput:
         """Run work(out_dir) in a scratch folder and move the result into the cache whole.
 
         A failed or killed step leaves only a scratch folder (cleaned here, or ignored later),
@@ -233,7 +227,7 @@ class ArtifactStore:
         try:
             write_json(scratch / WRITER_FILE, process_stamp())
             summary = work(scratch) or {}
-            output = StepOutput(step=step, key=key, dir=str(final), files=_hash_tree(scratch), summary=summary)
+            output = StepOutput(step=step, key=key, dir=str(final), files=_hash_tree(scratch), summary=summary, made_by=made_by)
             write_json(scratch / ENTRY_FILE, output.model_dump(mode="json"))
             self._install(scratch, final)
             (final / WRITER_FILE).unlink(missing_ok=True)  # the entry is whole now; hashing and linking skip it anyway
@@ -321,114 +315,6 @@ class ArtifactStore:
                     removed.append(scratch)
         return removed
 
-    # ----- the champion
-
-    @property
-    def champion_file(self) -> Path:
-        return self.root / CHAMPION_FILE
-
-    def read_champion(self) -> dict[str, Any] | None:
-        """The champion pointer ({"run_id", "promoted_at", "metric", "value", ...}), or None when no run was promoted yet."""
-        path = self.champion_file
-        if self.remote is not None:
-            path = self.where(path)  # (remote) what the messages name; the bytes come from the bucket
-            data, self._champion_tag = self.remote.read_with_tag(CHAMPION_FILE)
-            if data is None:
-                return None
-        try:
-            pointer = read_json(path) if self.remote is None else json.loads(data)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            raise ChampionError(f"{path} is not valid JSON: delete it and promote a run with 'rnnflow promote RUN_ID'.") from None
-        if not isinstance(pointer, dict) or not isinstance(pointer.get("run_id"), str):
-            raise ChampionError(f"{path} names no run_id: delete it and promote a run with 'rnnflow promote RUN_ID'.")
-        try:  # a path here would send the comparison (and `champion`) to another root's run
-            self.check_run_id(pointer["run_id"])
-        except BadRunIdError:
-            raise ChampionError(
-                f"{path} names {pointer['run_id']!r}, not a run id under {self.runs_dir}: delete it and promote a run with 'rnnflow promote RUN_ID'."
-            ) from None
-        return pointer
-
-    def write_champion(self, pointer: dict[str, Any]) -> None:
-        """Replace the pointer whole (temporary file + rename): readers see the old one or the new one. Hold champion_lock.
-
-        (remote) On S3 the replace is conditional on the pointer read under the lock being the one there
-        (If-Match its ETag, If-None-Match when there was none): two runs cannot both win, even past a lock taken over.
-        """
-        if self.remote is None:
-            write_json(self.champion_file, pointer)
-            return
-        data = (json.dumps(pointer, indent=2, sort_keys=True) + "\n").encode()
-        tag = self._champion_tag
-        try:
-            self.remote.write_bytes(CHAMPION_FILE, data, if_match=tag, if_absent=tag is None)
-        except FileExistsError:
-            raise ChampionError(
-                f"The champion pointer {self.where(self.champion_file)} changed while this run decided (another run was promoted at the same time): "
-                "run 'rnnflow promote RUN_ID' to decide again."
-            ) from None
-        write_json(self.champion_file, pointer)  # the mirror's copy, for anyone reading this folder
-
-    @contextlib.contextmanager
-    def _remote_lock(self) -> Iterator[None]:
-        """(remote) A lock object <root>/champion.lock, created only if absent, naming its owner and expiry;
-        one left by a dead holder is taken over once expired."""
-        assert self.remote is not None
-        owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        deadline = time.monotonic() + REMOTE_LOCK_WAIT_SECONDS
-        while True:
-            body = json.dumps({"owner": owner, "expires": time.time() + REMOTE_LOCK_SECONDS}).encode()
-            try:
-                self.remote.write_bytes(CHAMPION_LOCK, body, create=True)
-                break
-            except FileExistsError:
-                held = self.remote.read_bytes(CHAMPION_LOCK)
-                try:
-                    current = json.loads(held) if held else None
-                except ValueError:
-                    current = {"owner": "unreadable", "expires": 0}
-                if current is None:
-                    continue
-                if float(current.get("expires", 0)) < time.time():
-                    self.remote.delete(CHAMPION_LOCK)  # its holder is gone (or hung past the expiry)
-                    continue
-                if time.monotonic() > deadline:
-                    raise ChampionError(
-                        f"The champion lock {self.where(self.root / CHAMPION_LOCK)} is held by {current.get('owner')}: wait for that run to finish, "
-                        f"or delete the lock object if its process is gone (it expires by itself after {REMOTE_LOCK_SECONDS} s)."
-                    ) from None
-                time.sleep(0.2)
-        try:
-            yield
-        finally:
-            held = self.remote.read_bytes(CHAMPION_LOCK)
-            if held and owner.encode() in held:
-                self.remote.delete(CHAMPION_LOCK)
-
-    @contextlib.contextmanager
-    def champion_lock(self) -> Iterator[None]:
-        """An exclusive lock on <root>/champion.lock, across threads and processes; released when the holder dies."""
-        path = self.root / CHAMPION_LOCK
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(path, "a+")  # one open file description per holder: flock then excludes threads too
-        except OSError as error:
-            raise ArtifactsRootError(
-                f"Artifacts root {self.root} is not writable ({path}: {error.strerror or error}): choose another with --artifacts or fix its permissions."
-            ) from None
-        with handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                if self.remote is None:
-                    yield
-                else:
-                    with self._remote_lock():
-                        yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
     # ----- runs
 
     def run_dir(self, run_id: str) -> Path:
@@ -487,23 +373,23 @@ class ArtifactStore:
         """Ids of the completed runs, oldest first; unreadable manifests are skipped, not fatal."""
         return [run["run_id"] for run in self.list_runs() if run.get("status") == "completed"]
 
-    def resolve_run(self, run_id: str) -> Path:
-        """A run folder by id, 'latest' for the newest completed run, or 'champion' for the promoted one.
+    def resolve_run(self, run_id: str, model: str | None = None) -> Path:
+        """A run folder by id, 'latest' for the newest completed run, or 'champion' for model's promoted one
+        (model may be left out while the root holds one champion).
 
         Nothing else: a path ('../other/runs/ID', '/abs/ID') or a link out of runs/ is refused, so a
         command never reads or rewrites a run outside this root. Its manifest is validated; one
         clear sentence (a RunError) for anything wrong.
         """
         if run_id == "champion":
-            pointer = self.read_champion()
-            if pointer is None:
-                raise RunNotFoundError(f"No champion under {self.root}: the first completed run becomes champion, or use 'rnnflow promote RUN_ID'.")
+            pointer = self.champions.choose(model)
             run_id = pointer["run_id"]
             if self.remote is not None:
                 self.pull_manifest(self.run_dir(self.check_run_id(run_id)))
             if not (self.run_dir(run_id) / MANIFEST_FILE).is_file():
                 raise RunNotFoundError(
-                    f"The champion {run_id} named by {self.where(self.champion_file)} is gone from {self.where(self.runs_dir)}: promote another run with 'rnnflow promote RUN_ID --force'."
+                    f"The champion {run_id} of model {pointer['model']!r} named by {self.where(self.champions.file)} is gone from "
+                    f"{self.where(self.runs_dir)}: promote another run with 'rnnflow promote RUN_ID --force'."
                 )
         elif run_id == "latest":
             done = self.completed_runs()
@@ -702,8 +588,10 @@ class RunRecord:
         if self.store is not None:
             self.store.push(self.folder / name)
 
-    def record_step(self, output: StepOutput, *, status: str, seconds: float, reused_from: str | None = None) -> None:
-        """Link a step's outputs into the run folder and note them, with their sha256, in the manifest."""
+    def record_step(self, output: StepOutput, *, status: str, seconds: float, config: dict[str, Any], made_by: str | None,
+                    reused_from: str | None = None) -> None:
+        """Link a step's outputs into the run folder and note them, with their sha256, in the manifest, with the
+        configuration they were made with and the run that made them (tasks/provenance.py)."""
         self.link_outputs(output.step, output.path)
         self.manifest["steps"][output.step] = {
             "status": status,
@@ -712,6 +600,8 @@ class RunRecord:
             "dir": output.step,
             "outputs": output.files,
             "summary": output.summary,
+            "config": config,
+            "made_by": made_by,
             **({"reused_from": reused_from} if reused_from else {}),
         }
         self.save()

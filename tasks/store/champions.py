@@ -1,0 +1,234 @@
+"""The champion record: <root>/champion.json, one champion per model (as MLflow's registry keeps a `champion`
+alias per registered model), so a team can train two models (two languages, two products) into one root.
+
+    {"format": 2,
+     "models": {"imdb-aclImdb_v1": {"run_id", "model", "promoted_at", "metric", "value", "labels",
+                                    "decided_by", "reason", "forced", "previous_run_id"}, ...}}
+
+A run competes for its configuration's model (RunConfig.model_name: promote.model, or one derived from
+the data keys) and is compared only with that model's champion. A root written before models held one
+pointer, {"run_id", ...} at the top: it reads as one entry under the model of the run it names (from that
+run's recorded configuration) and is written in the new shape at the next promotion, so nothing is lost.
+
+The record is read, compared and replaced under champion_lock() (an flock; for a URL root also a lock
+object in the bucket, created only if absent), and replaced whole (temporary file + rename locally; on S3
+a write conditional on the ETag read under the lock), so readers see the old record or the new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import socket
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from tasks.store.files import read_json, write_json
+from tasks.store.manifest import MANIFEST_FILE, ArtifactsRootError, BadRunIdError, ChampionError, RunNotFoundError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tasks.store import ArtifactStore
+
+CHAMPION_FILE = "champion.json"
+CHAMPION_LOCK = "champion.lock"  # <root>/champion.lock: held while the record is read, compared and replaced
+RECORD_FORMAT = 2
+LEGACY_MODEL = "legacy"  # the model an old single pointer migrates to when its run's configuration cannot be read
+REMOTE_LOCK_SECONDS = 300  # a champion lock object older than this is a dead holder's: taken over
+REMOTE_LOCK_WAIT_SECONDS = 600  # how long a promote waits for another holder's lock object
+
+
+def model_of_config(config: Any) -> str:
+    """The model a recorded configuration (a manifest's "config") competes for; LEGACY_MODEL when it is not one."""
+    from pydantic import ValidationError
+
+    from tasks.config import RunConfig
+
+    try:
+        return RunConfig.model_validate(config).model_name
+    except (ValidationError, TypeError, ValueError):
+        return LEGACY_MODEL
+
+
+class ChampionRecord:
+    """champion.json of one artifacts root: every model's champion, read and written whole."""
+
+    def __init__(self, store: "ArtifactStore"):
+        self.store = store
+        self._tag: str | None = None  # (remote) the ETag of champion.json as read_all last read it
+
+    @property
+    def file(self) -> Path:
+        return self.store.root / CHAMPION_FILE
+
+    @property
+    def lock_file(self) -> Path:
+        return self.store.root / CHAMPION_LOCK
+
+    # ----- reading
+
+    def _raw(self) -> tuple[Any, str] | None:
+        """The parsed file and the name messages use for it; None when there is none."""
+        store = self.store
+        if store.remote is None:
+            where = str(self.file)
+            try:
+                return read_json(self.file), where
+            except FileNotFoundError:
+                return None
+            except (OSError, ValueError):
+                raise ChampionError(f"{where} is not valid JSON: delete it and promote a run with 'rnnflow promote RUN_ID'.") from None
+        where = store.where(self.file)
+        data, self._tag = store.remote.read_with_tag(CHAMPION_FILE)
+        if data is None:
+            return None
+        try:
+            return json.loads(data), where
+        except ValueError:
+            raise ChampionError(f"{where} is not valid JSON: delete it and promote a run with 'rnnflow promote RUN_ID'.") from None
+
+    def _checked(self, pointer: Any, where: str, model: str) -> dict[str, Any]:
+        if not isinstance(pointer, dict) or not isinstance(pointer.get("run_id"), str):
+            raise ChampionError(f"{where} names no run_id for model {model!r}: delete it and promote a run with 'rnnflow promote RUN_ID'.")
+        try:  # a path here would send the comparison (and `champion`) to another root's run
+            self.store.check_run_id(pointer["run_id"])
+        except BadRunIdError:
+            raise ChampionError(
+                f"{where} names {pointer['run_id']!r} for model {model!r}, not a run id under {self.store.runs_dir}: "
+                "delete it and promote a run with 'rnnflow promote RUN_ID'."
+            ) from None
+        return {**pointer, "model": model}
+
+    def read_all(self) -> dict[str, dict[str, Any]]:
+        """Every model's champion pointer, by model name ({} when nothing was promoted yet); an old single pointer migrated."""
+        raw = self._raw()
+        if raw is None:
+            return {}
+        record, where = raw
+        if isinstance(record, dict) and "models" in record:
+            models = record["models"]
+            if not isinstance(models, dict):
+                raise ChampionError(f"{where} holds no models mapping: delete it and promote a run with 'rnnflow promote RUN_ID'.")
+            return {str(name): self._checked(pointer, where, str(name)) for name, pointer in sorted(models.items())}
+        pointer = self._checked(record, where, "?")
+        model = self._model_of_run(pointer["run_id"])
+        return {model: {**pointer, "model": model}}
+
+    def _model_of_run(self, run_id: str) -> str:
+        """The model a recorded run competed for, from its manifest (for an old pointer, which did not say)."""
+        folder = self.store.run_dir(run_id)
+        if self.store.remote is not None:
+            self.store.pull_manifest(folder)
+        try:
+            return model_of_config(read_json(folder / MANIFEST_FILE).get("config"))
+        except (OSError, ValueError, AttributeError):
+            return LEGACY_MODEL
+
+    def read(self, model: str) -> dict[str, Any] | None:
+        """The champion pointer of one model, or None when that model has none yet."""
+        return self.read_all().get(model)
+
+    def choose(self, model: str | None) -> dict[str, Any]:
+        """The pointer `--run champion` means: that model's, or the only one; one sentence when there is none or a choice to make."""
+        champions = self.read_all()
+        where = self.store.where(self.store.root)
+        if model is not None:
+            if model not in champions:
+                known = f" (it holds {', '.join(champions)})" if champions else ""
+                raise RunNotFoundError(
+                    f"No champion of model {model!r} under {where}{known}: 'rnnflow champion' lists them, or promote a run of that model."
+                )
+            return champions[model]
+        if not champions:
+            raise RunNotFoundError(f"No champion under {where}: the first completed run becomes champion, or use 'rnnflow promote RUN_ID'.")
+        if len(champions) > 1:
+            raise RunNotFoundError(
+                f"{where} holds champions of {len(champions)} models ({', '.join(champions)}): name one with --model NAME."
+            )
+        return next(iter(champions.values()))
+
+    # ----- writing (hold lock())
+
+    def write(self, model: str, pointer: dict[str, Any]) -> None:
+        """Make pointer the champion of model, keeping every other model's (and migrating an old single pointer).
+
+        (remote) On S3 the replace is conditional on the record read here being the one there (If-Match its
+        ETag, If-None-Match when there was none): two runs cannot both win, even past a lock taken over.
+        """
+        champions = self.read_all()  # under the lock: the record as it is now, and its ETag for the conditional write
+        champions[model] = {**pointer, "model": model}
+        record = {"format": RECORD_FORMAT, "models": dict(sorted(champions.items()))}
+        if self.store.remote is None:
+            write_json(self.file, record)
+            return
+        data = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
+        try:
+            self.store.remote.write_bytes(CHAMPION_FILE, data, if_match=self._tag, if_absent=self._tag is None)
+        except FileExistsError:
+            raise ChampionError(
+                f"The champion record {self.store.where(self.file)} changed while this run decided (another run was promoted at the same time): "
+                "run 'rnnflow promote RUN_ID' to decide again."
+            ) from None
+        write_json(self.file, record)  # the mirror's copy, for anyone reading this folder
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """An exclusive lock on <root>/champion.lock, across threads and processes; released when the holder dies."""
+        path = self.lock_file
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a+")  # one open file description per holder: flock then excludes threads too
+        except OSError as error:
+            raise ArtifactsRootError(
+                f"Artifacts root {self.store.root} is not writable ({path}: {error.strerror or error}): choose another with --artifacts or fix its permissions."
+            ) from None
+        with handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                if self.store.remote is None:
+                    yield
+                else:
+                    with self._remote_lock():
+                        yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _remote_lock(self) -> Iterator[None]:
+        """(remote) A lock object <root>/champion.lock, created only if absent, naming its owner and expiry;
+        one left by a dead holder is taken over once expired."""
+        remote = self.store.remote
+        assert remote is not None
+        owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        deadline = time.monotonic() + REMOTE_LOCK_WAIT_SECONDS
+        while True:
+            body = json.dumps({"owner": owner, "expires": time.time() + REMOTE_LOCK_SECONDS}).encode()
+            try:
+                remote.write_bytes(CHAMPION_LOCK, body, create=True)
+                break
+            except FileExistsError:
+                held = remote.read_bytes(CHAMPION_LOCK)
+                try:
+                    current = json.loads(held) if held else None
+                except ValueError:
+                    current = {"owner": "unreadable", "expires": 0}
+                if current is None:
+                    continue
+                if float(current.get("expires", 0)) < time.time():
+                    remote.delete(CHAMPION_LOCK)  # its holder is gone (or hung past the expiry)
+                    continue
+                if time.monotonic() > deadline:
+                    raise ChampionError(
+                        f"The champion lock {self.store.where(self.lock_file)} is held by {current.get('owner')}: wait for that run to finish, "
+                        f"or delete the lock object if its process is gone (it expires by itself after {REMOTE_LOCK_SECONDS} s)."
+                    ) from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            held = remote.read_bytes(CHAMPION_LOCK)
+            if held and owner.encode() in held:
+                remote.delete(CHAMPION_LOCK)
