@@ -27,9 +27,14 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.pipeline import locate_input, run_context, run_step
 from tasks.config import RunConfig, load_config
 from tasks.logs import one_line
+from tasks.provenance import step_config
+from tasks.render import format_metric
 from tasks.steps import STEPS, task_inputs
 from tasks.store import ArtifactStore, RunRecord, StepOutput, new_run_id
-from tasks.sweep import SWEEP_HTML, SWEEP_JSON, Grid, point_configs, point_label, point_row, start_sweep, sweep_report_task, sweeps_dir
+from tasks.sweep import (
+    CHOSEN_ON, POINT_VALIDATION, SWEEP_HTML, SWEEP_JSON, Grid, point_configs, point_label, point_row, point_validation, start_sweep,
+    sweep_report_task, sweeps_dir,
+)
 
 SHARED_STEPS = STEPS[: STEPS.index("train")]  # ingest, validate, encode: once per sweep
 POINT_STEPS = STEPS[STEPS.index("train"):]  # train, evaluate, report, promote: once per point
@@ -99,7 +104,9 @@ def sweep_point_task(root: str, run_id: str, config: RunConfig, shared: dict[str
     """Train, evaluate, report and promote one grid point into its run folder, on whichever worker runs it.
 
     For a URL root the worker needs no folder of the flow's: its own mirror fetches the shared
-    steps' entries from the bucket, and the run folder goes back there as it is written.
+    steps' entries from the bucket, and the run folder goes back there as it is written. The
+    validation figures the sweep chooses on are noted in the run's manifest here, where train.json
+    lies, so the flow compares the points from their manifests alone.
     """
     store = ArtifactStore(root)
     run = store.open_run(store.run_dir(run_id))
@@ -107,6 +114,8 @@ def sweep_point_task(root: str, run_id: str, config: RunConfig, shared: dict[str
     try:
         for step in POINT_STEPS:
             outputs[step] = run_step(run, store, config, step, set(), **task_inputs(step, config, outputs, run_context(run)))
+            if step == "train":  # saved with the next step's record, or by finish
+                run.manifest[POINT_VALIDATION] = point_validation(run.folder)
     except BaseException as error:
         run.finish("failed", error=one_line(error))
         raise
@@ -132,7 +141,7 @@ def start_point(store: ArtifactStore, sweep: RunRecord, point: dict[str, Any], c
     run.manifest["grid_point"] = point
     run.manifest["inputs"] = sweep.manifest["inputs"]
     for output in shared.values():
-        run.record_step(output, status="cached", seconds=0.0)  # saves the manifest
+        run.record_step(output, status="cached", seconds=0.0, config=step_config(output.step, config), made_by=output.made_by)  # saves the manifest
     return run
 
 
@@ -202,7 +211,9 @@ def rnnflow_sweep(
         raise SweepPointsFailed(reason)
     sweep.finish("completed")
     if summary["best"]:
-        logger.info("best: %s, test accuracy %.4f (run %s)", point_label(summary["best"]["grid_point"]), summary["best"]["test_accuracy"], summary["best_run_id"])
+        best = summary["best"]
+        logger.info("best on %s: %s, %s %s, test accuracy %s for reference (run %s)", CHOSEN_ON, point_label(best["grid_point"]),
+                    CHOSEN_ON, format_metric(best["val_accuracy"]), format_metric(best["test_accuracy"]), summary["best_run_id"])
     return str(sweep.folder)
 
 

@@ -11,7 +11,10 @@ import pytest
 from flows.cli import main
 from tasks.config import ConfigError, load_config
 from tasks.store import STEPS
-from tasks.sweep import SWEEP_HTML, SWEEP_JSON, best_row, grid_points, parse_grid, point_configs, write_sweep_report
+from tasks.sweep import (
+    POINT_VALIDATION, SWEEP_HTML, SWEEP_JSON, artifact_rows, best_row, format_sweep_table, grid_points, parse_grid, point_configs, point_row,
+    write_sweep_report,
+)
 from tests.helpers import tiny_config
 
 
@@ -90,30 +93,83 @@ def test_cli_sweep_exits_2_with_one_sentence_for_a_bad_grid(grid, tmp_path: Path
 # --------------------------------------------------------------------------- the comparison report
 
 
-def _row(run_id: str, cell: str, accuracy: float | None, seconds: float | None, status: str = "completed") -> dict:
+def _row(run_id: str, cell: str, accuracy: float | None, seconds: float | None, status: str = "completed", *,
+         val_accuracy: float | None = None, val_loss: float | None = 0.3) -> dict:
+    """A point's row; its validation accuracy is its test accuracy unless given."""
     return {
         "run_id": run_id, "grid_point": {"model.cell": cell}, "status": status, "error": None if status == "completed" else "step train failed: boom",
+        "val_accuracy": accuracy if val_accuracy is None else val_accuracy, "val_loss": val_loss if accuracy is not None else None,
         "test_accuracy": accuracy, "test_f1": accuracy, "test_roc_auc": None, "train_seconds": seconds, "train_status": "completed",
         "epochs_run": 2, "params": 100, "promotion": None,
     }
 
 
-def test_best_is_the_highest_accuracy_then_the_faster_and_never_a_failed_point():
-    rows = [_row("a", "lstm", 0.8, 10.0), _row("b", "gru", 0.8, 5.0), _row("c", "simple_rnn", None, None, status="failed")]
-    assert best_row(rows)["run_id"] == "b"
-    assert best_row([rows[2]]) is None
+def test_best_is_chosen_on_validation_accuracy_never_on_test_accuracy():
+    better_on_test = _row("a", "lstm", 0.95, 5.0, val_accuracy=0.85)
+    better_on_validation = _row("b", "gru", 0.80, 10.0, val_accuracy=0.90)
+    assert best_row([better_on_test, better_on_validation])["run_id"] == "b"
+    no_validation_figure = {**_row("c", "simple_rnn", 0.99, 1.0), "val_accuracy": None, "val_loss": None}
+    assert best_row([better_on_validation, no_validation_figure])["run_id"] == "b"
+    assert best_row([no_validation_figure]) is None, "a point without a validation accuracy cannot be best"
 
 
-def test_sweep_report_marks_the_best_point_and_shows_failed_ones(tmp_path: Path):
-    rows = [_row("a", "lstm", 0.7, 10.0), _row("b", "gru", 0.9, 12.0), _row("c", "simple_rnn", None, None, status="failed")]
+def test_best_ties_go_to_the_lower_validation_loss_then_the_faster_and_never_a_failed_point():
+    rows = [_row("a", "lstm", 0.8, 5.0, val_loss=0.40), _row("b", "gru", 0.8, 10.0, val_loss=0.35), _row("c", "simple_rnn", None, None, status="failed")]
+    assert best_row(rows)["run_id"] == "b", "equal validation accuracy: the lower validation loss"
+    rows = [_row("a", "lstm", 0.8, 10.0), _row("b", "gru", 0.8, 5.0)]
+    assert best_row(rows)["run_id"] == "b", "equal validation accuracy and loss: the faster to train"
+    assert best_row([_row("c", "simple_rnn", 0.9, 1.0, status="failed")]) is None
+
+
+def _point_folder(folder: Path, training: dict | None, manifest_extra: dict | None = None) -> Path:
+    """A finished point's run folder: its manifest, and train/train.json when training is given."""
+    steps = {"train": {"status": "completed", "summary": {"seconds": 3.0, "epochs_run": 4, "params": 120}},
+             "evaluate": {"status": "completed", "summary": {"accuracy": 0.91, "f1": 0.9, "roc_auc": 0.95}}}
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"run_id": folder.name, "status": "completed", "steps": steps, **(manifest_extra or {})}))
+    if training is not None:
+        (folder / "train").mkdir()
+        (folder / "train" / "train.json").write_text(json.dumps(training))
+    return folder
+
+
+def test_point_row_reads_the_kept_epochs_validation_figures(tmp_path: Path):
+    one_model = _point_folder(tmp_path / "r1", {"members": 1, "best_epoch": 3, "best_val_accuracy": 0.87, "best_val_loss": 0.31})
+    row = point_row(one_model, {"model.cell": "gru"})
+    assert (row["val_accuracy"], row["val_loss"], row["test_accuracy"]) == (0.87, 0.31, 0.91)
+    # What the sweep task noted in the manifest (read where train.json lay) comes first: a bucket root leaves no train/ here.
+    noted = _point_folder(tmp_path / "r2", None, {POINT_VALIDATION: {"val_accuracy": 0.86, "val_loss": 0.33}})
+    assert (point_row(noted, {})["val_accuracy"], point_row(noted, {})["val_loss"]) == (0.86, 0.33)
+    diverged = _point_folder(tmp_path / "r3", {"best_val_accuracy": 0.5, "best_val_loss": float("nan")})
+    assert point_row(diverged, {})["val_loss"] is None
+    assert point_row(_point_folder(tmp_path / "r4", None), {})["val_accuracy"] is None
+
+
+def test_sweep_report_shows_validation_first_and_test_for_reference(tmp_path: Path):
+    rows = [_row("a", "lstm", 0.95, 10.0, val_accuracy=0.70), _row("b", "gru", 0.80, 12.0, val_accuracy=0.90),
+            _row("c", "simple_rnn", None, None, status="failed")]
     summary = write_sweep_report(tmp_path, {"sweep_id": "s1", "grid": {"model.cell": ["lstm", "gru", "simple_rnn"]}, "config": {"preset": "demo"}}, rows)
-    assert summary["best_run_id"] == "b"
-    assert json.loads((tmp_path / SWEEP_JSON).read_text())["best_run_id"] == "b"
+    assert summary["best_run_id"] == "b", "chosen on validation, though a scored higher on test"
+    written = json.loads((tmp_path / SWEEP_JSON).read_text())
+    assert written["best_run_id"] == "b" and written["metric"] == "validation accuracy"
+    assert [(p["val_accuracy"], p["val_loss"]) for p in written["points"]] == [(0.70, 0.3), (0.90, 0.3), (None, None)]
+
     page = (tmp_path / SWEEP_HTML).read_text()
     assert len(re.findall(r'<tr class="point', page)) == 3
     assert re.search(r'<tr class="point best"><td>★ best</td><td>gru</td>', page)
+    headers = re.findall(r"<th>([^<]*)</th>", page)
+    assert headers.index("val accuracy") < headers.index("val loss") < headers.index("test accuracy")
+    assert "The best point is the one with the highest validation accuracy" in page
+    assert "the test columns are shown for reference only" in page
     assert "step train failed: boom" in page
     assert "data:image/png;base64," in page
+
+    header, *lines = format_sweep_table(summary).splitlines()
+    assert header.index("val acc") < header.index("val loss") < header.index("test acc")
+    assert lines[1].startswith("*") and "0.9000" in lines[1] and "0.8000" in lines[1]
+    console = lines
+    assert console[-1].startswith("* best on validation accuracy: cell=gru, validation accuracy 0.9000 (test accuracy 0.8000")
+    assert list(artifact_rows(summary)[1])[4:7] == ["validation accuracy", "validation loss", "test accuracy"]
 
 
 # --------------------------------------------------------------------------- a real sweep on Dask
@@ -153,8 +209,9 @@ def test_a_2x2_sweep_on_a_local_dask_cluster(prefect_api, tmp_path: Path):
 
     summary = json.loads((folder / SWEEP_JSON).read_text())
     assert len(summary["points"]) == 4
-    best = max(summary["points"], key=lambda row: (row["test_accuracy"], -row["train_seconds"]))
-    assert summary["best_run_id"] == best["run_id"]
+    best = max(summary["points"], key=lambda row: (row["val_accuracy"], -row["val_loss"], -row["train_seconds"]))
+    assert summary["best_run_id"] == best["run_id"], "chosen on validation figures"
+    assert all(0 <= row["val_accuracy"] <= 1 and row["val_loss"] > 0 for row in summary["points"])
     assert all(0 <= row["test_accuracy"] <= 1 and row["train_seconds"] > 0 for row in summary["points"])
     page = (folder / SWEEP_HTML).read_text()
     assert len(re.findall(r'<tr class="point', page)) == 4
