@@ -129,7 +129,7 @@ def run_step(run: RunRecord, store: ArtifactStore, config: RunConfig, step: str,
     release_free_memory()
     computed = not (state.name == "Cached" or output.reused)
     run.record_step(output, status="completed" if computed else "cached", seconds=seconds, config=step_config(step, config),
-                    made_by=run.run_id if computed else output.made_by)
+                    made_by=run.record_id if computed else output.made_by)
     if spec.after:
         load_attribute(spec.after)(run, output)
     return output

@@ -29,7 +29,8 @@ from tasks.config import RunConfig, load_config
 from tasks.logs import one_line
 from tasks.provenance import step_config
 from tasks.render import format_metric
-from tasks.steps import STEPS, task_inputs
+from tasks.promote import outcome_line
+from tasks.steps import STEPS, step as step_spec, task_inputs
 from tasks.store import ArtifactStore, RunRecord, StepOutput, new_run_id
 from tasks.sweep import (
     CHOSEN_ON, POINT_VALIDATION, SWEEP_HTML, SWEEP_JSON, Grid, point_configs, point_label, point_row, point_validation, start_sweep,
@@ -37,7 +38,9 @@ from tasks.sweep import (
 )
 
 SHARED_STEPS = STEPS[: STEPS.index("train")]  # ingest, validate, encode: once per sweep
-POINT_STEPS = STEPS[STEPS.index("train"):]  # train, evaluate, report, promote: once per point
+# train, evaluate, report: once per point. Promote runs once, for the point chosen on validation: letting every point
+# compete would make the champion the best of the points on a test figure, a choice made on the test split.
+POINT_STEPS = STEPS[STEPS.index("train"): STEPS.index("promote")]
 
 
 class SweepPointsFailed(RuntimeError):
@@ -101,7 +104,7 @@ def prefect_api_for_workers(dask_address: str | None = None) -> Iterator[str]:
 
 @task(name="sweep-point", cache_policy=NO_CACHE)
 def sweep_point_task(root: str, run_id: str, config: RunConfig, shared: dict[str, StepOutput]) -> str:
-    """Train, evaluate, report and promote one grid point into its run folder, on whichever worker runs it.
+    """Train, evaluate and report one grid point into its run folder, on whichever worker runs it.
 
     For a URL root the worker needs no folder of the flow's: its own mirror fetches the shared
     steps' entries from the bucket, and the run folder goes back there as it is written. The
@@ -209,12 +212,25 @@ def rnnflow_sweep(
         reason = f"{len(failed)} of {len(rows)} grid points failed; first: {point_label(failed[0]['grid_point'])}: {failed[0]['error']}"
         sweep.finish("failed", error=reason)
         raise SweepPointsFailed(reason)
+    if summary["best_run_id"]:
+        chosen = dict(zip((run.run_id for _, _, run in runs), (point_config for _, point_config, _ in runs)))[summary["best_run_id"]]
+        sweep.manifest["promotion"] = promote_choice(store, summary["best_run_id"], chosen)
     sweep.finish("completed")
+    if sweep.manifest.get("promotion"):
+        logger.info("%s: %s", summary["best_run_id"], outcome_line(sweep.manifest["promotion"]))
     if summary["best"]:
         best = summary["best"]
         logger.info("best on %s: %s, %s %s, test accuracy %s for reference (run %s)", CHOSEN_ON, point_label(best["grid_point"]),
                     CHOSEN_ON, format_metric(best["val_accuracy"]), format_metric(best["test_accuracy"]), summary["best_run_id"])
     return str(sweep.folder)
+
+
+def promote_choice(store: ArtifactStore, run_id: str, config: RunConfig) -> dict[str, Any] | None:
+    """The promote step for the point the sweep chose, in its run folder: the only point that competes for the champion."""
+    run = store.open_run(store.run_dir(run_id))
+    outputs = {name: store.local_output(run.step_output(name)) for name in step_spec("promote").upstream}
+    run_step(run, store, config, "promote", set(), **task_inputs("promote", config, outputs, run_context(run)))
+    return run.manifest.get("promotion")
 
 
 def sweep_folder(artifacts_root: str | Path | None, sweep_id: str) -> Path:

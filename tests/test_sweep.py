@@ -10,7 +10,7 @@ import pytest
 
 from flows.cli import main
 from tasks.config import ConfigError, load_config
-from tasks.store import STEPS
+from tasks.store import STEPS, ArtifactStore
 from tasks.sweep import (
     POINT_VALIDATION, SWEEP_HTML, SWEEP_JSON, artifact_rows, best_row, format_sweep_table, grid_points, parse_grid, point_configs, point_row,
     write_sweep_report,
@@ -198,7 +198,8 @@ def test_a_2x2_sweep_on_a_local_dask_cluster(prefect_api, tmp_path: Path):
         manifest = json.loads((run / "manifest.json").read_text())
         assert manifest["status"] == "completed", manifest.get("error")
         assert manifest["sweep_id"] == folder.name
-        assert list(manifest["steps"]) == list(STEPS)
+        # Only the point chosen on validation runs promote: the champion is not the best of four on a test figure.
+        assert list(manifest["steps"]) == [*STEPS[:-1], *(["promote"] if run.name == sweep["best_run_id"] else [])]
         assert {manifest["steps"][s]["status"] for s in ("ingest", "validate", "encode")} == {"cached"}
         assert manifest["steps"]["encode"]["key"] == sweep["steps"]["encode"]["key"], "one shared encoding"
         assert manifest["config"]["model"]["cell"] == manifest["grid_point"]["model.cell"]
@@ -211,6 +212,8 @@ def test_a_2x2_sweep_on_a_local_dask_cluster(prefect_api, tmp_path: Path):
     assert len(summary["points"]) == 4
     best = max(summary["points"], key=lambda row: (row["val_accuracy"], -row["val_loss"], -row["train_seconds"]))
     assert summary["best_run_id"] == best["run_id"], "chosen on validation figures"
+    assert sweep["promotion"]["outcome"] == "promoted" and sweep["promotion"]["run_id"] == best["run_id"]
+    assert ArtifactStore(root).champions.choose(None)["run_id"] == best["run_id"]
     assert all(0 <= row["val_accuracy"] <= 1 and row["val_loss"] > 0 for row in summary["points"])
     assert all(0 <= row["test_accuracy"] <= 1 and row["train_seconds"] > 0 for row in summary["points"])
     page = (folder / SWEEP_HTML).read_text()

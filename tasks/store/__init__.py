@@ -564,6 +564,11 @@ class RunRecord:
         return self.manifest["run_id"]
 
     @property
+    def record_id(self) -> str:
+        """What names this record as the maker of a step's output: a run's id, or a sweep's for the steps it shares."""
+        return self.manifest.get("run_id") or self.manifest["sweep_id"]
+
+    @property
     def location(self) -> str:
         """The run folder as the user knows it: its URL in the bucket for a URL root."""
         return self.store.where(self.folder) if self.store is not None else str(self.folder)
