@@ -2,6 +2,21 @@
 
 A next_token model (train.json's task) is scored per step instead: how often its most likely next
 token is the right one, and its loss, over the steps train weighed in (padding excluded).
+
+predictions.parquet has a row per test review, in the order of ingest's test.parquet (encode
+streams that file in order into X_test and tokens_test.parquet, and the model predicts X_test in
+order): its `row` column is the review's place there. `id` is the source's id, which is not
+unique for every source (IMDb numbers each polarity from 0), so `row` is the one to join on.
+
+mistakes.parquet holds a classifier's most confident mistakes, the report's "Most confident
+mistakes": per true class, the MISTAKES_PER_CLASS misclassified reviews with the highest predicted
+probability, with their text. The text is the review in the model's tokens, decoded from encode's
+token ids (tokens_test.parquet) through its vocabulary: for words, lowercased (unless
+encode.lowercase is false) and without punctuation, with OOV_MARK for a token outside the
+vocabulary; the whole review, though the model reads at most max_len tokens of it. Not the text as written: that is in ingest's
+test.parquet, and this step's upstream is encode and train only, so its cache key does not cover
+ingest; reading the file there would show stale texts whenever ingest changed in a way encode's
+tokens do not (the case of a letter, punctuation). The `row` column finds the written text.
 """
 
 from __future__ import annotations
@@ -14,10 +29,15 @@ import pandas as pd
 from prefect import task
 
 from tasks.caching import StepCachePolicy, produce_step
-from tasks.encode import load_arrays
+from tasks.encode import INDEX_FROM, OOV, PAD, START, load_arrays
 from tasks.store import RunFiles, StepOutput, atomic_path, read_json, write_json
 
 LENGTH_BUCKETS = (0, 100, 200, 400, 800, 10**9)
+PREDICTIONS_FILE = "predictions.parquet"
+MISTAKES_FILE = "mistakes.parquet"
+MISTAKES_PER_CLASS = 5
+# Stands for a token outside the vocabulary in a decoded review: a reader sees where the model read nothing.
+OOV_MARK = "⟨?⟩"
 
 
 def predict_probabilities(model: Any, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
@@ -165,6 +185,7 @@ def _evaluate_next_token(model: Any, encode_dir: Path, out_dir: Path) -> dict[st
     write_json(RunFiles.METRICS.of_step(out_dir), result)
     predictions = pd.DataFrame(
         {
+            "row": np.arange(len(tokens), dtype=np.int64),
             "id": tokens["id"],
             "steps": row_steps,
             "correct": row_hits,
@@ -172,9 +193,57 @@ def _evaluate_next_token(model: Any, encode_dir: Path, out_dir: Path) -> dict[st
             "length": tokens["length"],
         }
     )
-    with atomic_path(out_dir / "predictions.parquet") as tmp:
-        predictions.to_parquet(tmp, index=False)
+    _write_parquet(out_dir / PREDICTIONS_FILE, predictions)
     return {k: result["test"][k] for k in ("accuracy", "loss", "f1", "roc_auc", "n")}
+
+
+def _write_parquet(target: Path, frame: pd.DataFrame) -> None:
+    with atomic_path(target) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def most_confident_mistakes(predictions: pd.DataFrame, per_class: int = MISTAKES_PER_CLASS) -> pd.DataFrame:
+    """Per true label, the per_class misclassified rows with the highest predicted probability (ties: the earlier row)."""
+    wrong = predictions[predictions["label"] != predictions["predicted"]]
+    ranked = wrong.sort_values(["label", "probability", "row"], ascending=[True, False, True], kind="stable")
+    return ranked.groupby("label", sort=True).head(per_class).reset_index(drop=True)
+
+
+def decode_tokens(ids: Any, vocabulary: dict[str, Any]) -> str:
+    """Token ids (encode's, start id first) as text: the review in the model's tokens; OOV_MARK for an unknown token."""
+    tokens, index_from = vocabulary["tokens"], int(vocabulary.get("index_from", INDEX_FROM))
+    pieces = []
+    for token_id in ids:
+        token_id = int(token_id)
+        if token_id in (PAD, START):
+            continue
+        place = token_id - index_from
+        pieces.append(tokens[place] if token_id != OOV and 0 <= place < len(tokens) else OOV_MARK)
+    tokenizer = vocabulary.get("tokenizer", "word")
+    if tokenizer == "char":
+        return "".join(pieces)
+    if tokenizer == "subword":  # SentencePiece marks a word's start with U+2581
+        return "".join(pieces).replace("\u2581", " ").strip()
+    return " ".join(pieces)
+
+
+def mistake_texts(encode_dir: Path, rows: list[int]) -> list[str | None]:
+    """The decoded text of each of rows of the test split; None for all when encode recorded no token ids."""
+    import pyarrow.parquet as pq
+
+    tokens_file = Path(encode_dir) / "tokens_test.parquet"
+    if not rows or "token_ids" not in pq.read_schema(tokens_file).names:
+        return [None] * len(rows)
+    ids = pq.read_table(tokens_file, columns=["token_ids"]).column("token_ids").take(rows).to_pylist()
+    vocabulary = read_json(RunFiles.VOCABULARY.of_step(encode_dir))
+    return [decode_tokens(row_ids, vocabulary) for row_ids in ids]
+
+
+def write_mistakes(predictions: pd.DataFrame, encode_dir: Path, out_dir: Path) -> None:
+    """mistakes.parquet: most_confident_mistakes with each review's text (see the module docstring)."""
+    mistakes = most_confident_mistakes(predictions)
+    mistakes["text"] = pd.Series(mistake_texts(encode_dir, mistakes["row"].tolist()), dtype="string")
+    _write_parquet(out_dir / MISTAKES_FILE, mistakes)
 
 
 def evaluate_model(encode_dir: Path, train_dir: Path, out_dir: Path) -> dict[str, Any]:
@@ -207,6 +276,7 @@ def evaluate_model(encode_dir: Path, train_dir: Path, out_dir: Path) -> dict[str
     write_json(RunFiles.METRICS.of_step(out_dir), result)
     predictions = pd.DataFrame(
         {
+            "row": np.arange(len(tokens), dtype=np.int64),
             "id": tokens["id"],
             "label": y_test,
             "predicted": probabilities.argmax(axis=1),
@@ -214,8 +284,8 @@ def evaluate_model(encode_dir: Path, train_dir: Path, out_dir: Path) -> dict[str
             "length": tokens["length"],
         }
     )
-    with atomic_path(out_dir / "predictions.parquet") as tmp:
-        predictions.to_parquet(tmp, index=False)
+    _write_parquet(out_dir / PREDICTIONS_FILE, predictions)
+    write_mistakes(predictions, encode_dir, out_dir)
     return {k: result["test"][k] for k in ("accuracy", "loss", "f1", "roc_auc", "n")}
 
 

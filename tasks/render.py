@@ -101,6 +101,7 @@ class Table:
     row_classes: list[str] = field(default_factory=list)  # a CSS class per row, HTML only
     # Columns whose cells are right-aligned as numbers (HTML only). None: every cell that reads as a number.
     number_columns: frozenset[int] | None = None
+    css_class: str = ""  # the <table>'s class, for a table whose columns the stylesheet shapes (HTML only)
 
     def __bool__(self) -> bool:
         return bool(self.rows)
@@ -111,7 +112,7 @@ _NUMBER = re.compile(r"^[-+]?[\d,]*\.?\d+%?$")
 
 def _html_cell(cell: Any, number: bool) -> str:
     if isinstance(cell, Link):
-        content = f'<a href="{html.escape(cell.href)}">{html.escape(cell.text)}</a>'
+        content = html_link(cell.text, cell.href)
     else:
         content = html.escape(str(cell))
     return f'<td class="number">{content}</td>' if number else f"<td>{content}</td>"
@@ -131,7 +132,8 @@ def html_table(table: Table, *, one_row_per_line: bool = False) -> str:
         body.append(f'<tr class="{css}">{cells}</tr>' if css else f"<tr>{cells}</tr>")
     separator = "\n" if one_row_per_line else ""
     rows = "".join(f"{separator}{line}" for line in body) + separator
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    opening = f'<table class="{html.escape(table.css_class)}">' if table.css_class else "<table>"
+    return f"{opening}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
 def markdown_escape(text: str) -> str:
@@ -166,6 +168,13 @@ h2 { margin-top: 2.2rem; border-bottom: 1px solid #d0d5dd; padding-bottom: 0.2re
 .subtitle { color: #475467; margin: 0.2rem 0; }
 .badge { display: inline-block; padding: 0.1rem 0.6rem; border-radius: 0.8rem; font-size: 0.85rem; font-weight: 600; }
 .badge.ok { background: #d1fadf; color: #05603a; } .badge.bad { background: #fee4e2; color: #912018; }
+.badge.warn { background: #fef0c7; color: #93370d; } .badge.neutral { background: #eaecf0; color: #344054; }
+.verdict { margin: 0.35rem 0; line-height: 1.9; }
+/* A long verdict wraps as a line of text, still coloured, rather than as a box of its own under its label. */
+.verdict .badge { display: inline; font-size: 0.92rem; -webkit-box-decoration-break: clone; box-decoration-break: clone; }
+h3 { margin: 1.4rem 0 0.3rem; font-size: 1.08rem; }
+details { margin: 0.6rem 0 1rem; } summary { cursor: pointer; color: #175cd3; font-weight: 600; }
+table.mistakes td:last-child { min-width: 24rem; max-width: 44rem; font-size: 0.88rem; }
 table { border-collapse: collapse; margin: 0.8rem 0 1.2rem; font-size: 0.92rem; }
 th, td { border: 1px solid #d0d5dd; padding: 0.3rem 0.7rem; text-align: left; vertical-align: top; }
 th { background: #f2f4f7; }
@@ -177,6 +186,27 @@ figcaption { color: #475467; font-size: 0.88rem; }
 pre { background: #f8f9fb; border: 1px solid #eaecf0; padding: 0.8rem; overflow-x: auto; font-size: 0.82rem; line-height: 1.3;
       font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace; }
 """
+
+
+def html_badge(text: str, tone: str) -> str:
+    """A coloured label: tone ok (green), warn (amber), bad (red) or neutral (grey); the text is escaped."""
+    return f'<span class="badge {html.escape(tone)}">{html.escape(text)}</span>'
+
+
+def html_link(text: str, href: str) -> str:
+    """An <a> element, its text and address escaped."""
+    return f'<a href="{html.escape(href)}">{html.escape(text)}</a>'
+
+
+def shorten(text: str, limit: int) -> str:
+    """text cut to at most limit characters, at a space where one is near, with an ellipsis when cut."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    if space >= limit * 0.8:  # a word cut in two reads worse than a line a little shorter
+        cut = cut[:space]
+    return cut.rstrip() + "…"
 
 
 def png_data_uri(png: bytes) -> str:

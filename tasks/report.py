@@ -1,17 +1,18 @@
 """The report step: a self-contained HTML page, its Markdown twin, the plots as PNG files, and Prefect artifacts.
 
-Everything in the report comes from the upstream steps' JSON files and the run configuration.
+Everything in the report comes from the upstream steps' files and the run configuration.
 No run id and no timestamp go in: the report is cached across runs, and the run manifest says
-which run and when.
+which run and when. This module reads the inputs, makes the tables and puts the sections together;
+tasks/report_plots.py draws the figures, tasks/report_sections.py writes the document (with what
+happened to the run at its top: the validation verdict promotion agrees with, and a link to the
+promotion decision, which is made after the report and so is not in it).
 """
 
 from __future__ import annotations
 
-import html
 import json
-import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +23,17 @@ from prefect.context import FlowRunContext, TaskRunContext
 
 from tasks.caching import StepCachePolicy, produce_step
 from tasks.render import (
-    STYLESHEET, Table, as_number, figure_png, format_count, format_mean, format_metric, format_percent, format_value, html_figure,
-    html_table, markdown_escape, markdown_fence, markdown_table, new_figure,
+    Table, as_number, format_count, format_mean, format_metric, format_percent, format_value, markdown_escape, markdown_table,
+)
+from tasks.report_plots import Plot, build_plots, class_labels, label_order
+from tasks.report_sections import (
+    ReportHeader, Section, load_mistakes, mistakes_section, render_html, render_markdown, report_verdict, validation_section,
 )
 from tasks.store import RunFile, RunFiles, StepOutput, atomic_path, read_json, write_json, write_text
 
 REPORT_HTML = RunFiles.REPORT_HTML.name
 REPORT_MARKDOWN = RunFiles.REPORT_MARKDOWN.name
 REPORT_DATA = "report.json"
-PLOTS_DIR = "plots"
 
 MARKDOWN_ARTIFACT_KEY = "rnnflow-report"
 TABLE_ARTIFACT_KEY = "rnnflow-metrics"
@@ -39,9 +42,6 @@ LINK_ARTIFACT_KEY = "rnnflow-report-html"
 TEST_METRIC_ORDER = ("accuracy", "loss", "precision", "recall", "f1", "roc_auc", "n")
 CELL_NAMES = {"simple_rnn": "SimpleRNN", "lstm": "LSTM", "gru": "GRU"}
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-# Colours that read in print and for the common forms of colour blindness (matplotlib's tab10).
-TRAIN_COLOUR, VALIDATION_COLOUR, MARK_COLOUR = "#1f77b4", "#ff7f0e", "#d62728"
 
 
 # --------------------------------------------------------------------------- inputs
@@ -57,6 +57,7 @@ class ReportInputs:
     training: dict[str, Any]
     history: dict[str, Any]
     metrics: dict[str, Any]
+    mistakes: list[dict[str, Any]] | None = None  # evaluate's mistakes.parquet; None for a run evaluated before it
 
     @property
     def test(self) -> dict[str, Any]:
@@ -77,7 +78,7 @@ def _read_upstream_json(upstream: dict[str, StepOutput], file: RunFile) -> Any:
 
 
 def load_report_inputs(config: dict[str, Any], upstream: dict[str, StepOutput]) -> ReportInputs:
-    """Read validation.json, encode.json, train.json, history.json and metrics.json from the upstream folders."""
+    """Read validation.json, encode.json, train.json, history.json, metrics.json and mistakes.parquet from the upstream folders."""
     return ReportInputs(
         config=config or {},
         validation=_read_upstream_json(upstream, RunFiles.VALIDATION),
@@ -85,6 +86,7 @@ def load_report_inputs(config: dict[str, Any], upstream: dict[str, StepOutput]) 
         training=_read_upstream_json(upstream, RunFiles.TRAINING),
         history=_read_upstream_json(upstream, RunFiles.HISTORY),
         metrics=_read_upstream_json(upstream, RunFiles.METRICS),
+        mistakes=load_mistakes(upstream["evaluate"].path),
     )
 
 
@@ -128,11 +130,6 @@ def key_numbers_table(inputs: ReportInputs) -> Table:
     if speed is not None:
         timing += f" ({speed:,.0f} samples/s)"
     truncated = ", ".join(f"{split} {format_percent(share)}" for split, share in (encoding.get("truncated_fraction") or {}).items())
-    warnings = validation.get("warnings") or []
-    checks = validation.get("checks") or []
-    failed = sum(1 for check in checks if not check.get("passed", True))
-    verdict = "passed" if validation.get("passed", True) else "failed"
-    verdict += f" ({len(checks) - failed} of {len(checks)} checks passed, {len(warnings)} warning{'s' if len(warnings) != 1 else ''})"
     macro, roc_auc = _averaging(inputs.metrics)
     rows = [
         ["Test accuracy", format_metric(test.get("accuracy"))],
@@ -150,7 +147,7 @@ def key_numbers_table(inputs: ReportInputs) -> Table:
         ["Vocabulary size", format_count(encoding.get("vocab_size"))],
         ["Words kept (num_words)", format_count(encoding.get("num_words"))],
         ["Reviews truncated at max_len", truncated or "n/a"],
-        ["Data validation", verdict],
+        ["Data validation", report_verdict(inputs.config, validation)["text"]],
     ]
     return Table(["Measure", "Value"], rows)
 
@@ -189,19 +186,6 @@ def per_class_table(metrics: dict[str, Any]) -> Table:
     return Table(["Class", "Precision", "Recall", "F1", "Support"], rows)
 
 
-def validation_checks_table(validation: dict[str, Any]) -> Table:
-    rows, classes = [], []
-    for check in validation.get("checks") or []:
-        passed = bool(check.get("passed", False))
-        severity = str(check.get("severity", ""))
-        rows.append([
-            str(check.get("check", "")), str(check.get("split", "") or "–"), format_value(check.get("observed")),
-            format_value(check.get("bound")), severity, "passed" if passed else "FAILED", str(check.get("message", "") or ""),
-        ])
-        classes.append("" if passed else ("fail" if severity == "error" else "warn"))
-    return Table(["Check", "Split", "Observed", "Bound", "Severity", "Result", "Message"], rows, classes)
-
-
 def length_stats_table(validation: dict[str, Any], encoding: dict[str, Any]) -> Table:
     stats = validation.get("length_stats") or {}
     truncated = encoding.get("truncated_fraction") or {}
@@ -226,26 +210,15 @@ def text_coverage_table(validation: dict[str, Any], encoding: dict[str, Any]) ->
     return Table(["Split", "Median kept share", "Mean kept share", "Out-of-vocabulary share"], rows)
 
 
-def _label_order(label_counts: dict[str, dict[str, int]]) -> list[str]:
-    labels: list[str] = []
-    for counts in label_counts.values():
-        labels += [label for label in counts if label not in labels]
-    return labels
-
-
 def label_balance_table(validation: dict[str, Any]) -> Table:
     label_counts = validation.get("label_counts") or {}
-    labels = _label_order(label_counts)
+    labels = label_order(label_counts)
     rows = []
     for split, counts in label_counts.items():
         total = sum(counts.values())
         cells = [f"{counts.get(label, 0):,} ({format_percent(counts.get(label, 0) / total if total else None)})" for label in labels]
         rows.append([split] + cells + [f"{total:,}"])
     return Table(["Split"] + [str(label) for label in labels] + ["Total"], rows)
-
-
-def _series(history: dict[str, Any], name: str) -> list[float | None]:
-    return [as_number(value) for value in history.get(name) or []]
 
 
 def _changes(changes: Any) -> str:
@@ -283,7 +256,7 @@ def history_table(history: dict[str, Any], best_epoch: Any) -> Table:
 
 def confusion_table(metrics: dict[str, Any]) -> Table:
     matrix = metrics.get("confusion_matrix") or []
-    labels = _class_labels(metrics, len(matrix))
+    labels = class_labels(metrics, len(matrix))
     rows = [[f"true {label}"] + [format_count(count) for count in row] for label, row in zip(labels, matrix)]
     return Table(["true / predicted"] + [str(label) for label in labels], rows)
 
@@ -294,226 +267,7 @@ def by_length_table(metrics: dict[str, Any]) -> Table:
     return Table(["Review length (tokens)", "Reviews", "Accuracy"], rows)
 
 
-def _class_labels(metrics: dict[str, Any], size: int) -> list[str]:
-    labels = [str(label) for label in metrics.get("labels") or []]
-    return labels[:size] + [str(index) for index in range(len(labels), size)]
-
-
-# --------------------------------------------------------------------------- plots
-
-
-@dataclass(frozen=True)
-class Plot:
-    name: str  # file stem under plots/
-    title: str
-    png: bytes
-
-    @property
-    def filename(self) -> str:
-        return f"{PLOTS_DIR}/{self.name}.png"
-
-
-def plot_length_histogram(encoding: dict[str, Any]) -> bytes | None:
-    histogram = encoding.get("length_histogram") or {}
-    edges, counts = histogram.get("edges") or [], histogram.get("counts") or []
-    if not counts or len(edges) != len(counts) + 1:
-        return None
-    figure = new_figure()
-    axes = figure.add_subplot()
-    axes.stairs(counts, edges, fill=True, color=TRAIN_COLOUR, alpha=0.75, label="train reviews")
-    max_len = as_number(encoding.get("max_len"))
-    if max_len is not None:
-        share = (encoding.get("truncated_fraction") or {}).get("train")
-        note = f" ({format_percent(share)} of train truncated)" if as_number(share) is not None else ""
-        axes.axvline(max_len, color=MARK_COLOUR, linestyle="--", linewidth=2, label=f"max_len = {int(max_len):,}{note}")
-    axes.set_xlabel("review length (tokens)")
-    axes.set_ylabel("reviews")
-    axes.set_title("Training review lengths")
-    axes.legend(loc="best", framealpha=0.9)
-    return figure_png(figure)
-
-
-# Past this many classes the label balance plot groups its bars by class (a colour per split), the
-# confusion matrix drops the row percentages: a colour per class would repeat (tab10 has ten) and
-# a legend of them would cover the bars; two lines of text per cell would not fit.
-MANY_CLASSES = 6
-
-
-def plot_label_balance(validation: dict[str, Any]) -> bytes | None:
-    label_counts = validation.get("label_counts") or {}
-    labels = _label_order(label_counts)
-    if not labels:
-        return None
-    if len(labels) > MANY_CLASSES:
-        return _plot_label_balance_by_class(label_counts, labels)
-    splits = list(label_counts)
-    figure = new_figure()
-    axes = figure.add_subplot()
-    width = 0.8 / len(labels)
-    for position, label in enumerate(labels):
-        shares = []
-        for split in splits:
-            total = sum(label_counts[split].values())
-            shares.append(label_counts[split].get(label, 0) / total if total else 0.0)
-        xs = [index + (position - (len(labels) - 1) / 2) * width for index in range(len(splits))]
-        bars = axes.bar(xs, shares, width=width * 0.95, label=str(label))
-        axes.bar_label(bars, labels=[f"{share:.0%}" for share in shares], fontsize=8)
-    axes.set_xticks(range(len(splits)), splits)
-    axes.set_ylim(0, 1.1)
-    axes.set_ylabel("share of reviews")
-    axes.set_title("Label balance per split")
-    axes.legend(loc="upper right", ncols=min(len(labels), 4))
-    return figure_png(figure)
-
-
-def _plot_label_balance_by_class(label_counts: dict[str, dict[str, int]], labels: list[str]) -> bytes:
-    """Many classes: one group of bars per class, one bar (and colour) per split; the numbers are in the table below."""
-    splits = list(label_counts)
-    figure = new_figure(max(7.0, min(14.0, 1.5 + 0.55 * len(labels))), 4.2)
-    axes = figure.add_subplot()
-    width = 0.8 / len(splits)
-    for position, split in enumerate(splits):
-        total = sum(label_counts[split].values())
-        shares = [label_counts[split].get(label, 0) / total if total else 0.0 for label in labels]
-        xs = [index + (position - (len(splits) - 1) / 2) * width for index in range(len(labels))]
-        axes.bar(xs, shares, width=width * 0.95, label=str(split))
-    axes.set_xticks(range(len(labels)), [str(label) for label in labels], rotation=45, ha="right", rotation_mode="anchor")
-    axes.set_ylabel("share of reviews")
-    axes.set_title("Label balance per split")
-    axes.legend(loc="upper right", ncols=len(splits))
-    axes.set_ylim(0, axes.get_ylim()[1] * 1.15)  # room for the legend above the tallest bar
-    return figure_png(figure)
-
-
-def plot_learning_curves(history: dict[str, Any], best_epoch: Any) -> bytes | None:
-    panels = [(metric, [name for name in (metric, f"val_{metric}") if history.get(name)]) for metric in ("loss", "accuracy")]
-    panels = [(metric, names) for metric, names in panels if names]
-    if not panels:
-        return None
-    figure = new_figure(9.0, 3.6)
-    best = as_number(best_epoch)
-    for index, (metric, names) in enumerate(panels):
-        axes = figure.add_subplot(1, len(panels), index + 1)
-        for name in names:
-            values = _series(history, name)
-            epochs = list(range(1, len(values) + 1))
-            training = not name.startswith("val_")
-            axes.plot(epochs, [math.nan if v is None else v for v in values], marker="o",
-                      color=TRAIN_COLOUR if training else VALIDATION_COLOUR, label="train" if training else "validation")
-        if best is not None:
-            axes.axvline(best, color=MARK_COLOUR, linestyle="--", linewidth=1.5, label=f"best epoch {int(best)}")
-        axes.set_xlabel("epoch")
-        axes.set_ylabel(metric)
-        axes.set_title(metric.capitalize())
-        axes.xaxis.get_major_locator().set_params(integer=True)
-        axes.legend()
-    return figure_png(figure)
-
-
-def plot_confusion_matrix(metrics: dict[str, Any]) -> bytes | None:
-    matrix = metrics.get("confusion_matrix") or []
-    if not matrix:
-        return None
-    size = len(matrix)
-    labels = _class_labels(metrics, size)
-    many = size > MANY_CLASSES
-    # Grows with the classes up to about a page's width: 20 classes would otherwise draw 28 inches wide.
-    figure = new_figure(min(1.6 + 1.3 * size, 13.0), min(1.0 + 1.2 * size, 12.0))
-    axes = figure.add_subplot()
-    image = axes.imshow(matrix, cmap="Blues")
-    peak = max((max(row) for row in matrix if row), default=0) or 1
-    for true_index, row in enumerate(matrix):
-        total = sum(row) or 1
-        for predicted_index, count in enumerate(row):
-            colour = "white" if count > peak / 2 else "black"
-            text = f"{count:,}" if many else f"{count:,}\n{count / total:.0%}"
-            axes.text(predicted_index, true_index, text, ha="center", va="center", color=colour, fontsize=7 if many else 9)
-    if many:
-        axes.set_xticks(range(size), labels, rotation=45, ha="right", rotation_mode="anchor")
-    else:
-        axes.set_xticks(range(size), labels)
-    axes.set_yticks(range(size), labels)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
-    axes.set_title("Confusion matrix (test)")
-    figure.colorbar(image, ax=axes, shrink=0.8)
-    return figure_png(figure)
-
-
-def plot_roc_curve(metrics: dict[str, Any]) -> bytes | None:
-    curve = metrics.get("roc_curve") or {}
-    fpr, tpr = curve.get("fpr") or [], curve.get("tpr") or []
-    if not fpr or len(fpr) != len(tpr):
-        return None
-    figure = new_figure(4.6, 4.2)
-    axes = figure.add_subplot()
-    auc = format_metric((metrics.get("test") or {}).get("roc_auc"))
-    axes.plot(fpr, tpr, color=TRAIN_COLOUR, linewidth=2, label=f"model (AUC {auc})")
-    axes.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
-    axes.set_xlim(0, 1)
-    axes.set_ylim(0, 1.01)
-    axes.set_xlabel("false positive rate")
-    axes.set_ylabel("true positive rate")
-    axes.set_title("ROC curve (test)")
-    axes.legend(loc="lower right")
-    return figure_png(figure)
-
-
-def plot_accuracy_by_length(metrics: dict[str, Any]) -> bytes | None:
-    buckets = metrics.get("by_length") or []
-    if not buckets:
-        return None
-    figure = new_figure()
-    axes = figure.add_subplot()
-    names = [str(bucket.get("bucket", "")) for bucket in buckets]
-    accuracies = [as_number(bucket.get("accuracy")) or 0.0 for bucket in buckets]
-    bars = axes.bar(range(len(names)), accuracies, color=TRAIN_COLOUR)
-    texts = [f"{accuracy:.3f}\nn={format_count(bucket.get('n'))}" for accuracy, bucket in zip(accuracies, buckets)]
-    axes.bar_label(bars, labels=texts, label_type="center", color="white", fontsize=9)
-    overall = as_number((metrics.get("test") or {}).get("accuracy"))
-    if overall is not None:
-        axes.axhline(overall, color=MARK_COLOUR, linestyle="--", label=f"overall {overall:.4f}")
-        axes.legend(loc="upper right")
-    axes.set_xticks(range(len(names)), names)
-    axes.set_ylim(0, 1.2)
-    axes.set_xlabel("review length (tokens)")
-    axes.set_ylabel("accuracy")
-    axes.set_title("Test accuracy by review length")
-    return figure_png(figure)
-
-
-def build_plots(inputs: ReportInputs) -> dict[str, Plot]:
-    """Every figure the data allows, by name; a figure whose data is absent is left out."""
-    candidates = [
-        ("length_histogram", "Training review lengths", lambda: plot_length_histogram(inputs.encoding)),
-        ("label_balance", "Label balance per split", lambda: plot_label_balance(inputs.validation)),
-        ("learning_curves", "Learning curves", lambda: plot_learning_curves(inputs.history, inputs.training.get("best_epoch"))),
-        ("confusion_matrix", "Confusion matrix", lambda: plot_confusion_matrix(inputs.metrics)),
-        ("roc_curve", "ROC curve", lambda: plot_roc_curve(inputs.metrics)),
-        ("accuracy_by_length", "Accuracy by review length", lambda: plot_accuracy_by_length(inputs.metrics)),
-    ]
-    plots = {}
-    for name, title, draw in candidates:
-        png = draw()
-        if png is not None:
-            plots[name] = Plot(name, title, png)
-    return plots
-
-
 # --------------------------------------------------------------------------- the report document
-
-
-@dataclass
-class Section:
-    """One heading of the report, with its text, tables, figures and preformatted blocks in order."""
-
-    title: str
-    blocks: list[tuple[str, Any]] = field(default_factory=list)  # (kind, content): text | table | plot | pre | list
-
-    def add(self, kind: str, content: Any) -> "Section":
-        if content:
-            self.blocks.append((kind, content))
-        return self
 
 
 def report_title(config: dict[str, Any]) -> str:
@@ -524,19 +278,7 @@ def build_sections(inputs: ReportInputs, plots: dict[str, Plot]) -> list[Section
     metrics, validation, encoding, training = inputs.metrics, inputs.validation, inputs.encoding, inputs.training
     sections = [Section("Key numbers").add("table", key_numbers_table(inputs)).add("table", per_class_table(metrics))]
 
-    checks = Section("Data validation")
-    failed = [check for check in validation.get("checks") or [] if not check.get("passed", True)]
-    if not validation.get("passed", True):
-        verdict = "Validation failed: see the rows marked FAILED with severity error."
-    elif failed:
-        verdict = f"Validation passed: no error failed; {len(failed)} warning check{'s' if len(failed) != 1 else ''} failed (highlighted)."
-    else:
-        verdict = "All checks passed."
-    checks.add("text", verdict)
-    checks.add("table", validation_checks_table(validation))
-    warnings = [str(warning) for warning in validation.get("warnings") or []]
-    checks.add("text", "Warnings:" if warnings else "No warnings.").add("list", warnings)
-    sections.append(checks)
+    sections.append(validation_section(validation, inputs.config))
 
     data = Section("Data")
     data.add("plot", plots.get("length_histogram")).add("table", length_stats_table(validation, encoding))
@@ -580,6 +322,9 @@ def build_sections(inputs: ReportInputs, plots: dict[str, Plot]) -> list[Section
         evaluation.add("text", f"No ROC curve: it is drawn for two classes, and this model has {classes}.")
     evaluation.add("plot", plots.get("accuracy_by_length")).add("table", by_length_table(metrics))
     sections.append(evaluation)
+    mistakes = mistakes_section(inputs.mistakes, metrics)
+    if mistakes is not None:
+        sections.append(mistakes)
 
     sections.append(Section("Model").add("pre", _clean_summary(str(training.get("model_summary") or "")) or "No model summary recorded."))
     sections.append(Section("Configuration").add("pre", config_text(inputs.config)))
@@ -591,72 +336,6 @@ def config_text(config: dict[str, Any]) -> str:
         return yaml.safe_dump(config, sort_keys=False, allow_unicode=True).rstrip()
     except yaml.YAMLError:
         return json.dumps(config, indent=2, default=str)
-
-
-# --------------------------------------------------------------------------- HTML
-
-def _html_block(kind: str, content: Any) -> str:
-    if kind == "table":
-        return html_table(content)
-    if kind == "plot":
-        return html_figure(content.png, content.title)
-    if kind == "pre":
-        return f"<pre>{html.escape(content)}</pre>"
-    if kind == "list":
-        return "<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in content) + "</ul>"
-    return f"<p>{html.escape(str(content))}</p>"
-
-
-def render_html(inputs: ReportInputs, sections: list[Section]) -> str:
-    """The whole report as one HTML page: inline CSS, plots as data URIs, nothing fetched from elsewhere."""
-    title = html.escape(report_title(inputs.config))
-    model = html.escape(describe_model(inputs.config.get("model") or {}))
-    passed = inputs.validation.get("passed", True)
-    badge = '<span class="badge ok">validation passed</span>' if passed else '<span class="badge bad">validation failed</span>'
-    accuracy = html.escape(format_metric(inputs.test.get("accuracy")))
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{title}</title><style>{STYLESHEET}</style></head><body>",
-        f"<header><h1>{title}</h1>",
-        f'<p class="subtitle">Model: <strong>{model}</strong> · test accuracy <strong>{accuracy}</strong> · {badge}</p></header>',
-    ]
-    for section in sections:
-        parts.append(f"<section><h2>{html.escape(section.title)}</h2>")
-        parts.extend(_html_block(kind, content) for kind, content in section.blocks)
-        parts.append("</section>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
-
-
-# --------------------------------------------------------------------------- Markdown
-
-
-def _markdown_block(kind: str, content: Any, section_title: str) -> str:
-    if kind == "table":
-        return markdown_table(content)
-    if kind == "plot":
-        return f"![{content.title}]({content.filename})"
-    if kind == "pre":
-        return markdown_fence(content, "yaml" if section_title == "Configuration" else "text")
-    if kind == "list":
-        return "\n".join(f"- {markdown_escape(item)}" for item in content)
-    return markdown_escape(str(content))
-
-
-def render_markdown(inputs: ReportInputs, sections: list[Section]) -> str:
-    """The same report in Markdown; figures are links to the PNG files under plots/."""
-    passed = "passed" if inputs.validation.get("passed", True) else "failed"
-    parts = [
-        f"# {markdown_escape(report_title(inputs.config))}",
-        f"Model: **{markdown_escape(describe_model(inputs.config.get('model') or {}))}** · "
-        f"test accuracy **{format_metric(inputs.test.get('accuracy'))}** · validation {passed}",
-    ]
-    for section in sections:
-        parts.append(f"## {section.title}")
-        parts.extend(_markdown_block(kind, content, section.title) for kind, content in section.blocks)
-    return "\n\n".join(parts) + "\n"
 
 
 # --------------------------------------------------------------------------- the step
@@ -675,8 +354,10 @@ def write_report(config: dict, upstream: dict[str, StepOutput], out_dir: Path) -
     for plot in plots.values():
         _write_bytes(out_dir / plot.filename, plot.png)
     sections = build_sections(inputs, plots)
-    write_text(out_dir / REPORT_HTML, render_html(inputs, sections))
-    write_text(out_dir / REPORT_MARKDOWN, render_markdown(inputs, sections))
+    header = ReportHeader(report_title(inputs.config), describe_model(inputs.config.get("model") or {}),
+                          format_metric(inputs.test.get("accuracy")), report_verdict(inputs.config, inputs.validation))
+    write_text(out_dir / REPORT_HTML, render_html(header, sections))
+    write_text(out_dir / REPORT_MARKDOWN, render_markdown(header, sections))
     # The headline as data, so the Prefect artifacts (and other tools) show what the report shows.
     key_numbers = key_numbers_table(inputs)
     write_json(out_dir / REPORT_DATA, {

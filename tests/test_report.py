@@ -6,13 +6,15 @@ import json
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 import tasks.report as report
+from tasks.evaluate import OOV_MARK, decode_tokens, most_confident_mistakes, write_mistakes
 from tasks.report import format_metric, publish_report_artifacts, write_report
 from tasks.store import StepOutput
 from tests.helpers import REPORT_CONFIG as CONFIG
-from tests.helpers import make_upstream
+from tests.helpers import make_upstream, toy_encoding
 
 
 @pytest.fixture(scope="module")
@@ -215,3 +217,184 @@ def test_publish_inside_a_run_creates_three_keyed_artifacts(binary_report, tmp_p
     assert {"metric": "accuracy", "value": 0.87654} in created["table"]["table"]
     assert created["link"]["link"] == (out / "report.html").resolve().as_uri()
     assert created["link"]["link"].startswith("file://")
+
+
+# --------------------------------------------------------------------------- what happened to the run, at the top
+
+
+def _header(page: str) -> str:
+    return page[page.index("<header>"):page.index("</header>")]
+
+
+def test_the_top_gives_the_validation_verdict_promotion_will_reach(binary_report):
+    out, _ = binary_report
+    page = (out / "report.html").read_text(encoding="utf-8")
+    # token_length failed as a warning, and the default promote.blocking_warnings leave it out: amber, not green.
+    verdict = "passed with 1 warning (none blocks promotion: promote.blocking_warnings)"
+    assert f'<strong>Validation:</strong> <span class="badge warn">{verdict}</span>' in _header(page)
+    assert "validation passed<" not in page and 'class="badge ok"' not in page
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert f"**Validation:** {verdict} · [Data Docs](../validate/data_docs/index.html)" in markdown.split("## Key numbers")[0]
+    assert f"| Data validation | {verdict} |" in markdown
+
+
+def test_a_warning_that_blocks_promotion_is_red_at_the_top(tmp_path):
+    out = tmp_path / "report"
+    write_report({**CONFIG, "promote": {"blocking_warnings": ["token_length"]}}, make_upstream(tmp_path, ["neg", "pos"]), out)
+    page = (out / "report.html").read_text(encoding="utf-8")
+    verdict = ("passed with 1 warning: not promotable unless token_length on test (warning) is fixed "
+               "or its check left out of promote.blocking_warnings")
+    assert f'<span class="badge bad">{verdict}</span>' in _header(page)
+    assert "passed with 1 warning (none blocks" not in page
+    row = re.search(r'<tr class="fail">(.*?)</tr>', page).group(1)  # red in the checks too, not an amber warning
+    assert ">token_length<" in row and ">FAILED, blocks promotion<" in row
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert f"**Validation:** {verdict}" in markdown and f"| Data validation | {verdict} |" in markdown
+
+
+def test_every_check_passing_is_green_and_counted(tmp_path):
+    upstream = make_upstream(tmp_path, ["neg", "pos"])
+    validation = json.loads((upstream["validate"].path / "validation.json").read_text(encoding="utf-8"))
+    validation["checks"][1]["passed"] = True
+    _add_json(upstream["validate"], "validation.json", checks=validation["checks"], warnings=[])
+    out = tmp_path / "report"
+    write_report(CONFIG, upstream, out)
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert '<span class="badge ok">passed: all 2 checks</span>' in _header(page)
+    assert "No check failed." in page
+
+
+def test_the_top_links_to_the_promotion_decision_page(binary_report):
+    out, _ = binary_report
+    header = _header((out / "report.html").read_text(encoding="utf-8"))
+    assert ("<strong>Promotion:</strong> The promotion decision (promoted or not, and why) is on its own page: "
+            '<a href="../promote/decision.html">promote/decision.html</a>') in header
+    markdown = (out / "report.md").read_text(encoding="utf-8").split("## Key numbers")[0]
+    assert ("**Promotion:** The promotion decision (promoted or not, and why) is on its own page: "
+            "[promote/decision.html](../promote/decision.html)") in markdown
+
+
+def test_passing_checks_are_folded_and_failed_ones_shown(binary_report):
+    out, _ = binary_report
+    page = (out / "report.html").read_text(encoding="utf-8")
+    section = page[page.index('<section id="data-validation">'):]
+    section = section[:section.index("</section>")]
+    folded = re.search(r"<details><summary>1 check passed</summary>(.*?)</details>", section).group(1)
+    assert ">class_balance<" in folded and ">token_length<" not in folded
+    shown = section[:section.index("<details>")]
+    assert "1 check failed:" in shown and ">token_length<" in shown and ">FAILED<" in shown
+    assert '<a href="../validate/data_docs/index.html">validate/data_docs/index.html</a>' in section
+
+
+# --------------------------------------------------------------------------- the most confident mistakes
+
+
+def _add_mistakes(upstream: dict, rows: list[dict]) -> None:
+    frame = pd.DataFrame(rows, columns=["row", "id", "label", "predicted", "probability", "length", "text"])
+    frame.to_parquet(upstream["evaluate"].path / "mistakes.parquet", index=False)
+
+
+LONG_REVIEW = "word " * 150  # 750 characters
+
+
+def test_the_most_confident_mistakes_are_shown_per_true_class(tmp_path):
+    upstream = make_upstream(tmp_path, ["neg", "pos"])
+    _add_mistakes(upstream, [
+        {"row": 17, "id": 4, "label": 0, "predicted": 1, "probability": 0.98765, "length": 9, "text": "a <b>bold</b> | piped review"},
+        {"row": 3, "id": 4, "label": 0, "predicted": 1, "probability": 0.91, "length": 150, "text": LONG_REVIEW},
+        {"row": 250, "id": 12, "label": 1, "predicted": 0, "probability": 0.88, "length": 5, "text": f"not {OOV_MARK} at all"},
+    ])
+    out = tmp_path / "report"
+    write_report(CONFIG, upstream, out)
+    page = (out / "report.html").read_text(encoding="utf-8")
+    section = page[page.index('<section id="most-confident-mistakes">'):]
+    section = section[:section.index("</section>")]
+    assert "<h3>True class neg: the 2 most confident of 5 misclassified</h3>" in section  # 5: the confusion matrix's row
+    assert "<h3>True class pos: the 1 most confident of 5 misclassified</h3>" in section
+    assert ('<tr><td class="number">17</td><td>neg</td><td>pos</td><td class="number">0.9877</td>'
+            "<td>a &lt;b&gt;bold&lt;/b&gt; | piped review</td></tr>") in section
+    assert "<b>bold" not in page
+    shortened = re.search(r"<td>(word word[^<]*)</td>", section).group(1)
+    assert shortened.endswith("word…") and len(shortened) <= 400
+    assert section.index(">17<") < section.index(">3<") < section.index(">250<")
+    assert f"not {OOV_MARK} at all" in section
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert "### True class pos: the 1 most confident of 5 misclassified" in markdown
+    assert "| 17 | neg | pos | 0.9877 | a &lt;b&gt;bold&lt;/b&gt; \\| piped review |" in markdown
+    assert markdown.index("## Most confident mistakes") < markdown.index("## Model")
+
+
+def test_a_class_without_mistakes_says_so(tmp_path):
+    upstream = make_upstream(tmp_path, ["neg", "pos"])
+    _add_mistakes(upstream, [{"row": 1, "id": 1, "label": 1, "predicted": 0, "probability": 0.7, "length": 3, "text": "fine"}])
+    _add_json(upstream["evaluate"], "metrics.json", confusion_matrix=[[45, 0], [5, 40]])
+    out = tmp_path / "report"
+    write_report(CONFIG, upstream, out)
+    assert "### True class neg: no review misclassified" in (out / "report.md").read_text(encoding="utf-8")
+
+
+def test_a_run_evaluated_before_the_mistakes_file_says_so(binary_report):
+    out, _ = binary_report
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert "## Most confident mistakes\n\nNot recorded: this run's evaluate step is from before evaluate/mistakes.parquet" in markdown
+
+
+def test_a_next_token_run_has_no_mistakes_section(tmp_path):
+    upstream = make_upstream(tmp_path, ["neg", "pos"])
+    _add_json(upstream["evaluate"], "metrics.json", task="next_token")
+    out = tmp_path / "report"
+    write_report(CONFIG, upstream, out)
+    for name in ("report.html", "report.md"):
+        assert "Most confident mistakes" not in (out / name).read_text(encoding="utf-8")
+
+
+def test_most_confident_mistakes_keeps_the_wrong_ones_by_probability():
+    predictions = pd.DataFrame({
+        "row": range(8),
+        "label": [0, 0, 0, 0, 1, 1, 1, 1],
+        "predicted": [1, 1, 0, 1, 0, 1, 0, 0],
+        "probability": [0.6, 0.9, 0.99, 0.9, 0.7, 0.95, 0.8, 0.55],
+    })
+    mistakes = most_confident_mistakes(predictions, per_class=2)
+    assert mistakes[["row", "label"]].values.tolist() == [[1, 0], [3, 0], [6, 1], [4, 1]]  # a tie goes to the earlier row
+
+
+def test_decoded_tokens_read_as_the_model_read_them():
+    words = {"tokens": ["the", "film", "bored", "me"], "index_from": 3, "tokenizer": "word"}
+    assert decode_tokens([1, 3, 4, 2, 5, 6, 0, 0], words) == f"the film {OOV_MARK} bored me"
+    assert decode_tokens([1, 3, 4, 2], {**words, "tokens": list("ab "), "tokenizer": "char"}) == f"ab{OOV_MARK}"
+    pieces = {"tokens": ["\u2581the", "\u2581fil", "m"], "index_from": 3, "tokenizer": "subword"}
+    assert decode_tokens([1, 3, 4, 5], pieces) == "the film"
+
+
+def test_mistakes_of_an_encoding_without_token_ids_show_no_text(tmp_path):
+    encoded = toy_encoding(tmp_path / "encode", test=True)  # its tokens_test.parquet has id and length only
+    predictions = pd.DataFrame({"row": [0, 1, 2], "label": [0, 1, 1], "predicted": [1, 0, 1], "probability": [0.9, 0.8, 0.7]})
+    write_mistakes(predictions, encoded, tmp_path / "evaluate")
+    mistakes = pd.read_parquet(tmp_path / "evaluate" / "mistakes.parquet")
+    assert mistakes["row"].tolist() == [0, 1] and mistakes["text"].isna().all()
+    upstream = make_upstream(tmp_path, ["neg", "pos"])
+    (tmp_path / "evaluate" / "mistakes.parquet").rename(upstream["evaluate"].path / "mistakes.parquet")
+    write_report(CONFIG, upstream, tmp_path / "report")
+    assert "| 0 | neg | pos | 0.9000 | (not recorded) |" in (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_a_real_run_s_mistakes_are_its_test_reviews_in_order(tiny_run):
+    """evaluate's `row` is the review's place in ingest/test.parquet: each mistake's label and tokens are that row's."""
+    from tasks.text import tokenize
+
+    folder = tiny_run.folder
+    test = pd.read_parquet(folder / "ingest" / "test.parquet")
+    predictions = pd.read_parquet(folder / "evaluate" / "predictions.parquet")
+    assert predictions["row"].tolist() == list(range(len(test)))
+    assert predictions["label"].tolist() == test["label"].tolist()
+    mistakes = pd.read_parquet(folder / "evaluate" / "mistakes.parquet")
+    assert len(mistakes) and (mistakes["label"] != mistakes["predicted"]).all()
+    vocabulary = set(json.loads((folder / "encode" / "vocab.json").read_text(encoding="utf-8"))["tokens"])
+    for row in mistakes.itertuples():
+        assert test["label"].iloc[row.row] == row.label
+        expected = [token if token in vocabulary else OOV_MARK for token in tokenize(test["text"].iloc[row.row])]
+        assert row.text == " ".join(expected)
+    page = (folder / "report" / "report.html").read_text(encoding="utf-8")
+    assert "Most confident mistakes" in page and f">{mistakes['row'].iloc[0]}<" in page
