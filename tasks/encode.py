@@ -29,10 +29,9 @@ from tasks.config import EncodeConfig
 from tasks.store import SPLITS, RunFiles, StepOutput, atomic_path, iter_parquet, parquet_rows, read_json, write_json
 from tasks.subword import MODEL_FILE as SUBWORD_MODEL_FILE, SubwordModel, train_subword_model
 from tasks.text import clean_text, tokenize_many
+# The reserved ids and the vocabulary rule live beside tokenizer auto's choice, which validate makes too.
+from tasks.vocabulary_rule import INDEX_FROM, OOV, PAD, START, choose_tokenizer, ranked_tokens, token_frequencies
 
-# Keras' IMDb conventions: 0 pads, 1 starts a review, 2 stands for a word out of the vocabulary.
-PAD, START, OOV = 0, 1, 2
-INDEX_FROM = 3
 TOKENS_SCHEMA = pa.schema(
     [("id", pa.int64()), ("label", pa.int64()), ("length", pa.int32()), ("token_ids", pa.list_(pa.int32()))]
 )
@@ -218,13 +217,6 @@ class Vocabulary:
         return padded, sequences
 
 
-def ranked_tokens(counts: Counter[str], num_words: int) -> list[str]:
-    """The tokens kept: most frequent first, as many as fit in num_words beside the reserved ids."""
-    # Ties broken alphabetically so the same corpus always gives the same ids.
-    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-    return [token for token, _ in ranked[: num_words - INDEX_FROM]]
-
-
 def resolve_max_len(cfg: EncodeConfig, lengths: np.ndarray) -> int:
     """A fixed max_len, or 'auto': the chosen percentile of train lengths (the seeds read 100 off a histogram)."""
     if cfg.max_len != "auto":
@@ -235,9 +227,7 @@ def resolve_max_len(cfg: EncodeConfig, lengths: np.ndarray) -> int:
 def count_tokens(texts: list[str], cfg: EncodeConfig) -> tuple[Counter[str], np.ndarray]:
     """Token counts over texts, and each text's id-sequence length (start id included): one tokenising pass."""
     tokens, offsets = tokenize_many(texts, cfg.lowercase, cfg.tokenizer)
-    tally = pc.value_counts(tokens)
-    counts = Counter(dict(zip(tally.field("values").to_pylist(), tally.field("counts").to_pylist())))
-    return counts, np.diff(offsets) + 1
+    return token_frequencies(tokens), np.diff(offsets) + 1
 
 
 def _train_texts(path: Path, batch_rows: int) -> Iterator[str]:
@@ -252,7 +242,8 @@ def _learn_train(path: Path, cfg: EncodeConfig, batch_rows: int) -> tuple[str, l
     Words and characters: one pass counts tokens and lengths. Subwords: one pass trains the
     model, a second measures the lengths in its pieces. auto counts words first and goes on with
     subwords when num_words of them cover too little of the split's words (Korean, Turkish, or
-    Chinese without spaces between words).
+    Chinese without spaces between words): tasks.vocabulary_rule.choose_tokenizer, which validate
+    calls on the same counts to measure lengths in the same units.
     """
     lengths = np.empty(parquet_rows(path), dtype=np.int64)
     choice: dict[str, Any] = {}
@@ -269,15 +260,9 @@ def _learn_train(path: Path, cfg: EncodeConfig, batch_rows: int) -> tuple[str, l
         tokens = ranked_tokens(counts, cfg.num_words)
         if cfg.tokenizer != "auto":
             return cfg.tokenizer, tokens, None, lengths, choice
-        total = sum(counts.values())
-        coverage = sum(counts[token] for token in tokens) / total if total else 0.0
-        chosen = "word" if coverage >= cfg.auto_min_coverage else "subword"
-        choice = {
-            "coverage": round(coverage, 4), "min_coverage": cfg.auto_min_coverage, "chosen": chosen,
-            "why": f"the {len(tokens):,} most frequent words cover {coverage:.1%} of train's words "
-                   f"({'at least' if chosen == 'word' else 'under'} encode.auto_min_coverage {cfg.auto_min_coverage:.0%}): {chosen} tokens",
-        }
-        if chosen == "word":
+        auto = choose_tokenizer(counts, cfg.num_words, cfg.auto_min_coverage)
+        choice = auto.record()
+        if auto.chosen == "word":
             return "word", tokens, None, lengths, choice
     subword = SubwordModel(train_subword_model(_train_texts(path, batch_rows), cfg.num_words, cfg.lowercase))
     row = 0

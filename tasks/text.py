@@ -129,7 +129,8 @@ def kept_shares(texts: Sequence[str], lowercase: bool = True, tokenizer: Tokeniz
     script the rule drops, or of emoji and punctuation only, keeps little. Characters keep
     everything, and a subword model keeps every character its alphabet covers (what it does not
     shows as unknown pieces in encode.json's oov_share): both count as 1. Tokenizer auto counts as
-    words, which it is unless words cover too little (then encode takes subwords).
+    words, which it is unless words cover too little (then encode takes subwords); validate passes
+    auto's choice instead, made from train's words as encode makes it (tasks.vocabulary_rule).
     """
     import pyarrow as pa
     import pyarrow.compute as pc

@@ -18,13 +18,14 @@ to a few numbers, the columns GX checks:
     label        as ingested, nulls kept as nulls
     n_tokens     length after clean_text in encode.tokenizer's units (below; a null text counts as "")
     kept_share   share of the text's non-space characters that end up in tokens (tasks.text.kept_shares;
-                 encode.tokenizer's rule), null for a null or blank text
+                 encode.tokenizer's rule, auto's choice for auto), null for a null or blank text
     text_chars   length of the stripped text (0: empty or whitespace only), null for a null text
     text_hash    64-bit hash of the raw text (pandas' hash_pandas_object), null for a null text
 
 So memory holds one batch of text plus about 29 bytes per review (label 8, n_tokens 4,
 kept_share 4, text_chars 4, text_hash 8 and its null flag 1), flat in the length of the texts,
-and about 29 MB per million reviews in their number. The hash stands for the text in
+and about 29 MB per million reviews in their number (for tokenizer auto, train's reviews 8 bytes
+more, and a count of train's distinct words, until auto has chosen). The hash stands for the text in
 the duplicates and train_test_overlap checks: two texts are "the same" when their hashes are;
 with 2**64 values, the chance that any two of a million distinct reviews collide is about
 3 in 100 million, so a false duplicate is negligible. Cross-split values ("this test review's
@@ -34,14 +35,20 @@ counts come from the same columns.
 
 Lengths (token_length, length_stats) count what encode will see: words for the word tokenizer,
 normalised characters (spaces and punctuation included) for char. Subword pieces are learnt at
-encode, and auto chooses words or pieces there, so neither has a fixed rule here: both count
-characters, which pieces are built from. A piece holds at least one character, so a character
-count bounds the piece count from above, and it is 0 only for an empty text: a review such as
-"..." or "♥♥" has no words but is not empty to a subword model. The unit is written down
-(validation.json's length_unit: "words" or "characters") and said in the check's messages;
-tasks.validate_rules.LENGTH_UNITS maps each tokenizer to it. Files written to the step folder:
+encode, so they have no fixed rule here: they count characters, which pieces are built from. A
+piece holds at least one character, so a character count bounds the piece count from above, and
+it is 0 only for an empty text: a review such as "..." or "♥♥" has no words but is not empty to a
+subword model. Tokenizer auto is resolved here as encode resolves it, by the same function
+(tasks.vocabulary_rule.choose_tokenizer) on the same counts of train's words, gathered in the pass
+that measures train: train is read first, measured both in words and in characters, and keeps the
+chosen tokenizer's lengths and kept shares; val and test are measured in the chosen units only.
+The unit is written down (validation.json's length_unit: "words" or "characters", beside
+tokenizer, tokenizer_resolved and, for auto, tokenizer_auto as encode.json records it) and said in
+the check's messages; tasks.validate_rules.LENGTH_UNITS maps each tokenizer to it. Files written
+to the step folder:
 
-    validation.json   passed, checks, length_stats, length_unit, tokenizer, kept_share, label_counts, warnings
+    validation.json   passed, checks, length_stats, length_unit, tokenizer, tokenizer_resolved, [tokenizer_auto],
+                      kept_share, label_counts, warnings
     gx/suite.json     {suite name: GX expectation suite JSON}
     gx/results.json   {validation name: GX validation result JSON}
     data_docs/        GX Data Docs (index.html)
@@ -50,6 +57,7 @@ tasks.validate_rules.LENGTH_UNITS maps each tokenizer to it. Files written to th
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +70,9 @@ from tasks.config import ValidateConfig
 from tasks import store
 from tasks.store import SPLITS, RunFiles, StepOutput, iter_parquet, parquet_rows, read_json, write_json
 from tasks.logs import step_logger
-from tasks.text import clean_text, kept_shares, token_counts
-from tasks.validate_rules import Rule, TextRule, overlap_rules, suite_rules
+from tasks.text import clean_text, kept_shares, token_counts, tokenize_many
+from tasks.validate_rules import LENGTH_UNITS, Rule, TextRule, overlap_rules, suite_rules
+from tasks.vocabulary_rule import token_frequencies
 
 REQUIRED_COLUMNS = ("text", "label")
 SUITE_NAME = "reviews"
@@ -108,14 +117,19 @@ def _split_input(ingest_dir: Path, split: str) -> tuple[Path, int]:
     return path, rows
 
 
-def _read_split(ingest_dir: Path, split: str, batch_rows: int, text_rule: TextRule) -> pd.DataFrame:
-    """One split as GX sees it: label, n_tokens, kept_share, text_chars, text_hash per review, streamed batch by batch.
+def _read_split(
+    ingest_dir: Path, split: str, batch_rows: int, text_rule: TextRule, word_counts: Counter[str] | None = None
+) -> pd.DataFrame:
+    """One split as GX sees it: label, kept_share, text_chars, text_hash and n_tokens per review, streamed batch by batch.
 
     Only one batch of text is in memory at a time; the per-review arrays are preallocated from the footer's row count.
+    While auto has not chosen, n_tokens and kept_share come once per candidate tokenizer (columns
+    "n_tokens:word", "kept_share:subword", ...; _measured_as keeps one), and word_counts, when given,
+    counts the words of the text as encode counts them, for the choice.
     """
     path, rows = _split_input(ingest_dir, split)
-    n_tokens = np.zeros(rows, dtype=np.int32)
-    kept_share = np.full(rows, np.nan, dtype=np.float32)
+    n_tokens = {tokenizer: np.zeros(rows, dtype=np.int32) for tokenizer in text_rule.candidates}
+    kept_share = {tokenizer: np.full(rows, np.nan, dtype=np.float32) for tokenizer in text_rule.candidates}
     text_chars = np.full(rows, np.nan, dtype=np.float32)
     text_hash = np.zeros(rows, dtype=np.uint64)
     text_null = np.ones(rows, dtype=bool)
@@ -124,24 +138,56 @@ def _read_split(ingest_dir: Path, split: str, batch_rows: int, text_rule: TextRu
     for batch in iter_parquet(path, columns=list(REQUIRED_COLUMNS), batch_rows=batch_rows):
         stop = start + len(batch)
         texts = batch["text"]
+        raw = texts.fillna("").astype(str).tolist()
         # Tags such as <br /> are not words: count tokens the way encoding will see them.
-        cleaned = [clean_text(t) for t in texts.fillna("").astype(str)]
-        n_tokens[start:stop] = token_counts(cleaned, text_rule.lowercase, text_rule.length_rule)
-        kept_share[start:stop] = kept_shares(cleaned, text_rule.lowercase, text_rule.tokenizer)
+        cleaned = [clean_text(t) for t in raw]
+        for tokenizer in text_rule.candidates:
+            if LENGTH_UNITS[tokenizer][0] == "word":  # one word pass gives both the lengths and, for auto, the words
+                words, offsets = tokenize_many(cleaned, text_rule.lowercase, "word")
+                n_tokens[tokenizer][start:stop] = np.diff(offsets)
+            else:
+                n_tokens[tokenizer][start:stop] = token_counts(cleaned, text_rule.lowercase, LENGTH_UNITS[tokenizer][0])
+            kept_share[tokenizer][start:stop] = kept_shares(cleaned, text_rule.lowercase, tokenizer)
+        if word_counts is not None:
+            # Encode counts the text as ingested: the cleaned text, unless ingest kept HTML (data.strip_html false).
+            seen = words if cleaned == raw else tokenize_many(raw, text_rule.lowercase, "word")[0]
+            word_counts.update(token_frequencies(seen))
         text_chars[start:stop] = texts.str.strip().str.len().to_numpy(dtype=np.float32, na_value=np.nan)
         text_hash[start:stop] = pd.util.hash_pandas_object(texts, index=False).to_numpy()
         text_null[start:stop] = texts.isna().to_numpy()
         labels.append(batch["label"].reset_index(drop=True))
         start = stop
+    measured = {f"{name}:{tokenizer}": values[tokenizer] for name, values in (("n_tokens", n_tokens), ("kept_share", kept_share))
+                for tokenizer in text_rule.candidates}
     return pd.DataFrame(
         {
             "label": pd.concat(labels, ignore_index=True),
-            "n_tokens": n_tokens,
-            "kept_share": kept_share,
+            **measured,
             "text_chars": text_chars,
             "text_hash": pd.arrays.IntegerArray(text_hash, text_null),  # UInt64 with nulls where the text is null
         }
     )
+
+
+def _measured_as(frame: pd.DataFrame, tokenizer: str) -> pd.DataFrame:
+    """The split's frame with the n_tokens and kept_share of one tokenizer, the other candidates' dropped."""
+    chosen = {f"{name}:{tokenizer}": name for name in ("n_tokens", "kept_share")}
+    others = [column for column in frame.columns if ":" in column and column not in chosen]
+    return frame.drop(columns=others).rename(columns=chosen)
+
+
+def _read_splits(ingest_dir: Path, batch_rows: int, text_rule: TextRule) -> tuple[dict[str, pd.DataFrame], TextRule]:
+    """Every split's frame, and the text rule with auto resolved: train first, whose words make auto's choice
+    (tasks.vocabulary_rule, as encode makes it), so val and test are measured in the chosen units only."""
+    word_counts: Counter[str] | None = Counter() if text_rule.tokenizer == "auto" else None
+    train = _read_split(ingest_dir, "train", batch_rows, text_rule, word_counts)
+    if word_counts is not None:
+        text_rule = text_rule.resolve_auto(word_counts)
+    frames = {"train": _measured_as(train, text_rule.resolved)}
+    del train, word_counts  # the other candidate's columns and train's distinct words: freed before val and test are read
+    frames.update({split: _measured_as(_read_split(ingest_dir, split, batch_rows, text_rule), text_rule.resolved)
+                   for split in SPLITS if split != "train"})
+    return frames, text_rule
 
 
 def _read_labels(ingest_dir: Path) -> list[str]:
@@ -289,7 +335,8 @@ def validate_reviews(
     Failed data checks do not raise: they are written down and the summary says passed=False.
     Only unusable input (a missing or unreadable file, a missing column, an empty split) raises.
     Splits are read batch_rows reviews at a time (default tasks.store.STREAM_ROWS, read at call time).
-    text_rule is the tokenizer encode will use (default: words, lowercased), for the kept_text and token_length checks.
+    text_rule is the tokenizer encode will use (default: words, lowercased), for the kept_text and token_length checks;
+    tokenizer auto is resolved from train's words as encode resolves it.
     """
     text_rule = text_rule or TextRule()
     # GX's filesystem store wants an absolute base directory.
@@ -297,7 +344,7 @@ def validate_reviews(
     severity = cfg.severity  # merged over the defaults, names checked, by ValidateConfig
     labels = _read_labels(ingest_dir)
     batch_rows = batch_rows or store.STREAM_ROWS
-    frames = {split: _read_split(ingest_dir, split, batch_rows, text_rule) for split in SPLITS}
+    frames, text_rule = _read_splits(ingest_dir, batch_rows, text_rule)
     train_hashes = frames["train"]["text_hash"].dropna()
     # A null test text is in train never (isin leaves a null hash False), as before with the texts.
     test_frame = frames["test"].assign(in_train=frames["test"]["text_hash"].isin(train_hashes).astype(bool))
@@ -334,8 +381,7 @@ def validate_reviews(
         "passed": not failed_errors,
         "checks": checks,
         "length_stats": length_stats,
-        "length_unit": text_rule.length_unit,
-        "tokenizer": text_rule.tokenizer,
+        **text_rule.record(),  # length_unit, tokenizer, tokenizer_resolved, and for auto tokenizer_auto
         "kept_share": kept,
         "label_counts": label_counts,
         "warnings": warnings,
@@ -357,6 +403,7 @@ def validate_reviews(
         "warnings": warnings[:SUMMARY_MESSAGES],
         "length_stats": length_stats,
         "length_unit": text_rule.length_unit,
+        "tokenizer_resolved": text_rule.resolved,
         "kept_share": kept,
     }
 
@@ -379,7 +426,8 @@ def first_error(summary: dict[str, Any]) -> str:
 
 @task(name="validate", cache_policy=StepCachePolicy(step="validate"), retries=0)
 def validate_task(root: str, section: dict, upstream: dict, text_rule: dict | None = None) -> StepOutput:
-    """Data problems do not retry: the same data fails the same way. text_rule: encode's tokenizer and lowercase."""
+    """Data problems do not retry: the same data fails the same way. text_rule: encode's tokenizer and lowercase
+    (and, for auto, its num_words and auto_min_coverage), as TextRule's fields."""
     rule = TextRule(**(text_rule or {}))
     output = produce_step(root, "validate", section, upstream,
                           lambda out: validate_reviews(ValidateConfig(**section), upstream["ingest"].path, out, text_rule=rule),

@@ -6,53 +6,82 @@ these rules over them; each Rule pairs one GX expectation with the words that ex
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping
 
-from tasks.config import ValidateConfig
+from tasks.config import EncodeConfig, ValidateConfig
+from tasks.vocabulary_rule import TokenizerChoice, choose_tokenizer
 
 # GX's own severity field, so Data Docs show which failures stop the run.
 _GX_SEVERITY = {"error": "critical", "warning": "warning"}
 
-# How a review's length is counted for each encode.tokenizer: (the tasks.text rule that counts it, its unit).
-# Subword pieces are learnt at encode and auto chooses there, so neither has a rule yet: both count characters,
-# which pieces are made of (tasks/validate.py's module docstring says why).
+# How a review's length is counted for each tokenizer encode may use: (the tasks.text rule that counts it, its unit).
+# Subword pieces are learnt at encode, so they have no rule yet: they count characters, which pieces are made of
+# (tasks/validate.py's module docstring says why). auto is one of word and subword, chosen from train's words.
 LENGTH_UNITS = {
     "word": ("word", "words"),
     "char": ("char", "characters"),
     "subword": ("char", "characters"),
-    "auto": ("char", "characters"),
 }
-_WHY_CHARACTERS = {
-    "subword": "subword pieces are learnt at encode, from characters",
-    "auto": "tokenizer auto picks words or subword pieces at encode",
-}
+AUTO_CHOICES = ("word", "subword")
+_WHY_CHARACTERS = {"subword": "subword pieces are learnt at encode, from characters"}
+# Unset keys mean what they mean in encode's section.
+_ENCODE_DEFAULTS = EncodeConfig()
 
 
 @dataclass(frozen=True)
 class TextRule:
-    """The part of the encode section validation reads: the tokenizer whose kept share and lengths it measures."""
+    """The part of the encode section validation reads: the tokenizer whose kept share and lengths it measures,
+    and for tokenizer auto what encode chooses by (num_words, auto_min_coverage)."""
 
     tokenizer: str = "word"
     lowercase: bool = True
+    num_words: int = _ENCODE_DEFAULTS.num_words
+    auto_min_coverage: float = _ENCODE_DEFAULTS.auto_min_coverage
+    auto_choice: TokenizerChoice | None = None  # what auto chose from train's words (resolve_auto), None before
+
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        """The tokenizers encode may use: auto's two until train's words have chosen, else the one."""
+        return AUTO_CHOICES if self.tokenizer == "auto" and self.auto_choice is None else (self.resolved,)
+
+    @property
+    def resolved(self) -> str:
+        """The tokenizer encode uses: auto's choice, or the tokenizer itself."""
+        if self.tokenizer != "auto":
+            return self.tokenizer
+        if self.auto_choice is None:
+            raise ValueError("Tokenizer auto is not resolved yet: count train's words and call TextRule.resolve_auto first.")
+        return self.auto_choice.chosen
+
+    def resolve_auto(self, word_counts: Mapping[str, int]) -> "TextRule":
+        """This rule with auto's choice made from train's word counts, as encode makes it (tasks.vocabulary_rule)."""
+        return replace(self, auto_choice=choose_tokenizer(word_counts, self.num_words, self.auto_min_coverage))
+
+    def record(self) -> dict[str, Any]:
+        """What validation.json says of the tokenizer; auto's choice as encode.json records it (same function, same words)."""
+        auto = {"tokenizer_auto": self.auto_choice.record()} if self.auto_choice else {}
+        return {"length_unit": self.length_unit, "tokenizer": self.tokenizer, "tokenizer_resolved": self.resolved, **auto}
 
     @property
     def length_rule(self) -> str:
         """The tasks.text tokenizer that counts a review's length: word or char."""
-        return LENGTH_UNITS[self.tokenizer][0]
+        return LENGTH_UNITS[self.resolved][0]
 
     @property
     def length_unit(self) -> str:
         """What a review's length is counted in: words or characters."""
-        return LENGTH_UNITS[self.tokenizer][1]
+        return LENGTH_UNITS[self.resolved][1]
 
     def length(self, count: Any) -> str:
         """'1 word', '3 characters'."""
         return f"{count} {self.length_unit[:-1] if count == 1 else self.length_unit}"
 
     def length_phrase(self, count: Any) -> str:
-        """The length, and for subword and auto why it is in characters."""
-        why = _WHY_CHARACTERS.get(self.tokenizer)
+        """The length, and why it is in these units when that is not plain (subword; auto's choice)."""
+        why = _WHY_CHARACTERS.get(self.resolved)
+        if self.tokenizer == "auto":
+            why = f"tokenizer auto chose {self.resolved} tokens" + (f"; {why}" if why else "")
         return self.length(count) + (f" ({why})" if why else "")
 
 
@@ -198,7 +227,7 @@ def _kept_and_duplicate_rules(gxe: Any, cfg: ValidateConfig, text_rule: TextRule
             f"at least {cfg.min_kept_share:.0%} (validate.min_kept_share)",
             lambda r: (float_or_none(r.get("observed_value")),
                        f"the median review keeps {float_or_none(r.get('observed_value')) or 0:.1%} of its non-space characters "
-                       f"in {text_rule.tokenizer} tokens"),
+                       f"in {text_rule.resolved} tokens"),
             "set encode.tokenizer to subword or char (--set encode.tokenizer=subword)",
         ),
         Rule(

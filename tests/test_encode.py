@@ -253,3 +253,29 @@ def test_tokenizer_auto_keeps_words_for_english_and_takes_subwords_when_words_co
     assert "encode.auto_min_coverage 75%): subword tokens" in korean_info["tokenizer_auto"]["why"]
     assert read_json(korean / "vocab.json")["tokenizer"] == "subword" and (korean / "subword.model").is_file()
     assert not (english / "subword.model").exists()
+
+
+def test_choose_tokenizer_counts_the_words_a_vocabulary_of_num_words_keeps():
+    from tasks.vocabulary_rule import choose_tokenizer
+
+    counts = Counter({"film": 5, "good": 3, "bad": 2})
+    # num_words 5 keeps 2 words beside the 3 reserved ids: 8 of 10 word tokens.
+    assert choose_tokenizer(counts, num_words=5, min_coverage=0.75).record() == {
+        "coverage": 0.8, "min_coverage": 0.75, "chosen": "word",
+        "why": "the 2 most frequent words cover 80.0% of train's words (at least encode.auto_min_coverage 75%): word tokens",
+    }
+    assert choose_tokenizer(counts, num_words=5, min_coverage=0.9).chosen == "subword"
+    assert choose_tokenizer(counts, num_words=100, min_coverage=1.0).kept_words == 3, "no more words than there are"
+    assert choose_tokenizer(Counter({"a": 2, "b": 2, "c": 1}), num_words=4, min_coverage=0.75).coverage == 0.4, "ties: one of them"
+    assert choose_tokenizer(Counter(), num_words=100, min_coverage=0.5).chosen == "subword", "no words at all: pieces"
+
+
+def test_encode_records_the_shared_choice_of_its_train_words(tmp_path: Path, korean_ingest: Path):
+    from tasks.vocabulary_rule import choose_tokenizer
+
+    out = tmp_path / "encode"
+    out.mkdir()
+    encode_reviews(EncodeConfig(tokenizer="auto", num_words=200, max_len=20), korean_ingest, out)
+    train = pd.read_parquet(korean_ingest / "train.parquet")["text"].tolist()
+    words = Counter(tokenize_many(train)[0].to_pylist())
+    assert read_json(out / "encode.json")["tokenizer_auto"] == choose_tokenizer(words, 200, 0.75).record()

@@ -7,15 +7,19 @@ import pickle
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import pytest
 
 import tasks.store
 import tasks.validate
 
-from tasks.config import ConfigError, ValidateConfig, load_config
+from tasks.config import ConfigError, EncodeConfig, ValidateConfig, load_config
+from tasks.encode import encode_reviews
+from tasks.steps import task_inputs
 from tasks.store import StepOutput, write_json
-from tasks.validate import DataValidationError, first_error, validate_reviews, validate_task
+from tasks.text import token_counts
+from tasks.validate import DataValidationError, TextRule, first_error, validate_reviews, validate_task
 
 ROWS = 60
 LABELS = ["neg", "pos"]
@@ -28,7 +32,7 @@ def split_frame(split: str, rows: int = ROWS) -> pd.DataFrame:
             "text": [" ".join([f"{split}review{i}"] + ["word"] * i) for i in range(rows)],
             "label": pd.Series([i % 2 for i in range(rows)], dtype="int64"),
             "rating": pd.array([None] * rows, dtype="Int64"),
-            "id": [f"{split}_{i}" for i in range(rows)],
+            "id": range(rows),  # integers, as ingest writes them and encode reads them
         }
     )
 
@@ -367,26 +371,29 @@ def _with_punctuation_review(frames: dict[str, pd.DataFrame]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("tokenizer", "shortest", "unit", "seen"),
+    ("rule", "shortest", "unit", "seen"),
     [
-        ("word", 0, "words", "the shortest review has 0 words"),
-        ("char", 3, "characters", "the shortest review has 3 characters"),
-        ("subword", 3, "characters", "the shortest review has 3 characters (subword pieces are learnt at encode, from characters)"),
-        ("auto", 3, "characters", "the shortest review has 3 characters (tokenizer auto picks words or subword pieces at encode)"),
+        ({"tokenizer": "word"}, 0, "words", "the shortest review has 0 words"),
+        ({"tokenizer": "char"}, 3, "characters", "the shortest review has 3 characters"),
+        ({"tokenizer": "subword"}, 3, "characters", "the shortest review has 3 characters (subword pieces are learnt at encode, from characters)"),
+        # auto chooses as encode would: 20,000 words cover all words here; the one of num_words 4 ("word") 97%
+        ({"tokenizer": "auto"}, 0, "words", "the shortest review has 0 words (tokenizer auto chose word tokens)"),
+        ({"tokenizer": "auto", "num_words": 4, "auto_min_coverage": 1.0}, 3, "characters",
+         "the shortest review has 3 characters (tokenizer auto chose subword tokens; subword pieces are learnt at encode, from characters)"),
     ],
 )
-def test_punctuation_only_review_is_empty_in_words_only(tmp_path: Path, tokenizer: str, shortest: int, unit: str, seen: str):
+def test_punctuation_only_review_is_empty_in_words_only(tmp_path: Path, rule: dict, shortest: int, unit: str, seen: str):
     from tasks.validate import TextRule
 
     ingest = make_corpus(tmp_path / "ingest", _with_punctuation_review)
-    summary = validate_reviews(ValidateConfig(), ingest, tmp_path / "validate", text_rule=TextRule(tokenizer=tokenizer))
+    summary = validate_reviews(ValidateConfig(), ingest, tmp_path / "validate", text_rule=TextRule(**rule))
     report = json.loads((tmp_path / "validate" / "validation.json").read_text())
-    assert report["length_unit"] == summary["length_unit"] == unit and report["tokenizer"] == tokenizer
+    assert report["length_unit"] == summary["length_unit"] == unit and report["tokenizer"] == rule["tokenizer"]
     assert report["length_stats"]["train"]["min"] == shortest
     (check,) = [c for c in report["checks"] if c["check"] == "token_length" and c["split"] == "train" and "shortest" in c["message"]]
     assert check["observed"] == shortest and seen + f", bound at least 1 {unit[:-1]} (validate.min_tokens)" in check["message"]
-    # Only the word tokenizer loses the review: a warning (token_length does not block promotion by default), not an error.
-    assert check["passed"] is (tokenizer != "word") and check["severity"] == "warning" and summary["passed"] is True
+    # Only words lose the review: a warning (token_length does not block promotion by default), not an error.
+    assert check["passed"] is (unit == "characters") and check["severity"] == "warning" and summary["passed"] is True
     suites = json.loads((tmp_path / "validate" / "gx" / "suite.json").read_text())
     described = [e.get("description") or "" for e in suites["reviews"]["expectations"] if e["kwargs"].get("column") == "n_tokens"]
     assert len(described) == 2 and all(f"(n_tokens, in {unit})" in text for text in described), described
@@ -422,3 +429,70 @@ def test_changing_the_tokenizer_changes_the_cache_key_and_the_lengths(tmp_path: 
     stats = {name: json.loads(output.file("validation.json").read_text())["length_stats"] for name, output in outputs.items()}
     assert stats["word"]["train"]["min"] == 0 and stats["char"]["train"]["min"] == 3
     assert outputs["char"].summary["length_unit"] == "characters"
+
+
+# --------------------------------------------------------------------------- tokenizer auto: chosen as encode chooses
+
+
+def scattered_words(split: str, i: int) -> str:
+    """A review of made-up words that hardly repeat: the most frequent words cover little of them, as in Korean."""
+    rng = np.random.default_rng([("train", "val", "test").index(split), i])
+    return " ".join("".join(rng.choice(list("abcdefghij"), size=6)) for _ in range(3 + i % 5))
+
+
+def _validate_and_encode(tmp_path: Path, ingest: Path, num_words: int) -> tuple[dict, dict, dict]:
+    """(validation.json, validate's summary, encode.json) of tokenizer auto over one ingest folder."""
+    cfg = ValidateConfig(max_duplicate_fraction=1, max_train_test_overlap=1)
+    summary = validate_reviews(cfg, ingest, tmp_path / "validate", text_rule=TextRule(tokenizer="auto", num_words=num_words))
+    (tmp_path / "encode").mkdir()
+    encode_reviews(EncodeConfig(tokenizer="auto", num_words=num_words, max_len=20), ingest, tmp_path / "encode")
+    report = json.loads((tmp_path / "validate" / "validation.json").read_text())
+    return report, summary, json.loads((tmp_path / "encode" / "encode.json").read_text())
+
+
+@pytest.mark.parametrize(("corpus", "num_words", "chosen", "rule"), [("english", 600, "word", "word"), ("scattered", 40, "subword", "char")])
+def test_auto_chooses_as_encode_does_and_counts_in_the_chosen_units(tmp_path: Path, request, corpus, num_words, chosen, rule):
+    # The synthetic English reviews, whose 597 most frequent words cover most of them; or words that hardly repeat.
+    ingest = request.getfixturevalue("ingested") if corpus == "english" else make_corpus(tmp_path / "ingest", _texts(scattered_words))
+    report, summary, encoding = _validate_and_encode(tmp_path, ingest, num_words)
+    assert report["tokenizer"] == "auto" and report["tokenizer_resolved"] == summary["tokenizer_resolved"] == encoding["tokenizer"] == chosen
+    assert report["tokenizer_auto"] == encoding["tokenizer_auto"] and (report["tokenizer_auto"]["coverage"] >= 0.75) is (chosen == "word")
+    texts = pd.read_parquet(ingest / "train.parquet")["text"].tolist()  # already clean: validate counts them as they are
+    assert report["length_unit"] == summary["length_unit"] == {"word": "words", "char": "characters"}[rule]
+    assert report["length_stats"]["train"]["max"] == token_counts(texts, True, rule).max()
+    assert report["kept_share"]["train"]["median"] == 1.0 or chosen == "word", "subword pieces keep every character"
+    longest = [c for c in report["checks"] if c["check"] == "token_length" and c["split"] == "val" and "longest" in c["message"]]
+    assert f"(tokenizer auto chose {chosen} tokens" in longest[0]["message"]
+
+
+def test_auto_counts_the_words_encode_counts_when_ingest_kept_html(tmp_path: Path):
+    # data.strip_html false leaves the tags in the ingested text: encode counts "br" among train's words, and
+    # with it the one word a 4-id vocabulary keeps covers 75%; without the tags it would cover 1 word in 60.
+    ingest = make_corpus(tmp_path / "ingest", _texts(lambda split, i: f"{split}review{i} <br /><br /><br />"))
+    write_json(ingest / "ingest.json", {"labels": LABELS, "strip_html": False})
+    report, _, encoding = _validate_and_encode(tmp_path, ingest, num_words=4)
+    assert report["tokenizer_auto"] == encoding["tokenizer_auto"] and report["tokenizer_resolved"] == encoding["tokenizer"] == "word"
+    assert report["tokenizer_auto"]["coverage"] == 0.75
+    assert report["length_stats"]["train"]["max"] == 1, "lengths still count the words a review has once its tags are gone"
+
+
+def test_auto_measures_characters_in_train_only_before_the_choice(tmp_path: Path, monkeypatch):
+    counted = []
+
+    def count_spy(texts, lowercase, tokenizer):  # validate counts characters with it; words come from its word pass
+        counted.append(tokenizer)
+        return token_counts(texts, lowercase, tokenizer)
+
+    monkeypatch.setattr(tasks.validate, "token_counts", count_spy)
+    ingest = make_corpus(tmp_path / "ingest")
+    validate_reviews(ValidateConfig(), ingest, tmp_path / "validate", text_rule=TextRule(tokenizer="auto"), batch_rows=1000)
+    assert counted == ["char"], "train's one batch, while words or pieces were open; val and test in the chosen words only"
+
+
+def test_auto_rule_and_cache_key_carry_num_words_and_coverage_only_for_auto():
+    def rule(tokenizer: str) -> dict:
+        config = load_config(overrides=[f"encode.tokenizer={tokenizer}", "encode.num_words=3000", "encode.auto_min_coverage=0.8"])
+        return task_inputs("validate", config, {"ingest": None})["text_rule"]
+
+    assert rule("auto") == {"tokenizer": "auto", "lowercase": True, "num_words": 3000, "auto_min_coverage": 0.8}
+    assert rule("word") == {"tokenizer": "word", "lowercase": True}, "a word run's validation does not hang on num_words"

@@ -1,0 +1,62 @@
+"""Which tokens a vocabulary keeps, and how encode.tokenizer auto chooses between words and subword pieces.
+
+One rule for two steps: encode builds its vocabulary and resolves auto with it, and validate
+resolves auto with the same function from the same word counts, so that validation counts review
+lengths in the units encode will use. It lives apart from tasks/encode.py so that validate's
+code version (its cache key) does not change with every edit to encoding.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+# Keras' IMDb conventions: 0 pads, 1 starts a review, 2 stands for a word out of the vocabulary.
+PAD, START, OOV = 0, 1, 2
+INDEX_FROM = 3
+
+
+def ranked_tokens(counts: Mapping[str, int], num_words: int) -> list[str]:
+    """The tokens kept: most frequent first, as many as fit in num_words beside the reserved ids."""
+    # Ties broken alphabetically so the same corpus always gives the same ids.
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return [token for token, _ in ranked[: num_words - INDEX_FROM]]
+
+
+def token_frequencies(tokens: Any) -> Counter[str]:
+    """How often each token of an Arrow string array occurs (counted by Arrow, not in a Python loop)."""
+    import pyarrow.compute as pc
+
+    tally = pc.value_counts(tokens)
+    return Counter(dict(zip(tally.field("values").to_pylist(), tally.field("counts").to_pylist())))
+
+
+@dataclass(frozen=True)
+class TokenizerChoice:
+    """What tokenizer auto chose, and the figures it chose by."""
+
+    chosen: str  # "word" or "subword"
+    coverage: float  # share of the split's word tokens that the kept words cover
+    min_coverage: float
+    kept_words: int  # how many words a word vocabulary of num_words would keep
+
+    def record(self) -> dict[str, Any]:
+        """The choice as encode.json's tokenizer_auto (and validation.json's) records it."""
+        relation = "at least" if self.chosen == "word" else "under"
+        return {
+            "coverage": round(self.coverage, 4), "min_coverage": self.min_coverage, "chosen": self.chosen,
+            "why": f"the {self.kept_words:,} most frequent words cover {self.coverage:.1%} of train's words "
+                   f"({relation} encode.auto_min_coverage {self.min_coverage:.0%}): {self.chosen} tokens",
+        }
+
+
+def choose_tokenizer(word_counts: Mapping[str, int], num_words: int, min_coverage: float) -> TokenizerChoice:
+    """encode.tokenizer auto: words when the words a num_words vocabulary keeps cover at least min_coverage
+    of the word tokens counted, else subword pieces (Korean, Turkish, Chinese without spaces)."""
+    # The words ranked_tokens keeps: which of several equally frequent words it keeps does not change the sum.
+    kept = heapq.nlargest(num_words - INDEX_FROM, word_counts.values())
+    total = sum(word_counts.values())
+    coverage = sum(kept) / total if total else 0.0
+    return TokenizerChoice("word" if coverage >= min_coverage else "subword", coverage, min_coverage, len(kept))
