@@ -10,13 +10,11 @@ unique for every source (IMDb numbers each polarity from 0), so `row` is the one
 
 mistakes.parquet holds a classifier's most confident mistakes, the report's "Most confident
 mistakes": per true class, the MISTAKES_PER_CLASS misclassified reviews with the highest predicted
-probability, with their text. The text is the review in the model's tokens, decoded from encode's
-token ids (tokens_test.parquet) through its vocabulary: for words, lowercased (unless
-encode.lowercase is false) and without punctuation, with OOV_MARK for a token outside the
-vocabulary; the whole review, though the model reads at most max_len tokens of it. Not the text as written: that is in ingest's
-test.parquet, and this step's upstream is encode and train only, so its cache key does not cover
-ingest; reading the file there would show stale texts whenever ingest changed in a way encode's
-tokens do not (the case of a letter, punctuation). The `row` column finds the written text.
+probability, with `text`, the review as written (ingest's test.parquet at `row`: ingest is one of
+this step's upstream steps, so its cache key covers the texts), and `tokens`, the review in the
+model's tokens, decoded from encode's token ids (tokens_test.parquet) through its vocabulary: for
+words, lowercased (unless encode.lowercase is false) and without punctuation, with OOV_MARK for a
+token outside the vocabulary; the whole review, though the model reads at most max_len tokens of it.
 """
 
 from __future__ import annotations
@@ -239,14 +237,26 @@ def mistake_texts(encode_dir: Path, rows: list[int]) -> list[str | None]:
     return [decode_tokens(row_ids, vocabulary) for row_ids in ids]
 
 
-def write_mistakes(predictions: pd.DataFrame, encode_dir: Path, out_dir: Path) -> None:
-    """mistakes.parquet: most_confident_mistakes with each review's text (see the module docstring)."""
+def written_texts(ingest_dir: Path | None, rows: list[int]) -> list[str | None]:
+    """The texts as written of rows of ingest's test split; None for all without an ingest folder (a step evaluated alone)."""
+    import pyarrow.parquet as pq
+
+    test_texts = RunFiles.TEST_TEXTS.of_step(ingest_dir) if ingest_dir is not None else None
+    if not rows or test_texts is None or not test_texts.is_file():
+        return [None] * len(rows)
+    return pq.read_table(test_texts, columns=["text"]).column("text").take(rows).to_pylist()
+
+
+def write_mistakes(predictions: pd.DataFrame, encode_dir: Path, out_dir: Path, ingest_dir: Path | None = None) -> None:
+    """mistakes.parquet: most_confident_mistakes with each review as written and in the model's tokens (the module docstring)."""
     mistakes = most_confident_mistakes(predictions)
-    mistakes["text"] = pd.Series(mistake_texts(encode_dir, mistakes["row"].tolist()), dtype="string")
+    rows = mistakes["row"].tolist()
+    mistakes["text"] = pd.Series(written_texts(ingest_dir, rows), dtype="string")
+    mistakes["tokens"] = pd.Series(mistake_texts(encode_dir, rows), dtype="string")
     _write_parquet(out_dir / MISTAKES_FILE, mistakes)
 
 
-def evaluate_model(encode_dir: Path, train_dir: Path, out_dir: Path) -> dict[str, Any]:
+def evaluate_model(encode_dir: Path, train_dir: Path, out_dir: Path, ingest_dir: Path | None = None) -> dict[str, Any]:
     import keras
 
     import tasks.models  # noqa: F401  (registers the custom layers before loading)
@@ -285,10 +295,10 @@ def evaluate_model(encode_dir: Path, train_dir: Path, out_dir: Path) -> dict[str
         }
     )
     _write_parquet(out_dir / PREDICTIONS_FILE, predictions)
-    write_mistakes(predictions, encode_dir, out_dir)
+    write_mistakes(predictions, encode_dir, out_dir, ingest_dir)
     return {k: result["test"][k] for k in ("accuracy", "loss", "f1", "roc_auc", "n")}
 
 
 @task(name="evaluate", cache_policy=StepCachePolicy(step="evaluate"))
 def evaluate_task(root: str, section: dict, upstream: dict) -> StepOutput:
-    return produce_step(root, "evaluate", section, upstream, lambda out: evaluate_model(upstream["encode"].path, upstream["train"].path, out))
+    return produce_step(root, "evaluate", section, upstream, lambda out: evaluate_model(upstream["encode"].path, upstream["train"].path, out, upstream["ingest"].path))

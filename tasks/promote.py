@@ -1,11 +1,9 @@
-"""Promote: make a run's model the champion only when it beats the current one (TFX's Evaluator "blessing").
+"""Promote: make a run's model its model's champion only when it beats the current one (TFX's Evaluator "blessing").
 
-The artifacts root holds one pointer, <root>/champion.json:
-
-    {"run_id", "promoted_at", "metric", "value", "decided_by", "reason", "forced", "previous_run_id"}
-
-A run is promoted when every validation check passed (warnings included), it reaches each of
-promote.floors, and it beats the champion on promote.metric by more than promote.min_delta:
+A run competes for its model (promote.model, or derived from the data keys): <root>/champion.json keeps one
+champion per model (tasks/store/champions.py), and a run is compared with its own model's champion only.
+It is promoted when validation_verdict lets it (no failed error, no failed warning of promote.blocking_warnings),
+it reaches each of promote.floors, and it beats the champion on promote.metric by more than promote.min_delta:
 new > champion + min_delta (for loss, where lower is better: new < champion - min_delta).
 Both are scored on the same test texts: when the champion was tested on other texts (its
 ingest test.parquet differs), its model is scored again on this run's test texts, through
@@ -18,14 +16,14 @@ when a class is missing from the test split, which blocks the promotion as n/a),
 and loss are over all reviews as for two classes. A champion tested on other texts and
 trained on other classes cannot be scored on this run's (rescore_run refuses): promote by hand.
 
-Two runs finishing together must not both win against a stale champion: the pointer is
+Two runs finishing together must not both win against a stale champion: the record is
 read, compared and replaced inside an exclusive lock on <root>/champion.lock (fcntl.flock),
-and written by temporary file + os.replace, so readers see the old pointer or the new one.
+and written by temporary file + os.replace, so readers see the old record or the new one.
 
 Never cached: the outcome depends on the champion at the time, not only on the inputs. The
-step writes promote/decision.json into the run folder itself. decision.json holds no time
-and not this run's id, so the report (cached, and fed the decision) is reused whenever the
-decision repeats; the manifest's `promotion` adds both.
+step writes promote/decision.json and promote/decision.html (tasks/decision_page.py) into the
+run folder itself; the report, cached and made before the decision, links to the page and the
+page back to the report. The manifest's `promotion` adds the run id and the time.
 """
 
 from __future__ import annotations
@@ -42,10 +40,12 @@ from tasks.config import PromoteConfig
 from tasks.render import Table, as_number, format_metric, markdown_table
 from tasks.store import (
     MANIFEST_FILE, ArtifactStore, RunError, RunFiles, RunRecord, StepOutput, fingerprint, model_of_config, read_json, sha256_file, utc_now,
-    verify_run_files, write_json,
+    verify_run_files, write_json, write_text,
 )
+from tasks.decision_page import prefect_flow_run_url, render_decision_page
 
 DECISION_FILE = RunFiles.DECISION.name
+DECISION_PAGE = "decision.html"  # the decision for a reader, linked both ways with report/report.html (the report is cached)
 ARTIFACT_KEY = "rnnflow-promotion"
 STEP_DECIDER = "rnnflow promote step"
 LOWER_IS_BETTER = frozenset({"loss"})
@@ -438,6 +438,9 @@ def promote_run(root: str, run_folder: str, section: dict[str, Any], upstream: d
     decision = promote(store, candidate, section)
     out_dir = folder / RunFiles.DECISION.step
     write_json(RunFiles.DECISION.of_step(out_dir), decision)
+    write_text(out_dir / DECISION_PAGE, render_decision_page(
+        decision, run_id=folder.name, model=model_name, prefect_run_url=prefect_flow_run_url(_flow_run_id()),
+    ))
     summary = {
         "outcome": decision["outcome"],
         "promoted": decision["promoted"],
@@ -449,7 +452,13 @@ def promote_run(root: str, run_folder: str, section: dict[str, Any], upstream: d
         "decided_at": utc_now(),
     }
     return StepOutput(step="promote", key=fingerprint(decision)[:24], dir=str(out_dir),
-                      files={DECISION_FILE: sha256_file(out_dir / DECISION_FILE)}, summary=summary)
+                      files={name: sha256_file(out_dir / name) for name in (DECISION_FILE, DECISION_PAGE)}, summary=summary)
+
+
+def _flow_run_id() -> str | None:
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id) if flow_run.id else None
 
 
 def manifest_promotion(output: StepOutput, run_id: str) -> dict[str, Any]:

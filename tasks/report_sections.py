@@ -127,12 +127,15 @@ def _mistakes_table(rows: list[dict[str, Any]], labels: list[str]) -> Table:
     def name(index: Any) -> str:
         return labels[index] if isinstance(index, int) and 0 <= index < len(labels) else str(index)
 
-    cells = [
-        [str(row.get("row")), name(row.get("label")), name(row.get("predicted")), format_metric(row.get("probability")),
-         shorten(row["text"], REVIEW_CHARACTERS) if row.get("text") is not None else "(not recorded)"]
-        for row in rows
-    ]
-    return Table(["Row", "True", "Predicted", "Probability", "Review, in the model's tokens"], cells, css_class="mistakes")
+    def review(row: dict[str, Any]) -> str:  # as written; in the model's tokens where the test texts were not at hand
+        for key in ("text", "tokens"):
+            if isinstance(row.get(key), str):
+                return shorten(row[key], REVIEW_CHARACTERS)
+        return "(not recorded)"
+
+    cells = [[str(row.get("row")), name(row.get("label")), name(row.get("predicted")), format_metric(row.get("probability")), review(row)]
+             for row in rows]
+    return Table(["Row", "True", "Predicted", "Probability", "Review"], cells, css_class="mistakes")
 
 
 def mistakes_section(mistakes: list[dict[str, Any]] | None, metrics: dict[str, Any]) -> Section | None:
@@ -146,9 +149,9 @@ def mistakes_section(mistakes: list[dict[str, Any]] | None, metrics: dict[str, A
     labels = [str(label) for label in metrics.get("labels") or []]
     matrix = metrics.get("confusion_matrix") or []
     section.add("text", f"For each true class, the {MISTAKES_PER_CLASS} test reviews misclassified with the highest predicted "
-                        "probability (of the wrong class). Row: the review's place in ingest/test.parquet, counted from 0, "
-                        f"where its text is as written; here it is in the model's tokens, {OOV_MARK} where one was outside the "
-                        f"vocabulary, cut at {REVIEW_CHARACTERS} characters.")
+                        "probability (of the wrong class), as written, cut at "
+                        f"{REVIEW_CHARACTERS} characters. Row: the review's place in ingest/test.parquet, counted from 0; "
+                        f"evaluate/mistakes.parquet also has each in the model's tokens ({OOV_MARK}: outside the vocabulary).")
     for index, label in enumerate(labels):
         rows = [row for row in mistakes if row.get("label") == index]
         wrong = sum(matrix[index]) - matrix[index][index] if index < len(matrix) and index < len(matrix[index]) else len(rows)

@@ -46,8 +46,14 @@ def _model_name(config: "RunConfig") -> dict[str, Any]:
 
 
 def _text_rule(config: "RunConfig") -> dict[str, Any]:
-    # The kept_text check measures what encode's tokenizer keeps.
-    return {"text_rule": {"tokenizer": config.encode.tokenizer, "lowercase": config.encode.lowercase}}
+    # The kept_text and token_length checks measure what encode's tokenizer keeps and counts; for auto, validate
+    # makes encode's choice from train's words, by num_words and auto_min_coverage. Those two enter the rule
+    # (and validate's cache key) only for auto: for another tokenizer they do not change validate's output.
+    encode = config.encode
+    rule = {"tokenizer": encode.tokenizer, "lowercase": encode.lowercase}
+    if encode.tokenizer == "auto":
+        rule.update(num_words=encode.num_words, auto_min_coverage=encode.auto_min_coverage)
+    return {"text_rule": rule}
 
 
 STEP_TABLE: tuple[Step, ...] = (
@@ -55,7 +61,8 @@ STEP_TABLE: tuple[Step, ...] = (
     Step("validate", "tasks.validate:validate_task", ("validate",), ("ingest",), derived=_text_rule),
     Step("encode", "tasks.encode:encode_task", ("encode",), ("ingest",)),
     Step("train", "tasks.train:train_task", ("model", "train"), ("encode",)),
-    Step("evaluate", "tasks.evaluate:evaluate_task", (), ("encode", "train")),
+    # ingest: the texts as written of the most confident mistakes (evaluate/mistakes.parquet).
+    Step("evaluate", "tasks.evaluate:evaluate_task", (), ("ingest", "encode", "train")),
     # The report leaves the promotion out: it changes from run to run, and the report is cached.
     Step("report", "tasks.report:report_task", (WHOLE_CONFIG,), ("validate", "encode", "train", "evaluate"),
          after="tasks.report:publish_run_report"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import tasks.report as report
 from tasks.evaluate import OOV_MARK, decode_tokens, most_confident_mistakes, write_mistakes
 from tasks.report import format_metric, publish_report_artifacts, write_report
+from tasks.render import shorten
 from tasks.store import StepOutput
 from tests.helpers import REPORT_CONFIG as CONFIG
 from tests.helpers import make_upstream, toy_encoding
@@ -381,7 +383,8 @@ def test_mistakes_of_an_encoding_without_token_ids_show_no_text(tmp_path):
 
 @pytest.mark.slow
 def test_a_real_run_s_mistakes_are_its_test_reviews_in_order(tiny_run):
-    """evaluate's `row` is the review's place in ingest/test.parquet: each mistake's label and tokens are that row's."""
+    """evaluate's `row` is the review's place in ingest/test.parquet: each mistake's label, text and tokens are that row's;
+    the report shows the text as written, and the promote step's page links back to the report."""
     from tasks.text import tokenize
 
     folder = tiny_run.folder
@@ -395,6 +398,11 @@ def test_a_real_run_s_mistakes_are_its_test_reviews_in_order(tiny_run):
     for row in mistakes.itertuples():
         assert test["label"].iloc[row.row] == row.label
         expected = [token if token in vocabulary else OOV_MARK for token in tokenize(test["text"].iloc[row.row])]
-        assert row.text == " ".join(expected)
+        assert row.tokens == " ".join(expected)
+        assert row.text == test["text"].iloc[row.row]
     page = (folder / "report" / "report.html").read_text(encoding="utf-8")
     assert "Most confident mistakes" in page and f">{mistakes['row'].iloc[0]}<" in page
+    assert html.escape(shorten(mistakes["text"].iloc[0], 400)) in page, "the review as written"
+    assert 'href="../promote/decision.html"' in page
+    decision_page = (folder / "promote" / "decision.html").read_text(encoding="utf-8")
+    assert "<h1" in decision_page and "Promoted" in decision_page and 'href="../report/report.html"' in decision_page
