@@ -85,3 +85,13 @@ def test_an_old_single_champion_pointer_reads_as_its_runs_model_and_migrates_wit
     models = read_json(store.champions.file)["models"]
     assert models["synthetic"] == {**old, "model": "synthetic"}
     assert models["table-ko_reviews_train"]["run_id"] == "20260101T000000000Z-kore"
+
+
+def test_an_old_pointer_to_a_gone_run_is_succeeded_by_the_next_promotion(tmp_path: Path):
+    store = ArtifactStore(tmp_path / "artifacts")
+    store.root.mkdir()
+    store.champions.file.write_text(json.dumps({"run_id": "20250101T000000000Z-gone"}))
+    assert list(store.champions.read_all()) == ["legacy"], "its model cannot be read: the run is gone"
+    promote(store, _run(store, "20260101T000000000Z-demo", [], 0.6), SETTINGS)
+    models = read_json(store.champions.file)["models"]
+    assert list(models) == ["synthetic"] and models["synthetic"]["previous_run_id"] == "20250101T000000000Z-gone"

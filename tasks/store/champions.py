@@ -9,6 +9,8 @@ A run competes for its configuration's model (RunConfig.model_name: promote.mode
 the data keys) and is compared only with that model's champion. A root written before models held one
 pointer, {"run_id", ...} at the top: it reads as one entry under the model of the run it names (from that
 run's recorded configuration) and is written in the new shape at the next promotion, so nothing is lost.
+When that run's configuration cannot be read (its folder is gone), the entry reads under LEGACY_MODEL and the
+next promotion of any model succeeds it (naming it as previous_run_id), as it would have before models.
 
 The record is read, compared and replaced under champion_lock() (an flock; for a URL root also a lock
 object in the bucket, created only if absent), and replaced whole (temporary file + rename locally; on S3
@@ -159,6 +161,11 @@ class ChampionRecord:
         ETag, If-None-Match when there was none): two runs cannot both win, even past a lock taken over.
         """
         champions = self.read_all()  # under the lock: the record as it is now, and its ETag for the conditional write
+        legacy = champions.pop(LEGACY_MODEL, None) if model != LEGACY_MODEL else None
+        if legacy is not None:
+            # An old single pointer whose run's model cannot be read (its folder is gone) was the root's one champion:
+            # the first promotion after it succeeds it, as it would have before models, and names it as previous.
+            pointer = {**pointer, "previous_run_id": pointer.get("previous_run_id") or legacy["run_id"]}
         champions[model] = {**pointer, "model": model}
         record = {"format": RECORD_FORMAT, "models": dict(sorted(champions.items()))}
         if self.store.remote is None:
