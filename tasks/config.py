@@ -63,6 +63,7 @@ DEFAULT_SEVERITY = {
     "class_balance": "error",
     "token_length": "warning",
     "kept_text": "error",
+    "chars_per_token": "error",
     "duplicates": "warning",
     "train_test_overlap": "warning",
 }
@@ -75,6 +76,11 @@ class ValidateConfig(Section):
     min_kept_share: float = Field(
         default=0.5, ge=0, le=1,
         description="least median share of a review's non-space characters that the tokenizer keeps in its tokens",
+    )
+    max_chars_per_token: float = Field(
+        default=12, gt=0,
+        description="most characters per token in the median review, tokens in the run's tokenizer units: more means the tokenizer "
+        "hardly splits the text (Japanese or Chinese without spaces under the word tokenizer: one or two words per review)",
     )
     max_duplicate_fraction: float = Field(default=0.02, ge=0, le=1)
     max_train_test_overlap: float = Field(default=0.01, ge=0, le=1)

@@ -3,7 +3,8 @@
 A run competes for its model (promote.model, or derived from the data keys): <root>/champion.json keeps one
 champion per model (tasks/store/champions.py), and a run is compared with its own model's champion only.
 It is promoted when validation_verdict lets it (no failed error, no failed warning of promote.blocking_warnings),
-it reaches each of promote.floors, and it beats the champion on promote.metric by more than promote.min_delta:
+it reaches each of promote.floors, it predicts more than one class on its test split (tasks/promotion_checks.py
+holds these blockers), and it beats the champion on promote.metric by more than promote.min_delta:
 new > champion + min_delta (for loss, where lower is better: new < champion - min_delta).
 Both are scored on the same test texts: when the champion was tested on other texts (its
 ingest test.parquet differs), its model is scored again on this run's test texts, through
@@ -43,12 +44,15 @@ from tasks.store import (
     verify_run_files, write_json, write_text,
 )
 from tasks.decision_page import prefect_flow_run_url, render_decision_page
+# Re-exported: the report (tasks/report_sections.py) and the tests read the verdict from here.
+from tasks.promotion_checks import (  # noqa: F401
+    LOWER_IS_BETTER, check_floors, check_label, failed_validation_checks, one_class_blocker, predicted_counts, validation_verdict,
+)
 
 DECISION_FILE = RunFiles.DECISION.name
 DECISION_PAGE = "decision.html"  # the decision for a reader, linked both ways with report/report.html (the report is cached)
 ARTIFACT_KEY = "rnnflow-promotion"
 STEP_DECIDER = "rnnflow promote step"
-LOWER_IS_BETTER = frozenset({"loss"})
 
 PROMOTED, NOT_PROMOTED, SKIPPED = "promoted", "not_promoted", "skipped"
 TITLES = {PROMOTED: "Promoted", NOT_PROMOTED: "Not promoted", SKIPPED: "Not promoted (promotion disabled)"}
@@ -74,6 +78,7 @@ class Candidate:
     test_texts: Path | None = None  # that file, to score a champion tested on other texts
     task: str = "classify"  # metrics.json "task": a next_token model's accuracy is per character, not per text
     model: str = "default"  # the model it competes for (RunConfig.model_name): compared only with that model's champion
+    predicted: dict[str, int] | None = None  # test reviews predicted per class (tasks.promotion_checks.predicted_counts)
 
 
 @dataclass(frozen=True)
@@ -93,46 +98,6 @@ def promote_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
     return PromoteConfig.model_validate(settings or {}).model_dump(mode="json")
 
 
-def failed_validation_checks(validation: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every failed check of validation.json, any severity: {"check", "split", "severity"}."""
-    return [
-        {"check": str(check.get("check", "?")), "split": check.get("split"), "severity": str(check.get("severity", "?"))}
-        for check in validation.get("checks") or []
-        if isinstance(check, dict) and not check.get("passed", False)
-    ]
-
-
-def check_label(check: dict[str, Any]) -> str:
-    """'duplicates on test (warning)'."""
-    return f"{check.get('check', '?')} on {check.get('split') or 'all splits'} ({check.get('severity', '?')})"
-
-
-def validation_verdict(failed: list[dict[str, Any]], n_checks: int, blocking_warnings: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """One verdict on a run's validation that agrees with promotion: which failed checks block it and which do not.
-
-    A failed error stops the run at validate; a failed warning blocks promotion when its check is in
-    promote.blocking_warnings, and is shown without blocking otherwise. status: passed, warnings (none
-    blocking), blocked (a blocking warning failed) or failed (an error failed).
-    """
-    errors = [check_label(c) for c in failed if c.get("severity") == "error"]
-    blocking = [check_label(c) for c in failed if c.get("severity") != "error" and c.get("check") in blocking_warnings]
-    warnings = [check_label(c) for c in failed if c.get("severity") != "error" and c.get("check") not in blocking_warnings]
-    count = len(blocking) + len(warnings)
-    plural = "s" if count != 1 else ""
-    if errors:
-        status, text = "failed", f"failed: {', '.join(errors)}"
-    elif blocking:
-        status = "blocked"
-        text = (f"passed with {count} warning{plural}: not promotable unless {', '.join(blocking)} is fixed "
-                f"or its check left out of promote.blocking_warnings")
-    elif warnings:
-        status, text = "warnings", f"passed with {count} warning{plural} (none blocks promotion: promote.blocking_warnings)"
-    else:
-        status, text = "passed", f"passed: all {n_checks} checks"
-    return {"status": status, "text": text, "n_checks": n_checks, "errors": errors, "blocking": blocking, "warnings": warnings,
-            "passed": not errors and not blocking, "failed_checks": errors + blocking + warnings}
-
-
 def candidate_from_files(run_id: str, model: str, ingest_dir: Path, validate_dir: Path, encode_dir: Path, evaluate_dir: Path) -> Candidate:
     """A candidate for model's champion from its steps' folders (cache entries in the flow, run-folder steps by hand)."""
     validation = read_json(RunFiles.VALIDATION.of_step(validate_dir))
@@ -143,6 +108,7 @@ def candidate_from_files(run_id: str, model: str, ingest_dir: Path, validate_dir
         model=model,
         task=metrics.get("task", "classify"),
         test=metrics.get("test") or {},
+        predicted=predicted_counts(metrics),
         labels=[str(label) for label in read_json(RunFiles.LABELS.of_step(encode_dir))],
         failed_checks=failed_validation_checks(validation),
         n_checks=len(validation.get("checks") or []),
@@ -175,22 +141,29 @@ def _comparison(metric: str, new: float, champion: float, min_delta: float) -> t
     return wins, f"{metric} {new:.4f} {'>' if wins else '<='} champion {champion:.4f} + {min_delta:.4f}"
 
 
-def check_floors(test: dict[str, Any], floors: dict[str, float]) -> list[dict[str, Any]]:
-    """Each floor with the run's value and whether it holds (a ceiling for loss)."""
-    rows = []
-    for metric, bound in sorted(floors.items()):
-        value = as_number(test.get(metric))
-        lower = metric in LOWER_IS_BETTER
-        passed = value is not None and (value <= bound if lower else value >= bound)
-        rows.append({"metric": metric, "bound": float(bound), "kind": "at most" if lower else "at least", "value": value, "passed": passed})
-    return rows
+def _blockers_before_the_champion(decision: dict[str, Any], candidate: Candidate) -> list[str]:
+    """What keeps the run from promotion whatever the champion scores: failed validation checks, a model that
+    predicts one class only, unmet floors (each one sentence, in the order the reason gives them)."""
+    blockers: list[str] = []
+    stopping = decision["validation"]["errors"] + decision["validation"]["blocking"]
+    if stopping:
+        shown = ", ".join(stopping[:3]) + (f" and {len(stopping) - 3} more" if len(stopping) > 3 else "")
+        blockers.append(f"validation check{'s' if len(stopping) > 1 else ''} failed: {shown}")
+    one_class = one_class_blocker(candidate.predicted)
+    if one_class:
+        blockers.append(one_class)
+    for floor in decision["floors"]:
+        if not floor["passed"]:
+            shown = "n/a" if floor["value"] is None else f"{floor['value']:.4f}"
+            blockers.append(f"{floor['metric']} {shown} is not {floor['kind']} the floor {floor['bound']:.4f}")
+    return blockers
 
 
 def decide(candidate: Candidate, champion: ChampionScore | None, settings: dict[str, Any], *, force: bool = False) -> dict[str, Any]:
     """The promotion decision as data: outcome, the numbers behind it, and one sentence of reason.
 
-    Pure: no files, no lock. Promoted when validation passed, every floor holds and the
-    metric beats the champion's by more than min_delta (or there is no champion); force
+    Pure: no files, no lock. Promoted when validation passed, the model predicts more than one class,
+    every floor holds and the metric beats the champion's by more than min_delta (or there is no champion); force
     promotes whatever the comparison says, and the decision says it was forced.
     """
     settings = promote_settings(settings)
@@ -216,16 +189,7 @@ def decide(candidate: Candidate, champion: ChampionScore | None, settings: dict[
         decision.update(outcome=SKIPPED, reason="promote.enabled is false: the champion was not consulted")
         return decision
 
-    blockers: list[str] = []
-    stopping = decision["validation"]["errors"] + decision["validation"]["blocking"]
-    if stopping:
-        shown = ", ".join(stopping[:3]) + (f" and {len(stopping) - 3} more" if len(stopping) > 3 else "")
-        blockers.append(f"validation check{'s' if len(stopping) > 1 else ''} failed: {shown}")
-    for floor in floors:
-        if not floor["passed"]:
-            shown = "n/a" if floor["value"] is None else f"{floor['value']:.4f}"
-            blockers.append(f"{floor['metric']} {shown} is not {floor['kind']} the floor {floor['bound']:.4f}")
-
+    blockers = _blockers_before_the_champion(decision, candidate)
     if new is None:
         blockers.append(f"{metric} is n/a for this run")
         comparison = ""

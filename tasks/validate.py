@@ -7,6 +7,8 @@ Every check a user can tune lives in ValidateConfig and is named in its `severit
     class_balance       more than one class, and each class holds at least min_class_fraction
     token_length        shortest review >= min_tokens, longest <= max_tokens
     kept_text           the median review keeps >= min_kept_share of its non-space characters in tokens
+    chars_per_token     the median review has <= max_chars_per_token characters per token (text without spaces
+                        under the word tokenizer is one or two "words" a review, which no model learns from)
     duplicates          share of repeated texts within a split <= max_duplicate_fraction
     train_test_overlap  share of test texts also in train <= max_train_test_overlap
 
@@ -21,10 +23,11 @@ to a few numbers, the columns GX checks:
                  encode.tokenizer's rule, auto's choice for auto), null for a null or blank text
     text_chars   length of the stripped text (0: empty or whitespace only), null for a null text
     text_hash    64-bit hash of the raw text (pandas' hash_pandas_object), null for a null text
+    chars_per_token  text_chars / n_tokens, null for a review of no tokens (derived once the units are known)
 
-So memory holds one batch of text plus about 29 bytes per review (label 8, n_tokens 4,
-kept_share 4, text_chars 4, text_hash 8 and its null flag 1), flat in the length of the texts,
-and about 29 MB per million reviews in their number (for tokenizer auto, train's reviews 8 bytes
+So memory holds one batch of text plus about 33 bytes per review (label 8, n_tokens 4,
+kept_share 4, text_chars 4, text_hash 8 and its null flag 1, chars_per_token 4), flat in the length of the texts,
+and about 33 MB per million reviews in their number (for tokenizer auto, train's reviews 8 bytes
 more, and a count of train's distinct words, until auto has chosen). The hash stands for the text in
 the duplicates and train_test_overlap checks: two texts are "the same" when their hashes are;
 with 2**64 values, the chance that any two of a million distinct reviews collide is about
@@ -33,7 +36,7 @@ hash is in train") are computed with pandas on these columns and handed to GX as
 column, so every check lands in the same suite results and Data Docs. Length stats and label
 counts come from the same columns.
 
-Lengths (token_length, length_stats) count what encode will see: words for the word tokenizer,
+Lengths (token_length, chars_per_token, length_stats) count what encode will see: words for the word tokenizer,
 normalised characters (spaces and punctuation included) for char. Subword pieces are learnt at
 encode, so they have no fixed rule here: they count characters, which pieces are built from. A
 piece holds at least one character, so a character count bounds the piece count from above, and
@@ -170,10 +173,15 @@ def _read_split(
 
 
 def _measured_as(frame: pd.DataFrame, tokenizer: str) -> pd.DataFrame:
-    """The split's frame with the n_tokens and kept_share of one tokenizer, the other candidates' dropped."""
+    """The split's frame with the n_tokens and kept_share of one tokenizer, the other candidates' dropped,
+    and chars_per_token in that tokenizer's units (null where a review has no tokens: token_length's to name)."""
     chosen = {f"{name}:{tokenizer}": name for name in ("n_tokens", "kept_share")}
     others = [column for column in frame.columns if ":" in column and column not in chosen]
-    return frame.drop(columns=others).rename(columns=chosen)
+    frame = frame.drop(columns=others).rename(columns=chosen)
+    tokens = frame["n_tokens"].to_numpy(dtype=np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frame["chars_per_token"] = np.where(tokens > 0, frame["text_chars"].to_numpy(dtype=np.float32) / tokens, np.nan).astype(np.float32)
+    return frame
 
 
 def _read_splits(ingest_dir: Path, batch_rows: int, text_rule: TextRule) -> tuple[dict[str, pd.DataFrame], TextRule]:
@@ -226,6 +234,16 @@ def _kept_stats(kept_share: pd.Series) -> dict[str, float | None]:
     if not len(values):
         return {"median": None, "mean": None, "p10": None}
     return {name: round(float(v), 4) for name, v in zip(("median", "mean", "p10"), (np.median(values), values.mean(), np.percentile(values, 10)))}
+
+
+def _split_facts(frame: pd.DataFrame, label_counts: dict[str, int]) -> dict[str, Any]:
+    """What a check's sentence may say of its split beside GX's figure: the classes present, the median review's size."""
+    return {
+        "classes_present": ", ".join(name for name, n in label_counts.items() if n) or "none",
+        "median_tokens": float(frame["n_tokens"].median()) if len(frame) else None,
+        "any_tokens": bool((frame["n_tokens"] > 0).any()),
+        "median_chars": float(frame["text_chars"].median()) if frame["text_chars"].notna().any() else None,
+    }
 
 
 def _label_counts(labels: pd.Series, names: list[str]) -> dict[str, int]:
@@ -364,7 +382,7 @@ def validate_reviews(
     checks: list[dict[str, Any]] = []
     gx_results: dict[str, Any] = {}
     for split in SPLITS:
-        facts = {"classes_present": ", ".join(name for name, n in label_counts[split].items() if n) or "none"}
+        facts = _split_facts(frames[split], label_counts[split])
         result = _run(gx, context, source, split, suite, frames[split], run_id)
         gx_results[split] = result
         checks += _checks_from(result, rules, split, severity, facts)

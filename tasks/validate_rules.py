@@ -114,7 +114,8 @@ def _share_in_set(result: dict) -> float:
 def suite_rules(gxe: Any, cfg: ValidateConfig, labels: list[str], severity: dict[str, str], text_rule: TextRule) -> list[Rule]:
     """Every per-split rule, tagged with its key and severity."""
     rules = _presence_rules(gxe, labels) + _class_share_rules(gxe, cfg, labels) + _length_rules(gxe, cfg, text_rule)
-    rules += _kept_and_duplicate_rules(gxe, cfg, text_rule)
+    # kept_text before chars_per_token: text whose every review loses all its characters fails both, and kept_text says more.
+    rules += _kept_and_duplicate_rules(gxe, cfg, text_rule) + _chars_per_token_rules(gxe, cfg, text_rule)
     for rule in rules:
         _tag(rule, severity)
     return rules
@@ -215,6 +216,41 @@ def _length_rules(gxe: Any, cfg: ValidateConfig, text_rule: TextRule) -> list[Ru
             lambda r: (int_or_none(r.get("observed_value")),
                        f"the longest review has {text_rule.length_phrase(int_or_none(r.get('observed_value')))}"),
             "drop the outliers at ingest or raise validate.max_tokens",
+        ),
+    ]
+
+
+def _chars_per_token_rules(gxe: Any, cfg: ValidateConfig, text_rule: TextRule) -> list[Rule]:
+    # Japanese without spaces under the word tokenizer: one or two "words" of dozens of characters a review, each
+    # seen once, so no model learns from them (F1 0.0). Characters and subword pieces count about 1 here.
+    unit, bound = text_rule.length_unit[:-1], cfg.max_chars_per_token
+
+    def medians(result: dict, facts: dict) -> str | None:
+        tokens, chars = facts.get("median_tokens"), facts.get("median_chars")
+        if result.get("observed_value") is None and facts.get("any_tokens") is False:
+            return f"no review of the split has a {unit}, so none has characters per {unit} to measure"
+        if result.get("observed_value") is None or tokens is None or chars is None:
+            return None
+        if unit == "character":  # char and subword lengths are counted in characters: about 1 each, by construction
+            return (f"the median review has {float(result['observed_value']):.1f} characters per character "
+                    f"({text_rule.resolved} tokens are counted in characters here)")
+        return (f"the median review has {float(result['observed_value']):.1f} characters per {unit}; reviews have a median of "
+                f"{chars:g} characters and {text_rule.length_phrase(f'{tokens:g}')}")
+
+    return [
+        Rule(
+            "chars_per_token", "chars_per_token",
+            gxe.ExpectColumnMedianToBeBetween(
+                column="chars_per_token", max_value=bound,
+                description=f"The median review has at most {bound:g} characters per {unit} (chars_per_token; validate.max_chars_per_token).",
+            ),
+            f"at most {bound:g} characters per {unit} (validate.max_chars_per_token)",
+            lambda r: (float_or_none(r.get("observed_value")),
+                       f"the median review has {float_or_none(r.get('observed_value')) or 0:.1f} characters per {unit}"),
+            f"the {text_rule.resolved} tokenizer hardly splits this text (as with languages written without spaces): "
+            f"set encode.tokenizer to subword or char (--set encode.tokenizer=subword), or raise validate.max_chars_per_token "
+            f"if the words are this long",
+            describe_fact=medians,
         ),
     ]
 

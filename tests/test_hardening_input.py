@@ -313,6 +313,9 @@ def test_a_class_too_small_to_reach_train_is_blamed_on_the_data(tmp_path: Path):
     frame = _table(20)
     frame.loc[0, "label"] = "meh"  # one row: data.test_size carves it into test
     frame.to_csv(path, index=False)
-    message = f"Class 'meh' has too few rows in {path} (1) for any to be left to train on after the test and validation splits: add rows of that class or drop them."
+    message = (
+        f"{path} holds too few reviews of class 'meh' (meh 1, neg 9, pos 10) to keep one for each of train, validation and test: "
+        "with data.test_size=0.2 and data.val_fraction=0.2 each class needs at least 3; add reviews of class 'meh' or drop it."
+    )
     with pytest.raises(IngestError, match=re.escape(message)):
         _ingest(tmp_path, source="table", path=str(path))

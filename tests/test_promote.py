@@ -106,6 +106,53 @@ def test_the_champion_itself_stays_champion():
     assert decision["promoted"] and decision["reason"] == "already the champion"
 
 
+def test_a_model_that_predicts_one_class_for_every_test_review_is_not_promoted():
+    """Issue 29: Japanese reviews without spaces gave a model that said 'neg' to all 80 test reviews (F1 0.0), promoted first."""
+    one_class = _candidate(0.5, predicted={"neg": 80, "pos": 0})
+    reason = ("the model predicts 'neg' for all 80 test reviews, so it tells no class apart: "
+              "check the encoding (encode.tokenizer) and the training (train.epochs, train.learning_rate)")
+    first = decide(one_class, None, SETTINGS)
+    assert not first["promoted"] and first["outcome"] == "not_promoted"
+    assert first["reason"] == reason
+    assert outcome_line(first) == f"not promoted: {reason}"
+    assert not decide(one_class, _champion(0.4), SETTINGS)["promoted"], "beating a worse champion does not help"
+    forced = decide(one_class, None, SETTINGS, force=True)
+    assert forced["promoted"] and forced["reason"] == f"forced over: {reason}"
+    assert decide(_candidate(0.5, predicted={"neg": 79, "pos": 1}), None, SETTINGS)["promoted"]
+    assert decide(_candidate(0.5, predicted=None), None, SETTINGS)["promoted"], "metrics without a confusion matrix: no blocker"
+
+
+def test_predicted_counts_come_from_evaluates_confusion_matrix():
+    import numpy as np
+
+    from tasks.evaluate import score
+    from tasks.promote import one_class_blocker, predicted_counts
+
+    labels = ["neg", "pos", "meh"]
+    truth = np.array([0, 1, 2, 0, 1, 2])
+    always_pos = np.tile([0.2, 0.7, 0.1], (6, 1))
+    metrics = score(always_pos, truth, np.full(6, 5), labels)
+    assert predicted_counts(metrics) == {"neg": 0, "pos": 6, "meh": 0}
+    assert one_class_blocker(predicted_counts(metrics)).startswith("the model predicts 'pos' for all 6 test reviews")
+    mixed = score(np.eye(3)[truth], truth, np.full(6, 5), labels)
+    assert predicted_counts(mixed) == {"neg": 2, "pos": 2, "meh": 2} and one_class_blocker(predicted_counts(mixed)) is None
+    assert predicted_counts({"task": "next_token", "confusion_matrix": [], "labels": []}) is None
+
+
+def test_the_candidate_carries_its_predicted_classes_from_metrics_json(tmp_path: Path):
+    from tasks.promote import candidate_from_files
+    from tasks.store import write_json
+
+    for step in ("ingest", "validate", "encode", "evaluate"):
+        (tmp_path / step).mkdir()
+    write_json(tmp_path / "validate" / "validation.json", {"checks": [{"check": "kept_text", "passed": True}]})
+    write_json(tmp_path / "encode" / "labels.json", ["neg", "pos"])
+    write_json(tmp_path / "evaluate" / "metrics.json", {"test": {"accuracy": 0.5}, "labels": ["neg", "pos"], "confusion_matrix": [[40, 0], [40, 0]]})
+    candidate = candidate_from_files("new", "table-ja", *(tmp_path / step for step in ("ingest", "validate", "encode", "evaluate")))
+    assert candidate.predicted == {"neg": 80, "pos": 0}
+    assert not decide(candidate, None, SETTINGS)["promoted"]
+
+
 # --------------------------------------------------------------------------- the pointer, with fake runs
 
 

@@ -73,7 +73,7 @@ def test_clean_corpus_passes_and_writes_every_report(clean):
     assert summary["n_checks"] == len(report["checks"])
     assert all(c["passed"] for c in report["checks"])
     names = {c["check"] for c in report["checks"]}
-    assert names == {"not_blank", "label_in_set", "class_balance", "token_length", "kept_text", "duplicates", "train_test_overlap"}
+    assert names == {"not_blank", "label_in_set", "class_balance", "token_length", "kept_text", "chars_per_token", "duplicates", "train_test_overlap"}
     assert {c["split"] for c in report["checks"]} == {"train", "val", "test"}
     assert report["label_counts"]["train"] == {"neg": 30, "pos": 30}
     assert report["warnings"] == []
@@ -296,7 +296,7 @@ def test_gx_sees_derived_columns_not_texts(clean):
     _, _, out = clean
     suites = json.loads((out / "gx" / "suite.json").read_text())
     columns = {e["kwargs"].get("column") for suite in suites.values() for e in suite["expectations"]}
-    assert columns == {"text_hash", "text_chars", "label", "n_tokens", "kept_share", "in_train"}
+    assert columns == {"text_hash", "text_chars", "label", "n_tokens", "kept_share", "chars_per_token", "in_train"}
 
 
 # --------------------------------------------------------------------------- kept_text: text the tokenizer loses

@@ -30,7 +30,7 @@ from tasks.ingest import imdb, keras_imdb, synthetic, table
 from tasks.ingest.base import IMDB_LABELS, ROW_COLUMNS, SPLIT_VALUES, DownloadError, IngestError, Reading, Source
 from tasks.ingest.imdb import iter_imdb, read_imdb
 from tasks.ingest.keras_imdb import read_keras_imdb
-from tasks.ingest.splits import SPLITS, check_train_classes, spill_rows, split_orders, stratified_sample, stratified_split, write_splits
+from tasks.ingest.splits import SPLITS, check_split_sizes, check_train_classes, spill_rows, split_orders, stratified_sample, stratified_split, write_splits
 from tasks.ingest.table import class_names, first_invalid_utf8, iter_table, sorted_classes
 from tasks.logs import step_logger
 from tasks.store import StepOutput, write_json
@@ -98,8 +98,9 @@ def ingest_reviews(cfg: DataConfig, source: dict[str, Any], out_dir: Path, batch
         classes = kind.name_classes(cfg, source, reading, meta)
         meta["label"] = meta["label"].map({name: i for i, name in enumerate(classes)}).astype("int64")
         meta["row"] = np.arange(len(meta), dtype=np.int64)
+        check_split_sizes(cfg, meta, classes, source, kind.carves_test(cfg))
         orders = split_orders(cfg, meta, kind)
-        check_train_classes(source, meta, orders, classes, kind.carves_test(cfg))
+        check_train_classes(source, meta, orders, classes)
         write_splits(spill, orders, classes, out_dir, work, batch_rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)
