@@ -26,7 +26,7 @@ from prefect.locking.filesystem import FileSystemLockManager
 
 from tasks.config import key_config
 from tasks.steps import step as step_spec
-from tasks.store import ArtifactStore, StepOutput, fingerprint, pid_alive
+from tasks.store import ArtifactStore, StepOutput, fingerprint, pid_alive, prefect_key  # noqa: F401  (prefect_key: callers import it from here)
 
 TASKS_DIR = Path(__file__).resolve().parent
 # Modules that decide where and how a result is kept, not what it holds: never part of a code version.
@@ -125,10 +125,6 @@ def step_key(step: str, section: dict[str, Any], upstream: dict[str, StepOutput]
     )[:24]
 
 
-def prefect_key(step: str, key: str) -> str:
-    return f"{step}-{key}"
-
-
 @dataclass
 class StepCachePolicy(CachePolicy):
     step: str = ""
@@ -166,13 +162,16 @@ def produce_step(
             )
     store = ArtifactStore(root)
     key = step_key(step, section, upstream, extra)
-    if store.remote is not None and not refreshing():
+    refresh = refreshing()
+    if store.remote is not None and not refresh:
         # Another machine's worker may have made this entry: its Prefect record is in that machine's
         # mirror, not here, but the entry itself is in the bucket, whole and checked.
         found = store.read_entry(step, key)
         if found is not None:
             return found.model_copy(update={"reused": True})
-    return store.produce(step, key, work, made_by=running_run_id())
+    # On a bucket another machine may be computing the same key right now: produce claims the entry, and
+    # when that machine's claim came first its output comes back (reused) and this one's is discarded.
+    return store.produce(step, key, work, made_by=running_run_id(), refresh=refresh)
 
 
 def running_run_id() -> str | None:

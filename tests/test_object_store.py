@@ -1,8 +1,8 @@
 """The store on a bucket: the same tests against a local root, an S3 root on a real S3 API server, and a file:// URL.
 
-The server is moto's (`moto_server`, from the dev dependencies) on 127.0.0.1, started and stopped
-here; the client finds it the standard way (AWS_ENDPOINT_URL) with throwaway credentials in the
-environment. A file:// root goes through the same bucket code on fsspec's local filesystem, as gs://
+The server is moto's (`moto_server`, from the dev dependencies) on 127.0.0.1, started and stopped by
+tests/bucket_fixtures.py; the client finds it the standard way (AWS_ENDPOINT_URL) with throwaway
+credentials in the environment. A file:// root goes through the same bucket code on fsspec's local filesystem, as gs://
 or az:// would. "Another machine" is a store whose mirror folder ($RNNFLOW_SCRATCH) is empty and
 different: all it shares with the first is the root.
 """
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -25,51 +23,8 @@ import pytest
 from tasks.store import (
     CHAMPION_LOCK, ENTRY_FILE, MANIFEST_FILE, ArtifactsRootError, ArtifactStore, ChampionError, RemoteRoot, verify_run_files,
 )
-
-MOTO_SERVER = Path(sys.executable).with_name("moto_server")
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "rnnflow-test", "AWS_SECRET_ACCESS_KEY": "rnnflow-test", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> str:
-    """A moto S3 server on 127.0.0.1 for this module: its URL."""
-    port = _free_port()
-    server = subprocess.Popen([str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
-    else:
-        server.kill()
-        pytest.fail("moto_server did not start listening within 30 s")
-    yield f"http://127.0.0.1:{port}"
-    server.terminate()
-    server.wait(timeout=10)
-
-
-def new_bucket(endpoint: str) -> str:
-    import boto3
-
-    name = f"rnnflow-{secrets.token_hex(4)}"
-    boto3.client("s3", endpoint_url=endpoint, **{k.lower(): v for k, v in CREDENTIALS.items() if k != "AWS_DEFAULT_REGION"},
-                 region_name="us-east-1").create_bucket(Bucket=name)
-    return name
-
-
-@pytest.fixture
-def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    env = {"AWS_ENDPOINT_URL": s3_endpoint, **CREDENTIALS}
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    return env
+from tests.bucket_fixtures import CREDENTIALS, new_bucket, s3_endpoint, s3_env  # noqa: F401  (fixtures)
+from tests.bucket_fixtures import free_port as _free_port
 
 
 @pytest.fixture(params=["local", "s3", "file-url"])
@@ -108,20 +63,21 @@ def test_an_entry_made_in_one_place_is_read_whole_from_another(root: str, tmp_pa
     assert found is not None and found.files == made.files and found.summary == {"rows": 2}
     assert found.file("sub/b.bin").read_bytes() == bytes(range(256)) * 40
     assert found.path.is_relative_to(store.root), "read from this machine's own folder"
-    if store.remote is not None:
-        assert store.remote.files_under("cache/ingest/k1") == sorted([ENTRY_FILE, "a.txt", "sub/b.bin"])
+    if store.remote is not None:  # the claim, and the files under the version it names (written once, by its writer)
+        assert found.objects is not None and found.objects == made.objects
+        assert store.remote.files_under("cache/ingest/k1") == sorted([ENTRY_FILE, f"{made.objects}/a.txt", f"{made.objects}/sub/b.bin"])
 
 
 def test_an_entry_whose_entry_file_is_missing_or_whose_bytes_changed_is_no_entry(root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     first = ArtifactStore(root)
     first.produce("ingest", "k1", write_outputs)
-    first.produce("ingest", "k2", write_outputs)
+    damaged = first.produce("ingest", "k2", write_outputs)
     if first.remote is None:
         (first.entry_dir("ingest", "k1") / ENTRY_FILE).unlink()
         (first.entry_dir("ingest", "k2") / "a.txt").write_text("changed")
     else:  # what a writer killed between its files and its _entry.json leaves, and a damaged object
         first.remote.delete(f"cache/ingest/k1/{ENTRY_FILE}")
-        first.remote.write_bytes("cache/ingest/k2/a.txt", b"changed")
+        first.remote.write_bytes(f"cache/ingest/k2/{damaged.objects}/a.txt", b"changed")
     store = on_another_machine(monkeypatch, tmp_path, root)
     assert store.read_entry("ingest", "k1") is None
     assert store.read_entry("ingest", "k2") is None

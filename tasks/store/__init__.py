@@ -1,8 +1,9 @@
 """The artifact store: run folders with manifests, and the content-checked step cache behind them.
 
 tasks/store/files.py writes files whole and names the run-folder files; manifest.py reads and checks
-manifests; process.py tells a live writer from a dead one. This module is the store itself, and the
-one place callers import from.
+manifests; entries.py is a step's output and its cache entry as read back; process.py tells a live
+writer from a dead one; bucket.py moves files between a URL root's mirror and its bucket. This module
+is the store itself, and the one place callers import from.
 
 Layout under the artifacts root:
 
@@ -13,23 +14,19 @@ Layout under the artifacts root:
 
 The root may be an fsspec URL (s3://bucket/prefix): the same layout is kept in the bucket, and a
 local mirror folder (tasks/store/remote.py) is where steps read and write; the methods marked
-"remote" below move files between the two. Local roots never touch remote code.
+"remote" (tasks/store/bucket.py) move files between the two. Local roots never touch remote code.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import secrets
 import shutil
-import subprocess
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
-
-from pydantic import BaseModel
+from typing import Any, Callable, cast
 
 from tasks.steps import STEPS  # noqa: F401  (the step names, for callers of the store)
 from tasks.store.files import (  # noqa: F401  (the store's one interface: callers import from tasks.store)
@@ -37,43 +34,17 @@ from tasks.store.files import (  # noqa: F401  (the store's one interface: calle
     parquet_rows, read_json, sha256_file, write_json, write_text,
 )
 from tasks.store.manifest import (  # noqa: F401
-    MANIFEST_FILE, ArtifactsRootError, BadRunIdError, ChampionError, DamagedRunError, Manifest, ManifestError, RunError,
-    RunNotFoundError, StepRecord, load_manifest, require_run_files, verify_run_files,
+    LOCAL_MANIFEST_FIX, MANIFEST_FILE, ArtifactsRootError, BadRunIdError, ChampionError, DamagedRunError, Manifest, ManifestError,
+    RunError, RunNotFoundError, StepRecord, load_manifest, require_run_files, verify_run_files,
 )
+from tasks.store.entries import StepOutput, parse_entry  # noqa: F401
+from tasks.store.bucket import BucketSync, prefect_key  # noqa: F401
 from tasks.store.champions import CHAMPION_FILE, CHAMPION_LOCK, ChampionRecord, model_of_config  # noqa: F401
 from tasks.store.process import ProcessStamp, pid_alive, process_stamp, stamp_gone  # noqa: F401
-from tasks.store.remote import MIRROR_ENV, RemoteRoot, is_url, mirror_folder  # noqa: F401
+from tasks.store.remote import MIRROR_ENV, RemoteRoot, UnusableRemote, is_url, mirror_folder  # noqa: F401
+from tasks.store.record import PROJECT_ROOT, RunRecord, environment_versions, utc_now  # noqa: F401
 
 SPLITS = ("train", "val", "test")  # ingest writes <split>.parquet, encode X_<split>.npy / y_<split>.npy
-PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
-
-
-# --------------------------------------------------------------------------- step outputs
-
-
-class StepOutput(BaseModel):
-    """The small typed pointer one step hands the next: where its files are and what they hold."""
-
-    step: str
-    key: str
-    dir: str
-    files: dict[str, str]  # relative path -> sha256
-    summary: dict[str, Any] = {}
-    reused: bool = False  # found complete in the bucket and not recomputed (URL roots): recorded as cached
-    made_by: str | None = None  # the run whose execution computed it (entries made before this was kept: None)
-
-    @property
-    def path(self) -> Path:
-        return Path(self.dir)
-
-    def file(self, name: str) -> Path:
-        return Path(self.dir) / name
-
-    @property
-    def content_fingerprint(self) -> str:
-        """What downstream cache keys hang on: the bytes this step produced."""
-        return fingerprint(sorted(self.files.items()))
-
 
 
 # --------------------------------------------------------------------------- the store
@@ -89,7 +60,7 @@ def default_root() -> str:
     return os.environ.get("RNNFLOW_ARTIFACTS", "artifacts")
 
 
-class ArtifactStore:
+class ArtifactStore(BucketSync):
     """One artifacts root: run folders, the step cache, and where Prefect keeps results and locks.
 
     root is a local folder, or an fsspec URL whose files are worked on in a local mirror (self.root);
@@ -100,7 +71,10 @@ class ArtifactStore:
         text = str(root) if root is not None else default_root()
         self.remote: RemoteRoot | None = None
         if is_url(text):
-            self.remote = RemoteRoot(text)
+            try:
+                self.remote = RemoteRoot(text)
+            except ArtifactsRootError as error:  # callers make the store before their error handling: its first use says it
+                self.remote = cast(RemoteRoot, UnusableRemote(text, error))
             self.location = self.remote.url
             self.root = mirror_folder(self.location)
         else:
@@ -192,15 +166,17 @@ class ArtifactStore:
         For a URL root, an entry missing from the mirror is fetched from the bucket first (remote).
         """
         output = self._read_local_entry(step, key)
-        if output is None and self.remote is not None and self._pull_entry(step, key):
-            output = self._read_local_entry(step, key)
+        if output is None and self.remote is not None:
+            output = self._pull_entry(step, key)
         return output
 
     def _read_local_entry(self, step: str, key: str) -> StepOutput | None:
         folder = self.entry_dir(step, key)
         try:
-            output = StepOutput.model_validate(read_json(folder / ENTRY_FILE))
-        except (OSError, ValueError):
+            output = parse_entry((folder / ENTRY_FILE).read_bytes(), step, key)
+        except OSError:
+            return None
+        if output is None:
             return None
         for name, digest in output.files.items():
             path = folder / name
@@ -214,11 +190,15 @@ class ArtifactStore:
             (self.prefect_results_dir / prefect_key).unlink(missing_ok=True)
         shutil.rmtree(self.entry_dir(step, key), ignore_errors=True)
 
-    def produce(self, step: str, key: str, work: Callable[[Path], dict[str, Any]], made_by: str | None = None) -> StepOutput:
+    def produce(self, step: str, key: str, work: Callable[[Path], dict[str, Any]], made_by: str | None = None,
+                refresh: bool = False) -> StepOutput:
         """Run work(out_dir) in a scratch folder and move the result into the cache whole.
 
         A failed or killed step leaves only a scratch folder (cleaned here, or ignored later),
         never a partial entry: the entry appears by one rename once every file is written.
+        For a URL root the entry is claimed in the bucket first (tasks/store/bucket.py): when another
+        writer's claim is there, this one's output is discarded and that entry returned (reused);
+        refresh replaces the bucket's claim as a local root's entry is replaced.
         """
         final = self.entry_dir(step, key)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -228,11 +208,13 @@ class ArtifactStore:
             write_json(scratch / WRITER_FILE, process_stamp())
             summary = work(scratch) or {}
             output = StepOutput(step=step, key=key, dir=str(final), files=_hash_tree(scratch), summary=summary, made_by=made_by)
-            write_json(scratch / ENTRY_FILE, output.model_dump(mode="json"))
-            self._install(scratch, final)
-            (final / WRITER_FILE).unlink(missing_ok=True)  # the entry is whole now; hashing and linking skip it anyway
+            install = True
             if self.remote is not None:
-                self._push_entry(final, output)
+                output, install = self._push_entry(scratch, output, refresh=refresh)
+            if install:
+                write_json(scratch / ENTRY_FILE, output.model_copy(update={"reused": False}).model_dump(mode="json"))
+                self._install(scratch, final)
+                (final / WRITER_FILE).unlink(missing_ok=True)  # the entry is whole now; hashing and linking skip it anyway
             return output
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -245,44 +227,6 @@ class ArtifactStore:
             os.replace(final, trash)
             shutil.rmtree(trash, ignore_errors=True)
         os.replace(scratch, final)
-
-    def _push_entry(self, final: Path, output: StepOutput) -> None:
-        """(remote) Upload a new entry: its old _entry.json removed first, the files, then _entry.json last,
-        so a reader in another process sees no entry or a whole one (read_entry checks every sha256 anyway)."""
-        assert self.remote is not None
-        rel = final.relative_to(self.root).as_posix()
-        self.remote.delete(f"{rel}/{ENTRY_FILE}")
-        for name in sorted(output.files):
-            self.remote.put_file(final / name, f"{rel}/{name}")
-        self.remote.put_file(final / ENTRY_FILE, f"{rel}/{ENTRY_FILE}")
-
-    def _pull_entry(self, step: str, key: str) -> bool:
-        """(remote) Fetch a whole entry from the bucket into the mirror; False when the bucket has none."""
-        assert self.remote is not None
-        final = self.entry_dir(step, key)
-        rel = final.relative_to(self.root).as_posix()
-        data = self.remote.read_bytes(f"{rel}/{ENTRY_FILE}")
-        if data is None:
-            return False
-        try:
-            output = StepOutput.model_validate_json(data)
-        except ValueError:
-            return False
-        final.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".partial", dir=final.parent))
-        try:
-            write_json(scratch / WRITER_FILE, process_stamp())
-            for name in sorted(output.files):
-                try:
-                    self.remote.get_file(f"{rel}/{name}", scratch / name)
-                except FileNotFoundError:
-                    return False  # being replaced, or damaged: a miss, and the step recomputes
-            (scratch / WRITER_FILE).unlink()
-            write_json(scratch / ENTRY_FILE, output.model_copy(update={"dir": str(final), "reused": False}).model_dump(mode="json"))
-            self._install(scratch, final)
-            return True
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
 
     def local_output(self, output: StepOutput) -> StepOutput:
         """A step's output as this process can read it: for a URL root, the entry in this machine's mirror
@@ -327,22 +271,34 @@ class ArtifactStore:
         rather than hiding every other run; a run whose process is gone from this host shows failed.
         """
         runs: list[dict[str, Any]] = []
-        if self.remote is not None:
-            self._pull_manifests()
-        if not self.runs_dir.is_dir():
+        if self.remote is not None:  # the bucket's runs, never the mirror's: a run deleted there is gone here too
+            folders, runs = self.bucket_runs()
+        elif self.runs_dir.is_dir():
+            folders = sorted(folder for folder in self.runs_dir.iterdir() if (folder / MANIFEST_FILE).is_file())
+        else:
             return runs
         with contextlib.suppress(OSError):  # a read-only root still lists
             self.clean_stale_partials()
-        for folder in sorted(self.runs_dir.iterdir()):
-            if not (folder / MANIFEST_FILE).is_file():
-                continue
+        for folder in folders:
             try:
-                manifest = self.mark_if_killed(folder, load_manifest(folder))
+                manifest = self.mark_if_killed(folder, self.load_manifest(folder))
             except ManifestError as error:
-                runs.append({"run_id": folder.name, "status": "unreadable", "path": str(folder / MANIFEST_FILE), "problem": str(error)})
+                runs.append({"run_id": folder.name, "status": "unreadable", "path": self.where(folder / MANIFEST_FILE), "problem": str(error)})
                 continue
             runs.append({**manifest.model_dump(mode="json"), "run_id": folder.name, "shown_status": manifest.shown_status})
-        return runs
+        return sorted(runs, key=lambda run: run["run_id"])
+
+    def load_manifest(self, folder: Path) -> Manifest:
+        """A run folder's manifest, validated; a damaged one named as the user knows it (the bucket's object for a URL root)."""
+        return load_manifest(folder, self.where(Path(folder) / MANIFEST_FILE), self.manifest_fix(folder))
+
+    def manifest_fix(self, folder: Path) -> str:
+        """What to do about a run folder's damaged manifest, where it lives."""
+        if self.remote is None:
+            return LOCAL_MANIFEST_FIX
+        url = self.where(folder)
+        delete = f"aws s3 rm --recursive {url}/" if self.remote.is_s3 else f"delete every object under {url}/"
+        return f"restore it from a backup or an earlier version of the object, or delete the run with `{delete}`"
 
     def mark_if_killed(self, folder: Path, manifest: Manifest) -> Manifest:
         """A `running` run whose process is gone from this host (kill -9, a lost machine) is failed: record that.
@@ -384,27 +340,29 @@ class ArtifactStore:
         if run_id == "champion":
             pointer = self.champions.choose(model)
             run_id = pointer["run_id"]
-            if self.remote is not None:
-                self.pull_manifest(self.run_dir(self.check_run_id(run_id)))
-            if not (self.run_dir(run_id) / MANIFEST_FILE).is_file():
+            folder = self.run_dir(self.check_run_id(run_id))
+            present = self.pull_manifest(folder) if self.remote is not None else (folder / MANIFEST_FILE).is_file()
+            if not present:
                 raise RunNotFoundError(
                     f"The champion {run_id} of model {pointer['model']!r} named by {self.where(self.champions.file)} is gone from "
                     f"{self.where(self.runs_dir)}: promote another run with 'rnnflow promote RUN_ID --force'."
                 )
         elif run_id == "latest":
-            done = self.completed_runs()
+            runs = self.list_runs()
+            done = [run["run_id"] for run in runs if run.get("status") == "completed"]
             if not done:
-                raise RunNotFoundError(f"No completed run under {self.runs_dir}: run 'rnnflow run' first.")
+                damaged = sum(run["status"] == "unreadable" for run in runs)
+                unreadable = f" ({damaged} run{'s' if damaged > 1 else ''} with a damaged manifest: 'rnnflow runs' names them)" if damaged else ""
+                raise RunNotFoundError(f"No completed run under {self.where(self.runs_dir)}{unreadable}: run 'rnnflow run' first.")
             run_id = done[-1]
         self.check_run_id(run_id)
         folder = self.run_dir(run_id)
-        if self.remote is not None:
-            self.pull_run(folder)
-        if not (folder / MANIFEST_FILE).is_file():
+        present = self.pull_run(folder) if self.remote is not None else (folder / MANIFEST_FILE).is_file()
+        if not present:
             raise RunNotFoundError(f"No run {run_id!r} under {self.where(self.runs_dir)}: 'rnnflow runs' lists the run ids.")
         if folder.resolve().parent != self.runs_dir.resolve():
             raise BadRunIdError(f"Run {run_id} is a link to {folder.resolve()}, outside {self.runs_dir}: give a run that lives under this root.")
-        load_manifest(folder)  # one sentence now, rather than an AttributeError in whoever reads it next
+        self.load_manifest(folder)  # one sentence now, rather than an AttributeError in whoever reads it next
         return folder
 
     def start_run(
@@ -433,226 +391,16 @@ class ArtifactStore:
 
     def open_run(self, folder: Path) -> "RunRecord":
         """The record of a run (or sweep) folder of this root, its manifest fresh from the bucket for a URL root."""
-        if self.remote is not None:
-            self.pull_manifest(folder)
+        if self.remote is not None and not self.pull_manifest(folder):
+            raise RunNotFoundError(f"No {MANIFEST_FILE} at {self.where(folder)}: 'rnnflow runs' lists the run ids.")
         return RunRecord.load(folder, store=self)
 
-    # ----- (remote) run folders between the mirror and the bucket
-
-    def _rel(self, path: Path) -> str:
-        return Path(path).relative_to(self.root).as_posix()
-
-    def push(self, path: Path) -> None:
-        """(remote) Upload a file, or every file of a folder, of the mirror to the same place in the bucket."""
-        if self.remote is None:
-            return
-        path = Path(path)
-        if path.is_file():
-            self.remote.put_file(path, self._rel(path))
-        elif path.is_dir():
-            for file in sorted(p for p in path.rglob("*") if p.is_file()):
-                self.remote.put_file(file, self._rel(file))
-
-    def push_step(self, target: Path, source: Path) -> None:
-        """(remote) A step's folder of a run, in the bucket: copied there from where its files already are in the bucket
-        (a cache entry, another run's folder: server-side, the bytes went up once), else uploaded (promote's own folder,
-        a failed step's scratch)."""
-        if self.remote is None:
-            return
-        source, target = Path(source), Path(target)
-        inside = source.is_relative_to(self.root) and not any(part.endswith(".partial") for part in source.relative_to(self.root).parts)
-        copied = inside and source.resolve() != target.resolve()
-        for file in sorted(p for p in target.rglob("*") if p.is_file()):
-            name = file.relative_to(target).as_posix()
-            try:
-                if copied:
-                    self.remote.copy(self._rel(source / name), self._rel(file))
-                    continue
-            except FileNotFoundError:  # what the mirror kept but the bucket lost: send the bytes
-                pass
-            self.remote.put_file(file, self._rel(file))
-
-    def pull_manifest(self, folder: Path) -> bool:
-        """(remote) Fetch a run folder's manifest.json from the bucket into the mirror; False when it has none."""
-        assert self.remote is not None
-        data = self.remote.read_bytes(f"{self._rel(folder)}/{MANIFEST_FILE}")
-        if data is None:
-            return False
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        write_text(Path(folder) / MANIFEST_FILE, data.decode("utf-8"))
-        return True
-
-    def _pull_manifests(self) -> None:
-        assert self.remote is not None
-        for name in self.remote.children("runs"):
-            with contextlib.suppress(BadRunIdError):
-                self.pull_manifest(self.run_dir(self.check_run_id(name)))
-
-    def pull_run(self, folder: Path) -> None:
-        """(remote) Fetch a run folder: its manifest, then every step file it records that the mirror lacks or holds
-        changed (taken from the mirror's cache entry when that has it, else downloaded)."""
-        if not self.pull_manifest(folder):
-            return
-        try:
-            manifest = read_json(Path(folder) / MANIFEST_FILE)
-        except (OSError, ValueError):
-            return  # load_manifest says what is wrong with it
-        for step, entry in (manifest.get("steps") or {}).items():
-            for name, digest in (entry.get("outputs") or {}).items():
-                target = Path(folder) / str(entry.get("dir") or step) / name
-                if target.is_file() and sha256_file(target) == digest:
-                    continue
-                cached = self.entry_dir(step, str(entry.get("key"))) / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if cached.is_file() and sha256_file(cached) == digest:
-                    target.unlink(missing_ok=True)
-                    os.link(cached, target)
-                    continue
-                with contextlib.suppress(FileNotFoundError):  # missing in the bucket: verify_run_files names it
-                    with atomic_path(target) as scratch:
-                        self.remote.get_file(f"{self._rel(target)}", scratch)
-
     def fetch_run_folder(self, run_id: str) -> Path:
-        """A run folder by id, its files in the mirror for a URL root (may not exist: callers check)."""
+        """A run folder by id, its files in the mirror for a URL root (may not exist: callers check); ManifestError, naming
+        the file (the bucket's object for a URL root), when its manifest is damaged: damaged is not gone."""
         folder = self.run_dir(self.check_run_id(run_id))
         if self.remote is not None:
             self.pull_run(folder)
+        elif (folder / MANIFEST_FILE).is_file():
+            self.load_manifest(folder)
         return folder
-
-
-class RunRecord:
-    """One run folder and its manifest; the flow process is its only writer."""
-
-    def __init__(self, folder: Path, store: ArtifactStore | None = None):
-        self.folder = Path(folder)
-        self.manifest: dict[str, Any] = {}
-        self.store = store  # for a URL root: every save also goes to the bucket
-
-    @classmethod
-    def load(cls, folder: Path, store: ArtifactStore | None = None) -> "RunRecord":
-        record = cls(folder, store)
-        load_manifest(folder)  # validated; the raw dict is kept so saving never drops or reshapes a key
-        record.manifest = read_json(Path(folder) / MANIFEST_FILE)
-        return record
-
-    @classmethod
-    def create(cls, folder: Path, identity: dict[str, Any], *, config: dict[str, Any], flow_run_id: str | None,
-               store: ArtifactStore | None = None, **fields: Any) -> "RunRecord":
-        """A new folder (never an existing one) and the manifest every record starts with: a run's, or a sweep's."""
-        folder = Path(folder)
-        if store is not None and store.remote is not None and store.remote.read_bytes(f"{store._rel(folder)}/{MANIFEST_FILE}") is not None:
-            raise FileExistsError(f"{store.where(folder)} already exists: start a new run instead of reusing its id.")
-        folder.mkdir(parents=True, exist_ok=False)
-        record = cls(folder, store)
-        record.manifest = {
-            **identity,
-            "status": "running",
-            "started_at": utc_now(),
-            "finished_at": None,
-            "prefect_flow_run_id": flow_run_id,
-            **fields,
-            "config": config,
-            "inputs": {},
-            "steps": {},
-            "environment": environment_versions(),
-        }
-        record.save()
-        return record
-
-    @property
-    def run_id(self) -> str:
-        return self.manifest["run_id"]
-
-    @property
-    def record_id(self) -> str:
-        """What names this record as the maker of a step's output: a run's id, or a sweep's for the steps it shares."""
-        return self.manifest.get("run_id") or self.manifest["sweep_id"]
-
-    @property
-    def location(self) -> str:
-        """The run folder as the user knows it: its URL in the bucket for a URL root."""
-        return self.store.where(self.folder) if self.store is not None else str(self.folder)
-
-    def save(self) -> None:
-        """The manifest, whole; for a URL root also to the bucket, after the files it names."""
-        write_json(self.folder / MANIFEST_FILE, self.manifest)
-        if self.store is not None:
-            self.store.push(self.folder / MANIFEST_FILE)
-
-    def link_outputs(self, step: str, source: Path) -> None:
-        target = self.folder / step
-        if Path(source).resolve() != target.resolve():  # else a step that writes straight into the run folder (promote)
-            if target.exists():
-                shutil.rmtree(target)
-            _link_tree(Path(source), target)
-        if self.store is not None:
-            self.store.push_step(target, Path(source))
-
-    def push_file(self, name: str) -> None:
-        """(remote) One more file of the run folder (run.log) to the bucket."""
-        if self.store is not None:
-            self.store.push(self.folder / name)
-
-    def record_step(self, output: StepOutput, *, status: str, seconds: float, config: dict[str, Any], made_by: str | None,
-                    reused_from: str | None = None) -> None:
-        """Link a step's outputs into the run folder and note them, with their sha256, in the manifest, with the
-        configuration they were made with and the run that made them (tasks/provenance.py)."""
-        self.link_outputs(output.step, output.path)
-        self.manifest["steps"][output.step] = {
-            "status": status,
-            "seconds": round(seconds, 3),
-            "key": output.key,
-            "dir": output.step,
-            "outputs": output.files,
-            "summary": output.summary,
-            "config": config,
-            "made_by": made_by,
-            **({"reused_from": reused_from} if reused_from else {}),
-        }
-        self.save()
-
-    def record_failure(self, step: str, reason: str, seconds: float) -> None:
-        self.manifest["steps"][step] = {"status": "failed", "seconds": round(seconds, 3), "error": reason}
-        self.save()
-
-    def finish(self, status: str, error: str | None = None) -> None:
-        self.manifest["status"] = status
-        self.manifest["finished_at"] = utc_now()
-        if error:
-            self.manifest["error"] = error
-        self.save()
-
-    def step_output(self, step: str) -> StepOutput:
-        """The pointer to a completed step's files inside this run folder (for reruns from a recorded run)."""
-        entry = self.manifest["steps"].get(step)
-        if not entry or entry.get("status") not in ("completed", "cached"):
-            raise FileNotFoundError(f"Run {self.run_id} has no completed {step} step: rerun it with 'rnnflow run'.")
-        return StepOutput(step=step, key=entry["key"], dir=str(self.folder / step), files=entry["outputs"], summary=entry["summary"])
-
-
-def utc_now() -> str:
-    """Now, as manifests, decisions and the champion pointer record it."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def environment_versions() -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
-    for package in ("rnnflow", "tensorflow", "keras", "prefect", "great-expectations", "pandas", "pyarrow", "numpy"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5, check=False
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5, check=False
-        )
-        versions["git_commit"] = commit.stdout.strip() or None
-        versions["git_dirty"] = bool(dirty.stdout.strip()) if commit.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        versions["git_commit"] = None
-    return versions

@@ -127,6 +127,14 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def safe_relative_name(name: str) -> bool:
+    """Whether a recorded file name ("sub/b.bin") stays inside the folder it is joined to: relative, no '..', no
+    backslashes or NULs. Names come from manifests and entries other processes wrote, and become paths written here."""
+    text = str(name)
+    if not text or "\\" in text or "\0" in text or text.startswith("/"):
+        return False
+    return all(part not in ("", ".", "..") for part in text.split("/"))
+
 
 def _hash_tree(folder: Path) -> dict[str, str]:
     return {

@@ -6,13 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import json
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tasks.steps import STEP_BY_NAME
-from tasks.store.files import RunFile, read_json, sha256_file
+from tasks.store.files import RunFile, safe_relative_name, sha256_file
 from tasks.store.process import ProcessStamp
 
 MANIFEST_FILE = "manifest.json"
+LOCAL_MANIFEST_FIX = "restore it from a backup or delete the run folder"
 
 
 # --------------------------------------------------------------------------- errors a user fixes
@@ -61,6 +64,22 @@ class StepRecord(BaseModel):
     summary: dict[str, Any] = {}
     error: str | None = None
 
+    # Readers join these to the run folder and fetch or check the files there: a name that leads out of it is damage.
+    @field_validator("dir")
+    @classmethod
+    def _dir_inside(cls, value: str | None) -> str | None:
+        if value is not None and not safe_relative_name(value):
+            raise ValueError(f"{value!r} is not a folder inside the run folder")
+        return value
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs_inside(cls, outputs: dict[str, str]) -> dict[str, str]:
+        for name in outputs:
+            if not safe_relative_name(name):
+                raise ValueError(f"{name!r} is not a file inside the step folder")
+        return outputs
+
 
 class ConfigView(BaseModel):
     """The parts of a run's config that listing reads; tasks.config validates the whole when a run reuses it."""
@@ -90,6 +109,14 @@ class Manifest(BaseModel):
     killed: bool = False
     promotion: dict[str, Any] | None = None
 
+    @field_validator("steps")
+    @classmethod
+    def _step_names(cls, steps: dict[str, StepRecord]) -> dict[str, StepRecord]:
+        for name in steps:  # a step without "dir" is read from the folder of its name
+            if not safe_relative_name(name) or "/" in name:
+                raise ValueError(f"{name!r} is not a step name")
+        return steps
+
     @property
     def shown_status(self) -> str:
         return "failed (killed)" if self.killed and self.status == "failed" else self.status
@@ -102,22 +129,30 @@ def _validation_problem(error: ValidationError) -> str:
     return f"{where}: {message}"
 
 
-def load_manifest(folder: Path) -> Manifest:
-    """A run folder's manifest, validated; ManifestError (one sentence with its path) when it is not one."""
-    path = Path(folder) / MANIFEST_FILE
+def manifest_from_text(text: str | bytes, name: str, fix: str = LOCAL_MANIFEST_FIX) -> Manifest:
+    """A manifest's text, validated; ManifestError naming it as `name` (a path, or the bucket object's URL) and `fix`."""
     try:
-        data = read_json(path)
-    except FileNotFoundError:
-        raise RunNotFoundError(f"Run folder {Path(folder)} has no {MANIFEST_FILE}: 'rnnflow runs' lists the run ids.") from None
-    except (OSError, ValueError) as error:
-        raise ManifestError(f"{path} is unreadable ({str(error).splitlines()[0] if str(error) else type(error).__name__}): "
-                            f"restore it from a backup or delete the run folder.") from None
+        data = json.loads(text)
+    except ValueError as error:  # UnicodeDecodeError is one too
+        raise ManifestError(f"{name} is unreadable ({str(error).splitlines()[0] if str(error) else type(error).__name__}): {fix}.") from None
     if not isinstance(data, dict):
-        raise ManifestError(f"{path} is unreadable (a JSON {type(data).__name__}, not an object): restore it from a backup or delete the run folder.")
+        raise ManifestError(f"{name} is unreadable (a JSON {type(data).__name__}, not an object): {fix}.")
     try:
         return Manifest.model_validate(data)
     except ValidationError as error:
-        raise ManifestError(f"{path} is unreadable ({_validation_problem(error)}): restore it from a backup or delete the run folder.") from None
+        raise ManifestError(f"{name} is unreadable ({_validation_problem(error)}): {fix}.") from None
+
+
+def load_manifest(folder: Path, name: str | None = None, fix: str = LOCAL_MANIFEST_FIX) -> Manifest:
+    """A run folder's manifest, validated; ManifestError (one sentence with its path, or `name`) when it is not one."""
+    path = Path(folder) / MANIFEST_FILE
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise RunNotFoundError(f"Run folder {Path(folder)} has no {MANIFEST_FILE}: 'rnnflow runs' lists the run ids.") from None
+    except OSError as error:
+        raise ManifestError(f"{name or path} is unreadable ({str(error).splitlines()[0] if str(error) else type(error).__name__}): {fix}.") from None
+    return manifest_from_text(text, name or str(path), fix)
 
 
 # A file's sha256 by (path, inode, size, mtime): a command that checks the same file twice hashes it once.
