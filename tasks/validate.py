@@ -54,7 +54,8 @@ to the step folder:
                       kept_share, label_counts, warnings
     gx/suite.json     {suite name: GX expectation suite JSON}
     gx/results.json   {validation name: GX validation result JSON}
-    data_docs/        GX Data Docs (index.html)
+    data_docs/        GX Data Docs (index.html), readable offline: the scripts, stylesheets and fonts GX links from
+                      CDNs are bundled copies in data_docs/static/vendor/ (tasks/data_docs.py)
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ from prefect import task
 
 from tasks.caching import StepCachePolicy, produce_step
 from tasks.config import ValidateConfig
+from tasks.data_docs import make_offline
 from tasks import store
 from tasks.store import SPLITS, RunFiles, StepOutput, iter_parquet, parquet_rows, read_json, write_json
 from tasks.logs import step_logger
@@ -390,6 +392,7 @@ def validate_reviews(
     gx_results["test_vs_train"] = result
     checks += _checks_from(result, test_rules, "test", severity, {})
     context.build_data_docs(site_names=[DATA_DOCS_SITE])
+    make_offline(out_dir / "data_docs")
 
     failed_errors = [c["message"] for c in checks if not c["passed"] and c["severity"] == "error"]
     warnings = [c["message"] for c in checks if not c["passed"] and c["severity"] == "warning"]
