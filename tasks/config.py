@@ -203,6 +203,12 @@ class TrainConfig(Section):
         description="TensorFlow's op determinism (tf.config.experimental.enable_op_determinism): a retrained run repeats its figures "
         "to the last digit on one machine, at some speed",
     )
+    tensorboard: bool = Field(
+        default=False,
+        description="write Keras' TensorBoard events (per-epoch loss, accuracy and learning rate, train and validation) into the train "
+        "step's tensorboard/ folder, a subfolder per member with members > 1; needs the tensorboard extra (uv sync --extra tensorboard), "
+        "whose `tensorboard --logdir` opens them",
+    )
 
 
 # Keys that decide how fast a step runs, not what it is asked to make (like a thread count, they may change the
@@ -302,6 +308,23 @@ class RunConfig(Section):
                 key = ".".join(str(p) for p in first["loc"])
                 problem = "is not a model key" if first["type"] == "extra_forbidden" else f"is invalid ({first['msg']}, got {first.get('input')!r})"
                 raise ValueError(f"train.member_models entry {number}: model.{key} {problem}; fix that entry") from None
+        return self
+
+    @model_validator(mode="after")
+    def _stack_sizes_fit(self) -> "RunConfig":
+        """model.stack_units gives one size per layer of model.stack_cells (the model's own and each member's), so a
+        mismatch is refused here, with the keys named, not by train after ingest, validate and encode have run."""
+        members = [member_model(self.model, self.train, k) for k in range(len(self.train.member_models))]
+        for entry, model in [(0, self.model), *enumerate(members, start=1)]:
+            cells, units = model.stack_cells, model.stack_units
+            if cells and units and len(cells) != len(units):
+                sizes = ",".join([str(units[0])] * len(cells))
+                where, fix = (f" in train.member_models entry {entry}", f"stack_units: [{sizes}] in that entry") if entry else ("", f"--set model.stack_units=[{sizes}]")
+                raise ValueError(
+                    f"model.stack_cells lists {len(cells)} layers ({', '.join(cells)}) but model.stack_units gives {len(units)} "
+                    f"size{'s' if len(units) != 1 else ''} ({', '.join(map(str, units))}){where}: give one size per layer, "
+                    f"e.g. {fix}, or leave model.stack_units out (every layer then gets model.units)"
+                )
         return self
 
     @model_validator(mode="after")

@@ -21,6 +21,7 @@ from tasks.encode import Vocabulary, load_arrays
 from tasks.logs import step_logger
 from tasks.member_pool import fit_members_in_processes, member_processes
 from tasks.store import RunFiles, StepOutput, read_json, write_json, write_text
+from tasks.tensorboard_events import tensorboard_callbacks
 
 # Keras (and TensorFlow under it) is imported inside the functions that use it, not here: the flow imports this
 # module for its task, and a run whose train step comes from the cache should not pay seconds of
@@ -41,8 +42,7 @@ class _EpochLines:
     """epoch_report's two hooks: the epoch's start time, then its line and the progress hook."""
 
     def __init__(self, epochs: int, hook: EpochHook | None, prefix: str):
-        self.epochs, self.hook, self.prefix = epochs, hook, prefix
-        self.started = 0.0
+        self.epochs, self.hook, self.prefix, self.started = epochs, hook, prefix, 0.0
 
     def begin(self, epoch: int, logs: dict | None = None) -> None:
         self.started = time.perf_counter()
@@ -356,7 +356,7 @@ def _member_epoch(on_epoch: EpochHook, k: int, members: int, epoch: int, epochs:
 
 
 def member_callbacks(train_cfg: TrainConfig, k: int, checkpoint: Path, on_epoch: EpochHook | None) -> list[Any]:
-    """Early stopping on val_loss (best weights restored), the best epoch saved to checkpoint, an epoch line each epoch."""
+    """Early stopping on val_loss (best weights restored), the best epoch kept in checkpoint, epoch lines, TensorBoard's events if asked."""
     import keras
 
     members = train_cfg.members
@@ -370,7 +370,7 @@ def member_callbacks(train_cfg: TrainConfig, k: int, checkpoint: Path, on_epoch:
         # Before early stopping gives up, the epochs it still waits go on at a smaller step. First in the list,
         # so the epoch line and the history get the rate it adds to the logs.
         callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=train_cfg.lr_drop, patience=0, min_delta=0, min_lr=1e-6))
-    return callbacks
+    return callbacks + tensorboard_callbacks(train_cfg, k, checkpoint.parent)
 
 
 @dataclass
