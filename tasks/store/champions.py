@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import secrets
 import socket
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from tasks.logs import step_logger
 from tasks.store.files import read_json, write_json
 from tasks.store.manifest import MANIFEST_FILE, ArtifactsRootError, BadRunIdError, ChampionError, RunNotFoundError
 
@@ -206,11 +208,12 @@ class ChampionRecord:
     @contextlib.contextmanager
     def _remote_lock(self) -> Iterator[None]:
         """(remote) A lock object <root>/champion.lock, created only if absent, naming its owner and expiry;
-        one left by a dead holder is taken over once expired."""
+        one left by a dead holder is taken over once expired, and so is one that is no lock (see held_lock)."""
         remote = self.store.remote
         assert remote is not None
         owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         deadline = time.monotonic() + REMOTE_LOCK_WAIT_SECONDS
+        first_seen: dict[bytes, float] = {}  # each lock object as read, and when this process first read it
         while True:
             body = json.dumps({"owner": owner, "expires": time.time() + REMOTE_LOCK_SECONDS}).encode()
             try:
@@ -218,19 +221,18 @@ class ChampionRecord:
                 break
             except FileExistsError:
                 held = remote.read_bytes(CHAMPION_LOCK)
-                try:
-                    current = json.loads(held) if held else None
-                except ValueError:
-                    current = {"owner": "unreadable", "expires": 0}
-                if current is None:
+                if not held:
                     continue
-                if float(current.get("expires", 0)) < time.time():
-                    remote.delete(CHAMPION_LOCK)  # its holder is gone (or hung past the expiry)
+                holder, expires = held_lock(held, first_seen.setdefault(held, time.time()))
+                if holder is None or expires < time.time():
+                    self._take_over(held, holder)
                     continue
                 if time.monotonic() > deadline:
                     raise ChampionError(
-                        f"The champion lock {self.store.where(self.lock_file)} is held by {current.get('owner')}: wait for that run to finish, "
-                        f"or delete the lock object if its process is gone (it expires by itself after {REMOTE_LOCK_SECONDS} s)."
+                        f"The champion lock {self.store.where(self.lock_file)} is held by {holder} and this promote waited "
+                        f"{REMOTE_LOCK_WAIT_SECONDS:g} s: wait for that run to finish and promote again, or, if its process is gone, "
+                        f"delete the lock object ({remove_command(self.store.where(self.lock_file))}); it is taken over as expired "
+                        f"in {max(0.0, expires - time.time()):.0f} s."
                     ) from None
                 time.sleep(0.2)
         try:
@@ -239,3 +241,47 @@ class ChampionRecord:
             held = remote.read_bytes(CHAMPION_LOCK)
             if held and owner.encode() in held:
                 remote.delete(CHAMPION_LOCK)
+
+    def _take_over(self, held: bytes, holder: str | None) -> None:
+        """Delete an expired (or malformed) lock object, if it is still the one judged: another process may have
+        taken it over and written its own meanwhile."""
+        remote = self.store.remote
+        assert remote is not None
+        if remote.read_bytes(CHAMPION_LOCK) != held:
+            return
+        if holder is None:
+            shown = held[:80].decode("utf-8", "replace")
+            step_logger().warning(
+                "The champion lock %s held %r, not a lock rnnflow writes ({\"owner\": text, \"expires\": seconds since the epoch}): "
+                "taken over as expired.", self.store.where(self.lock_file), shown,
+            )
+        remote.delete(CHAMPION_LOCK)  # its holder is gone (or hung past the expiry), or it was never a holder's
+
+
+def held_lock(held: bytes, first_seen: float) -> tuple[str | None, float]:
+    """(owner, expiry to believe) of a lock object's bytes; (None, 0) for one that is not a lock.
+
+    rnnflow writes its lock in one create-only put, so no holder of ours leaves a partial or other-shaped object:
+    one that does not parse as {"owner": text, "expires": a finite number} protects no promotion and is taken over
+    rather than blocking every promotion on the bucket until someone finds it (the champion record's own write is
+    conditional on what was read, so a lock wrongly taken over cannot make two promotions both win). An expiry
+    further ahead than a lock's lifetime is no rnnflow holder's either: it is believed only up to
+    REMOTE_LOCK_SECONDS after this process first saw that lock.
+    """
+    try:
+        lock = json.loads(held)
+    except ValueError:
+        return None, 0.0
+    if not isinstance(lock, dict) or not isinstance(lock.get("owner"), str):
+        return None, 0.0
+    expires = lock.get("expires")
+    if isinstance(expires, bool) or not isinstance(expires, (int, float)) or not math.isfinite(expires):
+        return None, 0.0
+    return lock["owner"], min(float(expires), first_seen + REMOTE_LOCK_SECONDS)
+
+
+def remove_command(url: str) -> str:
+    """The command that deletes one object of a URL root, as its store's own tool spells it."""
+    tools = {"s3": "aws s3 rm", "gs": "gcloud storage rm"}
+    scheme = url.split("://", 1)[0].lower()
+    return f"{tools[scheme]} {url}" if scheme in tools else f"delete {url}"
