@@ -13,112 +13,12 @@ from pathlib import Path
 from typing import Sequence
 
 import flows  # noqa: F401  (telemetry defaults before Prefect loads)
+from flows.cli_parser import UsageError, build_parser
 from tasks.config import ConfigError, RunConfig, load_config, preset_description, preset_names
-from tasks.steps import STEP_TABLE, STEPS, step as step_spec
+from tasks.steps import STEPS, step as step_spec
 from tasks.store import MANIFEST_FILE, ArtifactsRootError, ArtifactStore, ChampionError, RunFiles, RunError, new_run_id, read_json, verify_run_files
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """Bad usage or configuration: exit 2 with one sentence."""
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse exits 2 too; keep its message to one line
-        self.print_usage(sys.stderr)
-        raise UsageError(message)
-
-
-def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", help="a shipped preset (rnnflow presets lists them)")
-    parser.add_argument("--config", metavar="FILE.yaml", help="a YAML file of configuration sections")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one key, e.g. --set train.epochs=3 (repeatable)")
-    parser.add_argument("--artifacts", metavar="ROOT", help="artifacts root: a folder, or a URL such as s3://BUCKET/PREFIX (default: $RNNFLOW_ARTIFACTS or artifacts/)")
-
-
-MODEL_HELP = "the model whose champion 'champion' means, where the root holds several ('rnnflow champion' lists them)"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="rnnflow", description="Train recurrent text classifiers as a Prefect flow.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-
-    run = commands.add_parser("run", help="run the whole pipeline and print the run folder")
-    _config_args(run)
-    run.add_argument("--refresh", nargs="?", const="all", action="append", metavar="STEP",
-                     help="recompute STEP (or, alone, every step) instead of reusing the cache")
-    run.add_argument("--data-dir", default="data", help="where downloads go (default: data/)")
-    run.add_argument("--from", dest="start_from", choices=STEPS, metavar="STEP",
-                     help="recompute STEP and every later step (with --run, the earlier ones come from that run)")
-    run.add_argument("--run", dest="derived_from", metavar="RUN_ID",
-                     help="with --from: the run whose earlier steps to reuse, with the configuration they were made with")
-    run.add_argument("--model", metavar="NAME", help=MODEL_HELP)
-
-    step = commands.add_parser("step", help="rerun one step of a recorded run, as a new run folder")
-    alone = [spec.name for spec in STEP_TABLE if spec.rerun_alone]
-    step.add_argument("step", choices=alone, metavar="STEP", help=f"one of {', '.join(alone)}")
-    step.add_argument("--run", dest="derived_from", required=True, metavar="RUN_ID", help="the run whose inputs to use ('latest' for the newest completed)")
-    step.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    step.add_argument("--model", metavar="NAME", help=MODEL_HELP)
-    step.add_argument("--artifacts", metavar="ROOT")
-
-    sweep = commands.add_parser("sweep", help="one run per grid point, in parallel, and sweep.html comparing them")
-    _config_args(sweep)
-    sweep.add_argument("--grid", action="append", required=True, metavar="SECTION.KEY=V1,V2",
-                       help="values to try for one model.* or train.* key, e.g. --grid model.cell=lstm,gru (repeatable: every combination runs)")
-    sweep.add_argument("--runner", choices=("thread", "dask"), help="run the points in threads of this process (default) or on Dask")
-    sweep.add_argument("--dask-address", metavar="tcp://HOST:PORT", help="an existing Dask scheduler (implies --runner dask); default: a local cluster")
-    sweep.add_argument("--workers", type=int, metavar="N", help="points at a time: threads, or local Dask worker processes (default: 2)")
-    sweep.add_argument("--data-dir", default="data", help="where downloads go (default: data/)")
-
-    serve = commands.add_parser("serve", help="serve the flow as a scheduled deployment (needs a Prefect server)")
-    _config_args(serve)
-    when = serve.add_mutually_exclusive_group(required=True)
-    when.add_argument("--cron", help='a cron schedule, e.g. "0 3 * * *" (03:00 every night)')
-    when.add_argument("--interval", type=float, metavar="SECONDS", help="run every SECONDS")
-    serve.add_argument("--name", default="rnnflow-nightly", help="deployment name (default: rnnflow-nightly)")
-
-    runs = commands.add_parser("runs", help="list runs with status and test accuracy")
-    runs.add_argument("--artifacts", metavar="ROOT")
-
-    commands.add_parser("presets", help="list the shipped presets")
-
-    show = commands.add_parser("config", help="print the resolved configuration as JSON (with --run: what a run's outputs were made with)")
-    _config_args(show)
-    show.add_argument("--run", dest="recorded", metavar="RUN_ID", help="a recorded run: its configuration, step by step, from its manifest")
-    show.add_argument("--model", metavar="NAME", help=MODEL_HELP)
-
-    predict = commands.add_parser("predict", help="label texts with a run's model: a table, or a file with --output")
-    predict.add_argument("texts", nargs="*", metavar="TEXT", help="texts to label (or --input FILE)")
-    predict.add_argument("--run", default="latest", metavar="ID|latest|champion", help="the run whose model to use (default: latest completed)")
-    predict.add_argument("--input", metavar="FILE", help=".txt (one text per line), .csv or .parquet")
-    predict.add_argument("--text-column", default="text", metavar="NAME", help="the text column of a .csv or .parquet input (default: text)")
-    predict.add_argument("--output", metavar="FILE.parquet|.csv", help="write every prediction there instead of printing a table")
-    predict.add_argument("--model", metavar="NAME", help=MODEL_HELP)
-    predict.add_argument("--artifacts", metavar="ROOT")
-
-    generate = commands.add_parser("generate", help="continue a text with a next_token run's model and print it")
-    generate.add_argument("--run", default="latest", metavar="ID|latest|champion", help="a run trained with model.task next_token (default: latest completed)")
-    generate.add_argument("--prompt", required=True, metavar="TEXT", help="the start of the text to continue")
-    generate.add_argument("--length", type=int, default=200, metavar="N", help="at most N more characters; the model may end the text sooner (default: 200)")
-    generate.add_argument("--temperature", type=float, default=0.0, metavar="T",
-                          help="0 takes the likeliest character each time (the default); above 0 draws one, more varied as T grows")
-    generate.add_argument("--model", metavar="NAME", help=MODEL_HELP)
-    generate.add_argument("--artifacts", metavar="ROOT")
-
-    champion = commands.add_parser("champion", help="print each model's champion (the promoted run) and its test metrics")
-    champion.add_argument("--model", metavar="NAME", help="only this model's champion")
-    champion.add_argument("--artifacts", metavar="ROOT")
-
-    promote = commands.add_parser("promote", help="make a run the champion by hand, if it beats the champion (or with --force)")
-    promote.add_argument("run", metavar="RUN_ID", help="the run to promote ('latest' for the newest completed)")
-    promote.add_argument("--force", action="store_true", help="promote even when it does not beat the champion or a check failed")
-    promote.add_argument("--reason", metavar="TEXT", help="why, for champion.json and the run's manifest")
-    promote.add_argument("--model", metavar="NAME", help=MODEL_HELP)
-    promote.add_argument("--artifacts", metavar="ROOT")
-    return parser
 
 
 def _store(args: argparse.Namespace, writing: bool = False) -> ArtifactStore:
@@ -158,14 +58,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = _reuse_config(source, args.start_from, args.preset, args.config, args.overrides)
     else:
         config = _load(args)
+    _prepare_prefect()
+    return _execute(store, config, refresh=refresh, data_dir=args.data_dir, start_from=args.start_from, derived_from=derived_from)
+
+
+def _prepare_prefect() -> None:
+    """For the commands that run a flow (run, step, sweep), once their arguments are checked."""
     from flows.pipeline import quiet_expected_tracebacks
     from flows.prefect_server import start_temporary_server
 
     quiet_expected_tracebacks()  # rnnflow's own sentence is printed last; the tracebacks go to the run's run.log
     # With no Prefect API configured, start the temporary server here rather than let Prefect do it
-    # mid-flow: this way it dies with this process even on kill -9, and a slow start is one sentence.
+    # mid-flow: this way it dies with this process even on kill -9, a slow start is one sentence, and
+    # its database is a per-run copy, not Prefect's default ~/.prefect/prefect.db.
     start_temporary_server()
-    return _execute(store, config, refresh=refresh, data_dir=args.data_dir, start_from=args.start_from, derived_from=derived_from)
 
 
 def _reuse_config(source: Path, first: str, preset: str | None, config_file: str | None, overrides: list[str]) -> RunConfig:
@@ -176,7 +82,26 @@ def _reuse_config(source: Path, first: str, preset: str | None, config_file: str
     recorded = read_json(source / MANIFEST_FILE)  # validated by _resolve
     config = load_config(preset, config_file, overrides, base=recorded["config"])
     check_reuse(recorded, config, reused_steps(first), first)
+    _check_reusable(recorded, first)
     return config
+
+
+def _check_reusable(manifest: dict, first: str) -> None:
+    """Every step a rerun from `first` takes from the recorded run completed there (one sentence otherwise), checked
+    before a new run folder exists: the flow found out only after starting, with a traceback."""
+    from tasks.provenance import reused_steps
+
+    run_id, steps, needed = manifest.get("run_id"), manifest.get("steps") or {}, set(step_spec(first).upstream)
+    for name in reused_steps(first):
+        entry = steps.get(name)
+        status = entry.get("status") if isinstance(entry, dict) else None
+        if status in ("completed", "cached") or (entry is None and name not in needed):
+            continue
+        state = f"{status}: {entry.get('error')}" if status and entry.get("error") else (status or "never ran")
+        raise UsageError(
+            f"Run {run_id} has no completed {name} step for {first} to start from ({name} {state}): rerun from there with "
+            f"'rnnflow run --from {name} --run {run_id}', or choose a run whose {name} completed ('rnnflow runs' lists them)."
+        )
 
 
 def cmd_step(args: argparse.Namespace) -> int:
@@ -188,6 +113,7 @@ def cmd_step(args: argparse.Namespace) -> int:
         verify_run_files(source, _step_input_files(recorded, args.step))
     except RunError as error:
         raise UsageError(str(error)) from None
+    _prepare_prefect()
     return _execute(store, config, only_step=args.step, derived_from=source.name)
 
 
@@ -266,6 +192,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 stack.enter_context(prefect_api_for_workers(args.dask_address))
             except ValueError as error:
                 raise UsageError(str(error)) from None
+        _prepare_prefect()
         state = rnnflow_sweep.with_options(task_runner=runner)(
             grid=grid, config=config, artifacts_root=store.location, sweep_id=sweep_id, data_dir=args.data_dir, return_state=True
         )
@@ -282,22 +209,30 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import os
-
     from prefect.settings import PREFECT_API_URL
 
+    from flows.prefect_server import api_problem, schedule_problem
+
+    problem = schedule_problem(args.cron, args.interval)  # before anything reaches Prefect, whose errors are tracebacks
+    if problem:
+        raise UsageError(problem)
     config = _load(args)
-    if not (os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()):
+    store = _store(args, writing=True)
+    api_url = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+    if not api_url:
         raise UsageError(
             "rnnflow serve needs a running Prefect server to hold the schedule: start one with 'make ui' "
             "and export PREFECT_API_URL=http://127.0.0.1:4200/api."
         )
+    problem = api_problem(api_url)
+    if problem:
+        raise UsageError(problem)
     from flows.pipeline import rnnflow_pipeline
 
     schedule = {"cron": args.cron} if args.cron else {"interval": args.interval}
     rnnflow_pipeline.serve(
         name=args.name,
-        parameters={"config": config.as_dict(), "artifacts_root": _store(args, writing=True).location},
+        parameters={"config": config.as_dict(), "artifacts_root": store.location},
         tags=[f"preset:{config.preset}", f"cell:{config.model.cell}"],
         description="rnnflow: train and report a recurrent text classifier on a schedule.",
         **schedule,
@@ -366,7 +301,7 @@ def _recorded_config(store: ArtifactStore, run: str, model: str | None) -> dict:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from tasks.predict import (
-        PredictionInputError, check_output_path, format_predictions, load_predictor, predict_texts, read_texts, write_predictions,
+        PredictionInputError, check_output_path, format_predictions, load_predictor, predict_texts, read_rows, write_predictions,
     )
 
     if bool(args.texts) == bool(args.input):
@@ -374,11 +309,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     try:
         output = check_output_path(Path(args.output)) if args.output else None
         folder = _resolve(_store(args), args.run, args.model)
-        texts = read_texts(Path(args.input), args.text_column) if args.input else list(args.texts)
+        rows, texts = read_rows(Path(args.input), args.text_column) if args.input else (None, list(args.texts))
         predictor = load_predictor(folder)
     except (PredictionInputError, RunError, FileNotFoundError) as error:
         raise UsageError(str(error)) from None
-    predictions = predict_texts(predictor, texts)
+    predictions = predict_texts(predictor, texts, rows=rows)
     if output is None:
         print(f"run {folder.name}")
         print(format_predictions(predictions))
@@ -389,7 +324,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError(f"Could not write {output} ({error.strerror or error}): choose another path for --output.") from None
     tally = predictions["label"].value_counts()  # in the run's class order, not the names' alphabetical one
     counts = ", ".join(f"{label} {int(tally[label])}" for label in predictor.labels if label in tally)
-    print(f"{len(predictions)} predictions from run {folder.name} ({counts})")
+    empty = predictions.loc[predictions["empty"], "row"].tolist()
+    flagged = f"; {len(empty)} with no words (row {', '.join(map(str, empty[:5]))}{', ...' if len(empty) > 5 else ''}), marked in column empty" if empty else ""
+    print(f"{len(predictions)} predictions from run {folder.name} ({counts}){flagged}")
     print(output)
     return EXIT_OK
 

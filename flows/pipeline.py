@@ -5,6 +5,7 @@ import contextlib
 import ctypes
 import gc
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,7 +26,11 @@ from tasks.store import ArtifactsRootError, ArtifactStore, RunError, RunRecord, 
 from tasks.validate import DataValidationError
 
 
-class StepFailed(RuntimeError):
+class RunFailed(RuntimeError):
+    """A failure already told in one sentence, whose cause's traceback is in the run's run.log: none on the console."""
+
+
+class StepFailed(RunFailed):
     def __init__(self, step: str, reason: str):
         super().__init__(f"step {step} failed: {reason}")
         self.step = step
@@ -38,6 +43,7 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
     IngestError, DataValidationError, ConfigError, PromotionError, NotEnoughSpaceError, RunError, ArtifactsRootError,
 )
 RUN_LOG = "run.log"  # in the run folder: every Prefect log line of the run, tracebacks included
+IN_RUN_LOG = "rnnflow_in_run_log"  # set on a log record that a run.log wrote, traceback included
 # Tracebacks for run.log alone: Prefect logs a failed step's with no traceback, and the flow's after run.log closes.
 TRACEBACKS = logging.getLogger("rnnflow.tracebacks")
 TRACEBACKS.propagate = False
@@ -46,11 +52,13 @@ TRACEBACKS.setLevel(logging.DEBUG)
 
 class QuietExpectedErrors(logging.Filter):
     """For console handlers: drop the traceback of a record whose exception is one of rnnflow's expected
-    errors (the one-line message stays); at DEBUG the traceback shows as before."""
+    errors, or that a run's run.log has already written whole (the one-line message stays); at DEBUG the
+    traceback shows as before."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, (*EXPECTED_ERRORS, StepFailed)) and logging.getLogger("prefect").getEffectiveLevel() > logging.DEBUG:
+        told = isinstance(error, (*EXPECTED_ERRORS, RunFailed)) or getattr(record, IN_RUN_LOG, False)
+        if error is not None and told and logging.getLogger("prefect").getEffectiveLevel() > logging.DEBUG:
             # Handlers on the run loggers (the API, run.log) saw the record first, whole; the console comes last.
             record.exc_info, record.exc_text = None, None
         return True
@@ -66,12 +74,24 @@ def quiet_expected_tracebacks() -> None:
 
 
 @contextlib.contextmanager
-def run_log(folder: Path, flow_run_id: str) -> Iterator[None]:
-    """Write this flow run's log records, tracebacks included, to <run folder>/run.log while the flow runs."""
+def run_log(folder: Path, flow_run_id: str, this_thread_only: bool = False) -> Iterator[None]:
+    """Write this flow run's log records, tracebacks included, to <run folder>/run.log while the flow runs.
+
+    this_thread_only: only the records of the calling thread (a sweep's points share one flow run, each in a
+    thread of its own). Each record written is marked, so the console need not repeat its traceback.
+    """
     handler = logging.FileHandler(folder / RUN_LOG, encoding="utf-8", delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s"))
-    # Sweeps run several flows in threads of one process: keep only this run's records.
-    handler.addFilter(lambda record: getattr(record, "flow_run_id", flow_run_id) == flow_run_id)
+    thread = threading.get_ident() if this_thread_only else None
+
+    def this_run(record: logging.LogRecord) -> bool:
+        # Sweeps run several flows in threads of one process: keep only this run's records.
+        if getattr(record, "flow_run_id", flow_run_id) != flow_run_id or (thread is not None and record.thread != thread):
+            return False
+        setattr(record, IN_RUN_LOG, True)
+        return True
+
+    handler.addFilter(this_run)
     loggers = [logging.getLogger(name) for name in ("prefect.flow_runs", "prefect.task_runs")] + [TRACEBACKS]
     for logger in loggers:
         logger.addHandler(handler)
@@ -196,7 +216,10 @@ def _run_pipeline(logger: Any, run: RunRecord, store: ArtifactStore, config: Run
             run.manifest["inputs"] = source_run.manifest.get("inputs", {})
             for step in reuse:
                 if step in source_run.manifest["steps"]:
-                    outputs[step] = source_run.step_output(step)
+                    try:
+                        outputs[step] = source_run.step_output(step)
+                    except FileNotFoundError as error:  # that step failed there: one sentence, as the CLI's own check gives
+                        raise RunError(str(error)) from None
                     run.record_step(outputs[step], status="cached", seconds=0.0, reused_from=source_run.run_id,
                                     config=recorded_step_config(source_run.manifest, step) or {},
                                     made_by=recorded_maker(source_run.manifest, step))

@@ -155,3 +155,71 @@ def start_temporary_server() -> str | None:
                 source.backup(copy)
             os.replace(partial, template)
     return server.api_url
+
+
+# --------------------------------------------------------------------------- what `rnnflow serve` needs, checked first
+
+API_CHECK_SECONDS = 5  # how long serve waits for the Prefect API to answer its health check
+MAX_INTERVAL_SECONDS = 100 * 365 * 86400  # a longer --interval is a typo (and past ~3e9 days, timedelta overflows)
+
+
+def schedule_problem(cron: str | None, interval: float | None) -> str | None:
+    """Why a serve schedule cannot run (one sentence), or None: the cron checked by Prefect's own CronSchedule
+    (croniter underneath), the interval as a positive, finite number of seconds Prefect's IntervalSchedule takes."""
+    import datetime
+    import math
+
+    from pydantic import ValidationError
+    from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+
+    if cron is not None:
+        example = 'five fields, minute hour day-of-month month day-of-week, e.g. "0 3 * * *" for 03:00 every night'
+        try:
+            CronSchedule(cron=cron)
+        except ValidationError:
+            return f"--cron {cron!r} is not a cron schedule Prefect can run: give {example}."
+        if not _cron_fires(cron):
+            return f"--cron {cron!r} never fires (no such date): give {example}."
+        return None
+    if interval is None or not math.isfinite(interval) or interval <= 0:
+        return f"--interval must be a positive number of seconds, e.g. 86400 for once a day, not {interval:g}."
+    if interval > MAX_INTERVAL_SECONDS:
+        return f"--interval {interval:g} is more than a century: give at most {MAX_INTERVAL_SECONDS:,} seconds (86400 is once a day)."
+    IntervalSchedule(interval=datetime.timedelta(seconds=interval))  # what serve will build: refused here if Prefect would
+    return None
+
+
+def _cron_fires(cron: str) -> bool:
+    """Whether a valid cron string has a next time at all ("0 3 31 2 *", February 31st, has none)."""
+    try:
+        from prefect._vendor.croniter import CroniterBadDateError, croniter
+    except ImportError:  # Prefect moved its vendored copy: CronSchedule's own check above stands
+        return True
+    import datetime
+
+    try:
+        croniter(cron, datetime.datetime.now()).get_next(datetime.datetime)
+    except CroniterBadDateError:
+        return False
+    return True
+
+
+def api_problem(api_url: str) -> str | None:
+    """Why the Prefect API at api_url cannot hold a schedule (one sentence naming it and how to start one), or None
+    when its health check answers within API_CHECK_SECONDS (no retries: a server that is up answers at once)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_REQUEST_TIMEOUT, PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api_url, PREFECT_API_REQUEST_TIMEOUT: API_CHECK_SECONDS, PREFECT_CLIENT_MAX_RETRIES: 0}):
+        try:
+            with get_client(sync_client=True) as client:
+                error = client.api_healthcheck()
+        except Exception as raised:  # noqa: BLE001 - a URL httpx cannot even use
+            error = raised
+    if error is None:
+        return None
+    reason = " ".join(str(error).split())[:160] or type(error).__name__
+    return (
+        f"No Prefect server answered at PREFECT_API_URL={api_url} within {API_CHECK_SECONDS} s ({type(error).__name__}: {reason}): "
+        "start one with 'make ui' (or .venv/bin/prefect server start) and export PREFECT_API_URL=http://127.0.0.1:4200/api, or fix the URL."
+    )

@@ -12,6 +12,7 @@ into its own mirror and writes its run folder back to the bucket.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,7 +25,7 @@ from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.pipeline import locate_input, run_context, run_step
+from flows.pipeline import RUN_LOG, TRACEBACKS, RunFailed, locate_input, quiet_expected_tracebacks, run_context, run_log, run_step
 from tasks.config import RunConfig, load_config
 from tasks.logs import one_line
 from tasks.provenance import step_config
@@ -43,7 +44,7 @@ SHARED_STEPS = STEPS[: STEPS.index("train")]  # ingest, validate, encode: once p
 POINT_STEPS = STEPS[STEPS.index("train"): STEPS.index("promote")]
 
 
-class SweepPointsFailed(RuntimeError):
+class SweepPointsFailed(RunFailed):
     """Some grid points failed; the others finished and sweep.html compares them all."""
 
 
@@ -94,12 +95,12 @@ def prefect_api_for_workers(dask_address: str | None = None) -> Iterator[str]:
             f"Dask workers behind {dask_address} report their task runs to the Prefect API: set PREFECT_API_URL to a "
             "Prefect server they can reach (e.g. prefect server start --host 0.0.0.0 on this machine)."
         )
-    from prefect.server.api.server import SubprocessASGIServer
+    from flows.prefect_server import start_temporary_server
 
-    server = SubprocessASGIServer()  # the same instance Prefect's own client would start in this process
-    server.start()
-    with temporary_settings({PREFECT_API_URL: server.api_url}):
-        yield server.api_url
+    # The same server Prefect's own client would find in this process; rnnflow's, on a per-run database copy.
+    api_url = start_temporary_server()
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        yield api_url
 
 
 @task(name="sweep-point", cache_policy=NO_CACHE)
@@ -113,17 +114,37 @@ def sweep_point_task(root: str, run_id: str, config: RunConfig, shared: dict[str
     """
     store = ArtifactStore(root)
     run = store.open_run(store.run_dir(run_id))
+    if _in_dask_worker():  # a worker process's console: tracebacks go to the point's run.log, as in this process
+        quiet_expected_tracebacks()
     outputs = {name: store.local_output(output) for name, output in shared.items()}
+    flow_run_id = str(flow_run.id or "")
     try:
-        for step in POINT_STEPS:
-            outputs[step] = run_step(run, store, config, step, set(), **task_inputs(step, config, outputs, run_context(run)))
-            if step == "train":  # saved with the next step's record, or by finish
-                run.manifest[POINT_VALIDATION] = point_validation(run.folder)
-    except BaseException as error:
-        run.finish("failed", error=one_line(error))
-        raise
+        with run_log(run.folder, flow_run_id, this_thread_only=True):  # the point's own run.log: other points run beside it
+            try:
+                for step in POINT_STEPS:
+                    outputs[step] = run_step(run, store, config, step, set(), **task_inputs(step, config, outputs, run_context(run)))
+                    if step == "train":  # saved with the next step's record, or by finish
+                        run.manifest[POINT_VALIDATION] = point_validation(run.folder)
+            except BaseException as error:
+                TRACEBACKS.error("grid point failed", exc_info=True, extra={"flow_run_id": flow_run_id})
+                run.finish("failed", error=one_line(error))
+                raise
+    finally:
+        run.push_file(RUN_LOG)  # for a URL root: the log joins the point's run folder in the bucket
     run.finish("completed")
     return run.location
+
+
+def _in_dask_worker() -> bool:
+    if "distributed" not in sys.modules:
+        return False
+    from distributed import get_worker
+
+    try:
+        get_worker()
+    except ValueError:
+        return False
+    return True
 
 
 def _failure_reason(future: Any) -> str:
@@ -179,6 +200,20 @@ def rnnflow_sweep(
         task_runner=describe_task_runner(context.task_runner), flow_run_id=str(flow_run.id or ""),
     )
     logger.info("sweep folder: %s (%d points)", sweep.location, len(points))
+    flow_run_id = str(flow_run.id or "")
+    try:
+        with run_log(sweep.folder, flow_run_id):  # the sweep's run.log: every line of the sweep, its points' too
+            try:
+                return _run_sweep(logger, store, sweep, config, points, data_dir)
+            except BaseException:
+                TRACEBACKS.error("sweep failed", exc_info=True, extra={"flow_run_id": flow_run_id})
+                raise
+    finally:
+        sweep.push_file(RUN_LOG)  # for a URL root: the log joins the sweep folder in the bucket
+
+
+def _run_sweep(logger: Any, store: ArtifactStore, sweep: RunRecord, config: RunConfig, points: list[tuple[dict[str, Any], RunConfig]],
+               data_dir: str) -> str:
     shared: dict[str, StepOutput] = {}
     try:
         sweep.manifest["inputs"] = locate_input(sweep, config, data_dir)

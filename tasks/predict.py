@@ -70,17 +70,22 @@ def encode_texts(predictor: Predictor, texts: Sequence[str]) -> tuple[np.ndarray
     return predictor.vocabulary.encode_raw(texts)
 
 
-def predict_texts(predictor: Predictor, texts: Sequence[str], batch_size: int = 256) -> pd.DataFrame:
-    """One row per text, in order: text, label, probability (of that label), probability_<label> per class,
-    tokens (words found), unknown_tokens (words outside the vocabulary), truncated (longer than max_len)."""
+def predict_texts(predictor: Predictor, texts: Sequence[str], batch_size: int = 256, rows: Sequence[int] | None = None) -> pd.DataFrame:
+    """One row per text, in order: row (the text's key in the input: rows, else 1, 2, ...), text, label, probability
+    (of that label), probability_<label> per class, tokens (words found), unknown_tokens (words outside the
+    vocabulary), truncated (longer than max_len), empty (no tokens at all: the label is the model's guess for an
+    empty review, as train/model_text.keras gives it, kept so that every input row has its prediction row)."""
     texts = [str(text) for text in texts]
+    if rows is not None and len(rows) != len(texts):
+        raise ValueError(f"{len(rows)} row keys for {len(texts)} texts")
     if texts:
         padded, sequences = encode_texts(predictor, texts)
         probabilities = predict_probabilities(predictor.model, padded, batch_size=batch_size)
     else:  # Keras cannot predict on zero rows; an empty table keeps the columns and their types
         sequences, probabilities = [], np.zeros((0, len(predictor.labels)))
     best = probabilities.argmax(axis=1)
-    frame = pd.DataFrame({"text": pd.Series(texts, dtype="object")})
+    frame = pd.DataFrame({"row": np.array(rows if rows is not None else range(1, len(texts) + 1), dtype=np.int64)})
+    frame["text"] = pd.Series(texts, dtype="object")
     frame["label"] = pd.Series([predictor.labels[i] for i in best], dtype="object")
     frame["probability"] = probabilities.max(axis=1)
     for index, name in enumerate(predictor.labels):
@@ -89,6 +94,7 @@ def predict_texts(predictor: Predictor, texts: Sequence[str], batch_size: int = 
     frame["tokens"] = np.array([len(ids) - 1 for ids in sequences], dtype=np.int64)
     frame["unknown_tokens"] = np.array([sum(1 for i in ids if i == OOV) for ids in sequences], dtype=np.int64)
     frame["truncated"] = np.array([len(ids) > predictor.vocabulary.max_len for ids in sequences], dtype=bool)
+    frame["empty"] = frame["tokens"].to_numpy() == 0
     return frame
 
 
@@ -96,7 +102,14 @@ def predict_texts(predictor: Predictor, texts: Sequence[str], batch_size: int = 
 
 
 def read_texts(path: Path, text_column: str = "text") -> list[str]:
-    """Texts from a .txt file (one per line, blank lines skipped) or the text column of a .csv or .parquet file."""
+    """The texts of an input file, in order (read_rows without the row keys)."""
+    return read_rows(path, text_column)[1]
+
+
+def read_rows(path: Path, text_column: str = "text") -> tuple[list[int], list[str]]:
+    """(row keys, texts) of a .txt file (one text per line; blank lines skipped, each text keyed by its line number)
+    or of the text column of a .csv or .parquet file (every row, blank texts too, keyed by its data row from 1, the
+    header not counted): a prediction can always be joined back to the row it came from."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in INPUT_SUFFIXES:
@@ -105,16 +118,17 @@ def read_texts(path: Path, text_column: str = "text") -> list[str]:
         raise PredictionInputError(f"Input {path} does not exist: check the path given to --input.")
     try:
         if suffix == ".txt":
-            texts = [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-        elif suffix == ".csv":
-            texts = _csv_column(path, text_column)
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
+            rows = [number for number, line in enumerate(lines, start=1) if line.strip()]
+            texts = [lines[number - 1] for number in rows]
         else:
-            texts = _parquet_column(path, text_column)
+            texts = _csv_column(path, text_column) if suffix == ".csv" else _parquet_column(path, text_column)
+            rows = list(range(1, len(texts) + 1))
     except UnicodeDecodeError as error:
         raise PredictionInputError(f"Input {path} is not valid UTF-8 (byte {error.start}): re-save it as UTF-8.") from None
     if not texts:
         raise PredictionInputError(f"Input {path} holds no texts: give a file with at least one review.")
-    return texts
+    return rows, texts
 
 
 def _missing_column(path: Path, column: str, columns: Sequence[str]) -> PredictionInputError:
@@ -126,8 +140,10 @@ def _csv_column(path: Path, column: str) -> list[str]:
     import csv
 
     try:
-        # Empty cells stay empty texts (keep_default_na=False): a review reading "NA" is still a review.
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")  # -sig: a BOM is not part of a name
+        # Empty cells stay empty texts (keep_default_na=False): a review reading "NA" is still a review. Blank lines stay
+        # rows (skip_blank_lines=False): in a one-column file a line of spaces is a text, and skipping it shifted every
+        # later prediction off its input row.
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False, encoding="utf-8-sig")  # -sig: a BOM is not part of a name
     except (pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error) as error:
         raise PredictionInputError(f"Input {path} could not be read as CSV ({str(error).strip().splitlines()[0]}): check its quoting and separators.") from None
     if column not in frame.columns:
@@ -182,13 +198,16 @@ def write_predictions(frame: pd.DataFrame, path: Path) -> Path:
 
 
 def format_predictions(frame: pd.DataFrame, max_rows: int = 20, text_width: int = 60) -> str:
-    """A plain table of label, probability and the start of each text, for a terminal."""
+    """A plain table of row, label, probability and the start of each text, for a terminal."""
     label_width = max([5, *(len(str(label)) for label in frame["label"])])
-    lines = [f"{'label':<{label_width}}  {'probability':>11}  text"]
+    row_width = max([3, *(len(str(row)) for row in frame["row"])])
+    lines = [f"{'row':>{row_width}}  {'label':<{label_width}}  {'probability':>11}  text"]
     for row in frame.head(max_rows).itertuples(index=False):
         text = " ".join(str(row.text).split())
         shown = text if len(text) <= text_width else text[: text_width - 3] + "..."
-        lines.append(f"{row.label:<{label_width}}  {row.probability:>11.4f}  {shown}")
+        if row.empty:
+            shown = f"{shown} (no words: the model's guess for an empty review)".lstrip()
+        lines.append(f"{row.row:>{row_width}}  {row.label:<{label_width}}  {row.probability:>11.4f}  {shown}")
     if len(frame) > max_rows:
         lines.append(f"... {len(frame) - max_rows} more; write them all with --output FILE.parquet or FILE.csv")
     return "\n".join(lines)

@@ -92,8 +92,9 @@ def test_predict_texts_gives_a_label_and_probability_per_text_in_order(run: Path
     texts = ["a wonderful moving film", "dull and boring", "", "wonderful " * 40]
     frame = predict_texts(predictor, texts)
     assert list(frame.columns) == [
-        "text", "label", "probability", "probability_neg", "probability_pos", "tokens", "unknown_tokens", "truncated",
+        "row", "text", "label", "probability", "probability_neg", "probability_pos", "tokens", "unknown_tokens", "truncated", "empty",
     ]
+    assert frame["row"].tolist() == [1, 2, 3, 4] and frame["empty"].tolist() == [False, False, True, False]
     assert frame["text"].tolist() == texts
     assert set(frame["label"]) <= {"neg", "pos"}
     np.testing.assert_allclose(frame[["probability_neg", "probability_pos"]].sum(axis=1), 1.0, atol=1e-6)
@@ -166,9 +167,9 @@ def test_cli_prints_a_table_for_texts(root: Path, capsys: pytest.CaptureFixture[
     assert main(["predict", "--artifacts", str(root), "--run", "latest", "a wonderful moving film", "dull and boring"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"run {RUN_ID}"
-    assert lines[1].split() == ["label", "probability", "text"]
+    assert lines[1].split() == ["row", "label", "probability", "text"]
     assert lines[2].endswith("a wonderful moving film") and lines[3].endswith("dull and boring")
-    assert lines[2].split()[0] in ("neg", "pos")
+    assert lines[2].split()[:2] in (["1", "neg"], ["1", "pos"])
 
 
 @pytest.mark.slow
