@@ -40,8 +40,8 @@ from prefect.cache_policies import NO_CACHE
 from tasks.config import PromoteConfig
 from tasks.render import Table, as_number, format_metric, markdown_table
 from tasks.store import (
-    MANIFEST_FILE, ArtifactStore, RunError, RunFiles, RunRecord, StepOutput, fingerprint, model_of_config, read_json, sha256_file, utc_now,
-    verify_run_files, write_json, write_text,
+    MANIFEST_FILE, ArtifactStore, ManifestError, RunError, RunFiles, RunRecord, StepOutput, fingerprint, model_of_config,
+    read_json, sha256_file, utc_now, verify_run_files, write_json, write_text,
 )
 from tasks.decision_page import prefect_flow_run_url, render_decision_page
 # Re-exported: the report (tasks/report_sections.py) and the tests read the verdict from here.
@@ -249,11 +249,14 @@ def _test_fingerprint(manifest: dict[str, Any]) -> str | None:
 def score_champion(store: ArtifactStore, run_id: str, candidate: Candidate, metric: str) -> ChampionScore:
     """The champion's metric on the candidate's test texts: its recorded value when it was tested on the
     same texts (ingest's test.parquet has the same sha256), else its model scored again on them."""
-    folder = store.fetch_run_folder(run_id)  # in the mirror, for a URL root
     try:
+        folder = store.fetch_run_folder(run_id)  # in the mirror, for a URL root
+        if not (folder / MANIFEST_FILE).is_file():
+            return ChampionScore(run_id=run_id, value=None, missing=True)
+        store.load_manifest(folder)  # damaged is not gone: the champion stays, and the sentence says how to repair it
         manifest = read_json(folder / MANIFEST_FILE)
-    except (OSError, ValueError):
-        return ChampionScore(run_id=run_id, value=None, missing=True)
+    except ManifestError as error:
+        return ChampionScore(run_id=run_id, value=None, note=f"the champion cannot be compared: {error}")
     own = as_number(_recorded_test(folder).get(metric))
     metrics_file = RunFiles.METRICS.of_run(folder)
     task = read_json(metrics_file).get("task", "classify") if metrics_file.is_file() else "classify"

@@ -282,3 +282,14 @@ def test_runs_are_promoted_only_when_better_and_by_hand_on_request(prefect_api, 
     out = capsys.readouterr().out
     assert worse.name in out and "accuracy" in out
     assert store.resolve_run("champion") == worse
+
+
+def test_a_champion_whose_manifest_is_damaged_is_not_taken_for_gone(tmp_path: Path):
+    store = ArtifactStore(tmp_path / "artifacts")
+    _fake_run(store, "old", 0.9)
+    (store.run_dir("old") / "manifest.json").write_text("[1, 2]")
+    score = score_champion(store, "old", _candidate(0.95), "accuracy")
+    assert not score.missing and score.value is None
+    assert score.note.startswith("the champion cannot be compared: ") and "manifest.json" in score.note
+    decision = decide(_candidate(0.95), score, SETTINGS)
+    assert not decision["promoted"] and "run folder is gone" not in decision["reason"]
