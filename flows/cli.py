@@ -23,8 +23,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 def _store(args: argparse.Namespace, writing: bool = False) -> ArtifactStore:
     """The --artifacts root, checked first: a file is refused for every command, an unwritable folder for writers."""
-    store = ArtifactStore(args.artifacts)
     try:
+        store = ArtifactStore(args.artifacts)
         store.check_writable() if writing else store.check_folder()
     except ArtifactsRootError as error:
         raise UsageError(str(error)) from None
@@ -438,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = COMMANDS[args.command](args)
         sys.stdout.flush()  # here, so a closed pipe is caught below rather than at interpreter exit
         return code
-    except (UsageError, ConfigError) as error:
+    except (UsageError, ConfigError, ArtifactsRootError) as error:  # a root that fails later (a listing, a download) too
         print(f"rnnflow: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except FileNotFoundError as error:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from tasks.logs import step_logger
 from tasks.store.files import read_json, write_json
-from tasks.store.manifest import MANIFEST_FILE, ArtifactsRootError, BadRunIdError, ChampionError, RunNotFoundError
+from tasks.store.manifest import MANIFEST_FILE, ArtifactsRootError, BadRunIdError, ChampionError, RunError, RunNotFoundError
 
 if TYPE_CHECKING:  # pragma: no cover
     from tasks.store import ArtifactStore
@@ -124,11 +124,11 @@ class ChampionRecord:
     def _model_of_run(self, run_id: str) -> str:
         """The model a recorded run competed for, from its manifest (for an old pointer, which did not say)."""
         folder = self.store.run_dir(run_id)
-        if self.store.remote is not None:
-            self.store.pull_manifest(folder)
         try:
+            if self.store.remote is not None:
+                self.store.pull_manifest(folder)  # raises for a damaged manifest in the bucket
             return model_of_config(read_json(folder / MANIFEST_FILE).get("config"))
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RunError):
             return LEGACY_MODEL
 
     def read(self, model: str) -> dict[str, Any] | None:
