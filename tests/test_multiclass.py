@@ -146,11 +146,12 @@ def test_predict_prints_a_class_name_for_each_text(star_run):
     assert star_run["predict_code"] == 0
     lines = star_run["predicted"].strip().splitlines()
     assert lines[0] == f"run {star_run['folder'].name}"
-    assert lines[1].split() == ["label", "probability", "text"]
+    assert lines[1].split() == ["row", "label", "probability", "text"]
     rows = lines[2:]
     assert len(rows) == 2
-    for row, text in zip(rows, ("the film was wonderful", "dull, boring and awful")):
-        label, probability, *_ = row.split()
+    for number, (row, text) in enumerate(zip(rows, ("the film was wonderful", "dull, boring and awful")), start=1):
+        place, label, probability, *_ = row.split()
+        assert place == str(number), "each prediction keyed to its text's place among the arguments"
         assert label in STAR_CLASSES
         assert 0.25 <= float(probability) <= 1.0, "the likeliest of four classes has at least a quarter"
         assert text in row
