@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tasks.yaml_keys import DuplicateKeyError, parse_value, safe_load_unique
+
 PRESETS_DIR = Path(__file__).parent / "presets"
 IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 
@@ -401,55 +403,6 @@ def preset_description(name: str) -> str:
     return first.lstrip("# ").strip()
 
 
-class DuplicateKeyError(Exception):
-    """A YAML mapping names one key twice: key is its dotted path, lines where it appears (1-based)."""
-
-    def __init__(self, key: str, lines: tuple[int, int]):
-        super().__init__(key)
-        self.key, self.lines = key, lines
-
-
-_YAML_MERGE_TAG = "tag:yaml.org,2002:merge"
-
-
-def _check_unique_keys(node: yaml.Node, path: list[str], visited: set[int]) -> None:
-    """Raise DuplicateKeyError for the first mapping under node that names a key twice."""
-    if id(node) in visited:  # an alias points back at a node already walked (or at itself)
-        return
-    visited.add(id(node))
-    if isinstance(node, yaml.MappingNode):
-        first_line: dict[tuple[str, str], int] = {}
-        for key_node, value_node in node.value:
-            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
-            if key is not None and key_node.tag != _YAML_MERGE_TAG:
-                line = key_node.start_mark.line + 1
-                # The tag as well as the text: 1 (a number) and "1" (a string) are two keys.
-                if (key_node.tag, key) in first_line:
-                    raise DuplicateKeyError(".".join([*path, key]), (first_line[(key_node.tag, key)], line))
-                first_line[(key_node.tag, key)] = line
-            _check_unique_keys(value_node, [*path, key if key is not None else "?"], visited)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _check_unique_keys(item, [*path, str(index)], visited)
-
-
-def safe_load_unique(text: str) -> Any:
-    """yaml.safe_load, except that a mapping naming a key twice raises DuplicateKeyError.
-
-    PyYAML keeps the last of two equal keys and drops the first without a word, so a file that sets
-    train.epochs twice silently trained with the second value.
-    """
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _check_unique_keys(node, [], set())
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         loaded = safe_load_unique(path.read_text())
@@ -467,17 +420,6 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise ConfigError(f"Configuration file {path} must hold a mapping of sections (data, encode, ...), not a {type(loaded).__name__}.")
     return loaded
-
-
-def _parse_value(raw: str) -> Any:
-    """Read a --set value the way YAML would: 64 is a number, true a bool, [a, b] a list.
-
-    A mapping in it that names a key twice raises DuplicateKeyError rather than keeping the last.
-    """
-    try:
-        return safe_load_unique(raw)
-    except yaml.YAMLError:
-        return raw
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -498,7 +440,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if len(keys) < 2:
         raise ConfigError(f"--set {item!r} must name a section and a key, for example --set train.epochs=3.")
     try:
-        value = _parse_value(raw)
+        value = parse_value(raw)
     except DuplicateKeyError as err:
         raise ConfigError(f"--set {'.'.join(keys)} gives the key {'.'.join([*keys, err.key])!r} twice: keep one of them.") from None
     return keys, value
