@@ -26,33 +26,38 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    source: Literal["imdb", "synthetic", "table", "keras_imdb"] = "imdb"
-    path: str = Field(default="data/aclImdb_v1.tar.gz", description="the input; source=keras_imdb reads data/imdb.npz unless set")
-    url: str = IMDB_URL
+    source: Literal["imdb", "synthetic", "table", "keras_imdb"] = Field(
+        default="imdb", description="imdb: the IMDb archive; synthetic: made-up reviews (the demo); table: your CSV, TSV, Parquet or JSON Lines; keras_imdb: Keras' imdb.npz",
+    )
+    path: str = Field(
+        default="data/aclImdb_v1.tar.gz",
+        description="the input: an archive, folder or URL (imdb), a table file (table), an .npz (keras_imdb, data/imdb.npz unless set: read only ones you trust)",
+    )
+    url: str = Field(default=IMDB_URL, description="where source=imdb downloads its archive when data.path does not exist")
     max_reviews: int | None = Field(default=None, ge=2, description="use at most N reviews per split")
-    val_fraction: float = Field(default=0.2, gt=0, lt=1)
-    seed: int = 1337
+    val_fraction: float = Field(default=0.2, gt=0, lt=1, description="share of train held out for validation (early stopping and every choice)")
+    seed: int = Field(default=1337, description="seed of the train/validation split (and of source=synthetic)")
     synthetic_reviews: int = Field(default=4000, ge=20, description="reviews per split for source=synthetic")
-    synthetic_positive_fraction: float = Field(default=0.5, gt=0, lt=1)
+    synthetic_positive_fraction: float = Field(default=0.5, gt=0, lt=1, description="source=synthetic: share of positive reviews")
     # source=table: one file (split by split_column, or stratified by test_size) or a train/test pair.
     test_path: str | None = Field(default=None, description="source=table: a separate test file")
-    text_column: str = "text"
-    label_column: str = "label"
+    text_column: str = Field(default="text", description="source=table: the column of texts")
+    label_column: str = Field(default="label", description="source=table: the column of labels (two classes, or more up to max_classes)")
     split_column: str | None = Field(default=None, description="source=table: column of train/test values")
-    rating_column: str | None = None
-    id_column: str | None = None
+    rating_column: str | None = Field(default=None, description="source=table: an optional column of star ratings, kept beside each review")
+    id_column: str | None = Field(default=None, description="source=table: an optional column of row ids, kept in predictions")
     test_size: float = Field(default=0.2, gt=0, lt=1, description="test share when the table has no split")
     max_classes: int = Field(default=20, ge=2, description="more distinct labels than this look like free text")
-    strip_html: bool = True
+    strip_html: bool = Field(default=True, description="replace HTML tags in texts by spaces")
     # Far above any real review (IMDb's longest is about 14 KB), low enough that one hostile member
     # of a small archive cannot make ingest read gigabytes into memory.
     max_review_bytes: int = Field(
         default=10_485_760, ge=1, description="the most bytes one review may hold (an archive member, a file, a table cell); a larger one is refused by name",
     )
     # source=keras_imdb: Keras' imdb_word_index.json turns ids back into words; without it ids become "w<id>".
-    word_index_path: str | None = None
-    retries: int = Field(default=2, ge=0)
-    retry_delay_seconds: float = Field(default=2.0, ge=0)
+    word_index_path: str | None = Field(default=None, description="source=keras_imdb: imdb_word_index.json, to turn ids back into words")
+    retries: int = Field(default=2, ge=0, description="times reading or downloading the input is retried")
+    retry_delay_seconds: float = Field(default=2.0, ge=0, description="seconds between those retries")
 
 
 # A test split that overlaps train flatters every test figure, so that warning keeps a run from becoming champion;
@@ -84,9 +89,12 @@ class ValidateConfig(Section):
         description="most characters per token in the median review, tokens in the run's tokenizer units: more means the tokenizer "
         "hardly splits the text (Japanese or Chinese without spaces under the word tokenizer: one or two words per review)",
     )
-    max_duplicate_fraction: float = Field(default=0.02, ge=0, le=1)
-    max_train_test_overlap: float = Field(default=0.01, ge=0, le=1)
-    severity: dict[str, Literal["error", "warning"]] = Field(default_factory=lambda: dict(DEFAULT_SEVERITY))
+    max_duplicate_fraction: float = Field(default=0.02, ge=0, le=1, description="most share of repeated texts within a split")
+    max_train_test_overlap: float = Field(default=0.01, ge=0, le=1, description="most share of test texts also in train")
+    severity: dict[str, Literal["error", "warning"]] = Field(
+        default_factory=lambda: dict(DEFAULT_SEVERITY),
+        description="check -> error (stops the run) or warning (shown; blocks promotion if in promote.blocking_warnings); e.g. validate.severity.duplicates=error",
+    )
 
     @field_validator("severity")
     @classmethod
@@ -109,11 +117,11 @@ class EncodeConfig(Section):
         description="tokenizer auto: the least share of train's word tokens that the num_words most frequent words must cover for words to be used",
     )
     num_words: int = Field(default=20000, ge=4, description="vocabulary size (words, characters or subword pieces), reserved ids included")
-    max_len: int | Literal["auto"] = "auto"
-    max_len_percentile: float = Field(default=90, gt=0, le=100)
-    padding: Literal["pre", "post"] = "post"
-    truncating: Literal["pre", "post"] = "pre"
-    lowercase: bool = True
+    max_len: int | Literal["auto"] = Field(default="auto", description="tokens kept per review; auto: max_len_percentile of train's lengths")
+    max_len_percentile: float = Field(default=90, gt=0, le=100, description="max_len auto: this percentile of train's review lengths")
+    padding: Literal["pre", "post"] = Field(default="post", description="the side short reviews are padded on")
+    truncating: Literal["pre", "post"] = Field(default="pre", description="the side long reviews are cut on (pre: their start)")
+    lowercase: bool = Field(default=True, description="lowercase texts before tokenizing")
 
     @field_validator("max_len")
     @classmethod
@@ -127,20 +135,20 @@ class ModelConfig(Section):
     task: Literal["classify", "next_token"] = Field(
         default="classify", description="classify: one label per text; next_token: predict every next character (char tokenizer)"
     )
-    cell: Literal["simple_rnn", "lstm", "gru"] = "lstm"
-    units: int = Field(default=64, ge=1)
-    layers: int = Field(default=1, ge=1)
-    stack_cells: list[Literal["simple_rnn", "lstm", "gru"]] | None = None
-    stack_units: list[Annotated[int, Field(ge=1)]] | None = None
-    bidirectional: bool = True
-    input: Literal["embedding", "onehot"] = "embedding"
-    embedding_dim: int = Field(default=64, ge=1)
-    mask_padding: bool = True
+    cell: Literal["simple_rnn", "lstm", "gru"] = Field(default="lstm", description="the recurrent cell")
+    units: int = Field(default=64, ge=1, description="units per recurrent layer")
+    layers: int = Field(default=1, ge=1, description="recurrent layers stacked")
+    stack_cells: list[Literal["simple_rnn", "lstm", "gru"]] | None = Field(default=None, description="a cell per layer, e.g. [gru, simple_rnn]; overrides cell and layers")
+    stack_units: list[Annotated[int, Field(ge=1)]] | None = Field(default=None, description="with stack_cells: units per layer, e.g. [256, 128]")
+    bidirectional: bool = Field(default=True, description="read each text both ways")
+    input: Literal["embedding", "onehot"] = Field(default="embedding", description="learnt embeddings, or one-hot vectors of num_words")
+    embedding_dim: int = Field(default=64, ge=1, description="size of the learnt embeddings")
+    mask_padding: bool = Field(default=True, description="the recurrence skips padding (Keras masking)")
     word_dropout: float = Field(default=0.0, ge=0, lt=1, description="rate at which whole input words are dropped while training")
     embedding_dropout: float = Field(default=0.0, ge=0, lt=1, description="SpatialDropout1D rate: whole vector dimensions dropped at every step")
-    dropout: float = Field(default=0.0, ge=0, lt=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="dropout after each recurrent layer")
     pooling: Literal["last", "mean", "max"] = Field(default="last", description="the last state, or the mean/max over the real steps")
-    dense_units: int = Field(default=0, ge=0)
+    dense_units: int = Field(default=0, ge=0, description="units of a hidden dense layer before the output (0: none)")
     num_words: int | None = Field(
         default=None, ge=4,
         description="read only the N most frequent ids of encode's vocabulary, the others as out-of-vocabulary (what encode.num_words N gives); null: all",
@@ -153,20 +161,20 @@ class ModelConfig(Section):
 
 
 class TrainConfig(Section):
-    optimizer: Literal["adam", "rmsprop", "sgd"] = "adam"
-    learning_rate: float = Field(default=1e-3, ge=0)
-    batch_size: int = Field(default=64, ge=1)
+    optimizer: Literal["adam", "rmsprop", "sgd"] = Field(default="adam", description="the Keras optimizer")
+    learning_rate: float = Field(default=1e-3, ge=0, description="the optimizer's learning rate")
+    batch_size: int = Field(default=64, ge=1, description="reviews per batch")
     # The upper bounds catch a typo (an extra few zeros) at load time instead of a run that never ends.
-    epochs: int = Field(default=4, ge=1, le=10_000)
-    patience: int = Field(default=1, ge=0)
+    epochs: int = Field(default=4, ge=1, le=10_000, description="most epochs (early stopping may end sooner)")
+    patience: int = Field(default=1, ge=0, description="epochs without a lower val_loss before early stopping ends training and keeps the best weights")
     lr_drop: float = Field(
         default=0, ge=0, lt=1,
         description="after an epoch that does not lower val_loss, multiply the learning rate by this (0: keep the rate)",
     )
-    seed: int = 1337
+    seed: int = Field(default=1337, description="seed of the weights and the batch order")
     members: int = Field(
         default=1, ge=1, le=100,
-        description="classifiers trained one after another, each with its own seed and its own validation block of train+val; model.keras averages their probabilities",
+        description="classifiers trained, each with its own seed and validation block; model.keras averages their probabilities",
     )
     member_models: list[dict[str, Any]] = Field(
         default_factory=list,
@@ -207,9 +215,8 @@ class TrainConfig(Section):
     )
     tensorboard: bool = Field(
         default=False,
-        description="write Keras' TensorBoard events (per-epoch loss, accuracy and learning rate, train and validation) into the train "
-        "step's tensorboard/ folder, a subfolder per member with members > 1; needs the tensorboard extra (uv sync --extra tensorboard), "
-        "whose `tensorboard --logdir` opens them",
+        description="write Keras' TensorBoard events into train/tensorboard/ (a folder per member); needs the tensorboard extra "
+        "(uv sync --extra tensorboard), whose `tensorboard --logdir` opens them",
     )
 
 
@@ -269,7 +276,7 @@ class PromoteConfig(Section):
 
 
 class RunConfig(Section):
-    preset: str = "default"
+    preset: str = Field(default="default", description="the preset the configuration started from (set by --preset)")
     data: DataConfig = Field(default_factory=DataConfig)
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
     encode: EncodeConfig = Field(default_factory=EncodeConfig)
