@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tasks.errors import RnnflowError
 from tasks.steps import STEP_TABLE, STEPS
 
 
-class UsageError(Exception):
+class UsageError(RnnflowError):
     """Bad usage or configuration: exit 2 with one sentence."""
 
 

@@ -17,8 +17,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from tasks.errors import RnnflowError
 
-class PrefectServerError(RuntimeError):
+
+class PrefectServerError(RnnflowError, RuntimeError):
     """Prefect's temporary server did not come up: one sentence with the way out."""
 
 

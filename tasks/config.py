@@ -8,13 +8,14 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tasks.errors import RnnflowError
 from tasks.yaml_keys import DuplicateKeyError, parse_value, safe_load_unique
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 
 
-class ConfigError(ValueError):
+class ConfigError(RnnflowError, ValueError):
     """A configuration the user must fix: the message is one sentence that says how."""
 
 

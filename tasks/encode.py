@@ -26,6 +26,7 @@ from prefect import task
 from tasks import store
 from tasks.caching import StepCachePolicy, produce_step
 from tasks.config import EncodeConfig
+from tasks.errors import RnnflowError
 from tasks.store import SPLITS, RunFiles, StepOutput, atomic_path, iter_parquet, parquet_rows, read_json, write_json
 from tasks.subword import MODEL_FILE as SUBWORD_MODEL_FILE, SubwordModel, train_subword_model
 from tasks.text import clean_text, tokenize_many
@@ -37,7 +38,7 @@ TOKENS_SCHEMA = pa.schema(
 )
 
 
-class NotEnoughSpaceError(OSError):
+class NotEnoughSpaceError(RnnflowError, OSError):
     """The output folder's disk cannot hold encode's arrays: one sentence naming the folder, the bytes needed and free."""
 
     def __init__(self, message: str):

@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 
 from tasks.encode import INDEX_FROM, OOV, PAD, Vocabulary
+from tasks.errors import RnnflowError
 from tasks.predict import load_run_model
 from tasks.store import RunFiles, read_json, require_run_files
 from tasks.text import clean_text
 
 
-class GenerationError(ValueError):
+class GenerationError(RnnflowError, ValueError):
     """A run or prompt that generate cannot use; the message is one sentence that says what to do."""
 
 

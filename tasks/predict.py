@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.encode import OOV, Vocabulary
+from tasks.errors import RnnflowError
 from tasks.evaluate import predict_probabilities
 from tasks.store import RunFiles, atomic_path, read_json, require_run_files
 
@@ -22,7 +23,7 @@ INPUT_SUFFIXES = (".txt", ".csv", ".parquet")
 OUTPUT_SUFFIXES = (".parquet", ".csv")
 
 
-class PredictionInputError(ValueError):
+class PredictionInputError(RnnflowError, ValueError):
     """Input to predict that the user must fix; the message is one sentence naming the file and the way out."""
 
 

@@ -38,6 +38,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.config import PromoteConfig
+from tasks.errors import RnnflowError
 from tasks.render import Table, as_number, format_metric, markdown_table
 from tasks.store import (
     MANIFEST_FILE, ArtifactStore, ManifestError, RunError, RunFiles, RunRecord, StepOutput, fingerprint, model_of_config,
@@ -58,7 +59,7 @@ PROMOTED, NOT_PROMOTED, SKIPPED = "promoted", "not_promoted", "skipped"
 TITLES = {PROMOTED: "Promoted", NOT_PROMOTED: "Not promoted", SKIPPED: "Not promoted (promotion disabled)"}
 
 
-class PromotionError(Exception):
+class PromotionError(RnnflowError):
     """A promotion that cannot be decided: the message is one sentence that says what to do."""
 
 

@@ -73,6 +73,7 @@ from tasks.caching import StepCachePolicy, produce_step
 from tasks.config import ValidateConfig
 from tasks.data_docs import make_offline
 from tasks import store
+from tasks.errors import RnnflowError
 from tasks.store import SPLITS, RunFiles, StepOutput, iter_parquet, parquet_rows, read_json, write_json
 from tasks.logs import step_logger
 from tasks.text import clean_text, kept_shares, token_counts, tokenize_many
@@ -85,7 +86,7 @@ OVERLAP_SUITE_NAME = "reviews_test_vs_train"
 DATA_DOCS_SITE = "rnnflow"
 SUMMARY_MESSAGES = 5  # the summary travels in every StepOutput: keep it small
 
-class DataValidationError(Exception):
+class DataValidationError(RnnflowError):
     """The data cannot go on to encoding: the message is one sentence that says what and how to fix it."""
 
     def __init__(self, message: str, output_dir: Path | None = None):

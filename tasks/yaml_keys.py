@@ -11,8 +11,10 @@ from typing import Any
 
 import yaml
 
+from tasks.errors import RnnflowError
 
-class DuplicateKeyError(Exception):
+
+class DuplicateKeyError(RnnflowError):
     """A YAML mapping names one key twice: key is its dotted path, lines where it appears (1-based)."""
 
     def __init__(self, key: str, lines: tuple[int, int]):

@@ -10,6 +10,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from tasks.config import DataConfig
+from tasks.errors import RnnflowError
 
 IMDB_LABELS = ["neg", "pos"]
 # The splits a source puts rows in; val is carved from train later (tasks.ingest.splits).
@@ -20,7 +21,7 @@ ROW_COLUMNS = ["text", "label", "rating", "id", "split"]
 MAX_REVIEW_BYTES = DataConfig.model_fields["max_review_bytes"].default
 
 
-class IngestError(ValueError):
+class IngestError(RnnflowError, ValueError):
     """Input the user must fix; the message names the file and the way out."""
 
     retryable = False

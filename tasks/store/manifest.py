@@ -10,6 +10,7 @@ import json
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tasks.errors import RnnflowError
 from tasks.steps import STEP_BY_NAME
 from tasks.store.files import RunFile, safe_relative_name, sha256_file
 from tasks.store.process import ProcessStamp
@@ -21,7 +22,7 @@ LOCAL_MANIFEST_FIX = "restore it from a backup or delete the run folder"
 # --------------------------------------------------------------------------- errors a user fixes
 
 
-class RunError(Exception):
+class RunError(RnnflowError):
     """A run argument or run folder a command cannot use: the message is one sentence naming it and the way out."""
 
 
@@ -45,7 +46,7 @@ class ChampionError(RunError):
     """A champion.json that is not a pointer to a run of this root."""
 
 
-class ArtifactsRootError(Exception):
+class ArtifactsRootError(RnnflowError):
     """An artifacts root that cannot be used: a file, or a folder this process may not write."""
 
 
