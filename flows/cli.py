@@ -14,7 +14,9 @@ from typing import Sequence
 
 import flows  # noqa: F401  (telemetry defaults before Prefect loads)
 from flows.cli_parser import UsageError, build_parser
+from flows.preflight import check_before_flow
 from tasks.config import ConfigError, RunConfig, load_config, preset_description, preset_names
+from tasks.spelling import did_you_mean
 from tasks.steps import STEPS, step as step_spec
 from tasks.store import MANIFEST_FILE, ArtifactsRootError, ArtifactStore, ChampionError, RunFiles, RunError, new_run_id, read_json, verify_run_files
 
@@ -47,7 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     refresh = sorted(set(args.refresh or []))
     unknown = [s for s in refresh if s not in (*STEPS, "all")]
     if unknown:
-        raise UsageError(f"--refresh {unknown[0]!r} is not a step: use one of {', '.join(STEPS)}, or --refresh alone for all.")
+        raise UsageError(f"--refresh {unknown[0]!r} is not a step{did_you_mean(unknown[0], STEPS)}: use one of {', '.join(STEPS)}, or --refresh alone for all.")
     if args.derived_from and not args.start_from:
         raise UsageError("--run needs --from STEP: say from which step to recompute, e.g. --from train --run RUN_ID.")
     store = _store(args, writing=True)
@@ -58,6 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = _reuse_config(source, args.start_from, args.preset, args.config, args.overrides)
     else:
         config = _load(args)
+    check_before_flow(config, args.start_from if derived_from else None)
     _prepare_prefect()
     return _execute(store, config, refresh=refresh, data_dir=args.data_dir, start_from=args.start_from, derived_from=derived_from)
 
@@ -145,6 +148,7 @@ def _execute(store: ArtifactStore, config: RunConfig, **options) -> int:
             roc_auc = "n/a" if metrics.get("roc_auc") is None else f"{metrics['roc_auc']:.4f}"
             print(f"test accuracy {metrics['accuracy']:.4f}  f1 {metrics['f1']:.4f}  roc_auc {roc_auc}")
         _print_promotion(folder)
+        _print_report(store, folder)
         print(store.where(folder))
         return EXIT_OK
     manifest = read_json(folder / MANIFEST_FILE) if (folder / MANIFEST_FILE).exists() else {}
@@ -152,8 +156,16 @@ def _execute(store: ArtifactStore, config: RunConfig, **options) -> int:
     failed = [(name, step.get("error")) for name, step in manifest.get("steps", {}).items() if step.get("status") == "failed"]
     reason = f"step {failed[0][0]} failed: {failed[0][1]}" if failed else (manifest.get("error") or state.message)
     print(f"rnnflow: {reason}", file=sys.stderr)
+    _print_report(store, folder)
     print(store.where(folder))
     return EXIT_FAILED
+
+
+def _print_report(store: ArtifactStore, folder: Path) -> None:
+    """'report /path/to/report.html', when the run wrote one: the page to open first (the run folder follows)."""
+    report = RunFiles.REPORT_HTML.of_run(folder)
+    if report.is_file():
+        print(f"report {store.where(report)}")
 
 
 def _print_promotion(folder: Path) -> None:
@@ -173,6 +185,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _store(args, writing=True)  # before any cluster starts
     grid = parse_grid(args.grid)
     point_configs(config, grid)  # a bad key or value stops here, exit 2, before any cluster starts
+    check_before_flow(config)  # the points share the input
     if args.dask_address and args.runner == "thread":
         raise UsageError("--dask-address needs --runner dask (or leave --runner out): threads run in this process.")
     if args.dask_address and args.workers:

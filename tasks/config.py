@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.errors import RnnflowError
+from tasks.spelling import did_you_mean, key_suggestion
 from tasks.yaml_keys import DuplicateKeyError, parse_value, safe_load_unique
 
 PRESETS_DIR = Path(__file__).parent / "presets"
@@ -460,7 +461,7 @@ def _describe_error(err: ValidationError, origin: str) -> str:
         return f"The configuration from {origin} does not hold together: {first['msg'].removeprefix('Value error, ')}."
     where = ".".join(str(p) for p in first["loc"]).replace("validate_", "validate")
     if first["type"] == "extra_forbidden":
-        return f"Unknown configuration key {where!r} in {origin}: check its spelling against the README's configuration table."
+        return f"Unknown configuration key {where!r} in {origin}{key_suggestion(RunConfig, first['loc'])}: check its spelling against the README's configuration table."
     message = first["msg"].removeprefix("Value error, ")
     return f"Configuration key {where!r} in {origin} is invalid ({message}, got {first.get('input')!r}): fix the value."
 
@@ -482,7 +483,7 @@ def load_config(
     if preset:
         path = PRESETS_DIR / f"{preset}.yaml"
         if not path.exists():
-            raise ConfigError(f"Unknown preset {preset!r}: choose one of {', '.join(preset_names())} (rnnflow presets lists them).")
+            raise ConfigError(f"Unknown preset {preset!r}{did_you_mean(preset, preset_names())}: choose one of {', '.join(preset_names())} (rnnflow presets lists them).")
         layers.append((f"preset {preset}", {"preset": preset, **_read_yaml(path)}))
     if config_file:
         layers.append((f"config file {config_file}", _read_yaml(Path(config_file))))

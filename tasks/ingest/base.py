@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -10,7 +9,8 @@ from typing import Any, Iterable
 import pandas as pd
 
 from tasks.config import DataConfig
-from tasks.errors import RnnflowError
+# The errors and file checks live in tasks/input_files.py, which the CLI runs before Prefect starts.
+from tasks.input_files import DownloadError, IngestError, existing_file, file_kind  # noqa: F401
 
 IMDB_LABELS = ["neg", "pos"]
 # The splits a source puts rows in; val is carved from train later (tasks.ingest.splits).
@@ -19,18 +19,6 @@ SPLIT_VALUES = ("train", "test")
 # name, and the split the source puts the row in.
 ROW_COLUMNS = ["text", "label", "rating", "id", "split"]
 MAX_REVIEW_BYTES = DataConfig.model_fields["max_review_bytes"].default
-
-
-class IngestError(RnnflowError, ValueError):
-    """Input the user must fix; the message names the file and the way out."""
-
-    retryable = False
-
-
-class DownloadError(IngestError):
-    """The network failed us: worth another try after a pause."""
-
-    retryable = True
 
 
 @dataclass
@@ -80,30 +68,6 @@ class Source:
     def test_split(self, cfg: DataConfig, raw: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         """The train and test rows (label as class index, id, row) in the order sampling and splitting see them."""
         return raw
-
-
-def file_kind(path: Path) -> str:
-    """What a path that is neither a regular file nor a folder is, in words ("a character device")."""
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return "unreadable"
-    for test, name in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "a special file"
-
-
-def existing_file(path: str, key: str, what: str) -> Path:
-    """path, resolved, if it is a regular file; else an IngestError saying to pass `what` with --set key=PATH."""
-    local = Path(path).expanduser()
-    if not local.exists():
-        raise IngestError(f"Input {local} does not exist: pass {what} with --set {key}=PATH.")
-    if local.is_dir():
-        raise IngestError(f"Input {local} is a folder, not a file: pass {what} with --set {key}=PATH.")
-    if not local.is_file():
-        raise IngestError(f"Input {local} is {file_kind(local)}, not a regular file: pass {what} with --set {key}=PATH.")
-    return local.resolve()
 
 
 def short(error: BaseException, limit: int = 160) -> str:

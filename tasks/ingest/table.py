@@ -21,23 +21,19 @@ from tasks.config import DataConfig
 from tasks.ingest.base import ROW_COLUMNS, SPLIT_VALUES, IngestError, Reading, Source, existing_file, short
 from tasks.ingest.splits import stratified_split
 from tasks.store import fingerprint, sha256_file
+from tasks.input_files import COLUMN_KEYS as _COLUMN_KEYS
+from tasks.input_files import TABLE_FORMATS, check_columns, check_table_keys, csv_header, table_format  # noqa: F401
 from tasks.text import clean_text
-
-TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}
-_COLUMN_KEYS = ("text_column", "label_column", "split_column", "rating_column", "id_column")
 
 
 class TableSource(Source):
     def locate(self, cfg: DataConfig, data_dir: Path) -> dict[str, Any]:
         """data.path (and data.test_path when set), each with its format, hashed together."""
-        if Path(cfg.path) == Path(DataConfig().path):
-            raise IngestError("source=table reads the file named by data.path, which is still the IMDb archive default: pass your table with --set data.path=/path/to/reviews.csv.")
+        check_table_keys(cfg)
         local = existing_file(cfg.path, "data.path", "a .csv, .tsv, .parquet or .jsonl table")
         formats = {"path": table_format(local)}
         test = None
         if cfg.test_path:
-            if cfg.split_column:
-                raise IngestError(f"Both data.test_path ({cfg.test_path}) and data.split_column ({cfg.split_column!r}) say where the test rows are: keep one of them.")
             test = existing_file(cfg.test_path, "data.test_path", "the test table")
             formats["test_path"] = table_format(test)
         digest = fingerprint([sha256_file(local), sha256_file(test) if test else None])
@@ -65,17 +61,6 @@ class TableSource(Source):
 SOURCE = TableSource()
 
 
-def table_format(path: Path) -> str:
-    """csv, tsv, parquet or jsonl, from the file's extension."""
-    fmt = TABLE_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise IngestError(
-            f"Input {path} has the extension {path.suffix or '(none)'!r}, which source=table cannot read: "
-            f"save it as .csv, .tsv, .parquet or .jsonl (JSON Lines; .json also works), or rename it to match its format."
-        )
-    return fmt
-
-
 # --------------------------------------------------------------------------- reading the file
 
 
@@ -100,13 +85,6 @@ def first_invalid_utf8(path: Path, block_size: int = 1 << 20) -> tuple[int, int]
             if not block:
                 return None
             offset, line, carry = offset + len(data), line + data.count(b"\n"), b""
-
-
-def _header(path: Path, delimiter: str) -> list[str]:
-    import csv
-
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        return next(csv.reader(handle, delimiter=delimiter), [])
 
 
 class _DuplicateJsonKey(ValueError):
@@ -183,7 +161,7 @@ def iter_table(path: Path, fmt: str, columns: dict[str, str], batch_rows: int | 
             import pyarrow.csv as pacsv
 
             delimiter = "," if fmt == "csv" else "\t"
-            present = _header(path, delimiter)
+            present = csv_header(path, delimiter)
         elif fmt == "parquet":
             schema = pq.read_schema(path)
             present = schema.names
@@ -194,18 +172,7 @@ def iter_table(path: Path, fmt: str, columns: dict[str, str], batch_rows: int | 
         raise
     except Exception as err:  # pyarrow and csv raise several types for a damaged file
         raise IngestError(f"{path} could not be read as {fmt.upper()} ({short(err)}): check that the file is complete and its extension matches its format.") from None
-    for key, name in columns.items():
-        if name not in present:
-            shown = ", ".join(map(repr, present[:20])) + (", ..." if len(present) > 20 else "")
-            raise IngestError(f"{path} has no column {name!r} for data.{key} (its columns: {shown or 'none'}): name the right one with --set data.{key}=NAME.")
-        # A CSV reader takes the first of two equal names, pandas renames the second 'text.1', a Parquet
-        # batch holds both: whichever it is, the column read may not be the one the user meant.
-        times = present.count(name)
-        if times > 1:
-            raise IngestError(
-                f"{path} names column {name!r} {'twice' if times == 2 else f'{times} times'} in its header, "
-                f"so which one data.{key} means is unclear: rename or drop one of them."
-            )
+    check_columns(path, present, columns)
     if fmt == "parquet" and "text_column" in columns:
         kind = schema.field(columns["text_column"]).type
         value_kind = kind.value_type if pa.types.is_dictionary(kind) else kind

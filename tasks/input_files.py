@@ -1,0 +1,146 @@
+"""The input's files, checked without reading their rows: does each named file exist, is its format one rnnflow
+reads, does a table's header hold the named columns.
+
+Ingest's sources (tasks/ingest/) raise these errors as they locate and open their input; the CLI runs the same
+checks first (check_input), before Prefect or TensorFlow start, so a mistyped path or column is one sentence in
+a second, with no run folder made. Light on purpose: no Prefect, pandas or TensorFlow at import.
+"""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+from tasks.config import DataConfig
+from tasks.errors import RnnflowError
+from tasks.spelling import closest
+
+
+class IngestError(RnnflowError, ValueError):
+    """Input the user must fix; the message names the file and the way out."""
+
+    retryable = False
+
+
+class DownloadError(IngestError):
+    """The network failed us: worth another try after a pause."""
+
+    retryable = True
+
+
+TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}
+COLUMN_KEYS = ("text_column", "label_column", "split_column", "rating_column", "id_column")
+
+
+def file_kind(path: Path) -> str:
+    """What a path that is neither a regular file nor a folder is, in words ("a character device")."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return "unreadable"
+    for test, name in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def existing_file(path: str, key: str, what: str) -> Path:
+    """path, resolved, if it is a regular file; else an IngestError saying to pass `what` with --set key=PATH."""
+    local = Path(path).expanduser()
+    if not local.exists():
+        raise IngestError(f"Input {local} does not exist: pass {what} with --set {key}=PATH.")
+    if local.is_dir():
+        raise IngestError(f"Input {local} is a folder, not a file: pass {what} with --set {key}=PATH.")
+    if not local.is_file():
+        raise IngestError(f"Input {local} is {file_kind(local)}, not a regular file: pass {what} with --set {key}=PATH.")
+    return local.resolve()
+
+
+def table_format(path: Path) -> str:
+    """csv, tsv, parquet or jsonl, from the file's extension."""
+    fmt = TABLE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise IngestError(
+            f"Input {path} has the extension {path.suffix or '(none)'!r}, which source=table cannot read: "
+            f"save it as .csv, .tsv, .parquet or .jsonl (JSON Lines; .json also works), or rename it to match its format."
+        )
+    return fmt
+
+
+def check_table_keys(cfg: DataConfig) -> None:
+    """The table keys that contradict each other or were left at the IMDb default, before any file is opened."""
+    if Path(cfg.path) == Path(DataConfig().path):
+        raise IngestError("source=table reads the file named by data.path, which is still the IMDb archive default: pass your table with --set data.path=/path/to/reviews.csv.")
+    if cfg.test_path and cfg.split_column:
+        raise IngestError(f"Both data.test_path ({cfg.test_path}) and data.split_column ({cfg.split_column!r}) say where the test rows are: keep one of them.")
+
+
+def csv_header(path: Path, delimiter: str) -> list[str]:
+    """The first row of a CSV or TSV file: its column names."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        return next(csv.reader(handle, delimiter=delimiter), [])
+
+
+def check_columns(path: Path, present: list[str], columns: dict[str, str]) -> None:
+    """Each named column (config key -> column name) is in the header, once."""
+    for key, name in columns.items():
+        if name not in present:
+            shown = ", ".join(map(repr, present[:20])) + (", ..." if len(present) > 20 else "")
+            close = closest(name, present)
+            fix = f"is it {close!r}? Then --set data.{key}={close}" if close else f"name the right one with --set data.{key}=NAME"
+            raise IngestError(f"{path} has no column {name!r} for data.{key} (its columns: {shown or 'none'}): {fix}.")
+        # A CSV reader takes the first of two equal names, pandas renames the second 'text.1', a Parquet
+        # batch holds both: whichever it is, the column read may not be the one the user meant.
+        times = present.count(name)
+        if times > 1:
+            raise IngestError(
+                f"{path} names column {name!r} {'twice' if times == 2 else f'{times} times'} in its header, "
+                f"so which one data.{key} means is unclear: rename or drop one of them."
+            )
+
+
+def named_columns(cfg: DataConfig) -> dict[str, str]:
+    """The columns each table file must have (config key -> name); split_column is refused with data.test_path."""
+    return {key: getattr(cfg, key) for key in COLUMN_KEYS if getattr(cfg, key)}
+
+
+def _header_of(path: Path, fmt: str) -> list[str] | None:
+    """A CSV, TSV or Parquet file's column names, read from its first line or schema; None for JSON Lines (whose
+    records may each name other keys) or a file whose header cannot be read (ingest then says why)."""
+    try:
+        if fmt in ("csv", "tsv"):
+            return csv_header(path, "," if fmt == "csv" else "\t")
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+    except Exception:  # damaged, not UTF-8, ...: ingest reads it and names the problem with the row
+        return None
+    return None
+
+
+def check_input(cfg: DataConfig) -> None:
+    """What can be checked of data.* without reading the rows or downloading: the named files exist, a table has a
+    format rnnflow reads and the named columns. Raises IngestError with ingest's own sentence; the default IMDb
+    archive and keras' imdb.npz, which ingest downloads when missing, and URLs pass."""
+    default_path = Path(cfg.path) == Path(DataConfig().path)
+    if cfg.source == "imdb":
+        local = Path(cfg.path).expanduser()
+        if not cfg.path.startswith(("http://", "https://")) and not default_path and not local.exists():
+            raise IngestError(f"Input {local} does not exist: pass the IMDb archive or its unpacked folder with --set data.path=PATH.")
+    elif cfg.source == "keras_imdb":
+        if not default_path:
+            existing_file(cfg.path, "data.path", "Keras' imdb.npz")
+        if cfg.word_index_path:
+            existing_file(cfg.word_index_path, "data.word_index_path", "Keras' imdb_word_index.json")
+    elif cfg.source == "table":
+        check_table_keys(cfg)
+        files = [existing_file(cfg.path, "data.path", "a .csv, .tsv, .parquet or .jsonl table")]
+        if cfg.test_path:
+            files.append(existing_file(cfg.test_path, "data.test_path", "the test table"))
+        for local in files:
+            present = _header_of(local, table_format(local))
+            if present is not None:
+                check_columns(local, present, named_columns(cfg))
