@@ -9,7 +9,9 @@ import os
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Prefect's client-side telemetry (and, on a terminal, its first-run notice about it): the standard opt-out.
+os.environ.setdefault("DO_NOT_TRACK", "1")
+# TensorFlow's C++ log level: tasks/quiet_tensorflow.py, which every process importing the steps runs.
 # Prefect's temporary server gets 20 s to start by default; on a busy 2-core machine that was
 # seen to time out ("Timed out while attempting to connect to ephemeral Prefect API server").
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
