@@ -52,16 +52,32 @@ TRACEBACKS.setLevel(logging.DEBUG)
 
 class QuietExpectedErrors(logging.Filter):
     """For console handlers: drop the traceback of a record whose exception is one of rnnflow's expected
-    errors, or that a run's run.log has already written whole (the one-line message stays); at DEBUG the
-    traceback shows as before."""
+    errors, or that a run's run.log has already written whole (the one-line message stays); drop whole the
+    engine's records of a step or flow that failed with one of them, whose sentence the CLI prints last (it
+    was printed four times). At DEBUG everything shows as before."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if logging.getLogger("prefect").getEffectiveLevel() <= logging.DEBUG:
+            return True
         error = record.exc_info[1] if record.exc_info else None
+        if _failure_the_cli_tells(record, error):
+            return False  # the API and run.log keep it: their handlers saw the record first
         told = isinstance(error, (*EXPECTED_ERRORS, RunFailed)) or getattr(record, IN_RUN_LOG, False)
-        if error is not None and told and logging.getLogger("prefect").getEffectiveLevel() > logging.DEBUG:
+        if error is not None and told:
             # Handlers on the run loggers (the API, run.log) saw the record first, whole; the console comes last.
             record.exc_info, record.exc_text = None, None
         return True
+
+
+def _failure_the_cli_tells(record: logging.LogRecord, error: BaseException | None) -> bool:
+    """A flow or task run record of a failure by one of rnnflow's own errors: "Encountered exception during
+    execution: StepFailed(...)", "Finished in state Failed('... IngestError: ...')"."""
+    if not record.name.startswith(("prefect.flow_runs", "prefect.task_runs")):
+        return False
+    if error is not None:
+        return isinstance(error, (*EXPECTED_ERRORS, RunFailed))
+    message = record.getMessage()
+    return message.startswith("Finished in state Failed(") and any(f"{kind.__name__}: " in message for kind in (*EXPECTED_ERRORS, RunFailed, StepFailed))
 
 
 def quiet_expected_tracebacks() -> None:

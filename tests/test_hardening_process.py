@@ -153,13 +153,15 @@ def test_the_startup_timeout_applies_from_any_working_folder(tmp_path):
 
 @pytest.mark.slow
 def test_bad_input_prints_its_sentence_without_tracebacks_and_keeps_them_in_run_log(tmp_path, shared_root):
-    table = tmp_path / "reviews.csv"
-    table.write_text('text,rating\n"a good film",1\n"a bad film",0\n')
+    table = tmp_path / "reviews.csv"  # a missing column is refused before the flow starts (tests/test_first_hour.py): an empty text is not
+    table.write_text('text,label\n"a good film",1\n,0\n')
     args = ["run", "--preset", "demo", "--set", "data.source=table", "--set", f"data.path={table}", "--artifacts", str(shared_root)]
     env = _env(tmp_path)
     done = subprocess.run([*RNNFLOW, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 1, done.stderr[-2000:]
-    assert f"rnnflow: step ingest failed: {table} has no column 'label' for data.label_column" in done.stderr
+    sentence = f"{table} has 1 missing or empty texts in column 'text', the first at row 2: drop or fill those rows."
+    assert f"rnnflow: step ingest failed: {sentence}" in done.stderr
+    assert (done.stdout + done.stderr).count(sentence) == 1, "printed once, by rnnflow, not by each layer of Prefect's engine"
     assert "Traceback (most recent call last)" not in done.stderr + done.stdout
     folder = Path(done.stdout.strip().splitlines()[-1])
     assert "Traceback (most recent call last)" in (folder / "run.log").read_text(), "the full traceback is kept in the run folder"
