@@ -20,6 +20,7 @@ from tasks.config import ModelConfig, TrainConfig, member_changes, member_model
 from tasks.encode import Vocabulary, load_arrays
 from tasks.logs import step_logger
 from tasks.member_pool import fit_members_in_processes, member_processes
+from tasks.progress import batch_progress
 from tasks.store import RunFiles, StepOutput, read_json, write_json, write_text
 from tasks.tensorboard_events import tensorboard_callbacks
 
@@ -370,7 +371,8 @@ def member_callbacks(train_cfg: TrainConfig, k: int, checkpoint: Path, on_epoch:
         # Before early stopping gives up, the epochs it still waits go on at a smaller step. First in the list,
         # so the epoch line and the history get the rate it adds to the logs.
         callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=train_cfg.lr_drop, patience=0, min_delta=0, min_lr=1e-6))
-    return callbacks + tensorboard_callbacks(train_cfg, k, checkpoint.parent)
+    progress = batch_progress(train_cfg.batch_size, f"member {k + 1}/{members}  " if members > 1 else "")  # first: wiped before the epoch line
+    return progress + callbacks + tensorboard_callbacks(train_cfg, k, checkpoint.parent)
 
 
 @dataclass
