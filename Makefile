@@ -1,4 +1,4 @@
-# The two commands a new user runs: `make run` and `make test`. Each sets everything up first.
+# The commands a new user runs: `make demo`, `make run` and `make test`. Each sets everything up first.
 PYTHON ?= python3
 UV_VERSION := 0.13.9
 TOOLS := .tools
@@ -15,16 +15,22 @@ $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
-$(VENV)/.synced: $(UV) pyproject.toml uv.lock
-	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen
+# Two stamps: .synced-run for what rnnflow needs to run (no dev group: moto, pytest and their ~100 MB), .synced
+# for that plus the dev group (tests, benchmarks). --inexact: a `make run` after `make test` keeps the dev tools.
+$(VENV)/.synced-run: $(UV) pyproject.toml uv.lock
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --no-dev --inexact
 	@touch $@
 
-setup: $(VENV)/.synced  ## build .venv (with .venv/bin/rnnflow) from the lockfile
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen
+	@touch $@ $(VENV)/.synced-run
 
-run: setup  ## the main job: the default preset on the IMDb archive (make run ARGS='--set ...')
+setup: $(VENV)/.synced  ## build .venv (with .venv/bin/rnnflow) from the lockfile, dev tools included
+
+run: $(VENV)/.synced-run  ## the main job: the default preset on the IMDb archive (make run ARGS='--set ...')
 	$(VENV)/bin/rnnflow run $(ARGS)
 
-demo: setup  ## the whole flow offline on the synthetic corpus
+demo: $(VENV)/.synced-run  ## the whole flow offline on the synthetic corpus: the quick first step
 	$(VENV)/bin/rnnflow run --preset demo $(ARGS)
 
 test: setup  ## the test suite, offline: every test, on TEST_WORKERS processes (tests of one module share a process)
@@ -39,10 +45,10 @@ bench: setup  ## benchmarks, not tests: artifacts/bench/*.json, then BENCHMARKS.
 bench-quick: setup  ## the same suites shrunk (sizes / 10, 1 repeat, 1 epoch): figures indicative only
 	$(VENV)/bin/python -m bench --quick $(ARGS); status=$$?; $(VENV)/bin/python bench/summarize.py && exit $$status
 
-ui: setup  ## a local Prefect server and UI on http://127.0.0.1:4200
+ui: $(VENV)/.synced-run  ## a local Prefect server and UI on http://127.0.0.1:4200
 	$(VENV)/bin/prefect server start
 
-deploy: setup  ## register prefect.yaml's deployments with the server at $$PREFECT_API_URL
+deploy: $(VENV)/.synced-run  ## register prefect.yaml's deployments with the server at $$PREFECT_API_URL
 	RNNFLOW_PROJECT_DIR=$(CURDIR) $(VENV)/bin/prefect --no-prompt deploy --all
 
 clean:
