@@ -63,6 +63,7 @@ class _QuietLoader(importlib.abc.Loader):
 
     def exec_module(self, module: Any) -> None:
         module.__loader__ = module.__spec__.loader = self.loader
+        sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _QuietTensorFlowImport)]  # once
         try:
             sys.stderr.flush()
             saved = os.dup(2)
@@ -87,13 +88,12 @@ class _QuietLoader(importlib.abc.Loader):
 
 
 class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
-    """Finds `tensorflow` the usual way, once, and hands its module to _QuietLoader."""
+    """Finds `tensorflow` the usual way and hands its module to _QuietLoader (a lookup alone, importlib.util.find_spec,
+    imports nothing: the finder stays until the module runs)."""
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
         if name != "tensorflow":
             return None
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is not None and spec.loader is not None:
             spec.loader = _QuietLoader(spec.loader)
