@@ -83,6 +83,7 @@ def test_the_run_completes_and_prints_its_macro_scores(star_run):
     assert manifest["status"] == "completed"
     assert all(step["status"] == "completed" for step in manifest["steps"].values())
     assert re.search(r"^test accuracy \d\.\d{4}  f1 \d\.\d{4}  roc_auc \d\.\d+", star_run["printed"], re.MULTILINE)
+    assert star_run["printed"].strip().splitlines()[-2] == f"report {star_run['folder'] / 'report' / 'report.html'}", "the page to open, before the folder"
 
 
 def test_ingest_records_the_four_class_names_in_order(star_run):
