@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     _step_and_sweep_commands(commands)
     _serve_and_inspect_commands(commands)
     _model_commands(commands)
+    _serve_model_command(commands)
     return parser
 
 
@@ -120,3 +121,14 @@ def _model_commands(commands: argparse._SubParsersAction) -> None:
     promote.add_argument("--reason", metavar="TEXT", help="why, for champion.json and the run's manifest")
     promote.add_argument("--model", metavar="NAME", help=MODEL_HELP)
     promote.add_argument("--artifacts", metavar="ROOT")
+
+
+def _serve_model_command(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser("serve-model", help="serve a model's champion over HTTP: POST /predict, GET /health")
+    serve.add_argument("--model", metavar="NAME", help=MODEL_HELP)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    serve.add_argument("--config", metavar="FILE.yaml", help="a YAML file whose serve section sets the limits")
+    serve.add_argument("--set", dest="overrides", action="append", default=[], metavar="serve.KEY=VALUE",
+                       help="e.g. --set serve.max_texts=64 (serve.max_text_bytes, serve.check_seconds)")
+    serve.add_argument("--artifacts", metavar="ROOT")

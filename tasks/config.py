@@ -66,16 +66,8 @@ class DataConfig(Section):
 # short or long reviews and repeated texts are facts about the data to look at, not reasons to distrust the model.
 BLOCKING_WARNINGS = ("train_test_overlap",)
 
-DEFAULT_SEVERITY = {
-    "not_blank": "error",
-    "label_in_set": "error",
-    "class_balance": "error",
-    "token_length": "warning",
-    "kept_text": "error",
-    "chars_per_token": "error",
-    "duplicates": "warning",
-    "train_test_overlap": "warning",
-}
+DEFAULT_SEVERITY = {"not_blank": "error", "label_in_set": "error", "class_balance": "error", "token_length": "warning", "kept_text": "error",
+                    "chars_per_token": "error", "duplicates": "warning", "train_test_overlap": "warning"}
 
 
 class ValidateConfig(Section):
@@ -267,7 +259,6 @@ class PromoteConfig(Section):
     min_delta: float = Field(default=0.0, ge=0, description="promote only when new > champion + min_delta (new < champion - min_delta for loss)")
     floors: dict[PromoteMetric, float] = Field(default_factory=dict, description="metric -> the least the new run must reach (the most, for loss)")
 
-
     @field_validator("blocking_warnings")
     @classmethod
     def _known_checks(cls, value: list[str]) -> list[str]:
@@ -275,6 +266,14 @@ class PromoteConfig(Section):
         if unknown:
             raise ValueError(f"unknown check {unknown[0]!r}; the checks are {', '.join(DEFAULT_SEVERITY)}")
         return sorted(set(value), key=list(DEFAULT_SEVERITY).index)
+
+
+class ServeConfig(Section):
+    """rnnflow serve-model's limits and champion check; no step reads these."""
+
+    max_texts: int = Field(default=256, ge=1, description="most texts one POST /predict may carry; more are refused with 413")
+    max_text_bytes: int = Field(default=100_000, ge=1, description="most UTF-8 bytes of one text in POST /predict; a longer one is refused with 413")
+    check_seconds: float = Field(default=5.0, ge=0, description="how often, at most, champion.json is read to pick up a new champion")
 
 
 class RunConfig(Section):
@@ -285,6 +284,7 @@ class RunConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     promote: PromoteConfig = Field(default_factory=PromoteConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
 
