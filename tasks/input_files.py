@@ -9,7 +9,8 @@ a second, with no run folder made. Light on purpose: no Prefect, pandas or Tenso
 from __future__ import annotations
 
 import stat
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 from tasks.config import DataConfig
 from tasks.errors import RnnflowError
@@ -56,12 +57,18 @@ def existing_file(path: str, key: str, what: str) -> Path:
     return local.resolve()
 
 
-def table_format(path: Path) -> str:
-    """csv, tsv, parquet or jsonl, from the file's extension."""
-    fmt = TABLE_FORMATS.get(path.suffix.lower())
+def is_url(text: str | Path) -> bool:
+    """Whether an input names a URL (s3://, https://, ...; a Path never does) rather than a local path."""
+    return isinstance(text, str) and "://" in text
+
+
+def table_format(path: Path | str) -> str:
+    """csv, tsv, parquet or jsonl, from the file's extension (a URL's: its path's, query left out)."""
+    suffix = PurePosixPath(urlsplit(path).path).suffix if is_url(path) else Path(path).suffix
+    fmt = TABLE_FORMATS.get(suffix.lower())
     if fmt is None:
         raise IngestError(
-            f"Input {path} has the extension {path.suffix or '(none)'!r}, which source=table cannot read: "
+            f"Input {path} has the extension {suffix or '(none)'!r}, which source=table cannot read: "
             f"save it as .csv, .tsv, .parquet or .jsonl (JSON Lines; .json also works), or rename it to match its format."
         )
     return fmt
@@ -75,11 +82,14 @@ def check_table_keys(cfg: DataConfig) -> None:
         raise IngestError(f"Both data.test_path ({cfg.test_path}) and data.split_column ({cfg.split_column!r}) say where the test rows are: keep one of them.")
 
 
-def csv_header(path: Path, delimiter: str) -> list[str]:
-    """The first row of a CSV or TSV file: its column names."""
+def csv_header(path: Path | str, delimiter: str) -> list[str]:
+    """The first row of a CSV or TSV file (or URL, tasks/remote_input.py): its column names."""
     import csv
+    import io
 
-    with open(path, newline="", encoding="utf-8-sig") as handle:
+    from tasks.remote_input import open_input
+
+    with open_input(path) as raw, io.TextIOWrapper(raw, newline="", encoding="utf-8-sig") as handle:
         return next(csv.reader(handle, delimiter=delimiter), [])
 
 
@@ -124,7 +134,7 @@ def _header_of(path: Path, fmt: str) -> list[str] | None:
 def check_input(cfg: DataConfig) -> None:
     """What can be checked of data.* without reading the rows or downloading: the named files exist, a table has a
     format rnnflow reads and the named columns. Raises IngestError with ingest's own sentence; the default IMDb
-    archive and keras' imdb.npz, which ingest downloads when missing, and URLs pass."""
+    archive and keras' imdb.npz, which ingest downloads when missing, pass; a table URL is checked to be there."""
     default_path = Path(cfg.path) == Path(DataConfig().path)
     if cfg.source == "imdb":
         local = Path(cfg.path).expanduser()
@@ -137,10 +147,24 @@ def check_input(cfg: DataConfig) -> None:
             existing_file(cfg.word_index_path, "data.word_index_path", "Keras' imdb_word_index.json")
     elif cfg.source == "table":
         check_table_keys(cfg)
-        files = [existing_file(cfg.path, "data.path", "a .csv, .tsv, .parquet or .jsonl table")]
+        files = [_table_file(cfg.path, "data.path", "a .csv, .tsv, .parquet or .jsonl table")]
         if cfg.test_path:
-            files.append(existing_file(cfg.test_path, "data.test_path", "the test table"))
+            files.append(_table_file(cfg.test_path, "data.test_path", "the test table"))
         for local in files:
+            if isinstance(local, str):  # a URL: there and readable (one HEAD); its header is read by ingest, not here
+                table_format(local)
+                continue
             present = _header_of(local, table_format(local))
             if present is not None:
                 check_columns(local, present, named_columns(cfg))
+
+
+def _table_file(text: str, key: str, what: str) -> Path | str:
+    """A table named by data.path or data.test_path: a local file that exists, or a URL whose object is there
+    (tasks/remote_input.py: missing, no credentials, no answer are each one sentence)."""
+    if not is_url(text):
+        return existing_file(text, key, what)
+    from tasks.remote_input import check_input as check_url
+
+    check_url(text, key, what)
+    return text

@@ -7,6 +7,7 @@ once every row has streamed by.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -18,9 +19,11 @@ import pyarrow.parquet as pq
 
 from tasks import store
 from tasks.config import DataConfig
-from tasks.ingest.base import ROW_COLUMNS, SPLIT_VALUES, IngestError, Reading, Source, existing_file, short
+from tasks.ingest.base import ROW_COLUMNS, SPLIT_VALUES, IngestError, Reading, Source, short
+from tasks.remote_input import Location, as_location, check_input, open_input, read_chunks
+from tasks.remote_input import fingerprint as input_fingerprint
 from tasks.ingest.splits import stratified_split
-from tasks.store import fingerprint, sha256_file
+from tasks.store import fingerprint
 from tasks.input_files import COLUMN_KEYS as _COLUMN_KEYS
 from tasks.input_files import TABLE_FORMATS, check_columns, check_table_keys, csv_header, table_format  # noqa: F401
 from tasks.text import clean_text
@@ -28,15 +31,16 @@ from tasks.text import clean_text
 
 class TableSource(Source):
     def locate(self, cfg: DataConfig, data_dir: Path) -> dict[str, Any]:
-        """data.path (and data.test_path when set), each with its format, hashed together."""
+        """data.path (and data.test_path when set), each with its format, fingerprinted together (tasks/remote_input.py:
+        a local file by its bytes, a URL's object by its version/ETag and size)."""
         check_table_keys(cfg)
-        local = existing_file(cfg.path, "data.path", "a .csv, .tsv, .parquet or .jsonl table")
+        local = _input(cfg.path, "data.path", "a .csv, .tsv, .parquet or .jsonl table")
         formats = {"path": table_format(local)}
         test = None
         if cfg.test_path:
-            test = existing_file(cfg.test_path, "data.test_path", "the test table")
+            test = _input(cfg.test_path, "data.test_path", "the test table")
             formats["test_path"] = table_format(test)
-        digest = fingerprint([sha256_file(local), sha256_file(test) if test else None])
+        digest = fingerprint([input_fingerprint(local, "data.path"), input_fingerprint(test, "data.test_path") if test else None])
         return {"source": "table", "path": str(local), "test_path": str(test) if test else None, "format": formats, "fingerprint": digest}
 
     def read(self, cfg: DataConfig, located: dict[str, Any], batch_rows: int) -> Reading:
@@ -61,15 +65,22 @@ class TableSource(Source):
 SOURCE = TableSource()
 
 
+def _input(text: str, key: str, what: str) -> Location:
+    """A local file (resolved) or a URL (kept as spelt) that is there to read; one sentence otherwise."""
+    location = as_location(text)
+    found = check_input(location, key, what)
+    return location if isinstance(location, str) else Path(found["name"])
+
+
 # --------------------------------------------------------------------------- reading the file
 
 
-def first_invalid_utf8(path: Path, block_size: int = 1 << 20) -> tuple[int, int] | None:
-    """(byte offset, line number) of the first byte that is not UTF-8, or None for a clean file."""
+def first_invalid_utf8(path: Location, block_size: int = 1 << 20) -> tuple[int, int] | None:
+    """(byte offset, line number) of the first byte that is not UTF-8, or None for a clean file (or URL, streamed)."""
     offset, line, carry = 0, 1, b""
-    with open(path, "rb") as handle:
+    with open_input(as_location(path)) as handle:
         while True:
-            block = handle.read(block_size)
+            block = next(read_chunks(handle, path, size=block_size), b"")
             data = carry + block
             if not data:
                 return None
@@ -103,14 +114,14 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return record
 
 
-def _read_json_records(path: Path) -> pd.DataFrame:
+def _read_json_records(path: Location) -> pd.DataFrame:
     import pyarrow.json as pajson
 
-    with open(path, "rb") as handle:
-        opening = handle.read(256).lstrip()
-    if opening.startswith(b"["):  # a .json file holding one array of objects rather than JSON Lines
+    with open_input(path) as handle:  # JSON is read whole anyway (see iter_table)
+        data = b"".join(read_chunks(handle, path))
+    if data.lstrip()[:1] == b"[":  # a .json file holding one array of objects rather than JSON Lines
         try:
-            records = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
+            records = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys)
         except _DuplicateJsonKey as err:
             raise IngestError(f"{path} holds an object that names the key {err.key!r} twice: keep one of them.") from None
         except json.JSONDecodeError as err:
@@ -119,13 +130,13 @@ def _read_json_records(path: Path) -> pd.DataFrame:
             raise IngestError(f"{path} holds a JSON array whose items are not all objects: write one object per review, e.g. {{\"text\": \"...\", \"label\": 1}}.")
         return pd.DataFrame.from_records(records)
     try:
-        return pajson.read_json(path).to_pandas()
+        return pajson.read_json(io.BytesIO(data)).to_pandas()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         # Mixed types in one column (label 1 on a line, "pos" on another), a key given twice in an
         # object, or a broken line: read line by line, to name the line.
         pass
     records = []
-    with open(path, encoding="utf-8") as handle:
+    with io.StringIO(data.decode("utf-8"), newline=None) as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
@@ -141,15 +152,15 @@ def _read_json_records(path: Path) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def iter_table(path: Path, fmt: str, columns: dict[str, str], batch_rows: int | None = None) -> Iterator[pd.DataFrame]:
+def iter_table(path: Location, fmt: str, columns: dict[str, str], batch_rows: int | None = None) -> Iterator[pd.DataFrame]:
     """The named columns of a table (columns: config key -> column name) in batches, read with pyarrow where it can.
 
     CSV, TSV and Parquet stream (pyarrow's streaming CSV reader, Parquet record batches); JSON
     Lines is read whole and handed on in slices. CSV and TSV columns are read as strings and
     converted here, so a bad value is reported by row rather than as a type clash deep in a block;
-    an empty cell is missing.
+    an empty cell is missing. path may be a URL (tasks/remote_input.py): its object is streamed the same way.
     """
-    path = Path(path)
+    path = as_location(path)
     batch_rows = batch_rows or store.STREAM_ROWS
     if fmt in ("csv", "tsv", "jsonl"):
         bad = first_invalid_utf8(path)
@@ -163,7 +174,8 @@ def iter_table(path: Path, fmt: str, columns: dict[str, str], batch_rows: int | 
             delimiter = "," if fmt == "csv" else "\t"
             present = csv_header(path, delimiter)
         elif fmt == "parquet":
-            schema = pq.read_schema(path)
+            with open_input(path, seekable=True) as handle:
+                schema = pq.read_schema(handle)
             present = schema.names
         else:
             frame = _read_json_records(path)
@@ -182,8 +194,9 @@ def iter_table(path: Path, fmt: str, columns: dict[str, str], batch_rows: int | 
     wanted = list(dict.fromkeys(columns.values()))
     try:
         if fmt in ("csv", "tsv"):
+            stream = open_input(path)
             reader = pacsv.open_csv(
-                path,
+                stream,
                 # Blocks of about 16 MB: tens of thousands of reviews per batch.
                 read_options=pacsv.ReadOptions(block_size=1 << 24),
                 parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
@@ -192,10 +205,11 @@ def iter_table(path: Path, fmt: str, columns: dict[str, str], batch_rows: int | 
                     strings_can_be_null=True, null_values=[""],
                 ),
             )
-            for batch in reader:
-                yield batch.to_pandas()
+            with stream:
+                for batch in reader:
+                    yield batch.to_pandas()
         elif fmt == "parquet":
-            with pq.ParquetFile(path) as handle:
+            with open_input(path, seekable=True) as stream, pq.ParquetFile(stream) as handle:
                 for batch in handle.iter_batches(batch_size=batch_rows, columns=wanted):
                     yield batch.to_pandas()
         else:
@@ -394,9 +408,9 @@ def _table_batches(
 
     spellings, when given, collects each class name's raw label spellings (see _note_spellings).
     """
-    files = [(Path(source["path"]), source["format"]["path"], "train")]
+    files = [(as_location(source["path"]), source["format"]["path"], "train")]
     if source.get("test_path"):
-        files.append((Path(source["test_path"]), source["format"]["test_path"], "test"))
+        files.append((as_location(source["test_path"]), source["format"]["test_path"], "test"))
     split_values = bool(cfg.split_column) and len(files) == 1
     columns = {key: getattr(cfg, key) for key in _COLUMN_KEYS if getattr(cfg, key) and (key != "split_column" or split_values)}
     for path, fmt, split in files:

@@ -115,6 +115,28 @@ def _unreachable(error: BaseException) -> bool:
     return _no_answer(error) or "EndpointConnectionError" in {cls.__name__ for cls in type(error).__mro__}
 
 
+def filesystem_options(protocol: str, timeout: float, attempts: int) -> dict[str, Any]:
+    """fsspec options for a URL's filesystem: for S3 the timeouts, tries and endpoint above (artifacts roots and
+    inputs named by URL alike); nothing for other protocols."""
+    options: dict[str, Any] = {}
+    if protocol in ("s3", "s3a"):
+        # botocore's own retries (standard mode: timeouts, refused connections, 5xx, throttling), and s3fs's
+        # loop around them left at one pass: the two multiply, and 5 x 5 tries of 15 s was what stalled a run.
+        options["config_kwargs"] = {"connect_timeout": timeout, "read_timeout": timeout,
+                                    "retries": {"total_max_attempts": attempts, "mode": "standard"}}
+        options["session"] = _s3_session()
+        # Named, so that fsspec's cached filesystem (and its client) is one per endpoint, not the first one made.
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            options["endpoint_url"] = endpoint
+    return options
+
+
+def bucket_settings() -> tuple[float, int]:
+    """(seconds per try, tries per call) from RNNFLOW_BUCKET_TIMEOUT_SECONDS and RNNFLOW_BUCKET_ATTEMPTS."""
+    return _setting(TIMEOUT_ENV, DEFAULT_TIMEOUT_SECONDS, whole=False), int(_setting(ATTEMPTS_ENV, DEFAULT_ATTEMPTS, whole=True))
+
+
 class UnusableRemote:
     """A URL root that cannot be used (no bucket named, a missing fsspec package, a bad setting): the store is made
     anyway, outside any command's error handling, and its first use raises the one sentence."""
@@ -141,24 +163,13 @@ class RemoteRoot:
             raise ArtifactsRootError(
                 f"Artifacts root {url} names no bucket: write it as {self.protocol}://BUCKET/PREFIX, or choose a local folder with --artifacts."
             )
-        self.timeout = _setting(TIMEOUT_ENV, DEFAULT_TIMEOUT_SECONDS, whole=False)
-        self.attempts = int(_setting(ATTEMPTS_ENV, DEFAULT_ATTEMPTS, whole=True))
+        self.timeout, self.attempts = bucket_settings()
         try:
             import fsspec
 
-            options: dict[str, Any] = {}
+            options = filesystem_options(self.protocol, self.timeout, self.attempts)
             if self.protocol in ("file", "local"):
                 options["auto_mkdir"] = True  # object stores have no folders to make
-            elif self.protocol in ("s3", "s3a"):
-                # botocore's own retries (standard mode: timeouts, refused connections, 5xx, throttling), and s3fs's
-                # loop around them left at one pass: the two multiply, and 5 x 5 tries of 15 s was what stalled a run.
-                options["config_kwargs"] = {"connect_timeout": self.timeout, "read_timeout": self.timeout,
-                                            "retries": {"total_max_attempts": self.attempts, "mode": "standard"}}
-                options["session"] = _s3_session()
-                # Named, so that fsspec's cached filesystem (and its client) is one per endpoint, not the first one made.
-                endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-                if endpoint:
-                    options["endpoint_url"] = endpoint
             self.fs, base = fsspec.core.url_to_fs(self.url, use_listings_cache=False, **options)
         except ImportError:
             package = PROTOCOL_PACKAGES.get(self.protocol, f"the fsspec implementation of {self.protocol}://")
