@@ -425,9 +425,16 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve_model(args: argparse.Namespace) -> int:
+    from flows.serve_model import cmd_serve_model as serve_model  # FastAPI and uvicorn only for this command
+
+    return serve_model(args)
+
+
 COMMANDS = {
     "run": cmd_run, "step": cmd_step, "serve": cmd_serve, "runs": cmd_runs, "presets": cmd_presets, "config": cmd_config,
     "predict": cmd_predict, "generate": cmd_generate, "sweep": cmd_sweep, "champion": cmd_champion, "promote": cmd_promote,
+    "serve-model": cmd_serve_model,
 }
 
 

@@ -141,12 +141,3 @@ def fingerprint(location: Location, key: str = "the input") -> str:
             digest.update(block)
     return fingerprint_of(["url-content", digest.hexdigest()])
 
-
-def check_url_inputs(cfg: Any) -> None:
-    """Before a run starts: every input of data (a DataConfig) named by URL is there and readable, else one sentence
-    (RemoteInputError), so a missing object or missing credentials stop the command (exit 2), not a step."""
-    if cfg.source != "table":
-        return
-    for key, value in (("data.path", cfg.path), ("data.test_path", cfg.test_path)):
-        if value and is_url(value):
-            check_input(value, key)
