@@ -101,6 +101,7 @@ def test_run_with_a_missing_s3_table_exits_2_before_any_step(s3_env, tmp_path: P
 @pytest.mark.slow
 def test_a_training_run_reads_its_table_from_a_bucket_and_names_the_url(prefect_api, s3_env, tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    """(That a replaced object is ingested again follows from its fingerprint: the tests above.)"""
     from flows.cli import main
     from tasks.synthetic import synthetic_reviews
     from tests.helpers import tiny_cli_args
@@ -115,9 +116,4 @@ def test_a_training_run_reads_its_table_from_a_bucket_and_names_the_url(prefect_
     ingest = json.loads((folder / "ingest" / "ingest.json").read_text())
     assert ingest["source"]["path"] == url and ingest["n"]["train"] > 0
     assert url in (folder / "manifest.json").read_text()
-
-    put(s3_env["AWS_ENDPOINT_URL"], bucket, "tables/reviews.csv", frame.iloc[:-1].to_csv(index=False).encode())
-    assert main(["run", *args]) == 0
-    again = Path(capsys.readouterr().out.strip().splitlines()[-1])
-    statuses = {name: step["status"] for name, step in json.loads((again / "manifest.json").read_text())["steps"].items()}
-    assert statuses["ingest"] != "cached", "a changed object is ingested again"
+    assert url in (folder / "report" / "report.html").read_text(), "the report says what the input was"
