@@ -33,7 +33,7 @@ class DataConfig(Section):
     )
     path: str = Field(
         default="data/aclImdb_v1.tar.gz",
-        description="the input: an archive, folder or URL (imdb), a table file (table), an .npz (keras_imdb, data/imdb.npz unless set: read only ones you trust)",
+        description="the input: an archive, folder or URL (imdb), a table file or its s3://, gs://, https:// URL (table), an .npz (keras_imdb, data/imdb.npz unless set: read only ones you trust)",
     )
     url: str = Field(default=IMDB_URL, description="where source=imdb downloads its archive when data.path does not exist")
     max_reviews: int | None = Field(default=None, ge=2, description="use at most N reviews per split")
@@ -42,7 +42,7 @@ class DataConfig(Section):
     synthetic_reviews: int = Field(default=4000, ge=20, description="reviews per split for source=synthetic")
     synthetic_positive_fraction: float = Field(default=0.5, gt=0, lt=1, description="source=synthetic: share of positive reviews")
     # source=table: one file (split by split_column, or stratified by test_size) or a train/test pair.
-    test_path: str | None = Field(default=None, description="source=table: a separate test file")
+    test_path: str | None = Field(default=None, description="source=table: a separate test file, or its URL")
     text_column: str = Field(default="text", description="source=table: the column of texts")
     label_column: str = Field(default="label", description="source=table: the column of labels (two classes, or more up to max_classes)")
     split_column: str | None = Field(default=None, description="source=table: column of train/test values")
@@ -271,9 +271,9 @@ class PromoteConfig(Section):
 class ServeConfig(Section):
     """rnnflow serve-model's limits and champion check; no step reads these."""
 
-    max_texts: int = Field(default=256, ge=1, description="most texts one POST /predict may carry; more are refused with 413")
-    max_text_bytes: int = Field(default=100_000, ge=1, description="most UTF-8 bytes of one text in POST /predict; a longer one is refused with 413")
-    check_seconds: float = Field(default=5.0, ge=0, description="how often, at most, champion.json is read to pick up a new champion")
+    max_texts: int = Field(default=256, ge=1, description="serve-model: most texts one POST /predict may carry; more are refused with 413")
+    max_text_bytes: int = Field(default=100_000, ge=1, description="serve-model: most UTF-8 bytes of one text in POST /predict; a longer one is refused with 413")
+    check_seconds: float = Field(default=5.0, ge=0, description="serve-model: how often, at most, champion.json is read to pick up a new champion")
 
 
 class RunConfig(Section):

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from tasks.errors import RnnflowError
 from tasks.predict import PredictionInputError, Predictor, load_predictor
 from tasks.store import ArtifactsRootError, ArtifactStore, RunError
 
 
-class ServingError(Exception):
+class ServingError(RnnflowError):
     """Nothing to serve (no champion, or one that does not load) when the server starts: one sentence."""
 
 
