@@ -42,8 +42,9 @@ class RemoteInputError(IngestError):
 
 
 def as_location(text: str | Path) -> Location:
-    """A configured input as this module takes it: the URL string itself, or a local Path."""
-    return str(text) if is_url(str(text)) else Path(text)
+    """A configured input as this module takes it: the URL string itself, or a local Path (every function here
+    takes either spelling, "reviews.csv" or Path("reviews.csv"), and a URL as a string)."""
+    return text if isinstance(text, Path) else str(text) if is_url(str(text)) else Path(text)
 
 
 def input_suffix(location: Location) -> str:
@@ -87,6 +88,7 @@ def _unreadable(url: str, error: BaseException, key: str) -> RemoteInputError:
 
 def check_input(location: Location, key: str = "the input", what: str = "a file") -> dict[str, Any]:
     """A local file's path, or a URL object's details (fsspec's info: size, ETag, VersionId...); one sentence otherwise."""
+    location = as_location(location)  # a plain string that is no URL is a local path
     if not isinstance(location, str):
         return {"name": str(existing_file(str(location), key, what)), "type": "file"}
     fs, path = _filesystem(location)
@@ -104,6 +106,7 @@ def open_input(location: Location, key: str = "the input", seekable: bool = Fals
 
     seekable: random access is needed (Parquet); object stores read by range anyway, an https:// server is then asked
     for ranges, otherwise it is streamed front to back (many plain web servers do not answer ranges)."""
+    location = as_location(location)  # a plain string that is no URL is a local path
     if not isinstance(location, str):
         return open(existing_file(str(location), key, "a file"), "rb")
     fs, path = _filesystem(location)
@@ -129,6 +132,7 @@ def read_chunks(handle: IO[bytes], location: Location, key: str = "the input", s
 def fingerprint(location: Location, key: str = "the input") -> str:
     """What the input's content is, cheaply: a local file's sha256; for a URL its version id or ETag and size (the
     object changes, they change), else the sha256 of its bytes, streamed."""
+    location = as_location(location)  # a plain string that is no URL is a local path
     if not isinstance(location, str):
         return sha256_file(existing_file(str(location), key, "a file"))
     info = check_input(location, key)
