@@ -435,7 +435,14 @@ COMMANDS = {
     "run": cmd_run, "step": cmd_step, "serve": cmd_serve, "runs": cmd_runs, "presets": cmd_presets, "config": cmd_config,
     "predict": cmd_predict, "generate": cmd_generate, "sweep": cmd_sweep, "champion": cmd_champion, "promote": cmd_promote,
     "serve-model": cmd_serve_model,
+    "score": lambda args: cmd_score(args),
 }
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from flows.score import cmd_score as score  # the scoring flow's module, loaded only for this command
+
+    return score(args)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

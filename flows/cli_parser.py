@@ -102,6 +102,12 @@ def _model_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--model", metavar="NAME", help=MODEL_HELP)
     predict.add_argument("--artifacts", metavar="ROOT")
 
+    score = commands.add_parser("score", help="label a table with a model's champion into scores/<id>/ and check it for drift")
+    _config_args(score)
+    score.add_argument("--input", required=True, metavar="FILE", help="a .csv, .tsv, .parquet or .jsonl table of texts")
+    score.add_argument("--text-column", metavar="NAME", help="its text column (default: score.text_column, text)")
+    score.add_argument("--model", metavar="NAME", help=MODEL_HELP)
+
     generate = commands.add_parser("generate", help="continue a text with a next_token run's model and print it")
     generate.add_argument("--run", default="latest", metavar="ID|latest|champion", help="a run trained with model.task next_token (default: latest completed)")
     generate.add_argument("--prompt", required=True, metavar="TEXT", help="the start of the text to continue")

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.errors import RnnflowError
+from tasks.score_config import ScoreConfig
 from tasks.spelling import did_you_mean, key_suggestion
 from tasks.yaml_keys import DuplicateKeyError, parse_value, safe_load_unique
 
@@ -285,6 +286,7 @@ class RunConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     promote: PromoteConfig = Field(default_factory=PromoteConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
 

@@ -296,6 +296,10 @@ def evaluate_model(encode_dir: Path, train_dir: Path, out_dir: Path, ingest_dir:
     )
     _write_parquet(out_dir / PREDICTIONS_FILE, predictions)
     write_mistakes(predictions, encode_dir, out_dir, ingest_dir)
+    if ingest_dir is not None:  # what the model was trained on, for scoring's drift checks (tasks/reference.py)
+        from tasks.reference import build_reference, write_reference
+
+        write_reference(out_dir, build_reference(encode_dir, ingest_dir, predictions["predicted"].to_numpy(), labels))
     return {k: result["test"][k] for k in ("accuracy", "loss", "f1", "roc_auc", "n")}
 
 

@@ -70,13 +70,20 @@ STEP_TABLE: tuple[Step, ...] = (
          context=("run_folder",), derived=_model_name, cached=False, after="tasks.promote:record_promotion"),
 )
 
+# The scoring flow's steps (flows/score.py): not a training run's, so not in STEPS, but cached the same way.
+SCORE_STEP_TABLE: tuple[Step, ...] = (
+    Step("score_label", "tasks.score:score_label_task", ("score",), package="score", retries=True, rerun_alone=False),
+    Step("score_drift", "tasks.score:score_drift_task", ("score",), ("score_label",), package="score", rerun_alone=False),
+)
+
 STEP_BY_NAME: dict[str, Step] = {step.name: step for step in STEP_TABLE}
 STEPS: tuple[str, ...] = tuple(STEP_BY_NAME)  # in the order a run executes them
+_ANY_STEP: dict[str, Step] = {**STEP_BY_NAME, **{step.name: step for step in SCORE_STEP_TABLE}}
 
 
 def step(name: str) -> Step:
     try:
-        return STEP_BY_NAME[name]
+        return _ANY_STEP[name]
     except KeyError:
         raise ValueError(f"{name!r} is not a step: use one of {', '.join(STEPS)}") from None
 

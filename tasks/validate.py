@@ -298,9 +298,14 @@ def _new_context(gx: Any, data_docs_dir: Path) -> Any:
 
 
 def _add_suite(gx: Any, context: Any, name: str, rules: list[Rule]) -> Any:
+    return _add_suite_of(gx, context, name, [rule.expectation for rule in rules])
+
+
+def _add_suite_of(gx: Any, context: Any, name: str, expectations: list[Any]) -> Any:
+    """A suite of these expectations in the context (scoring's drift suite is built the same way, tasks/drift.py)."""
     suite = context.suites.add(gx.ExpectationSuite(name=name))
-    for rule in rules:
-        suite.add_expectation(rule.expectation)
+    for expectation in expectations:
+        suite.add_expectation(expectation)
     return suite
 
 
