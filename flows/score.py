@@ -21,6 +21,7 @@ from prefect import flow, get_run_logger
 from flows.pipeline import with_retries
 from tasks.caching import bind_to_store
 from tasks.config import RunConfig, load_config
+from tasks.errors import RnnflowError
 from tasks.logs import one_line
 from tasks.reference import read_reference
 from tasks.score import ScoringInput, champion_model_sha256, open_scoring_input, score_drift_task, score_label_task
@@ -33,7 +34,7 @@ SCORES_DIR = "scores"
 ON_FAILURE_HOOKS: list[Any] = []
 
 
-class DriftFailed(RuntimeError):
+class DriftFailed(RnnflowError, RuntimeError):
     """score.on_drift is fail and a drift figure is out of bounds: the message is the figure's one sentence."""
 
     def __init__(self, message: str, folder: str | None = None):
@@ -153,7 +154,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             _print_figures(read_json(Path(error.folder) / "manifest.json"))
             print(error.folder)
         print(f"rnnflow: error: {one_line(error)}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(error, (DriftFailed, ValueError, RunError)) else 1
+        return EXIT_USAGE if isinstance(error, (RnnflowError, RunError)) else 1
     folder = Path(state.result())
     _print_figures(read_json(folder / "manifest.json"))
     print(store.where(folder))

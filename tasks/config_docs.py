@@ -30,7 +30,7 @@ README_KEYS = (
     "encode.tokenizer", "encode.num_words", "encode.max_len",
     "model.cell", "model.units", "model.bidirectional", "model.pooling",
     "train.epochs", "train.batch_size", "train.members", "train.tensorboard",
-    "promote.metric", "promote.model",
+    "promote.metric", "promote.model", "score.on_drift",
 )
 
 

@@ -15,7 +15,7 @@ class ScoreConfig(BaseModel):
 
     on_drift: Literal["warn", "fail"] = Field(
         default="warn", description="a drift check that fails: warn (the scores are written, the summary says so) or fail (exit 2, one sentence)")
-    text_column: str = Field(default="text", min_length=1, description="the text column of a .csv, .tsv or .parquet input (--text-column)")
+    text_column: str = Field(default="text", min_length=1, description="the text column of the input table (.csv, .tsv, .parquet, .jsonl); --text-column overrides it")
     batch_rows: int = Field(default=10_000, ge=1, description="rows read, labelled and written at a time: memory stays flat in the input's length")
     max_token_ratio: float = Field(
         default=2.0, gt=1, description="each quantile (p10, p50, p90) of tokens per text within the reference's divided or multiplied by this")
