@@ -157,6 +157,11 @@ def test_score_labels_every_row_checks_drift_and_fails_when_asked(tiny_run_copy,
     assert predictions["row"].tolist() == list(range(1, 42)) and predictions["empty"].tolist()[20]  # every row kept, the blank one too
     assert {"label", "probability_neg", "probability_pos"} <= set(predictions.columns)
     assert any(line.lstrip().startswith("tokens_p50") for line in out)
+    assert manifest["steps"]["score_label"]["status"] == "completed"
+
+    assert main(args) == 0  # the same input and champion again: both steps from the cache, a new folder
+    again = Path(capsys.readouterr().out.splitlines()[-1])
+    assert again != folder and json.loads((again / "manifest.json").read_text())["steps"]["score_label"]["status"] == "cached"
 
     drifted = tmp_path / "drifted.csv"  # words the vocabulary never saw, far shorter than the training reviews
     pd.DataFrame({"text": ["zzq xqv"] * 30}).to_csv(drifted, index=False)
