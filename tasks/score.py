@@ -53,8 +53,8 @@ class ScoringInput:
                 for start in range(0, len(frame), batch_rows):
                     yield frame.iloc[start : start + batch_rows]
         except IngestError as error:  # ingest's sentences name its own key; score's is --text-column
-            raise ScoreInputError(str(error).replace("--set data.text_column=NAME", "--text-column NAME")
-                                  .replace("point data.text_column at", "give --text-column")) from None
+            message = str(error).replace(" for data.text_column", "").replace("--set data.text_column=", "--text-column ")
+            raise ScoreInputError(message.replace("point data.text_column at", "give --text-column")) from None
 
     def as_key(self) -> dict[str, str]:
         """What the score_label cache key holds of the input: its content, not where it lies."""
