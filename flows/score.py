@@ -105,7 +105,9 @@ def rnnflow_score(input: str, artifacts_root: str | None = None, model: str | No
 
 def _manifest(score_id: str, source: ScoringInput, champion: dict, section: dict, label: Any, drift: Any, warning: str | None) -> dict[str, Any]:
     return {
-        "score_id": score_id, "created_at": utc_now(), "status": "completed",
+        # A drift under on_drift=fail: the scores were written (the summary shows why), and the run failed by its gate.
+        "score_id": score_id, "created_at": utc_now(),
+        "status": "failed" if drift.summary["failed"] and section["on_drift"] == "fail" else "completed",
         "input": {"location": source.location, **source.as_key()},
         "champion": {k: champion[k] for k in ("model", "run_id", "model_sha256")} | {"reference": warning is None},
         "config": {"score": section}, "on_drift": section["on_drift"],
@@ -127,6 +129,7 @@ def _assemble(store: ArtifactStore, manifest: dict[str, Any], outputs: list[Any]
     manifest["files"] = _hash_tree(partial)
     write_json(partial / "manifest.json", manifest)
     os.replace(partial, final)
+    store.push(final)  # a bucket root: the scores folder goes up beside runs/ (a local root: nothing to do)
     return final
 
 

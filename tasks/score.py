@@ -39,7 +39,7 @@ class ScoringInput:
     """An opened input: where it is read from, its format, the text column, and a fingerprint of its content."""
 
     location: str  # as the user gave it
-    path: Path  # the local file read
+    path: Path | str  # the local file read, or the URL streamed
     fmt: str
     text_column: str
     fingerprint: str
@@ -62,18 +62,23 @@ class ScoringInput:
 
 
 def open_scoring_input(location: str, text_column: str = "text") -> ScoringInput:
-    """The input to score, as a stream and a fingerprint: a local .csv, .tsv, .parquet or .jsonl file.
-
-    URL inputs (s3://, https://) plug in here: fetch or open the URL with fsspec as data.path does, and take its
-    fingerprint from the bytes (or the object's ETag); everything after this function reads a ScoringInput.
-    """
+    """The input to score, as a stream and a fingerprint: a .csv, .tsv, .parquet or .jsonl file, local or by URL
+    (s3://, gs://, https://: tasks/remote_input.py streams it and fingerprints it by version/ETag and size)."""
     from tasks.ingest.table import table_format
+    from tasks.remote_input import as_location, check_input, fingerprint
 
-    path = Path(location).expanduser()
+    where = as_location(location)
     try:
-        fmt = table_format(path)
+        fmt = table_format(where)
     except IngestError as error:
         raise ScoreInputError(str(error).replace("source=table", "rnnflow score")) from None
+    if isinstance(where, str):  # a URL: one sentence when it is missing or unreadable, read where it lies
+        try:
+            check_input(where, key="--input")
+            return ScoringInput(location=where, path=where, fmt=fmt, text_column=text_column, fingerprint=fingerprint(where, key="--input"))
+        except IngestError as error:
+            raise ScoreInputError(str(error)) from None
+    path = where.expanduser()
     if not path.is_file():
         raise ScoreInputError(f"Input {location} does not exist: check the path given to --input.")
     # As ingest fingerprints a table (tasks/ingest/table.py): the sha256 of its bytes.
@@ -158,7 +163,9 @@ def read_figures(label_dir: Path, labels: list[str], batch_rows: int) -> pd.Data
 @task(name="score_label", cache_policy=StepCachePolicy(step="score_label"))
 def score_label_task(root: str, section: dict, upstream: dict, source: dict, champion: dict) -> StepOutput:
     """source: ScoringInput.as_key() plus "location" and "path" (left out of the key); champion: run_id, folder, model_sha256."""
-    opened = ScoringInput(location=source["location"], path=Path(source["path"]), fmt=source["format"],
+    from tasks.remote_input import as_location
+
+    opened = ScoringInput(location=source["location"], path=as_location(source["path"]), fmt=source["format"],
                           text_column=source["text_column"], fingerprint=source["fingerprint"])
     return produce_step(root, "score_label", section, upstream,
                         lambda out: label_input(Path(champion["folder"]), opened, section["batch_rows"], out),

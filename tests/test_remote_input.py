@@ -117,3 +117,15 @@ def test_a_training_run_reads_its_table_from_a_bucket_and_names_the_url(prefect_
     assert ingest["source"]["path"] == url and ingest["n"]["train"] > 0
     assert url in (folder / "manifest.json").read_text()
     assert url in (folder / "report" / "report.html").read_text(), "the report says what the input was"
+
+
+def test_score_reads_its_input_from_a_bucket_by_etag_and_says_when_it_is_missing(s3_env):
+    from tasks.score import ScoreInputError, open_scoring_input
+
+    bucket = new_bucket(s3_env["AWS_ENDPOINT_URL"])
+    url = put(s3_env["AWS_ENDPOINT_URL"], bucket, "today/reviews.csv", CSV)
+    opened = open_scoring_input(url)
+    assert opened.location == url and opened.fingerprint == fingerprint(url)
+    assert [text for batch in opened.batches(1) for text in batch["text"]] == ["a wonderful moving film", "dull and boring"]
+    with pytest.raises(ScoreInputError, match=f"s3://{bucket}/today/missing.csv does not exist"):
+        open_scoring_input(f"s3://{bucket}/today/missing.csv")

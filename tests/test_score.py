@@ -172,6 +172,8 @@ def test_score_labels_every_row_checks_drift_and_fails_when_asked(tiny_run_copy,
     assert main([*args, "--set", "score.on_drift=fail"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("rnnflow: error: Drift check ") and "score.on_drift is fail" in err[0]
+    failed = max((tiny_run_copy.root / "scores").iterdir(), key=lambda folder: folder.name)
+    assert json.loads((failed / "manifest.json").read_text())["status"] == "failed", "a run its drift gate failed does not look completed"
 
 
 @pytest.mark.slow
