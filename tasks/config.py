@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tasks.config_reporting import NotifyConfig, TrackConfig
 from tasks.errors import RnnflowError
 from tasks.score_config import ScoreConfig
 from tasks.spelling import did_you_mean, key_suggestion
@@ -287,6 +288,8 @@ class RunConfig(Section):
     promote: PromoteConfig = Field(default_factory=PromoteConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
+    track: TrackConfig = Field(default_factory=TrackConfig)  # where a run reports (tasks/config_reporting.py)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
 
@@ -464,8 +467,8 @@ def _describe_error(err: ValidationError, origin: str) -> str:
     where = ".".join(str(p) for p in first["loc"]).replace("validate_", "validate")
     if first["type"] == "extra_forbidden":
         return f"Unknown configuration key {where!r} in {origin}{key_suggestion(RunConfig, first['loc'])}: check its spelling against the README's configuration table."
-    message = first["msg"].removeprefix("Value error, ")
-    return f"Configuration key {where!r} in {origin} is invalid ({message}, got {first.get('input')!r}): fix the value."
+    message, given = first["msg"].removeprefix("Value error, "), "" if where == "notify.webhook" else f", got {first.get('input')!r}"
+    return f"Configuration key {where!r} in {origin} is invalid ({message}{given}): fix the value."
 
 
 def load_config(

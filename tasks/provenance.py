@@ -16,13 +16,14 @@ from typing import Any, Callable
 from pydantic import ValidationError
 
 from tasks.config import ConfigError, RunConfig, key_config
+from tasks.config_reporting import without_reporting
 from tasks.steps import STEPS, WHOLE_CONFIG, step as step_spec
 
 
 def step_config(name: str, config: RunConfig) -> dict[str, Any]:
     """The configuration step `name` is made with, keyed by section ("encode": {...}), as its cache key covers it."""
     spec = step_spec(name)
-    sections = config.as_dict() if spec.sections == (WHOLE_CONFIG,) else {section: config.section(section) for section in spec.sections}
+    sections = without_reporting(config.as_dict()) if spec.sections == (WHOLE_CONFIG,) else {section: config.section(section) for section in spec.sections}
     made_with = key_config(sections)
     if spec.derived is not None:
         made_with.update(spec.derived(config))

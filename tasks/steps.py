@@ -91,7 +91,9 @@ def step(name: str) -> Step:
 def config_section(spec: Step, config: "RunConfig") -> dict[str, Any]:
     """The configuration a step's task gets as `section` (and its cache key hangs on)."""
     if spec.sections == (WHOLE_CONFIG,):
-        return {"config": config.as_dict()}
+        from tasks.config_reporting import without_reporting
+
+        return {"config": without_reporting(config.as_dict())}
     if len(spec.sections) == 1:
         return config.section(spec.sections[0])
     return {name: config.section(name) for name in spec.sections}
