@@ -421,6 +421,11 @@ def cmd_promote(args: argparse.Namespace) -> int:
     if not decision["promoted"]:
         print("rnnflow: the champion is unchanged; add --force to promote this run anyway", file=sys.stderr)
         return EXIT_FAILED
+    tracked = store.open_run(store.run_dir(run)).manifest.get("tracking")
+    if tracked:  # the run was logged to MLflow: its registered version becomes the champion there too
+        from tasks.tracking import set_champion_alias
+
+        set_champion_alias(tracked)
     print(store.resolve_run("champion", decision["model"]))
     return EXIT_OK
 

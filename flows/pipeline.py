@@ -16,9 +16,11 @@ from prefect.tasks import exponential_backoff
 
 from tasks.caching import bind_to_store
 from tasks.config import ConfigError, RunConfig, load_config
+from tasks.flow_run_labels import add_flow_run_tags, publish_tracked_report_link, run_tags
 from tasks.encode import NotEnoughSpaceError
 from tasks.ingest import IngestError, input_path, locate_source_task, retry_unless_bad_input
 from tasks.logs import one_line
+from tasks.notify import note_run_id, notify_failure
 from tasks.promote import PromotionError, outcome_line
 from tasks.provenance import check_reuse, recorded_maker, recorded_step_config, step_config
 from tasks.steps import STEPS, load_attribute, step as step_spec, task_inputs
@@ -191,7 +193,7 @@ def plan_steps(start_from: str | None, only_step: str | None, derived_from: str 
     return list(STEPS[:index]), [only_step] if only_step else list(STEPS[index:])
 
 
-@flow(name="rnnflow", flow_run_name=_run_name, log_prints=True)
+@flow(name="rnnflow", flow_run_name=_run_name, log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])
 def rnnflow_pipeline(
     config: RunConfig | None = None,
     artifacts_root: str | None = None,
@@ -214,6 +216,8 @@ def rnnflow_pipeline(
     reuse, execute = plan_steps(start_from, only_step, derived_from)
     wanted = set(refresh or []) | ({only_step} if only_step else set()) | (set(STEPS[STEPS.index(start_from):]) if start_from else set())
     run = store.start_run(config.as_dict(), run_id=run_id, derived_from=derived_from, flow_run_id=str(flow_run.id or ""))
+    note_run_id(run.run_id)  # an alert (tasks/notify.py) names the run
+    add_flow_run_tags(run_tags(config), logger)  # the Prefect UI's runs list tells runs apart by model and data
     try:
         with run_log(run.folder, str(flow_run.id or "")):
             return _run_pipeline(logger, run, store, config, reuse, execute, wanted, derived_from, data_dir)
@@ -247,13 +251,27 @@ def _run_pipeline(logger: Any, run: RunRecord, store: ArtifactStore, config: Run
         TRACEBACKS.error("run failed", exc_info=True, extra={"flow_run_id": str(flow_run.id or "")})
         run.finish("failed", error=one_line(error))
         raise
+    track_completed_run(logger, run, config)
     run.finish("completed")
     if "evaluate" in outputs:
         metrics = outputs["evaluate"].summary
         logger.info("test accuracy %.4f  f1 %.4f  roc_auc %s", metrics["accuracy"], metrics["f1"], metrics.get("roc_auc"))
+        add_flow_run_tags([f"test_accuracy:{metrics['accuracy']:.4f}"], logger)
     if "promotion" in run.manifest:
         logger.info(outcome_line(run.manifest["promotion"]))
     return str(run.folder)
+
+
+def track_completed_run(logger: Any, run: RunRecord, config: RunConfig) -> None:
+    """Log the run to MLflow when track.mlflow_uri (or MLFLOW_TRACKING_URI) is set; where it went joins the manifest."""
+    if config.track.uri():
+        from tasks.tracking import track_run  # only now: a run without tracking never loads it, or mlflow
+
+        record = track_run(run.folder, config, logger)
+        if record:
+            run.manifest["tracking"] = record
+            logger.info("tracked in MLflow: run %s, model %s version %s", record["run_id"], record["model"], record["model_version"])
+            publish_tracked_report_link(record, logger)
 
 
 def locate_input(run: RunRecord, config: RunConfig, data_dir: str) -> dict[str, Any]:

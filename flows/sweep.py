@@ -28,6 +28,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.pipeline import RUN_LOG, TRACEBACKS, RunFailed, locate_input, quiet_expected_tracebacks, run_context, run_log, run_step
 from tasks.config import RunConfig, load_config
 from tasks.logs import one_line
+from tasks.notify import note_run_id, notify_failure
 from tasks.provenance import step_config
 from tasks.render import format_metric
 from tasks.promote import outcome_line
@@ -176,7 +177,8 @@ def _sweep_name() -> str:
     return f"sweep-{config.get('preset', 'default')}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-@flow(name="rnnflow-sweep", flow_run_name=_sweep_name, log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
+@flow(name="rnnflow-sweep", flow_run_name=_sweep_name, log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=2),
+      on_failure=[notify_failure], on_crashed=[notify_failure])
 def rnnflow_sweep(
     grid: Grid,
     config: RunConfig | None = None,
@@ -200,6 +202,7 @@ def rnnflow_sweep(
         task_runner=describe_task_runner(context.task_runner), flow_run_id=str(flow_run.id or ""),
     )
     logger.info("sweep folder: %s (%d points)", sweep.location, len(points))
+    note_run_id(sweep.run_id)
     flow_run_id = str(flow_run.id or "")
     try:
         with run_log(sweep.folder, flow_run_id):  # the sweep's run.log: every line of the sweep, its points' too
@@ -250,6 +253,8 @@ def _run_sweep(logger: Any, store: ArtifactStore, sweep: RunRecord, config: RunC
     if summary["best_run_id"]:
         chosen = dict(zip((run.run_id for _, _, run in runs), (point_config for _, point_config, _ in runs)))[summary["best_run_id"]]
         sweep.manifest["promotion"] = promote_choice(store, summary["best_run_id"], chosen)
+    if config.track.uri():
+        track_points(logger, store, sweep, config, [(run, point_config) for _, point_config, run in runs])
     sweep.finish("completed")
     if sweep.manifest.get("promotion"):
         logger.info("%s: %s", summary["best_run_id"], outcome_line(sweep.manifest["promotion"]))
@@ -258,6 +263,19 @@ def _run_sweep(logger: Any, store: ArtifactStore, sweep: RunRecord, config: RunC
         logger.info("best on %s: %s, %s %s, test accuracy %s for reference (run %s)", CHOSEN_ON, point_label(best["grid_point"]),
                     CHOSEN_ON, format_metric(best["val_accuracy"]), format_metric(best["test_accuracy"]), summary["best_run_id"])
     return str(sweep.folder)
+
+
+def track_points(logger: Any, store: ArtifactStore, sweep: RunRecord, config: RunConfig, points: list[tuple[RunRecord, RunConfig]]) -> None:
+    """The sweep as a parent MLflow run, its points nested (tasks/tracking.py); each point's manifest notes its own."""
+    from tasks.tracking import track_sweep  # only when tracking is on: mlflow stays unloaded otherwise
+
+    records = track_sweep(sweep.folder, config, [(run.folder, point_config) for run, point_config in points], logger)
+    for run, _ in points:
+        if run.run_id in records:
+            record = store.open_run(run.folder)
+            record.manifest["tracking"] = records[run.run_id]
+            record.save()
+    sweep.manifest["tracking"] = {"runs": sorted(records)}
 
 
 def promote_choice(store: ArtifactStore, run_id: str, config: RunConfig) -> dict[str, Any] | None:

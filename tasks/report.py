@@ -10,6 +10,7 @@ promotion decision, which is made after the report and so is not in it).
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ REPORT_DATA = "report.json"
 MARKDOWN_ARTIFACT_KEY = "rnnflow-report"
 TABLE_ARTIFACT_KEY = "rnnflow-metrics"
 LINK_ARTIFACT_KEY = "rnnflow-report-html"
+PLOTS_ARTIFACT_KEY = "rnnflow-report-plots"
 
 TEST_METRIC_ORDER = ("accuracy", "loss", "precision", "recall", "f1", "roc_auc", "n")
 CELL_NAMES = {"simple_rnn": "SimpleRNN", "lstm": "LSTM", "gru": "GRU"}
@@ -392,6 +394,19 @@ def artifact_markdown(output: StepOutput) -> str:
     ]) + "\n"
 
 
+def plots_markdown(output: StepOutput) -> str:
+    """The report's plots as a markdown artifact: each PNG inline (a data: URI), as the Prefect UI renders it
+    whether or not the browser can reach the machine that ran the flow."""
+    data = read_json(output.file(REPORT_DATA))
+    parts = [f"# Plots: {markdown_escape(data.get('title', 'rnnflow report'))}"]
+    for name in data.get("plots", []):  # relative to the report's folder: "plots/roc_curve.png"
+        path = output.path / name
+        if path.exists():
+            encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+            parts.append(f"### {markdown_escape(path.stem.replace('_', ' '))}\n\n![{path.name}](data:image/png;base64,{encoded})")
+    return "\n\n".join(parts) + "\n"
+
+
 def publish_report_artifacts(output: StepOutput, upstream: dict[str, StepOutput]) -> bool:
     """Show the report in Prefect's UI (key numbers, test metrics, a link to report.html); only inside a run.
 
@@ -409,6 +424,7 @@ def publish_report_artifacts(output: StepOutput, upstream: dict[str, StepOutput]
             markdown=artifact_markdown(output), key=MARKDOWN_ARTIFACT_KEY, description="Key numbers of the rnnflow report"
         )
         create_table_artifact(table=metrics_table_rows(metrics), key=TABLE_ARTIFACT_KEY, description="Test-split metrics")
+        create_markdown_artifact(markdown=plots_markdown(output), key=PLOTS_ARTIFACT_KEY, description="The report's plots")
         create_link_artifact(
             link=output.file(REPORT_HTML).resolve().as_uri(),
             link_text=REPORT_HTML,

@@ -6,9 +6,11 @@ import ...`), never from another test module.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import logging
 import shutil
 import tarfile
 from pathlib import Path
@@ -204,3 +206,19 @@ def make_upstream(tmp_path: Path, labels: list[str], model_summary: str = MODEL_
         "train": _step(tmp_path, "train", {"train.json": train, "history.json": history}),
         "evaluate": _step(tmp_path, "evaluate", {"metrics.json": metrics}),
     }
+
+
+# --------------------------------------------------------------------------- logs
+
+
+@contextlib.contextmanager
+def logged(name: str):
+    """The records logger `name` emits meanwhile, however Prefect's logging setup routes them to the console."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger(name).addHandler(handler)
+    try:
+        yield records
+    finally:
+        logging.getLogger(name).removeHandler(handler)
