@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from tasks.config import RunConfig, load_config
 
@@ -56,7 +56,7 @@ def _kind(annotation: Any) -> str:
         return "list"
     if origin is dict:
         return "map"
-    return {int: "integer", float: "number", bool: "true / false", str: "text"}.get(annotation, str(annotation))
+    return {int: "integer", float: "number", bool: "true / false", str: "text", SecretStr: "URL (never recorded)"}.get(annotation, str(annotation))
 
 
 def _shown(value: Any) -> str:
