@@ -203,16 +203,20 @@ def test_publish_is_a_no_op_outside_a_prefect_run(binary_report, tmp_path, monke
     assert publish_report_artifacts(output, make_upstream(tmp_path, ["neg", "pos"])) is False
 
 
-def test_publish_inside_a_run_creates_three_keyed_artifacts(binary_report, tmp_path, monkeypatch):
+def test_publish_inside_a_run_creates_four_keyed_artifacts(binary_report, tmp_path, monkeypatch):
     created = {}
     monkeypatch.setattr(report, "_in_prefect_run", lambda: True)
-    monkeypatch.setattr(report, "create_markdown_artifact", lambda **kw: created.setdefault("markdown", kw))
+    monkeypatch.setattr(report, "create_markdown_artifact", lambda **kw: created.setdefault(kw["key"], kw))
     monkeypatch.setattr(report, "create_table_artifact", lambda **kw: created.setdefault("table", kw))
     monkeypatch.setattr(report, "create_link_artifact", lambda **kw: created.setdefault("link", kw))
     out, _ = binary_report
     output = StepOutput(step="report", key="k", dir=str(out), files={}, summary={})
     assert publish_report_artifacts(output, make_upstream(tmp_path, ["neg", "pos"])) is True
-    assert {kw["key"] for kw in created.values()} == {"rnnflow-report", "rnnflow-metrics", "rnnflow-report-html"}
+    assert {kw["key"] for kw in created.values()} == {"rnnflow-report", "rnnflow-metrics", "rnnflow-report-html", "rnnflow-report-plots"}
+    created["markdown"] = created["rnnflow-report"]
+    # The plots ride inline (data: URIs), so the Prefect UI shows them without reaching this machine's files.
+    plots = json.loads((out / "report.json").read_text())["plots"]
+    assert plots and created["rnnflow-report-plots"]["markdown"].count("](data:image/png;base64,") == len(plots)
     for kw in created.values():
         assert re.fullmatch(r"[a-z0-9-]+", kw["key"])
     assert "| Test accuracy | 0.8765 |" in created["markdown"]["markdown"]
