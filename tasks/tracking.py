@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tasks.config import RunConfig
+from tasks.errors import RnnflowError
 from tasks.store import RunFiles, read_json
 
 CHAMPION_ALIAS = "champion"
@@ -32,8 +33,8 @@ SIGNATURE_ROWS = 3  # test texts the model's signature is inferred from
 _LOG = logging.getLogger("rnnflow.tracking")
 
 
-class TrackingUnavailable(RuntimeError):
-    """Tracking cannot happen for this run: the message is the one warning sentence."""
+class TrackingUnavailable(RnnflowError, RuntimeError):
+    """Tracking cannot happen for this run: the message is the one warning sentence (a warning, never raised past this module)."""
 
 
 def tracking_uri(config: RunConfig) -> str | None:
