@@ -202,7 +202,7 @@ def rnnflow_sweep(
         task_runner=describe_task_runner(context.task_runner), flow_run_id=str(flow_run.id or ""),
     )
     logger.info("sweep folder: %s (%d points)", sweep.location, len(points))
-    note_run_id(sweep.run_id)
+    note_run_id(sweep.manifest["sweep_id"])  # an alert (tasks/notify.py) names the sweep
     flow_run_id = str(flow_run.id or "")
     try:
         with run_log(sweep.folder, flow_run_id):  # the sweep's run.log: every line of the sweep, its points' too
