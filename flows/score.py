@@ -23,6 +23,7 @@ from tasks.caching import bind_to_store
 from tasks.config import RunConfig, load_config
 from tasks.errors import RnnflowError
 from tasks.logs import one_line
+from tasks.notify import notify_failure
 from tasks.reference import read_reference
 from tasks.score import ScoringInput, champion_model_sha256, open_scoring_input, score_drift_task, score_label_task
 from tasks.score_summary import publish_artifacts, write_summary
@@ -30,8 +31,8 @@ from tasks.store import ArtifactStore, RunError, _hash_tree, _link_tree, new_run
 from tasks.store.record import utc_now
 
 SCORES_DIR = "scores"
-# The alert hook (notify on failure) goes here: flows call each with (flow, flow_run, state) when a run fails.
-ON_FAILURE_HOOKS: list[Any] = []
+# The alert (tasks/notify.py: notify.webhook, notify.block): flows call each with (flow, flow_run, state) when a run fails or crashes.
+ON_FAILURE_HOOKS: list[Any] = [notify_failure]
 
 
 class DriftFailed(RnnflowError, RuntimeError):
@@ -67,7 +68,7 @@ def _run_step(step_task: Any, **inputs: Any) -> Any:
     return state.result(), state.name == "Cached"
 
 
-@flow(name="rnnflow-score", on_failure=ON_FAILURE_HOOKS)
+@flow(name="rnnflow-score", on_failure=ON_FAILURE_HOOKS, on_crashed=ON_FAILURE_HOOKS)
 def rnnflow_score(input: str, artifacts_root: str | None = None, model: str | None = None, config: RunConfig | None = None,
                   text_column: str | None = None, score_id: str | None = None) -> str:
     """Label every row of INPUT with MODEL's champion and compare it with the champion's reference; returns scores/<id>/."""
