@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tasks.baseline_config import BaselineConfig
 from tasks.config_reporting import NotifyConfig, TrackConfig
 from tasks.errors import RnnflowError
 from tasks.score_config import ScoreConfig
@@ -260,6 +261,7 @@ class PromoteConfig(Section):
     metric: PromoteMetric = Field(default="accuracy", description="the test metric that decides; loss counts lower as better")
     min_delta: float = Field(default=0.0, ge=0, description="promote only when new > champion + min_delta (new < champion - min_delta for loss)")
     floors: dict[PromoteMetric, float] = Field(default_factory=dict, description="metric -> the least the new run must reach (the most, for loss)")
+    beat_baseline: bool = Field(default=False, description="promote only a model that beats the run's linear baseline on promote.metric")
 
     @field_validator("blocking_warnings")
     @classmethod
@@ -285,6 +287,7 @@ class RunConfig(Section):
     encode: EncodeConfig = Field(default_factory=EncodeConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     promote: PromoteConfig = Field(default_factory=PromoteConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from prefect import task
 
+from tasks.baseline import compared, read_baseline
 from tasks.caching import StepCachePolicy, produce_step
 from tasks.encode import INDEX_FROM, OOV, PAD, START, load_arrays
 from tasks.store import RunFiles, StepOutput, atomic_path, read_json, write_json
@@ -256,7 +257,8 @@ def write_mistakes(predictions: pd.DataFrame, encode_dir: Path, out_dir: Path, i
     _write_parquet(out_dir / MISTAKES_FILE, mistakes)
 
 
-def evaluate_model(encode_dir: Path, train_dir: Path, out_dir: Path, ingest_dir: Path | None = None) -> dict[str, Any]:
+def evaluate_model(encode_dir: Path, train_dir: Path, out_dir: Path, ingest_dir: Path | None = None,
+                   baseline_dir: Path | None = None) -> dict[str, Any]:
     import keras
 
     import tasks.models  # noqa: F401  (registers the custom layers before loading)
@@ -283,6 +285,9 @@ def evaluate_model(encode_dir: Path, train_dir: Path, out_dir: Path, ingest_dir:
         for member, outputs in zip(members, member_outputs):
             alone = score(class_probabilities(outputs), truth, lengths, labels)["test"]
             result["members"].append({"name": member.name, **{k: alone[k] for k in ("accuracy", "loss", "f1", "roc_auc")}})
+    baseline = read_baseline(baseline_dir)
+    if baseline is not None:  # the linear baseline on the same test split, and this model's difference from it
+        result["baseline"] = compared(result["test"], baseline)
     write_json(RunFiles.METRICS.of_step(out_dir), result)
     predictions = pd.DataFrame(
         {
@@ -305,4 +310,6 @@ def evaluate_model(encode_dir: Path, train_dir: Path, out_dir: Path, ingest_dir:
 
 @task(name="evaluate", cache_policy=StepCachePolicy(step="evaluate"))
 def evaluate_task(root: str, section: dict, upstream: dict) -> StepOutput:
-    return produce_step(root, "evaluate", section, upstream, lambda out: evaluate_model(upstream["encode"].path, upstream["train"].path, out, upstream["ingest"].path))
+    baseline = upstream.get("baseline")  # absent when a run from before the baseline step is evaluated again
+    return produce_step(root, "evaluate", section, upstream, lambda out: evaluate_model(
+        upstream["encode"].path, upstream["train"].path, out, upstream["ingest"].path, baseline.path if baseline is not None else None))

@@ -3,8 +3,9 @@
 A run competes for its model (promote.model, or derived from the data keys): <root>/champion.json keeps one
 champion per model (tasks/store/champions.py), and a run is compared with its own model's champion only.
 It is promoted when validation_verdict lets it (no failed error, no failed warning of promote.blocking_warnings),
-it reaches each of promote.floors, it predicts more than one class on its test split (tasks/promotion_checks.py
-holds these blockers), and it beats the champion on promote.metric by more than promote.min_delta:
+it reaches each of promote.floors, it predicts more than one class on its test split, with promote.beat_baseline it
+beats the run's linear baseline (tasks/baseline.py) on promote.metric (tasks/promotion_checks.py holds these
+blockers), and it beats the champion on promote.metric by more than promote.min_delta:
 new > champion + min_delta (for loss, where lower is better: new < champion - min_delta).
 Both are scored on the same test texts: when the champion was tested on other texts (its
 ingest test.parquet differs), its model is scored again on this run's test texts, through
@@ -47,7 +48,8 @@ from tasks.store import (
 from tasks.decision_page import prefect_flow_run_url, render_decision_page
 # Re-exported: the report (tasks/report_sections.py) and the tests read the verdict from here.
 from tasks.promotion_checks import (  # noqa: F401
-    LOWER_IS_BETTER, check_floors, check_label, failed_validation_checks, one_class_blocker, predicted_counts, validation_verdict,
+    LOWER_IS_BETTER, baseline_comparison, baseline_rows, check_floors, check_label, failed_validation_checks, one_class_blocker,
+    predicted_counts, validation_verdict,
 )
 
 DECISION_FILE = RunFiles.DECISION.name
@@ -80,6 +82,7 @@ class Candidate:
     task: str = "classify"  # metrics.json "task": a next_token model's accuracy is per character, not per text
     model: str = "default"  # the model it competes for (RunConfig.model_name): compared only with that model's champion
     predicted: dict[str, int] | None = None  # test reviews predicted per class (tasks.promotion_checks.predicted_counts)
+    baseline: dict[str, Any] | None = None  # metrics.json's `baseline`: the linear baseline's test figures (promote.beat_baseline)
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ def candidate_from_files(run_id: str, model: str, ingest_dir: Path, validate_dir
         task=metrics.get("task", "classify"),
         test=metrics.get("test") or {},
         predicted=predicted_counts(metrics),
+        baseline=metrics.get("baseline"),
         labels=[str(label) for label in read_json(RunFiles.LABELS.of_step(encode_dir))],
         failed_checks=failed_validation_checks(validation),
         n_checks=len(validation.get("checks") or []),
@@ -153,6 +157,7 @@ def _blockers_before_the_champion(decision: dict[str, Any], candidate: Candidate
     one_class = one_class_blocker(candidate.predicted)
     if one_class:
         blockers.append(one_class)
+    blockers += [decision["baseline"]["blocker"]] if (decision.get("baseline") or {}).get("blocker") else []
     for floor in decision["floors"]:
         if not floor["passed"]:
             shown = "n/a" if floor["value"] is None else f"{floor['value']:.4f}"
@@ -182,6 +187,7 @@ def decide(candidate: Candidate, champion: ChampionScore | None, settings: dict[
         "min_delta": min_delta,
         "floors": floors,
         "validation": validation_verdict(candidate.failed_checks, candidate.n_checks, settings["blocking_warnings"]),
+        "baseline": baseline_comparison(candidate.baseline, metric, new, settings["beat_baseline"]),
         "reason": "",
         "decided_by": STEP_DECIDER,
         "forced": False,
@@ -409,16 +415,9 @@ def promote_run(root: str, run_folder: str, section: dict[str, Any], upstream: d
     write_text(out_dir / DECISION_PAGE, render_decision_page(
         decision, run_id=folder.name, model=model_name, prefect_run_url=prefect_flow_run_url(_flow_run_id()),
     ))
-    summary = {
-        "outcome": decision["outcome"],
-        "promoted": decision["promoted"],
-        "model": model_name,
-        "metric": decision["metric"],
-        "new": decision["new"],
-        "champion": (decision["champion"] or {}).get("value"),
-        "reason": decision["reason"],
-        "decided_at": utc_now(),
-    }
+    summary = {"outcome": decision["outcome"], "promoted": decision["promoted"], "model": model_name, "metric": decision["metric"],
+               "new": decision["new"], "champion": (decision["champion"] or {}).get("value"), "reason": decision["reason"],
+               "decided_at": utc_now()}
     return StepOutput(step="promote", key=fingerprint(decision)[:24], dir=str(out_dir),
                       files={name: sha256_file(out_dir / name) for name in (DECISION_FILE, DECISION_PAGE)}, summary=summary)
 
@@ -462,6 +461,7 @@ def promotion_rows(decision: dict[str, Any]) -> list[list[str]]:
     rows.append(["min_delta", format_metric(decision.get("min_delta"))])
     for floor in decision.get("floors") or []:
         rows.append([f"Floor {floor['metric']} ({floor['kind']} {floor['bound']:.4f})", f"{format_metric(floor['value'])} {'passed' if floor['passed'] else 'FAILED'}"])
+    rows.extend(baseline_rows(decision.get("baseline")))
     validation = decision.get("validation") or {}
     if "text" in validation:
         rows.append(["Validation", str(validation["text"])])

@@ -85,3 +85,31 @@ def one_class_blocker(predicted: dict[str, int] | None) -> str | None:
         return None
     return (f"the model predicts {chosen[0]!r} for all {predicted[chosen[0]]} test reviews, so it tells no class apart: "
             f"check the encoding (encode.tokenizer) and the training (train.epochs, train.learning_rate)")
+
+
+def baseline_comparison(baseline: dict[str, Any] | None, metric: str, new: float | None, required: bool) -> dict[str, Any] | None:
+    """The run's model against its linear baseline (metrics.json's `baseline`) on promote.metric: the figures, whether it
+    wins, and with promote.beat_baseline the sentence that blocks a model that does not (or a run with no baseline)."""
+    theirs = as_number(((baseline or {}).get("test") or {}).get(metric))
+    if baseline is None or theirs is None or new is None:
+        if not required:
+            return None
+        why = "the run has no baseline" if baseline is None else f"{metric} is n/a for the model or its baseline"
+        return {"value": theirs, "wins": None, "required": True,
+                "blocker": f"promote.beat_baseline is on but {why}: turn baseline.enabled on (or promote.beat_baseline off) and run again"}
+    lower = metric in LOWER_IS_BETTER
+    wins = new < theirs if lower else new > theirs
+    blocker = None
+    if required and not wins:
+        blocker = (f"the model's {metric} {new:.4f} does not beat the linear baseline's {theirs:.4f} ({baseline.get('model', 'baseline')}), "
+                   f"and promote.beat_baseline is on: improve the model, or turn promote.beat_baseline off to promote it anyway")
+    return {"value": theirs, "wins": wins, "required": required, "model": baseline.get("model"), "blocker": blocker}
+
+
+def baseline_rows(comparison: dict[str, Any] | None) -> list[list[str]]:
+    """The decision table's row for the baseline: its figure and whether the model beat it."""
+    if not comparison or comparison.get("value") is None:
+        return []
+    verdict = "beaten" if comparison.get("wins") else "NOT beaten"
+    needed = " (promote.beat_baseline: required)" if comparison.get("required") else ""
+    return [["Linear baseline", f"{comparison['value']:.4f}, {verdict}{needed}"]]

@@ -28,7 +28,8 @@ from tasks.render import (
 )
 from tasks.report_plots import Plot, build_plots, class_labels, label_order
 from tasks.report_sections import (
-    ReportHeader, Section, load_mistakes, mistakes_section, render_html, render_markdown, report_verdict, validation_section,
+    ReportHeader, Section, baseline_key_row, baseline_section, load_mistakes, mistakes_section, render_html, render_markdown,
+    report_verdict, validation_section,
 )
 from tasks.store import RunFile, RunFiles, StepOutput, atomic_path, read_json, write_json, write_text
 
@@ -140,6 +141,7 @@ def key_numbers_table(inputs: ReportInputs) -> Table:
         [f"Recall{macro}", format_metric(test.get("recall"))],
         [f"F1{macro}", format_metric(test.get("f1"))],
         [f"ROC AUC{roc_auc}", format_metric(test.get("roc_auc"))],
+        *baseline_key_row(inputs.metrics),
         ["Test reviews", format_count(test.get("n"))],
         ["Epochs run", epochs],
         ["Parameters", format_count(training.get("params"))],
@@ -280,6 +282,7 @@ def build_sections(inputs: ReportInputs, plots: dict[str, Plot]) -> list[Section
     metrics, validation, encoding, training = inputs.metrics, inputs.validation, inputs.encoding, inputs.training
     sections = [Section("Key numbers").add("table", key_numbers_table(inputs)).add("table", per_class_table(metrics))]
 
+    sections.extend(section for section in [baseline_section(metrics)] if section is not None)
     sections.append(validation_section(validation, inputs.config))
 
     data = Section("Data")

@@ -115,6 +115,36 @@ def validation_section(validation: dict[str, Any], config: dict[str, Any]) -> Se
     return section
 
 
+BASELINE_METRICS = ("accuracy", "f1", "roc_auc", "loss")
+
+
+def baseline_key_row(metrics: dict[str, Any]) -> list[list[str]]:
+    """The key numbers' row for the linear baseline (metrics.json's `baseline`): its test accuracy and the model's difference."""
+    baseline = metrics.get("baseline")
+    if not baseline:
+        return []
+    accuracy, difference = (baseline.get("test") or {}).get("accuracy"), (baseline.get("difference") or {}).get("accuracy")
+    shown = "n/a" if difference is None else f"{difference:+.4f}"
+    return [["Linear baseline test accuracy", f"{format_metric(accuracy)} (this model {shown}; {baseline.get('analyzer')} n-grams, "
+                                              f"fitted in {format_value(baseline.get('fit_seconds'))} s)"]]
+
+
+def baseline_section(metrics: dict[str, Any]) -> Section | None:
+    """The recurrent model beside the linear baseline fitted on the same train split and scored on the same test split."""
+    baseline = metrics.get("baseline")
+    if not baseline:
+        return None
+    test, theirs, difference = metrics.get("test") or {}, baseline.get("test") or {}, baseline.get("difference") or {}
+    rows = [[name, format_metric(test.get(name)), format_metric(theirs.get(name)),
+             "n/a" if difference.get(name) is None else f"{difference[name]:+.4f}"] for name in BASELINE_METRICS]
+    validation = (baseline.get("validation") or {}).get("accuracy")
+    section = Section("Linear baseline")
+    section.add("text", f"{baseline.get('model', 'A linear model')}, fitted on the same train split in "
+                        f"{format_value(baseline.get('fit_seconds'))} s, validation accuracy {format_metric(validation)}: "
+                        f"{baseline.get('why', '')}. It is a yardstick, not part of the exported model.")
+    return section.add("table", Table(["Test metric", "This model", "Baseline", "Difference"], rows))
+
+
 def load_mistakes(evaluate_dir: Path) -> list[dict[str, Any]] | None:
     """evaluate's mistakes.parquet as rows, or None for a run evaluated before the file."""
     import pyarrow.parquet as pq

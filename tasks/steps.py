@@ -56,13 +56,21 @@ def _text_rule(config: "RunConfig") -> dict[str, Any]:
     return {"text_rule": rule}
 
 
+def _baseline_inputs(config: "RunConfig") -> dict[str, Any]:
+    # The baseline is a classifier (skipped for next_token); baseline.analyzer auto chooses by encode.tokenizer auto's rule.
+    rule = {"num_words": config.encode.num_words, "auto_min_coverage": config.encode.auto_min_coverage}
+    return {"task": config.model.task, "word_rule": rule if config.baseline.analyzer == "auto" else None}
+
+
 STEP_TABLE: tuple[Step, ...] = (
     Step("ingest", "tasks.ingest:ingest_task", ("data",), context=("source",), retries=True, rerun_alone=False),
     Step("validate", "tasks.validate:validate_task", ("validate",), ("ingest",), derived=_text_rule),
     Step("encode", "tasks.encode:encode_task", ("encode",), ("ingest",)),
+    # A linear model on the same splits: the yardstick evaluate, the report and promote.beat_baseline compare with.
+    Step("baseline", "tasks.baseline:baseline_task", ("baseline",), ("ingest",), derived=_baseline_inputs),
     Step("train", "tasks.train:train_task", ("model", "train"), ("encode",)),
     # ingest: the texts as written of the most confident mistakes (evaluate/mistakes.parquet).
-    Step("evaluate", "tasks.evaluate:evaluate_task", (), ("ingest", "encode", "train")),
+    Step("evaluate", "tasks.evaluate:evaluate_task", (), ("ingest", "encode", "train", "baseline")),
     # The report leaves the promotion out: it changes from run to run, and the report is cached.
     Step("report", "tasks.report:report_task", (WHOLE_CONFIG,), ("validate", "encode", "train", "evaluate"),
          after="tasks.report:publish_run_report"),
