@@ -98,7 +98,7 @@ def _check_reusable(manifest: dict, first: str) -> None:
     for name in reused_steps(first):
         entry = steps.get(name)
         status = entry.get("status") if isinstance(entry, dict) else None
-        if status in ("completed", "cached") or (entry is None and name not in needed):
+        if status in ("completed", "cached") or (entry is None and (name not in needed or step_spec(name).optional)):
             continue
         state = f"{status}: {entry.get('error')}" if status and entry.get("error") else (status or "never ran")
         raise UsageError(

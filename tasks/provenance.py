@@ -81,6 +81,8 @@ def check_reuse(source: dict[str, Any], config: RunConfig, reuse: list[str], fir
     """
     run_id = source.get("run_id")
     for name in reuse:
+        if step_spec(name).optional and name not in (source.get("steps") or {}):
+            continue  # a run from before the step: the rerun goes on without its output
         recorded = recorded_step_config(source, name)
         if recorded is None:
             raise ConfigError(

@@ -34,6 +34,7 @@ class Step:
     retries: bool = False  # reads a network or disk: retried with data.retries and backoff, unless the input is bad
     rerun_alone: bool = True  # `rnnflow step NAME --run ID` can recompute it from a recorded run
     after: str | None = None  # "module:function(run, output)" called once its outputs are in the run folder
+    optional: bool = False  # runs from before the step lack it: a rerun derived from one goes on without, and so do its readers
 
     @property
     def own_package(self) -> str:
@@ -67,7 +68,7 @@ STEP_TABLE: tuple[Step, ...] = (
     Step("validate", "tasks.validate:validate_task", ("validate",), ("ingest",), derived=_text_rule),
     Step("encode", "tasks.encode:encode_task", ("encode",), ("ingest",)),
     # A linear model on the same splits: the yardstick evaluate, the report and promote.beat_baseline compare with.
-    Step("baseline", "tasks.baseline:baseline_task", ("baseline",), ("ingest",), derived=_baseline_inputs),
+    Step("baseline", "tasks.baseline:baseline_task", ("baseline",), ("ingest",), derived=_baseline_inputs, optional=True),
     Step("train", "tasks.train:train_task", ("model", "train"), ("encode",)),
     # ingest: the texts as written of the most confident mistakes (evaluate/mistakes.parquet).
     Step("evaluate", "tasks.evaluate:evaluate_task", (), ("ingest", "encode", "train", "baseline")),
@@ -111,7 +112,8 @@ def task_inputs(name: str, config: "RunConfig", outputs: dict[str, Any], context
     """What a step's task is called with: its section, its upstream outputs, and what the run hands it."""
     spec = step(name)
     context = context or {}
-    inputs: dict[str, Any] = {"section": config_section(spec, config), "upstream": {n: outputs[n] for n in spec.upstream}}
+    upstream = {n: outputs[n] for n in spec.upstream if n in outputs or not step(n).optional}
+    inputs: dict[str, Any] = {"section": config_section(spec, config), "upstream": upstream}
     inputs.update({key: context[key] for key in spec.context})
     if spec.derived is not None:
         inputs.update(spec.derived(config))

@@ -57,7 +57,7 @@ def test_refresh_and_from_recompute_what_they_name(tiny_run_copy):
     config = tiny_config()
     assert _statuses(rnnflow_pipeline(config=config, artifacts_root=root, refresh=["encode"]))["encode"] == "completed"
     statuses = _statuses(rnnflow_pipeline(config=config, artifacts_root=root, start_from="train"))
-    assert statuses == {"ingest": "cached", "validate": "cached", "encode": "cached",
+    assert statuses == {"ingest": "cached", "validate": "cached", "encode": "cached", "baseline": "cached",
                         "train": "completed", "evaluate": "completed", "promote": "completed", "report": "completed"}
 
 
@@ -103,7 +103,7 @@ def test_rerunning_one_step_makes_a_new_folder_and_leaves_the_old_one_untouched(
     assert manifest["derived_from"] == first.name
     assert manifest["status"] == "completed"
     assert {n: e["status"] for n, e in manifest["steps"].items()} == {
-        "ingest": "cached", "validate": "cached", "encode": "cached", "train": "completed"
+        "ingest": "cached", "validate": "cached", "encode": "cached", "baseline": "cached", "train": "completed"
     }
     assert manifest["steps"]["encode"]["reused_from"] == first.name
     assert json.loads((second / "train" / "train.json").read_text())["epochs_run"] == 1
@@ -127,7 +127,7 @@ def test_a_retried_flow_run_resumes_its_folder_and_reuses_finished_steps(prefect
     folder = Path(rnnflow_pipeline.with_options(retries=1)(config=config, artifacts_root=str(tmp_path / "a"), run_id="20260101T000000000Z-beef"))
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["status"] == "completed" and manifest["attempts"] == 2
-    assert _statuses(folder) == {"ingest": "cached", "validate": "cached", "encode": "cached",
+    assert _statuses(folder) == {"ingest": "cached", "validate": "cached", "encode": "cached", "baseline": "cached",
                                  "train": "cached", "evaluate": "completed", "promote": "completed", "report": "completed"}
 
 

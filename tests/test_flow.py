@@ -58,7 +58,7 @@ def test_run_writes_a_complete_run_folder(tiny_run, tiny_run_copy):
     changed = tiny_config("train.epochs=1")
     third = _manifest(Path(rnnflow_pipeline(config=changed, artifacts_root=str(root))))
     assert {n: e["status"] for n, e in third["steps"].items()} == {
-        "ingest": "cached", "validate": "cached", "encode": "cached",
+        "ingest": "cached", "validate": "cached", "encode": "cached", "baseline": "cached",
         "train": "completed", "evaluate": "completed", "report": "completed", "promote": "completed",
     }
     assert len(ArtifactStore(root).list_runs()) == 3
