@@ -189,7 +189,7 @@ def test_a_2x2_sweep_on_a_local_dask_cluster(prefect_api, tmp_path: Path):
     sweep = json.loads((folder / "manifest.json").read_text())
     assert sweep["status"] == "completed"
     assert sweep["task_runner"]["kind"] == "dask" and sweep["task_runner"]["cluster_kwargs"]["processes"] is True
-    assert {name: step["status"] for name, step in sweep["steps"].items()} == {"ingest": "completed", "validate": "completed", "encode": "completed"}
+    assert {name: step["status"] for name, step in sweep["steps"].items()} == {"ingest": "completed", "validate": "completed", "encode": "completed", "baseline": "completed"}
 
     runs = sorted((root / "runs").iterdir())
     assert len(runs) == 4
