@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.baseline_config import BaselineConfig
+from tasks.config_keys import SPEED_ONLY_KEYS, key_config  # noqa: F401  (imported from here by the steps)
 from tasks.config_reporting import NotifyConfig, TrackConfig
 from tasks.errors import RnnflowError
 from tasks.score_config import ScoreConfig
@@ -215,21 +216,11 @@ class TrainConfig(Section):
         description="write Keras' TensorBoard events into train/tensorboard/ (a folder per member); needs the tensorboard extra "
         "(uv sync --extra tensorboard), whose `tensorboard --logdir` opens them",
     )
-
-
-# Keys that decide how fast a step runs, not what it is asked to make (like a thread count, they may change the
-# order of floating-point sums): a step's cache key leaves them out (key_config), so fitting the members in more
-# or fewer processes reuses the model they made.
-SPEED_ONLY_KEYS = {"train": frozenset({"member_processes"})}
-
-
-def key_config(section: dict[str, Any]) -> dict[str, Any]:
-    """A step's configuration as its cache key sees it: section (keyed by section name, as the train and report
-    steps get theirs) without SPEED_ONLY_KEYS."""
-    return {
-        name: {k: v for k, v in value.items() if k not in SPEED_ONLY_KEYS[name]} if name in SPEED_ONLY_KEYS and isinstance(value, dict) else value
-        for name, value in section.items()
-    }
+    fused_input: bool = Field(
+        default=True,
+        description="GRU/LSTM layers that multiply the inputs by the input kernel once per batch, before the loop (tasks/fused_rnn.py; "
+        "the same model, faster on a CPU; a GPU runs Keras' cuDNN layer either way); false: Keras' own layers",
+    )
 
 
 def member_changes(train: TrainConfig, k: int) -> dict[str, Any]:

@@ -13,12 +13,10 @@ import numpy as np
 from keras import layers
 
 from tasks.config import ModelConfig
+from tasks.fused_rnn import recurrent_layer
 
 SUMMARY_WIDTH = 100  # characters per line of the model summary in train.json and the report
 _SUMMARY_LOCK = threading.Lock()  # $COLUMNS is the process's: sweep points train in threads side by side
-
-_CELLS = {"simple_rnn": layers.SimpleRNN, "lstm": layers.LSTM, "gru": layers.GRU}
-
 
 @keras.saving.register_keras_serializable(package="rnnflow")
 class OneHotTokens(layers.Layer):
@@ -163,14 +161,15 @@ def cudnn_eligible(cfg: ModelConfig, padding: str) -> bool:
     return cells_ok and mask_ok
 
 
-def build_model(cfg: ModelConfig, *, num_tokens: int, max_len: int | None, n_classes: int) -> keras.Model:
+def build_model(cfg: ModelConfig, *, num_tokens: int, max_len: int | None, n_classes: int, fused_input: bool = True) -> keras.Model:
     """The classifier (model.task classify), or for next_token a model of every next token (see build_next_token_model).
 
     max_len None: rows of any length (train.bucket_by_length pads each batch to its own longest review);
     such a model reads max_len-padded rows (evaluate, predict, model_text.keras) all the same.
+    fused_input (train.fused_input): GRU and LSTM layers that project their inputs outside the loop (tasks/fused_rnn.py).
     """
     if cfg.task == "next_token":
-        return build_next_token_model(cfg, num_tokens=num_tokens)
+        return build_next_token_model(cfg, num_tokens=num_tokens, fused_input=fused_input)
     inputs = keras.Input(shape=(max_len,), dtype="int32", name="token_ids")
     ids = inputs
     if cfg.window:  # one as long as the rows reads whole rows, laid out right-padded all the same (cudnn_eligible counts on it)
@@ -192,7 +191,7 @@ def build_model(cfg: ModelConfig, *, num_tokens: int, max_len: int | None, n_cla
     for depth, (cell, units) in enumerate(stack, start=1):
         last = depth == len(stack)
         # Defaults kept on purpose (tanh, sigmoid, no recurrent dropout): they are the cuDNN path.
-        rnn = _CELLS[cell](units, return_sequences=not last or cfg.pooling != "last", name=f"{cell}_{depth}")
+        rnn = recurrent_layer(cell, fused_input)(units, return_sequences=not last or cfg.pooling != "last", name=f"{cell}_{depth}")
         x = layers.Bidirectional(rnn, name=f"bidirectional_{depth}")(x) if cfg.bidirectional else rnn(x)
         if cfg.dropout:
             x = layers.Dropout(cfg.dropout, name=f"dropout_{depth}")(x)
@@ -209,7 +208,7 @@ def build_model(cfg: ModelConfig, *, num_tokens: int, max_len: int | None, n_cla
     return keras.Model(inputs, outputs, name=f"rnnflow_{cfg.cell}")
 
 
-def build_next_token_model(cfg: ModelConfig, *, num_tokens: int) -> keras.Model:
+def build_next_token_model(cfg: ModelConfig, *, num_tokens: int, fused_input: bool = True) -> keras.Model:
     """Many to many: at every step, a softmax over the vocabulary for the token that comes next.
 
     Any sequence length (the steps are None): training feeds max_len - 1 steps, generating one more
@@ -228,7 +227,7 @@ def build_next_token_model(cfg: ModelConfig, *, num_tokens: int) -> keras.Model:
         x = layers.SpatialDropout1D(cfg.embedding_dropout, name="embedding_dropout")(x)
     for depth, (cell, units) in enumerate(recurrent_stack(cfg), start=1):
         # Defaults kept on purpose (tanh, sigmoid, no recurrent dropout): they are the cuDNN path.
-        x = _CELLS[cell](units, return_sequences=True, name=f"{cell}_{depth}")(x)
+        x = recurrent_layer(cell, fused_input)(units, return_sequences=True, name=f"{cell}_{depth}")(x)
         if cfg.dropout:
             x = layers.Dropout(cfg.dropout, name=f"dropout_{depth}")(x)
     if cfg.dense_units:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import csv
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -17,6 +14,7 @@ from prefect import task
 
 from tasks.caching import StepCachePolicy, produce_step
 from tasks.config import ModelConfig, TrainConfig, member_changes, member_model
+from tasks.determinism import op_determinism  # noqa: F401  (member_pool and the tests import it from here)
 from tasks.encode import Vocabulary, load_arrays
 from tasks.logs import step_logger
 from tasks.member_pool import fit_members_in_processes, member_processes
@@ -416,7 +414,7 @@ def fit_member(
     bucket = bucketed(model_cfg, train_cfg, k)
     model = build_model(  # bucketed: rows of any length (max_len None), max_len-padded ones included
         member_model(model_cfg, train_cfg, k), num_tokens=data.encoding["num_words"],
-        max_len=None if bucket else data.encoding["max_len"], n_classes=data.n_classes,
+        max_len=None if bucket else data.encoding["max_len"], n_classes=data.n_classes, fused_input=train_cfg.fused_input,
     )
     if members > 1:
         model.name = f"{model.name}_member{k + 1}"
@@ -482,6 +480,7 @@ def train_info(
     processes: int = 1,
 ) -> dict[str, Any]:
     """train.json: what was trained, how long it took, and how well its best epochs did on validation."""
+    from tasks.fused_rnn import fused_input_used
     from tasks.models import cudnn_eligible
 
     epochs_run = sum(m.epochs_run for m in members)
@@ -509,6 +508,7 @@ def train_info(
         "deterministic": train_cfg.deterministic,
         "jit_compile": members[0].jit_compile,  # XLA, as Keras resolved train.jit_compile
         "member_processes": processes,  # processes the members were fitted in (train.member_processes)
+        "fused_input": fused_input_used(train_cfg),  # tasks/fused_rnn.py's layers ran (train.fused_input, no GPU)
         # With members, each on its own validation rows: the mean of their best epochs' figures.
         "best_val_loss": float(np.mean([m.best_val_loss for m in members])),
         "best_val_accuracy": float(np.mean(val_accuracies)) if val_accuracies else None,
@@ -535,37 +535,6 @@ def write_outputs(
     info = train_info(model_cfg, train_cfg, data, members, model, seconds, summary, processes)
     write_json(RunFiles.TRAINING.of_step(out_dir), info)
     return info
-
-
-_DETERMINISM_LOCK = threading.Lock()
-_determinism_users = [0, False]  # trainings inside op_determinism(True) now; whether determinism was on before the first
-
-
-@contextmanager
-def op_determinism(on: bool) -> Iterator[None]:
-    """train.deterministic: TensorFlow's op determinism on inside the block, then as it was.
-
-    With seeds set (keras.utils.set_random_seed), a retrained run then repeats its figures to the last
-    digit on one machine. The switch is the process's: sweep points training side by side in threads
-    share it, so it stays on while any of them needs it (counted) and goes back off after the last.
-    """
-    if not on:
-        yield
-        return
-    from tensorflow.python.framework import config as tf_config
-
-    with _DETERMINISM_LOCK:
-        if _determinism_users[0] == 0:
-            _determinism_users[1] = tf_config.is_op_determinism_enabled()
-            tf_config.enable_op_determinism()
-        _determinism_users[0] += 1
-    try:
-        yield
-    finally:
-        with _DETERMINISM_LOCK:
-            _determinism_users[0] -= 1
-            if _determinism_users[0] == 0 and not _determinism_users[1]:
-                tf_config.disable_op_determinism()
 
 
 def train_model(

@@ -1,0 +1,190 @@
+"""GRU and LSTM layers whose input projection runs once per batch, outside the recurrence (train.fused_input).
+
+Keras 3 on TensorFlow has no fused recurrent kernel on a CPU: GRU and LSTM run a `while_loop` over
+their cell, and the cell multiplies each step's input by the input kernel inside the loop, T small
+matrix products of [batch, features] x [features, gates] per batch. Those T products are one product
+of [batch * T, features] x [features, gates], which a CPU runs several times faster per FLOP. FusedGRU
+and FusedLSTM compute it once before the loop (x @ kernel + the input bias, over every step of the
+batch at once) and leave the loop only the recurrent part (h @ recurrent_kernel, the gates).
+
+They are keras.layers.GRU and LSTM with the same weights (cell/kernel, cell/recurrent_kernel,
+cell/bias), the same configuration and the same masking (Keras' own backend.rnn runs the loop, with
+the mask, go_backwards, zero_output_for_mask and return_sequences it gets): numerically the same
+model, to float rounding (tests/test_fused_rnn.py). Where Keras could use cuDNN (a GPU) or where the
+cell is not one this projection covers (dropout inside the cell, unroll, GRU reset_after false), they
+are Keras' layer itself: the call goes to keras.layers.GRU/LSTM unchanged.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import keras
+from keras import layers, ops
+from keras.src import backend as keras_backend  # backend.rnn: the loop Keras' own RNN layer runs
+
+
+@lru_cache(maxsize=1)
+def gpu_present() -> bool:
+    """Whether TensorFlow sees a GPU: there Keras' layer runs cuDNN's fused kernel, which this module leaves in use."""
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def _project(sequences: Any, kernel: Any, bias: Any | None) -> Any:
+    """sequences [B, T, F] @ kernel [F, G] (+ bias [G]) as one [B*T, F] x [F, G] product: [B, T, G]."""
+    shape = ops.shape(sequences)
+    flat = ops.reshape(sequences, (-1, shape[-1]))
+    projected = ops.matmul(flat, kernel)
+    if bias is not None:
+        projected = projected + bias
+    return ops.reshape(projected, (shape[0], shape[1], kernel.shape[-1]))
+
+
+class _FusedInput:
+    """The shared part: when the fused loop applies, and running it through Keras' backend.rnn."""
+
+    def _fused_applies(self) -> bool:
+        cell = self.cell
+        return not (gpu_present() or self.unroll or cell.dropout or cell.recurrent_dropout or not getattr(cell, "reset_after", True))
+
+    def _run(self, step: Any, projected: Any, initial_state: list[Any], mask: Any) -> Any:
+        return keras_backend.rnn(
+            step, projected, initial_state, go_backwards=self.go_backwards, mask=mask, unroll=False,
+            input_length=projected.shape[1], zero_output_for_mask=self.zero_output_for_mask,
+            return_all_outputs=self.return_sequences,
+        )
+
+
+def gru_sequence(xp: Any, mask: Any | None, h0: Any, rk: Any, rb: Any) -> tuple[Any, Any]:
+    """The GRU recurrence (reset_after) over projected inputs: (every step's state [T, B, U], the last state [B, U]).
+
+    xp: x @ kernel + input bias, time-major [T, B, 3U]; mask: [T, B, 1] floats (1 a real step, 0 padding, whose
+    step keeps the state as it was, as Keras' loop does) or None; h0 [B, U]; rk [U, 3U]; rb [3U].
+    Its gradient is written out (tf.custom_gradient): one loop back over the steps that recomputes the gates from
+    the states kept, and leaves the recurrent kernel's gradient to one [U, T*B] x [T*B, 3U] product after it,
+    where TensorFlow's own gradient of a while_loop would accumulate T small products and every intermediate.
+    """
+    import tensorflow as tf
+
+    units = rk.shape[0]
+
+    @tf.custom_gradient
+    def run(xp, h0, rk, rb):
+        steps = tf.shape(xp)[0]
+        xs = tf.TensorArray(xp.dtype, size=steps, clear_after_read=False).unstack(xp)
+        ms = None if mask is None else tf.TensorArray(xp.dtype, size=steps, clear_after_read=False).unstack(mask)
+
+        def forward(t, h, out):
+            x = xs.read(t)
+            inner = tf.matmul(h, rk) + rb
+            zr = tf.sigmoid(x[:, : 2 * units] + inner[:, : 2 * units])
+            z, r = zr[:, :units], zr[:, units:]
+            n = tf.tanh(x[:, 2 * units :] + r * inner[:, 2 * units :])
+            step = (1.0 - z) * (n - h)  # h_new - h
+            if ms is not None:
+                step = ms.read(t) * step
+            h = h + step
+            return t + 1, h, out.write(t, h)
+
+        out = tf.TensorArray(xp.dtype, size=steps)
+        _, h_last, out = tf.while_loop(lambda t, *_: t < steps, forward, (0, h0, out))
+        hs = out.stack()
+        h_prev = tf.concat([h0[None], hs[:-1]], axis=0)
+
+        def grad(d_hs, d_last):
+            hp_ta = tf.TensorArray(xp.dtype, size=steps, clear_after_read=False).unstack(h_prev)
+            dh_ta = tf.TensorArray(xp.dtype, size=steps, clear_after_read=False).unstack(d_hs)
+            rk_t = tf.transpose(rk)
+
+            def backward(t, dh, dx, dinner):
+                t = t - 1
+                x, hp = xs.read(t), hp_ta.read(t)
+                dh = dh + dh_ta.read(t)
+                inner = tf.matmul(hp, rk) + rb
+                zr = tf.sigmoid(x[:, : 2 * units] + inner[:, : 2 * units])
+                z, r = zr[:, :units], zr[:, units:]
+                inner_h = inner[:, 2 * units :]
+                n = tf.tanh(x[:, 2 * units :] + r * inner_h)
+                dhn = dh if ms is None else ms.read(t) * dh
+                da_n = dhn * (1.0 - z) * (1.0 - n * n)
+                da_zr = tf.concat([dhn * (hp - n), da_n * inner_h], axis=1) * zr * (1.0 - zr)
+                d_inner = tf.concat([da_zr, da_n * r], axis=1)
+                dh = dh - dhn * (1.0 - z) + tf.matmul(d_inner, rk_t)
+                return t, dh, dx.write(t, tf.concat([da_zr, da_n], axis=1)), dinner.write(t, d_inner)
+
+            dx = tf.TensorArray(xp.dtype, size=steps)
+            dinner = tf.TensorArray(xp.dtype, size=steps)
+            _, dh0, dx, dinner = tf.while_loop(lambda t, *_: t > 0, backward, (steps, d_last, dx, dinner))
+            d_inner = tf.reshape(dinner.stack(), (-1, 3 * units))
+            d_rk = tf.matmul(tf.reshape(h_prev, (-1, units)), d_inner, transpose_a=True)
+            return dx.stack(), dh0, d_rk, tf.reduce_sum(d_inner, axis=0)
+
+        return (hs, h_last), grad
+
+    return run(xp, h0, rk, rb)
+
+
+@keras.saving.register_keras_serializable(package="rnnflow")
+class FusedGRU(_FusedInput, layers.GRU):
+    """keras.layers.GRU (reset_after=True) with the input projection taken out of the loop (module docstring)."""
+
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        if not self._fused_applies():
+            return super().inner_loop(sequences, initial_state, mask, training=training)
+        import tensorflow as tf
+
+        cell, units = self.cell, self.cell.units
+        mask = mask[0] if isinstance(mask, (list, tuple)) else mask
+        h0 = initial_state[0] if isinstance(initial_state, (list, tuple)) else initial_state
+        bias = cell.bias if cell.use_bias else tf.zeros((2, 3 * units), self.compute_dtype)
+        xp = tf.transpose(_project(sequences, cell.kernel, bias[0]), (1, 0, 2))  # time-major
+        m = None if mask is None else tf.transpose(tf.cast(mask, xp.dtype))[:, :, None]
+        if self.go_backwards:  # Keras' loop: the steps read last to first, the outputs in that order
+            xp = tf.reverse(xp, [0])
+            m = None if m is None else tf.reverse(m, [0])
+        hs, h_last = gru_sequence(xp, m, h0, tf.convert_to_tensor(cell.recurrent_kernel), bias[1])
+        if m is not None:
+            # Keras' outputs at padding: zeros with zero_output_for_mask; else the last real step's output, 0 before any.
+            hs = hs * (m if self.zero_output_for_mask else tf.cast(tf.cumsum(m, axis=0) > 0, xp.dtype))
+        return hs[-1], tf.transpose(hs, (1, 0, 2)), [h_last]
+
+
+@keras.saving.register_keras_serializable(package="rnnflow")
+class FusedLSTM(_FusedInput, layers.LSTM):
+    """keras.layers.LSTM with the input projection (and the bias) taken out of the loop (module docstring)."""
+
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        if not self._fused_applies():
+            return super().inner_loop(sequences, initial_state, mask, training=training)
+        cell, units = self.cell, self.cell.units
+        if isinstance(mask, (list, tuple)):
+            mask = mask[0]
+        projected = _project(sequences, cell.kernel, cell.bias if cell.use_bias else None)
+
+        def step(x_t, states):
+            h_tm1, c_tm1 = states
+            z = x_t + ops.matmul(h_tm1, cell.recurrent_kernel)
+            i = cell.recurrent_activation(z[:, :units])
+            f = cell.recurrent_activation(z[:, units : 2 * units])
+            c = f * c_tm1 + i * cell.activation(z[:, 2 * units : 3 * units])
+            o = cell.recurrent_activation(z[:, 3 * units :])
+            h = o * cell.activation(c)
+            return h, [h, c]
+
+        return self._run(step, projected, list(initial_state), mask)
+
+
+def recurrent_layer(cell: str, fused: bool) -> type:
+    """The layer class for model.cell: the fused one for gru and lstm when fused (train.fused_input), else Keras' own."""
+    plain = {"simple_rnn": layers.SimpleRNN, "lstm": layers.LSTM, "gru": layers.GRU}
+    if fused and cell in ("gru", "lstm"):
+        return FusedGRU if cell == "gru" else FusedLSTM
+    return plain[cell]
+
+
+def fused_input_used(train_cfg: Any) -> bool:
+    """What train.json's fused_input says: train.fused_input asked for, and no GPU (where Keras' cuDNN layer runs instead)."""
+    return bool(train_cfg.fused_input) and not gpu_present()
