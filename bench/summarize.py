@@ -26,7 +26,8 @@ ABOUT = {
     "overhead": "The whole `rnnflow run` against a plain Keras script of the same recipe (bench/plain_keras.py), run side by side, alternating.",
     "reruns": "A first run, an identical re-run and a train-only change, in one artifacts root, as fractions of the first run.",
     "steps": "Ingest, validate and encode called as plain functions in-process; encode against keras.layers.TextVectorization.",
-    "train": "Training samples per second per preset on the CPU, `train.bucket_by_length` off and on side by side, and test accuracy after the short fit.",
+    "train": "Training samples per second per preset on the CPU, `train.fused_input` off and on side by side, test accuracy after the short fit, "
+             "and each row's training FLOP rate against this machine's matmul rate (the roofline).",
     "memory": "Peak resident memory of each step in its own process, and of a whole `rnnflow run --preset seed-onehot`.",
     "growth": "Ingest, validate and encode on synthetic corpora of growing size: time, peak memory and growth exponents.",
     "object_store": "The default preset's first run and identical re-run with the artifacts root on local disk, then on an S3 bucket (moto's server on 127.0.0.1).",
@@ -173,15 +174,24 @@ def _epochs_raw(epoch_s: list | None) -> str:
 def render_train(record: dict[str, Any]) -> list[str]:
     rows = record["rows"]
     lines = table(
-        ["preset", "device", "bucket_by_length", "model", "params", "max_len", "mean batch width", "batch", "cuDNN eligible", "reviews",
-         "epochs", "first epoch s", "median epoch s", "raw epoch s", "samples/s", "on / off", "test accuracy"],
-        [[r["name"], r["device"], r.get("bucket_by_length", "off"), f"{r['model']['input']} → {r['model']['cell']} {r['model']['units']}",
-          num(r["model"]["params"]), r["max_len"], num(r.get("mean_batch_width", r["max_len"])), r["batch_size"], num(r["cudnn_eligible"]),
-          num(r["n"]), num(r.get("epochs", 1)), num(r.get("first_epoch_s")), num(r["median_s"]), _epochs_raw(r.get("epoch_s", r.get("timings_s"))),
-          num(r["samples_per_s"]), f"{num(r['speedup'])}×" if r.get("speedup") else "–", num(r.get("test_accuracy"), 4)] for r in rows],
+        ["preset", "device", "fused_input", "bucket_by_length", "model", "params", "max_len", "mean batch width", "batch", "cuDNN eligible",
+         "reviews", "epochs", "first epoch s", "median epoch s", "raw epoch s", "samples/s", "on / off", "train GFLOP/s", "of matmul peak",
+         "test accuracy"],
+        [[r["name"], r["device"], r.get("fused_input", "off"), r.get("bucket_by_length", "off"),
+          f"{r['model']['input']} → {r['model']['cell']} {r['model']['units']}", num(r["model"]["params"]), r["max_len"],
+          num(r.get("mean_batch_width", r["max_len"])), r["batch_size"], num(r["cudnn_eligible"]), num(r["n"]), num(r.get("epochs", 1)),
+          num(r.get("first_epoch_s")), num(r["median_s"]), _epochs_raw(r.get("epoch_s", r.get("timings_s"))), num(r["samples_per_s"]),
+          f"{num(r['speedup'])}×" if r.get("speedup") else "–", num(r.get("train_gflop_s")),
+          f"{100 * r['of_matmul_peak']:.1f}%" if r.get("of_matmul_peak") else "–", num(r.get("test_accuracy"), 4)] for r in rows],
     )
+    roof = record["summary"].get("roofline")
+    if roof:
+        lines += ["", "Roofline: TensorFlow's float32 matmul on this machine, GFLOP/s sustained (bench/roofline.py):", ""]
+        lines += table(["product", "GFLOP/s", "of the large square"],
+                       [[name, num(rate), f"{100 * rate / roof['peak_gflop_s']:.1f}%"] for name, rate in roof["matmul_gflop_s"].items()])
     lines += ["", f"- {record['summary']['gpu']}"]
-    return lines + commands([(f"{r['name']} ({r['device']}, {r.get('bucket_by_length', 'off')})", r["command"]) for r in rows], IN_PROCESS)
+    pairs = [(f"{r['name']} ({r['device']}, fused_input {r.get('fused_input', 'off')})", r["command"]) for r in rows]
+    return lines + commands(pairs, IN_PROCESS)
 
 
 def render_memory(record: dict[str, Any]) -> list[str]:

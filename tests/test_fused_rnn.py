@@ -33,7 +33,7 @@ def _outputs_and_gradients(layer, x, mask):
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("masked", [False, True])
-@pytest.mark.parametrize("options", [{}, {"return_sequences": True}, {"go_backwards": True}, {"return_sequences": True, "go_backwards": True, "zero_output_for_mask": True}])
+@pytest.mark.parametrize("options", [{}, {"go_backwards": True}, {"return_sequences": True, "go_backwards": True, "zero_output_for_mask": True}])
 def test_fused_layer_matches_keras_outputs_and_gradients(cell, masked, options):
     import keras
 

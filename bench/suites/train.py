@@ -1,13 +1,15 @@
-"""train: training samples per second per preset on the CPU, train.bucket_by_length on and off side by side.
+"""train: training samples per second per preset on the CPU, train.fused_input off and on side by side, against a roofline.
 
 The archive is ingested once (enough reviews for N in train), encoded once per preset with that
 preset's encode section, and each preset's model (tasks.models.build_model) is fitted for a short
 fit (--epochs, default 2) on the first N train reviews, with the preset's optimizer and batch size,
 no validation and no callbacks but a clock per epoch, then scored on the test split (max_len-padded
-rows, as evaluate reads them). Each repeat fits with bucket_by_length off, then on (the batches the
-train step gives: tasks.train.memmap_dataset), alternating, so both see the same load on the machine.
-Presets whose padding is not masked (model.mask_padding false) are not bucketed by the train step
-(tasks.train.bucketed), so they get one row.
+rows, as evaluate reads them). Each repeat fits with train.fused_input off (Keras' own GRU/LSTM), then on
+(tasks/fused_rnn.py), alternating, same seed and same batches (the train step's: tasks.train.memmap_dataset,
+bucketed where tasks.train.bucketed says so), so both see the same load on the machine. Then the roofline
+(bench/roofline.py): TensorFlow's matmul rate on this machine, a large square and the presets' shapes, and
+each row's training FLOP rate against it. (bucket_by_length off against on was issue 20's comparison:
+docs/training-speed.md.)
 
 `python -m bench.suites.train grouping|threads|determinism ...` are the one-off measurements that
 chose how (docs/training-speed.md): how rows are grouped (the train step's buckets, tf.data's
@@ -38,7 +40,7 @@ from bench.options import BenchOptions
 
 OPTIMIZERS = {"adam": "Adam", "rmsprop": "RMSprop", "sgd": "SGD"}
 SHORT_FIT_EPOCHS = 2  # the suite's fit when --epochs is not given (--quick: 1)
-SPEED_GOAL = 1.6  # issue 20: the default preset's train step at least this much faster with bucket_by_length
+SPEED_GOAL = 1.6  # issue 31: the default preset's training samples/s at least this much higher with train.fused_input (issue 20: bucket_by_length)
 
 
 def _epoch_clock() -> Any:
@@ -58,7 +60,7 @@ def _epoch_clock() -> Any:
 
 
 def fit_once(cfg: Any, encoding: dict[str, Any], x: Any, y: Any, x_test: Any, y_test: Any, *, bucket: bool, epochs: int,
-             device: str = "/CPU:0", jit_compile: bool | str = "auto") -> dict[str, Any]:
+             device: str = "/CPU:0", jit_compile: bool | str = "auto", fused: bool | None = None) -> dict[str, Any]:
     """One short fit of cfg's model on (x, y) as the train step would batch it (bucket or not); its epoch times and test accuracy."""
     import keras
     import numpy as np
@@ -71,7 +73,8 @@ def fit_once(cfg: Any, encoding: dict[str, Any], x: Any, y: Any, x_test: Any, y_
     keras.utils.set_random_seed(cfg.train.seed)
     clock = _epoch_clock()
     with tf.device(device):
-        model = build_model(cfg.model, num_tokens=encoding["num_words"], max_len=None if bucket else encoding["max_len"], n_classes=2)
+        model = build_model(cfg.model, num_tokens=encoding["num_words"], max_len=None if bucket else encoding["max_len"], n_classes=2,
+                            fused_input=cfg.train.fused_input if fused is None else fused)
         model.compile(**compile_settings(cfg.model, cfg.train, 2), jit_compile=jit_compile)
         if bucket:
             data, steps = memmap_dataset(x, y, cfg.train.batch_size, epochs=epochs, seed=cfg.train.seed, bucket=True,
@@ -85,6 +88,27 @@ def fit_once(cfg: Any, encoding: dict[str, Any], x: Any, y: Any, x_test: Any, y_
         "test_accuracy": round(float((probabilities.argmax(axis=1) == np.asarray(y_test)).mean()), 4),
         "params": int(model.count_params()),
         "mean_batch_width": mean_batch_width(x, cfg.train.batch_size, cfg.train.seed) if bucket else encoding["max_len"],
+    }
+
+
+def _row(preset: str, p: dict[str, Any], device: str, bucket: bool, fused: bool, done: list[dict[str, Any]], epochs: int,
+         opts: BenchOptions, gpus: bool) -> dict[str, Any]:
+    """One bench row: a preset's fits with train.fused_input off or on, their median steady epoch and test accuracy."""
+    cfg, encoding, n = p["cfg"], p["encoding"], len(p["y"])
+    steady = median(_steady(r["epoch_s"]) for r in done)
+    return {
+        "name": preset, "device": "CPU" if "CPU" in device else "GPU",
+        "bucket_by_length": "on" if bucket else "n/a (padding not masked)", "fused_input": "on" if fused else "off",
+        "command": f"in-process: bench.suites.train.fit_once(preset {preset}, bucket={bucket}, fused={fused}), {epochs} epoch(s) on {n} "
+                   f"train reviews of {relative(opts.archive)}, then predict on {len(p['y_test'])} test reviews" + (f" (tf.device {device})" if gpus else ""),
+        "model": {"cell": cfg.model.stack_cells or cfg.model.cell, "units": cfg.model.stack_units or cfg.model.units,
+                  "input": cfg.model.input, "bidirectional": cfg.model.bidirectional, "params": done[0]["params"]},
+        "num_words": encoding["num_words"], "max_len": encoding["max_len"], "batch_size": cfg.train.batch_size, "optimizer": cfg.train.optimizer,
+        "cudnn_eligible": cudnn_eligible(cfg.model, cfg.encode.padding), "n": n, "n_test": len(p["y_test"]), "epochs": epochs,
+        "mean_batch_width": done[0]["mean_batch_width"], "epoch_s": [r["epoch_s"] for r in done],
+        "first_epoch_s": median(r["epoch_s"][0] for r in done), "median_s": steady,
+        "samples_per_s": round(n / steady, 1) if steady else None,
+        "test_accuracy": median(r["test_accuracy"] for r in done), "test_accuracies": [r["test_accuracy"] for r in done],
     }
 
 
@@ -125,45 +149,22 @@ def run(opts: BenchOptions) -> dict[str, Any]:
     rows, speedups = [], {}
     for preset, p in prepared.items():
         cfg, encoding = p["cfg"], p["encoding"]
-        applies = bucketed(cfg.model, cfg.train, 0)
-        modes = (False, True) if applies else (False,)
+        bucket = bucketed(cfg.model, cfg.train, 0)
+        modes = (False, True)  # train.fused_input off (Keras' layers), on
         for device in devices:
             runs: dict[bool, list[dict[str, Any]]] = {mode: [] for mode in modes}
             for _ in range(opts.repeats):
                 for mode in modes:  # off, on, off, on, ...: both under the same load
-                    runs[mode].append(fit_once(cfg, encoding, p["x"], p["y"], p["x_test"], p["y_test"], bucket=mode, epochs=epochs, device=device))
-            by_mode = {}
-            for mode in modes:
-                done = runs[mode]
-                steady = median(_steady(r["epoch_s"]) for r in done)
-                n = len(p["y"])
-                by_mode[mode] = {
-                    "name": preset,
-                    "device": "CPU" if "CPU" in device else "GPU",
-                    "bucket_by_length": "on" if mode else ("off" if applies else "n/a (padding not masked)"),
-                    "command": f"in-process: bench.suites.train.fit_once(preset {preset}, bucket={mode}), {epochs} epoch(s) on {n} train "
-                               f"reviews of {relative(opts.archive)}, then predict on {len(p['y_test'])} test reviews"
-                               + (f" (tf.device {device})" if gpus else ""),
-                    "model": {"cell": cfg.model.stack_cells or cfg.model.cell, "units": cfg.model.stack_units or cfg.model.units,
-                              "input": cfg.model.input, "bidirectional": cfg.model.bidirectional, "params": done[0]["params"]},
-                    "num_words": encoding["num_words"], "max_len": encoding["max_len"], "batch_size": cfg.train.batch_size,
-                    "optimizer": cfg.train.optimizer,
-                    "cudnn_eligible": cudnn_eligible(cfg.model, cfg.encode.padding),
-                    "n": n, "n_test": len(p["y_test"]), "epochs": epochs,
-                    "mean_batch_width": done[0]["mean_batch_width"],
-                    "epoch_s": [r["epoch_s"] for r in done],
-                    "first_epoch_s": median(r["epoch_s"][0] for r in done),
-                    "median_s": steady,
-                    "samples_per_s": round(n / steady, 1) if steady else None,
-                    "test_accuracy": median(r["test_accuracy"] for r in done),
-                    "test_accuracies": [r["test_accuracy"] for r in done],
-                }
-            if applies:
-                on, off = by_mode[True], by_mode[False]
-                ratio = round(on["samples_per_s"] / off["samples_per_s"], 2) if on["samples_per_s"] and off["samples_per_s"] else None
-                on["speedup"] = ratio
-                speedups[(preset, on["device"])] = (ratio, on, off)
-            rows += [by_mode[mode] for mode in modes]
+                    runs[mode].append(fit_once(cfg, encoding, p["x"], p["y"], p["x_test"], p["y_test"], bucket=bucket, epochs=epochs,
+                                               device=device, fused=mode))
+            by_mode = {mode: _row(preset, p, device, bucket, mode, runs[mode], epochs, opts, bool(gpus)) for mode in modes}
+            on, off = by_mode[True], by_mode[False]
+            on["speedup"] = round(on["samples_per_s"] / off["samples_per_s"], 2) if on["samples_per_s"] and off["samples_per_s"] else None
+            speedups[(preset, on["device"])] = (on["speedup"], on, off)
+            rows += [off, on]
+    from bench.roofline import roofline
+
+    roof = roofline(rows, {preset: (p["cfg"].model, p["encoding"]["num_words"]) for preset, p in prepared.items()})
     gpu_note = (f"GPU: measured on {len(gpus)} device(s) visible to TensorFlow." if gpus
                 else "GPU: not measured: no GPU lent to this session (TensorFlow sees none).")
     goals = []
@@ -172,24 +173,27 @@ def run(opts: BenchOptions) -> dict[str, Any]:
         goals.append({
             "goal": "default preset's train step ≥ 1.6× faster", "target": f"≥ {SPEED_GOAL}×", "observed": ratio,
             "met": None if ratio is None else ratio >= SPEED_GOAL,
-            "basis": f"median steady epoch, bucket_by_length on against off, {on['n']:,} train reviews, {epochs} epoch(s); "
+            "basis": f"median steady epoch, train.fused_input on against off (issue 31), {on['n']:,} train reviews, {epochs} epoch(s); "
                      f"test accuracy on {on['test_accuracy']} / off {off['test_accuracy']} after this short fit "
                      "(the issue judges accuracy on the whole preset: docs/training-speed.md)",
             "note": None,
         })
     return {
-        "description": "Training samples/s per preset on the CPU, bucket_by_length on and off; cuDNN eligibility from tasks.models.cudnn_eligible.",
+        "description": "Training samples/s per preset on the CPU, train.fused_input off and on, against the machine's matmul rate; "
+                       "cuDNN eligibility from tasks.models.cudnn_eligible.",
         "rows": rows,
-        "summary": {"gpu": gpu_note, "train_reviews": opts.train_reviews, "epochs": epochs,
+        "summary": {"gpu": gpu_note, "train_reviews": opts.train_reviews, "epochs": epochs, "roofline": roof,
                     "devices": [("CPU" if "CPU" in d else "GPU") for d in devices],
                     "speedups": {f"{preset} ({device})": ratio for (preset, device), (ratio, _, _) in speedups.items()}},
         "goals": goals,
         "notes": [
             "median epoch s: the median epoch after the first (the first carries graph tracing; first epoch s shows it); "
             "samples/s = train reviews / median epoch s. With --epochs 1 (--quick) the first epoch is all there is.",
-            "bucket_by_length on: batches of reviews of similar length, each padded to its longest review rounded up to a multiple "
-            "of 32 (mean batch width, against max_len); off: every batch max_len wide, as before. Test accuracy after this short fit "
-            "on the test reviews, max_len-padded, as evaluate reads them.",
+            "fused_input off: Keras' GRU/LSTM (the input product inside every step of the loop); on: tasks/fused_rnn.py (one input "
+            "product per batch, GRU's gradient written out). Batches bucketed by length where the train step buckets them (mean batch "
+            "width, against max_len). Test accuracy after this short fit on the test reviews, max_len-padded, as evaluate reads them.",
+            "roofline: train GFLOP/s = samples/s x the matrix-multiply FLOPs of one sample (bench/roofline.py: recurrent products "
+            "forward and backward over the mean batch width); of peak = that / TensorFlow's matmul rate on a large square product.",
             "cudnn_eligible says whether the preset's recurrent layers could use the fused cuDNN kernel on a GPU "
             "(LSTM/GRU, and post-padding when padding is masked); it does not matter on the CPU.",
         ],
