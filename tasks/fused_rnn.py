@@ -3,16 +3,19 @@
 Keras 3 on TensorFlow has no fused recurrent kernel on a CPU: GRU and LSTM run a `while_loop` over
 their cell, and the cell multiplies each step's input by the input kernel inside the loop, T small
 matrix products of [batch, features] x [features, gates] per batch. Those T products are one product
-of [batch * T, features] x [features, gates], which a CPU runs several times faster per FLOP. FusedGRU
+of [batch * T, features] x [features, gates], one call instead of T inside the loop. FusedGRU
 and FusedLSTM compute it once before the loop (x @ kernel + the input bias, over every step of the
-batch at once) and leave the loop only the recurrent part (h @ recurrent_kernel, the gates).
+batch at once) and leave the loop only the recurrent part (h @ recurrent_kernel, the gates). The loop's
+gradient is written out (gru_sequence, lstm_sequence): TensorFlow's own gradient of a while_loop keeps every
+intermediate of every step and runs T small products for the recurrent kernel's gradient; here one loop back
+recomputes the gates from the kept states, and the kernel's gradient is one large product after it.
 
 They are keras.layers.GRU and LSTM with the same weights (cell/kernel, cell/recurrent_kernel,
-cell/bias), the same configuration and the same masking (Keras' own backend.rnn runs the loop, with
-the mask, go_backwards, zero_output_for_mask and return_sequences it gets): numerically the same
-model, to float rounding (tests/test_fused_rnn.py). Where Keras could use cuDNN (a GPU) or where the
-cell is not one this projection covers (dropout inside the cell, unroll, GRU reset_after false), they
-are Keras' layer itself: the call goes to keras.layers.GRU/LSTM unchanged.
+cell/bias), the same configuration and the same masking (a padded step keeps the state; outputs at padding
+as Keras' loop gives them, zero_output_for_mask and go_backwards included): numerically the same model, to
+float rounding (tests/test_fused_rnn.py). Where Keras could use cuDNN (a GPU) or where the cell is not one
+this covers (dropout inside the cell, unroll, GRU reset_after false), they are Keras' layer itself: the call
+goes to keras.layers.GRU/LSTM unchanged.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from typing import Any
 
 import keras
 from keras import layers, ops
-from keras.src import backend as keras_backend  # backend.rnn: the loop Keras' own RNN layer runs
 
 
 @lru_cache(maxsize=1)
@@ -44,18 +46,20 @@ def _project(sequences: Any, kernel: Any, bias: Any | None) -> Any:
 
 
 class _FusedInput:
-    """The shared part: when the fused loop applies, and running it through Keras' backend.rnn."""
+    """The shared part: when the fused loop applies, and the outputs Keras' loop would give."""
 
     def _fused_applies(self) -> bool:
         cell = self.cell
         return not (gpu_present() or self.unroll or cell.dropout or cell.recurrent_dropout or not getattr(cell, "reset_after", True))
 
-    def _run(self, step: Any, projected: Any, initial_state: list[Any], mask: Any) -> Any:
-        return keras_backend.rnn(
-            step, projected, initial_state, go_backwards=self.go_backwards, mask=mask, unroll=False,
-            input_length=projected.shape[1], zero_output_for_mask=self.zero_output_for_mask,
-            return_all_outputs=self.return_sequences,
-        )
+    def _outputs(self, hs: Any, m: Any | None, states: list[Any]) -> tuple[Any, Any, list[Any]]:
+        """(last output, outputs batch-major, states), as Keras' loop gives them from every step's state hs [T, B, U]."""
+        import tensorflow as tf
+
+        if m is not None:
+            # Keras' outputs at padding: zeros with zero_output_for_mask; else the last real step's output, 0 before any.
+            hs = hs * (m if self.zero_output_for_mask else tf.cast(tf.cumsum(m, axis=0) > 0, hs.dtype))
+        return hs[-1], tf.transpose(hs, (1, 0, 2)), states
 
 
 def gru_sequence(xp: Any, mask: Any | None, h0: Any, rk: Any, rb: Any) -> tuple[Any, Any]:
@@ -127,6 +131,78 @@ def gru_sequence(xp: Any, mask: Any | None, h0: Any, rk: Any, rb: Any) -> tuple[
     return run(xp, h0, rk, rb)
 
 
+def lstm_sequence(xp: Any, mask: Any | None, h0: Any, c0: Any, rk: Any) -> tuple[Any, Any, Any]:
+    """The LSTM recurrence over projected inputs: (every step's h [T, B, U], the last h, the last c [B, U]).
+
+    xp: x @ kernel + bias, time-major [T, B, 4U] (gates i, f, c, o as Keras orders them); mask as gru_sequence's;
+    rk [U, 4U]. The gradient is written out as gru_sequence's: one loop back over the kept states, the recurrent
+    kernel's gradient one product after it.
+    """
+    import tensorflow as tf
+
+    units = rk.shape[0]
+
+    def gates(x, hp):
+        z = x + tf.matmul(hp, rk)
+        ifo = tf.sigmoid(tf.concat([z[:, : 2 * units], z[:, 3 * units :]], axis=1))
+        return ifo[:, :units], ifo[:, units : 2 * units], tf.tanh(z[:, 2 * units : 3 * units]), ifo[:, 2 * units :]
+
+    @tf.custom_gradient
+    def run(xp, h0, c0, rk_in):
+        steps = tf.shape(xp)[0]
+        xs = tf.TensorArray(xp.dtype, size=steps, clear_after_read=False).unstack(xp)
+        ms = None if mask is None else tf.TensorArray(xp.dtype, size=steps, clear_after_read=False).unstack(mask)
+
+        def forward(t, h, c, out_h, out_c):
+            i, f, g, o = gates(xs.read(t), h)
+            c_new = f * c + i * g
+            h_new = o * tf.tanh(c_new)
+            if ms is not None:
+                m = ms.read(t)
+                h_new, c_new = h + m * (h_new - h), c + m * (c_new - c)
+            return t + 1, h_new, c_new, out_h.write(t, h_new), out_c.write(t, c_new)
+
+        out_h, out_c = tf.TensorArray(xp.dtype, size=steps), tf.TensorArray(xp.dtype, size=steps)
+        _, h_last, c_last, out_h, out_c = tf.while_loop(lambda t, *_: t < steps, forward, (0, h0, c0, out_h, out_c))
+        hs, cs = out_h.stack(), out_c.stack()
+        h_prev = tf.concat([h0[None], hs[:-1]], axis=0)
+        c_prev = tf.concat([c0[None], cs[:-1]], axis=0)
+
+        def grad(d_hs, d_h_last, d_c_last):
+            hp_ta = tf.TensorArray(xp.dtype, size=steps, clear_after_read=False).unstack(h_prev)
+            cp_ta = tf.TensorArray(xp.dtype, size=steps, clear_after_read=False).unstack(c_prev)
+            dh_ta = tf.TensorArray(xp.dtype, size=steps, clear_after_read=False).unstack(d_hs)
+            rk_t = tf.transpose(rk)
+
+            def backward(t, dh, dc, dz_ta):
+                t = t - 1
+                hp, cp = hp_ta.read(t), cp_ta.read(t)
+                dh = dh + dh_ta.read(t)
+                i, f, g, o = gates(xs.read(t), hp)
+                tc = tf.tanh(f * cp + i * g)
+                m = None if ms is None else ms.read(t)
+                dh_new, dc_new = (dh, dc) if m is None else (m * dh, m * dc)
+                dc_all = dc_new + dh_new * o * (1.0 - tc * tc)
+                ifo = tf.concat([i, f, o], axis=1)  # the sigmoid gates: their derivative is ifo * (1 - ifo)
+                d_ifo = tf.concat([dc_all * g, dc_all * cp, dh_new * tc], axis=1) * ifo * (1.0 - ifo)
+                dz = tf.concat([d_ifo[:, : 2 * units], dc_all * i * (1.0 - g * g), d_ifo[:, 2 * units :]], axis=1)
+                dh = tf.matmul(dz, rk_t) + (0.0 if m is None else (1.0 - m) * dh)
+                dc = dc_all * f + (0.0 if m is None else (1.0 - m) * dc)
+                return t, dh, dc, dz_ta.write(t, dz)
+
+            d_h_last = tf.zeros_like(h0) if d_h_last is None else d_h_last
+            d_c_last = tf.zeros_like(c0) if d_c_last is None else d_c_last
+            start = (steps, d_h_last, d_c_last, tf.TensorArray(xp.dtype, size=steps))
+            _, dh0, dc0, dz = tf.while_loop(lambda t, *_: t > 0, backward, start)
+            dz = dz.stack()
+            d_rk = tf.matmul(tf.reshape(h_prev, (-1, units)), tf.reshape(dz, (-1, 4 * units)), transpose_a=True)
+            return dz, dh0, dc0, d_rk
+
+        return (hs, h_last, c_last), grad
+
+    return run(xp, h0, c0, rk)
+
+
 @keras.saving.register_keras_serializable(package="rnnflow")
 class FusedGRU(_FusedInput, layers.GRU):
     """keras.layers.GRU (reset_after=True) with the input projection taken out of the loop (module docstring)."""
@@ -146,35 +222,28 @@ class FusedGRU(_FusedInput, layers.GRU):
             xp = tf.reverse(xp, [0])
             m = None if m is None else tf.reverse(m, [0])
         hs, h_last = gru_sequence(xp, m, h0, tf.convert_to_tensor(cell.recurrent_kernel), bias[1])
-        if m is not None:
-            # Keras' outputs at padding: zeros with zero_output_for_mask; else the last real step's output, 0 before any.
-            hs = hs * (m if self.zero_output_for_mask else tf.cast(tf.cumsum(m, axis=0) > 0, xp.dtype))
-        return hs[-1], tf.transpose(hs, (1, 0, 2)), [h_last]
+        return self._outputs(hs, m, [h_last])
 
 
 @keras.saving.register_keras_serializable(package="rnnflow")
 class FusedLSTM(_FusedInput, layers.LSTM):
-    """keras.layers.LSTM with the input projection (and the bias) taken out of the loop (module docstring)."""
+    """keras.layers.LSTM with the input projection (and the bias) taken out of the loop, its gradient written out (module docstring)."""
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         if not self._fused_applies():
             return super().inner_loop(sequences, initial_state, mask, training=training)
-        cell, units = self.cell, self.cell.units
-        if isinstance(mask, (list, tuple)):
-            mask = mask[0]
-        projected = _project(sequences, cell.kernel, cell.bias if cell.use_bias else None)
+        import tensorflow as tf
 
-        def step(x_t, states):
-            h_tm1, c_tm1 = states
-            z = x_t + ops.matmul(h_tm1, cell.recurrent_kernel)
-            i = cell.recurrent_activation(z[:, :units])
-            f = cell.recurrent_activation(z[:, units : 2 * units])
-            c = f * c_tm1 + i * cell.activation(z[:, 2 * units : 3 * units])
-            o = cell.recurrent_activation(z[:, 3 * units :])
-            h = o * cell.activation(c)
-            return h, [h, c]
-
-        return self._run(step, projected, list(initial_state), mask)
+        cell = self.cell
+        mask = mask[0] if isinstance(mask, (list, tuple)) else mask
+        h0, c0 = initial_state
+        xp = tf.transpose(_project(sequences, cell.kernel, cell.bias if cell.use_bias else None), (1, 0, 2))  # time-major
+        m = None if mask is None else tf.transpose(tf.cast(mask, xp.dtype))[:, :, None]
+        if self.go_backwards:
+            xp = tf.reverse(xp, [0])
+            m = None if m is None else tf.reverse(m, [0])
+        hs, h_last, c_last = lstm_sequence(xp, m, h0, c0, tf.convert_to_tensor(cell.recurrent_kernel))
+        return self._outputs(hs, m, [h_last, c_last])
 
 
 def recurrent_layer(cell: str, fused: bool) -> type:
