@@ -75,3 +75,25 @@ def test_switch_off_and_other_cells_keep_keras_layers():
     assert recurrent_layer("gru", True) is FusedGRU and recurrent_layer("lstm", True) is FusedLSTM
     assert recurrent_layer("gru", False) is keras.layers.GRU and recurrent_layer("lstm", False) is keras.layers.LSTM
     assert recurrent_layer("simple_rnn", True) is keras.layers.SimpleRNN
+
+
+def test_training_steps_with_word_dropout_match_keras_layers():
+    """The same seed, weights and batch: Adam steps on the fused model give Keras' losses and weights (dropout draws alike)."""
+    import keras
+
+    from tasks.train import compile_settings
+    from tests.helpers import tiny_config
+
+    cfg = tiny_config("model.cell=gru", "model.word_dropout=0.3", "model.bidirectional=false")
+    x = np.random.default_rng(2).integers(1, 50, size=(8, 10)).astype("int32")
+    x[3, 4:], x[5, 1:] = 0, 0
+    y = (np.arange(8) % 2).astype("int32")
+    runs = []
+    for fused in (False, True):
+        keras.utils.set_random_seed(1)
+        model = build_model(cfg.model, num_tokens=50, max_len=None, n_classes=2, fused_input=fused)
+        model.compile(**compile_settings(cfg.model, cfg.train, 2))
+        runs.append(([float(model.train_on_batch(x, y)[0]) for _ in range(5)], model.get_weights()))
+    np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=1e-5)
+    for got, expected in zip(runs[1][1], runs[0][1]):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
