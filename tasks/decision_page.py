@@ -74,6 +74,7 @@ def render_decision_page(decision: dict[str, Any], *, run_id: str, model: str, p
         "<section><h2>The decision</h2>",
         html_table(Table(["Measure", "Value"], promotion_rows(decision), number_columns=frozenset())),
         "</section>",
+        *_data_section(decision.get("data_vs_champion")),
         "<section><h2>More about this run</h2><ul>",
         *(f"<li>{item}</li>" for item in _links(prefect_run_url)),
         "</ul></section>",
@@ -89,6 +90,28 @@ def _temporary_server_urls() -> set[str]:
         return set()
     servers = getattr(module.SubprocessASGIServer, "_instances", {}).values()
     return {str(server.api_url).rstrip("/") for server in servers if getattr(server, "running", False)}
+
+
+def _data_section(data: dict[str, Any] | None) -> list[str]:
+    """This run's data against the champion's (tasks/champion_data.py), when there was a champion to compare with."""
+    if not data:
+        return []
+    from tasks.champion_data import figure_cells
+
+    parts = [f"<section><h2>This run's data against champion {html.escape(str(data['champion_run']))}'s</h2>",
+             f"<p>{html.escape(str(data['note']))}. The same figures and bounds as <code>rnnflow score</code>'s drift check; "
+             "shown, not deciding.</p>"]
+    if data["rows"]:
+        parts.append(html_table(Table(["Figure", "This run", "Champion", "Bound", "Outcome"],
+                                      [figure_cells(row) for row in data["rows"]], number_columns=frozenset())))
+    return [*parts, "</section>"]
+
+
+def current_flow_run_url() -> str | None:
+    """prefect_flow_run_url of the flow run this code runs in (None outside one)."""
+    from prefect.runtime import flow_run
+
+    return prefect_flow_run_url(str(flow_run.id) if flow_run.id else None)
 
 
 def prefect_flow_run_url(flow_run_id: str | None) -> str | None:

@@ -45,7 +45,8 @@ from tasks.store import (
     MANIFEST_FILE, ArtifactStore, ManifestError, RunError, RunFiles, RunRecord, StepOutput, fingerprint, model_of_config,
     read_json, sha256_file, utc_now, verify_run_files, write_json, write_text,
 )
-from tasks.decision_page import prefect_flow_run_url, render_decision_page
+from tasks.champion_data import decision_data
+from tasks.decision_page import current_flow_run_url, render_decision_page
 # Re-exported: the report (tasks/report_sections.py) and the tests read the verdict from here.
 from tasks.promotion_checks import (  # noqa: F401
     LOWER_IS_BETTER, baseline_comparison, baseline_rows, check_floors, check_label, failed_validation_checks, one_class_blocker,
@@ -410,22 +411,17 @@ def promote_run(root: str, run_folder: str, section: dict[str, Any], upstream: d
         folder.name, model_name, upstream["ingest"].path, upstream["validate"].path, upstream["encode"].path, upstream["evaluate"].path
     )
     decision = promote(store, candidate, section)
+    decision["data_vs_champion"] = decision_data(store, folder, decision)  # shown, never deciding
     out_dir = folder / RunFiles.DECISION.step
     write_json(RunFiles.DECISION.of_step(out_dir), decision)
     write_text(out_dir / DECISION_PAGE, render_decision_page(
-        decision, run_id=folder.name, model=model_name, prefect_run_url=prefect_flow_run_url(_flow_run_id()),
+        decision, run_id=folder.name, model=model_name, prefect_run_url=current_flow_run_url(),
     ))
     summary = {"outcome": decision["outcome"], "promoted": decision["promoted"], "model": model_name, "metric": decision["metric"],
                "new": decision["new"], "champion": (decision["champion"] or {}).get("value"), "reason": decision["reason"],
                "decided_at": utc_now()}
     return StepOutput(step="promote", key=fingerprint(decision)[:24], dir=str(out_dir),
                       files={name: sha256_file(out_dir / name) for name in (DECISION_FILE, DECISION_PAGE)}, summary=summary)
-
-
-def _flow_run_id() -> str | None:
-    from prefect.runtime import flow_run
-
-    return str(flow_run.id) if flow_run.id else None
 
 
 def manifest_promotion(output: StepOutput, run_id: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -124,3 +125,20 @@ def test_a_temporary_server_gives_no_address_even_as_the_api_url(no_prefect_addr
         assert prefect_flow_run_url("0d1e") is None
     with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:4200/api"}):
         assert prefect_flow_run_url("0d1e") == "http://127.0.0.1:4200/runs/flow-run/0d1e"
+
+
+def test_the_decision_page_shows_the_runs_data_against_the_champions(tmp_path: Path):
+    from tasks.champion_data import data_against_champion
+    from tasks.store import write_json
+
+    reference = {"format": 1, "tokens": {"p10": 88.0, "p50": 171.0, "p90": 438.0}, "kept_share": 0.967, "unknown_share": 0.128,
+                 "class_balance": {"neg": 0.5, "pos": 0.5}, "predicted_shares": {"neg": 0.545, "pos": 0.455}}
+    short = {**reference, "tokens": {"p10": 2.0, "p50": 6.0, "p90": 17.0}, "unknown_share": 0.99}
+    for name, figures in (("new", short), ("champion", reference)):
+        write_json(tmp_path / name / "evaluate" / "reference.json", figures)
+    data = data_against_champion(tmp_path / "new", tmp_path / "champion", "20260101T000000000Z-cham")
+    assert data["note"] == "4 of 9 figures outside the champion's bounds: tokens_p10, tokens_p50, tokens_p90, unknown_share"
+    assert data_against_champion(tmp_path / "champion", tmp_path / "champion", "x")["note"] == "all 9 figures within the champion's bounds"
+    page = render_decision_page({"outcome": "not_promoted", "reason": "r", "data_vs_champion": data}, run_id="R", model="m")
+    assert "<h2>This run's data against champion 20260101T000000000Z-cham's</h2>" in page
+    assert "<td>unknown_share</td><td>0.990</td><td>0.128</td><td>at most 0.228</td><td>OUTSIDE</td>" in page

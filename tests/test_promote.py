@@ -251,10 +251,11 @@ def test_runs_are_promoted_only_when_better_and_by_hand_on_request(prefect_api, 
     assert champion["decided_by"] == "rnnflow promote step"
     pointer_bytes = (root / "champion.json").read_bytes()
 
-    # The worse run through the CLI: it completes (exit 0) and says so just before its folder.
+    # The worse run through the CLI: it completes (exit 0) and says so just before its report and its folder.
     capsys.readouterr()
     assert main(["run", "--preset", "demo", *[f"--set={item}" for item in CHANCE], "--artifacts", str(root)]) == 0
-    *_, line, folder_line = capsys.readouterr().out.strip().splitlines()
+    *_, line, report_line, folder_line = capsys.readouterr().out.strip().splitlines()
+    assert report_line == f"report {Path(folder_line) / 'report' / 'report.html'}"
     assert line.startswith("not promoted: accuracy ") and f"<= champion {promotion['new']:.4f} + 0.0000" in line
     worse = Path(folder_line)
     manifest = read_json(worse / "manifest.json")
