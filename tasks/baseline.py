@@ -28,6 +28,7 @@ import pandas as pd
 from prefect import task
 
 from tasks.caching import StepCachePolicy, produce_step
+from tasks.metrics import headline_metrics
 from tasks.store import StepOutput, read_json, write_json
 
 BASELINE_FILE = "baseline.json"
@@ -88,26 +89,8 @@ class NBLogistic:
 
 
 def test_metrics(probabilities: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    """The keys of metrics.json's `test` that promote.metric can name, as tasks/evaluate.py computes them."""
-    from sklearn import metrics as skm
-
-    n_classes = probabilities.shape[1]
-    predicted = probabilities.argmax(axis=1)
-    average = "binary" if n_classes == 2 else "macro"
-    clipped = np.clip(probabilities, 1e-7, 1 - 1e-7)
-    clipped /= clipped.sum(axis=1, keepdims=True)
-    roc_auc = None
-    if len(np.unique(y)) == n_classes:
-        roc_auc = float(skm.roc_auc_score(y, probabilities[:, 1]) if n_classes == 2 else skm.roc_auc_score(y, clipped, multi_class="ovr"))
-    return {
-        "accuracy": float(skm.accuracy_score(y, predicted)),
-        "loss": float(skm.log_loss(y, clipped, labels=list(range(n_classes)))),
-        "precision": float(skm.precision_score(y, predicted, average=average, zero_division=0)),
-        "recall": float(skm.recall_score(y, predicted, average=average, zero_division=0)),
-        "f1": float(skm.f1_score(y, predicted, average=average, zero_division=0)),
-        "roc_auc": roc_auc,
-        "n": int(len(y)),
-    }
+    """The keys of metrics.json's `test` that promote.metric can name, computed as evaluate computes them."""
+    return headline_metrics(probabilities, y)
 
 
 def _read_split(ingest_dir: Path, split: str) -> pd.DataFrame:

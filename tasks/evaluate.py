@@ -29,6 +29,7 @@ from prefect import task
 from tasks.baseline import compared, read_baseline
 from tasks.caching import StepCachePolicy, produce_step
 from tasks.encode import INDEX_FROM, OOV, PAD, START, load_arrays
+from tasks.metrics import headline_metrics
 from tasks.store import RunFiles, StepOutput, atomic_path, read_json, write_json
 
 LENGTH_BUCKETS = (0, 100, 200, 400, 800, 10**9)
@@ -58,37 +59,17 @@ def _bucket_name(low: int, high: int) -> str:
 
 
 def score(probabilities: np.ndarray, y_true: np.ndarray, lengths: np.ndarray, labels: list[str]) -> dict[str, Any]:
-    """Every number the report shows, from predicted probabilities and the true labels.
-
-    Two classes: precision, recall and F1 of the second class in labels (ingest.json's order:
-    pos for IMDb). More: their macro averages over the classes, and ROC AUC one-vs-rest macro;
-    per_class holds each class's own, keyed by its name.
-    """
+    """Every number the report shows, from predicted probabilities and the true labels: headline_metrics, the ROC
+    curve (two classes), each class's own figures (keyed by its name) and the figures by review length."""
     from sklearn import metrics as skm  # here, not at import: a flow whose evaluate is cached never needs it
     y_pred = probabilities.argmax(axis=1)
     n_classes = probabilities.shape[1]
-    binary = n_classes == 2
-    average = "binary" if binary else "macro"
-    clipped = np.clip(probabilities, 1e-7, 1 - 1e-7)
-    clipped /= clipped.sum(axis=1, keepdims=True)  # float32 softmax rows drift from 1 in float64
-    test: dict[str, Any] = {
-        "n": int(len(y_true)),
-        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "loss": float(skm.log_loss(y_true, clipped, labels=list(range(n_classes)))),
-        "precision": float(skm.precision_score(y_true, y_pred, average=average, zero_division=0)),
-        "recall": float(skm.recall_score(y_true, y_pred, average=average, zero_division=0)),
-        "f1": float(skm.f1_score(y_true, y_pred, average=average, zero_division=0)),
-        "roc_auc": None,
-    }
+    test = headline_metrics(probabilities, y_true)
     roc_curve = None
-    if len(np.unique(y_true)) == n_classes:
-        if binary:
-            test["roc_auc"] = float(skm.roc_auc_score(y_true, probabilities[:, 1]))
-            fpr, tpr, _ = skm.roc_curve(y_true, probabilities[:, 1], drop_intermediate=True)
-            keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), 200)).astype(int))
-            roc_curve = {"fpr": fpr[keep].round(5).tolist(), "tpr": tpr[keep].round(5).tolist()}
-        else:
-            test["roc_auc"] = float(skm.roc_auc_score(y_true, probabilities, multi_class="ovr"))
+    if n_classes == 2 and test["roc_auc"] is not None:
+        fpr, tpr, _ = skm.roc_curve(y_true, probabilities[:, 1], drop_intermediate=True)
+        keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), 200)).astype(int))
+        roc_curve = {"fpr": fpr[keep].round(5).tolist(), "tpr": tpr[keep].round(5).tolist()}
     per_class_arrays = skm.precision_recall_fscore_support(y_true, y_pred, labels=list(range(n_classes)), zero_division=0)
     per_class = {
         labels[i]: {name: float(arr[i]) if name != "support" else int(arr[i]) for name, arr in zip(("precision", "recall", "f1", "support"), per_class_arrays)}
