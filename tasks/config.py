@@ -107,7 +107,7 @@ class ValidateConfig(Section):
 class EncodeConfig(Section):
     tokenizer: Literal["word", "char", "subword", "auto"] = Field(
         default="word",
-        description="word: letters, marks and digits of any script; char: every character; subword: SentencePiece pieces learnt from train; "
+        description="word: words of any script; char: every character; subword: SentencePiece pieces learnt from train; "
         "auto: word when num_words words cover auto_min_coverage of train's words, else subword",
     )
     auto_min_coverage: float = Field(
@@ -213,13 +213,13 @@ class TrainConfig(Section):
     )
     tensorboard: bool = Field(
         default=False,
-        description="write Keras' TensorBoard events into train/tensorboard/ (a folder per member); needs the tensorboard extra "
-        "(uv sync --extra tensorboard), whose `tensorboard --logdir` opens them",
+        description="write Keras' TensorBoard events into train/tensorboard/ (a folder per member); needs the tensorboard extra, "
+        "whose `tensorboard --logdir` opens them",
     )
     fused_input: bool = Field(
         default=True,
-        description="GRU/LSTM layers that multiply the inputs by the input kernel once per batch, before the loop (tasks/fused_rnn.py; "
-        "the same model, faster on a CPU; a GPU runs Keras' cuDNN layer either way); false: Keras' own layers",
+        description="GRU/LSTM take their input product out of the time loop (tasks/fused_rnn.py): the same model, faster on a CPU "
+        "(a GPU keeps cuDNN); false: Keras' own layers",
     )
 
 
@@ -241,8 +241,8 @@ class PromoteConfig(Section):
     enabled: bool = Field(default=True, description="compare each run with the champion and promote it when better")
     model: str | None = Field(
         default=None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
-        description="the model a run competes for: it is compared only with that model's champion; null: derived from the data "
-        "(source, input name, label column, task), as 'rnnflow config' prints",
+        description="the model a run competes for: only its champion is compared; null: derived from the data keys, as "
+        "'rnnflow config' prints",
     )
     blocking_warnings: list[str] = Field(
         default_factory=lambda: list(BLOCKING_WARNINGS),

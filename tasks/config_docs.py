@@ -29,8 +29,8 @@ README_KEYS = (
     "data.source", "data.path", "data.test_path", "data.text_column", "data.label_column", "data.max_reviews",
     "encode.tokenizer", "encode.num_words", "encode.max_len",
     "model.cell", "model.units", "model.bidirectional", "model.pooling",
-    "train.epochs", "train.batch_size", "train.members", "train.tensorboard",
-    "promote.metric", "promote.model", "score.on_drift",
+    "train.epochs", "train.batch_size", "train.members", "train.fused_input", "train.tensorboard",
+    "promote.metric", "promote.model", "promote.beat_baseline", "track.mlflow_uri", "notify.webhook", "score.on_drift",
 )
 
 

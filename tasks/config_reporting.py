@@ -24,8 +24,8 @@ class _Section(BaseModel):  # as tasks/config.py's Section (which imports this m
 class TrackConfig(_Section):
     mlflow_uri: str | None = Field(
         default=None,
-        description="MLflow tracking server (http://host:5000) each run is logged to, with its model and champion alias; "
-        "null: MLFLOW_TRACKING_URI if set, else no tracking. Needs the mlflow extra",
+        description="MLflow server each run is logged to, model and champion alias included (the mlflow extra); "
+        "null: MLFLOW_TRACKING_URI, else none",
     )
     experiment: str = Field(default="rnnflow", min_length=1, description="the MLflow experiment runs are logged in")
 
