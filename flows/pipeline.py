@@ -15,17 +15,16 @@ from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
 from tasks.caching import bind_to_store
-from tasks.config import ConfigError, RunConfig, load_config
+from tasks.config import RunConfig, load_config
 from tasks.flow_run_labels import add_flow_run_tags, publish_tracked_report_link, run_tags
-from tasks.encode import NotEnoughSpaceError
-from tasks.ingest import IngestError, input_path, locate_source_task, retry_unless_bad_input
+from tasks.errors import RnnflowError
+from tasks.ingest import input_path, locate_source_task, retry_unless_bad_input
 from tasks.logs import one_line
 from tasks.notify import note_run_id, notify_failure
-from tasks.promote import PromotionError, outcome_line
+from tasks.promote import outcome_line
 from tasks.provenance import check_reuse, recorded_maker, recorded_step_config, step_config
 from tasks.steps import STEPS, load_attribute, step as step_spec, task_inputs
-from tasks.store import ArtifactsRootError, ArtifactStore, RunError, RunRecord, StepOutput
-from tasks.validate import DataValidationError
+from tasks.store import ArtifactStore, RunError, RunRecord, StepOutput
 
 
 class RunFailed(RuntimeError):
@@ -41,9 +40,7 @@ class StepFailed(RunFailed):
 
 # rnnflow's own errors carry one sentence that already names the problem and the fix: the CLI
 # prints it, so Prefect's engine tracebacks for them are noise on the console (they go to run.log).
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
-    IngestError, DataValidationError, ConfigError, PromotionError, NotEnoughSpaceError, RunError, ArtifactsRootError,
-)
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (RnnflowError,)  # tasks/errors.py: every error rnnflow raises on purpose
 RUN_LOG = "run.log"  # in the run folder: every Prefect log line of the run, tracebacks included
 IN_RUN_LOG = "rnnflow_in_run_log"  # set on a log record that a run.log wrote, traceback included
 # Tracebacks for run.log alone: Prefect logs a failed step's with no traceback, and the flow's after run.log closes.
@@ -79,7 +76,17 @@ def _failure_the_cli_tells(record: logging.LogRecord, error: BaseException | Non
     if error is not None:
         return isinstance(error, (*EXPECTED_ERRORS, RunFailed))
     message = record.getMessage()
-    return message.startswith("Finished in state Failed(") and any(f"{kind.__name__}: " in message for kind in (*EXPECTED_ERRORS, RunFailed, StepFailed))
+    return message.startswith("Finished in state Failed(") and any(f"{name}: " in message for name in _own_error_names())
+
+
+def _own_error_names() -> set[str]:
+    """The class names of rnnflow's own errors, subclasses included, as a failed state's message spells them."""
+    found, todo = set(), [*EXPECTED_ERRORS, RunFailed]
+    while todo:
+        kind = todo.pop()
+        found.add(kind.__name__)
+        todo.extend(kind.__subclasses__())
+    return found
 
 
 def quiet_expected_tracebacks() -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from tasks.config_section import Section
 
 
-class BaselineConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+class BaselineConfig(Section):
 
     enabled: bool = Field(default=True, description="fit a linear baseline (NB-weighted n-gram logistic regression) beside each run's model")
     analyzer: Literal["auto", "word", "char_wb"] = Field(

@@ -6,64 +6,23 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.baseline_config import BaselineConfig
 from tasks.config_keys import SPEED_ONLY_KEYS, key_config  # noqa: F401  (imported from here by the steps)
 from tasks.config_reporting import NotifyConfig, TrackConfig
+from tasks.config_section import Section
+from tasks.data_config import IMDB_URL, DataConfig  # noqa: F401  (imported from here)
 from tasks.errors import RnnflowError
 from tasks.score_config import ScoreConfig
 from tasks.spelling import did_you_mean, key_suggestion
 from tasks.yaml_keys import DuplicateKeyError, parse_value, safe_load_unique
 
 PRESETS_DIR = Path(__file__).parent / "presets"
-IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 
 
 class ConfigError(RnnflowError, ValueError):
     """A configuration the user must fix: the message is one sentence that says how."""
-
-
-class Section(BaseModel):
-    # allow_inf_nan=False: an infinite or NaN float (YAML's .inf / .nan) is never a meaningful setting;
-    # it trained NaN models (train.learning_rate) or made a promotion floor impossible to pass. It covers
-    # floats inside containers too (promote.floors), and every section inherits it.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-
-class DataConfig(Section):
-    source: Literal["imdb", "synthetic", "table", "keras_imdb"] = Field(
-        default="imdb", description="imdb: the IMDb archive; synthetic: made-up reviews (the demo); table: your CSV, TSV, Parquet or JSON Lines; keras_imdb: Keras' imdb.npz",
-    )
-    path: str = Field(
-        default="data/aclImdb_v1.tar.gz",
-        description="the input: an archive, folder or URL (imdb), a table file or its s3://, gs://, https:// URL (table), an .npz (keras_imdb, data/imdb.npz unless set: read only ones you trust)",
-    )
-    url: str = Field(default=IMDB_URL, description="where source=imdb downloads its archive when data.path does not exist")
-    max_reviews: int | None = Field(default=None, ge=2, description="use at most N reviews per split")
-    val_fraction: float = Field(default=0.2, gt=0, lt=1, description="share of train held out for validation (early stopping and every choice)")
-    seed: int = Field(default=1337, description="seed of the train/validation split (and of source=synthetic)")
-    synthetic_reviews: int = Field(default=4000, ge=20, description="reviews per split for source=synthetic")
-    synthetic_positive_fraction: float = Field(default=0.5, gt=0, lt=1, description="source=synthetic: share of positive reviews")
-    # source=table: one file (split by split_column, or stratified by test_size) or a train/test pair.
-    test_path: str | None = Field(default=None, description="source=table: a separate test file, or its URL")
-    text_column: str = Field(default="text", description="source=table: the column of texts")
-    label_column: str = Field(default="label", description="source=table: the column of labels (two classes, or more up to max_classes)")
-    split_column: str | None = Field(default=None, description="source=table: column of train/test values")
-    rating_column: str | None = Field(default=None, description="source=table: an optional column of star ratings, kept beside each review")
-    id_column: str | None = Field(default=None, description="source=table: an optional column of row ids, kept in predictions")
-    test_size: float = Field(default=0.2, gt=0, lt=1, description="test share when the table has no split")
-    max_classes: int = Field(default=20, ge=2, description="more distinct labels than this look like free text")
-    strip_html: bool = Field(default=True, description="replace HTML tags in texts by spaces")
-    # Far above any real review (IMDb's longest is about 14 KB), low enough that one hostile member
-    # of a small archive cannot make ingest read gigabytes into memory.
-    max_review_bytes: int = Field(
-        default=10_485_760, ge=1, description="the most bytes one review may hold (an archive member, a file, a table cell); a larger one is refused by name",
-    )
-    # source=keras_imdb: Keras' imdb_word_index.json turns ids back into words; without it ids become "w<id>".
-    word_index_path: str | None = Field(default=None, description="source=keras_imdb: imdb_word_index.json, to turn ids back into words")
-    retries: int = Field(default=2, ge=0, description="times reading or downloading the input is retried")
-    retry_delay_seconds: float = Field(default=2.0, ge=0, description="seconds between those retries")
 
 
 # A test split that overlaps train flatters every test figure, so that warning keeps a run from becoming champion;
@@ -460,7 +419,7 @@ def _describe_error(err: ValidationError, origin: str) -> str:
         return f"The configuration from {origin} does not hold together: {first['msg'].removeprefix('Value error, ')}."
     where = ".".join(str(p) for p in first["loc"]).replace("validate_", "validate")
     if first["type"] == "extra_forbidden":
-        return f"Unknown configuration key {where!r} in {origin}{key_suggestion(RunConfig, first['loc'])}: check its spelling against the README's configuration table."
+        return f"Unknown configuration key {where!r} in {origin}{key_suggestion(RunConfig, first['loc'])}: check its spelling against docs/configuration.md (every key)."
     message, given = first["msg"].removeprefix("Value error, "), "" if where == "notify.webhook" else f", got {first.get('input')!r}"
     return f"Configuration key {where!r} in {origin} is invalid ({message}{given}): fix the value."
 

@@ -10,18 +10,16 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_serializer, field_validator
+from pydantic import Field, SecretStr, field_serializer, field_validator
+
+from tasks.config_section import Section
 
 REPORTING_SECTIONS = ("track", "notify")
 WEBHOOK_ENV = "RNNFLOW_NOTIFY_WEBHOOK"
 REDACTED = "(set, not recorded)"  # what a dump shows for notify.webhook
 
 
-class _Section(BaseModel):  # as tasks/config.py's Section (which imports this module)
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-
-class TrackConfig(_Section):
+class TrackConfig(Section):
     mlflow_uri: str | None = Field(
         default=None,
         description="MLflow server each run is logged to, model and champion alias included (the mlflow extra); "
@@ -33,7 +31,7 @@ class TrackConfig(_Section):
         return self.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
 
 
-class NotifyConfig(_Section):
+class NotifyConfig(Section):
     webhook: SecretStr | None = Field(
         default=None,
         description=f"URL a failed or crashed run POSTs a JSON alert to (or {WEBHOOK_ENV}); never recorded",

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from tasks.config_section import Section
 
 
-class ScoreConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # as tasks.config.Section
+class ScoreConfig(Section):
 
     on_drift: Literal["warn", "fail"] = Field(
         default="warn", description="a drift check that fails: warn (the scores are written, the summary says so) or fail (exit 2, one sentence)")
