@@ -41,6 +41,7 @@ MARKDOWN_ARTIFACT_KEY = "rnnflow-report"
 TABLE_ARTIFACT_KEY = "rnnflow-metrics"
 LINK_ARTIFACT_KEY = "rnnflow-report-html"
 PLOTS_ARTIFACT_KEY = "rnnflow-report-plots"
+FULL_ARTIFACT_KEY = "rnnflow-report-full"  # the whole report.md, plots inline: the report itself in the UI
 
 TEST_METRIC_ORDER = ("accuracy", "loss", "precision", "recall", "f1", "roc_auc", "n")
 CELL_NAMES = {"simple_rnn": "SimpleRNN", "lstm": "LSTM", "gru": "GRU"}
@@ -410,6 +411,18 @@ def plots_markdown(output: StepOutput) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def full_markdown(output: StepOutput) -> str:
+    """report.md whole, each plot it links (plots/NAME.png) inline as a data: URI: the report readable in Prefect's UI
+    from any browser, where report.html's file:// link only opens on the machine that ran the flow."""
+    def inline(match: re.Match[str]) -> str:
+        path = output.path / match.group(2)
+        if not path.is_file():
+            return match.group(0)
+        return f"![{match.group(1)}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode('ascii')})"
+
+    return re.sub(r"!\[([^\]]*)\]\((plots/[^)\s]+\.png)\)", inline, output.file(REPORT_MARKDOWN).read_text(encoding="utf-8"))
+
+
 def publish_report_artifacts(output: StepOutput, upstream: dict[str, StepOutput]) -> bool:
     """Show the report in Prefect's UI (key numbers, test metrics, a link to report.html); only inside a run.
 
@@ -428,6 +441,7 @@ def publish_report_artifacts(output: StepOutput, upstream: dict[str, StepOutput]
         )
         create_table_artifact(table=metrics_table_rows(metrics), key=TABLE_ARTIFACT_KEY, description="Test-split metrics")
         create_markdown_artifact(markdown=plots_markdown(output), key=PLOTS_ARTIFACT_KEY, description="The report's plots")
+        create_markdown_artifact(markdown=full_markdown(output), key=FULL_ARTIFACT_KEY, description="The whole report, plots inline")
         create_link_artifact(
             link=output.file(REPORT_HTML).resolve().as_uri(),
             link_text=REPORT_HTML,

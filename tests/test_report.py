@@ -203,7 +203,7 @@ def test_publish_is_a_no_op_outside_a_prefect_run(binary_report, tmp_path, monke
     assert publish_report_artifacts(output, make_upstream(tmp_path, ["neg", "pos"])) is False
 
 
-def test_publish_inside_a_run_creates_four_keyed_artifacts(binary_report, tmp_path, monkeypatch):
+def test_publish_inside_a_run_creates_five_keyed_artifacts(binary_report, tmp_path, monkeypatch):
     created = {}
     monkeypatch.setattr(report, "_in_prefect_run", lambda: True)
     monkeypatch.setattr(report, "create_markdown_artifact", lambda **kw: created.setdefault(kw["key"], kw))
@@ -212,11 +212,16 @@ def test_publish_inside_a_run_creates_four_keyed_artifacts(binary_report, tmp_pa
     out, _ = binary_report
     output = StepOutput(step="report", key="k", dir=str(out), files={}, summary={})
     assert publish_report_artifacts(output, make_upstream(tmp_path, ["neg", "pos"])) is True
-    assert {kw["key"] for kw in created.values()} == {"rnnflow-report", "rnnflow-metrics", "rnnflow-report-html", "rnnflow-report-plots"}
+    assert {kw["key"] for kw in created.values()} == {"rnnflow-report", "rnnflow-metrics", "rnnflow-report-html", "rnnflow-report-plots",
+                                                    "rnnflow-report-full"}
     created["markdown"] = created["rnnflow-report"]
     # The plots ride inline (data: URIs), so the Prefect UI shows them without reaching this machine's files.
     plots = json.loads((out / "report.json").read_text())["plots"]
     assert plots and created["rnnflow-report-plots"]["markdown"].count("](data:image/png;base64,") == len(plots)
+    # The whole report too (report.md, plots inline), readable in the UI from any browser, not only report.html's file:// link.
+    full = created["rnnflow-report-full"]["markdown"]
+    assert full.startswith((out / "report.md").read_text(encoding="utf-8")[:40]) and "](plots/" not in full
+    assert full.count("](data:image/png;base64,") == (out / "report.md").read_text(encoding="utf-8").count("](plots/")
     for kw in created.values():
         assert re.fullmatch(r"[a-z0-9-]+", kw["key"])
     assert "| Test accuracy | 0.8765 |" in created["markdown"]["markdown"]
