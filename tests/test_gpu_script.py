@@ -17,8 +17,13 @@ def test_on_a_cpu_the_train_step_has_the_loop_and_no_cudnn_kernel():
 
 
 @pytest.mark.slow
-def test_gpu_script_runs_the_cpu_fallback(tmp_path, capsys):
+def test_gpu_script_runs_the_cpu_fallback(prefect_api, tmp_path, capsys, monkeypatch):
+    from prefect.settings import PREFECT_API_URL
+
     from bench.gpu import main
+
+    # The script's `rnnflow run` processes report to the session's Prefect API rather than each starting a temporary server.
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
 
     overrides = [item for entry in TINY for item in ("--set", entry)]
     assert main(["--presets", "demo", "--artifacts", str(tmp_path / "art"), *overrides]) == 0
