@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tasks.config import ModelConfig, TrainConfig
+from tasks.determinism import op_determinism
 from tasks.logs import step_logger
+from tasks.member_fit import EpochHook, MemberResult, fit_member, load_training_data
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-    from tasks.train import EpochHook, MemberResult
 
 
 def cpu_cores() -> int:
@@ -106,8 +106,6 @@ def _epoch_done(done: int, total: int, logs: dict[str, float]) -> None:
 
 def _fit_in_child(model: dict[str, Any], train: dict[str, Any], encode_dir: Path, k: int, out_dir: Path) -> MemberResult:
     """Member k, fitted in this child as train_model fits it in turn; its model stays here (the parent reads its checkpoint)."""
-    from tasks.train import fit_member, load_training_data, op_determinism
-
     model_cfg, train_cfg = ModelConfig(**model), TrainConfig(**train)
     if str(encode_dir) not in _loaded:
         _loaded.clear()
