@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tasks.architectures import CELL_NAMES, DEFAULT_CELL, INPUT_NAMES, TASK_NAMES, TASKS_DESCRIPTION
 from tasks.baseline_config import BaselineConfig
 from tasks.config_keys import SPEED_ONLY_KEYS, key_config  # noqa: F401  (imported from here by the steps)
 from tasks.config_reporting import NotifyConfig, TrackConfig
@@ -89,16 +90,15 @@ class EncodeConfig(Section):
 
 
 class ModelConfig(Section):
-    task: Literal["classify", "next_token"] = Field(
-        default="classify", description="classify: one label per text; next_token: predict every next character (char tokenizer)"
-    )
-    cell: Literal["simple_rnn", "lstm", "gru"] = Field(default="lstm", description="the recurrent cell")
+    # The choices of task, cell, stack_cells and input are the model registry's names (tasks/architectures.py).
+    task: Literal[TASK_NAMES] = Field(default="classify", description=TASKS_DESCRIPTION)
+    cell: Literal[CELL_NAMES] = Field(default=DEFAULT_CELL, description="the recurrent cell")
     units: int = Field(default=64, ge=1, description="units per recurrent layer")
     layers: int = Field(default=1, ge=1, description="recurrent layers stacked")
-    stack_cells: list[Literal["simple_rnn", "lstm", "gru"]] | None = Field(default=None, description="a cell per layer, e.g. [gru, simple_rnn]; overrides cell and layers")
+    stack_cells: list[Literal[CELL_NAMES]] | None = Field(default=None, description="a cell per layer, e.g. [gru, simple_rnn]; overrides cell and layers")
     stack_units: list[Annotated[int, Field(ge=1)]] | None = Field(default=None, description="with stack_cells: units per layer, e.g. [256, 128]")
     bidirectional: bool = Field(default=True, description="read each text both ways")
-    input: Literal["embedding", "onehot"] = Field(default="embedding", description="learnt embeddings, or one-hot vectors of num_words")
+    input: Literal[INPUT_NAMES] = Field(default="embedding", description="learnt embeddings, or one-hot vectors of num_words")
     embedding_dim: int = Field(default=64, ge=1, description="size of the learnt embeddings")
     mask_padding: bool = Field(default=True, description="the recurrence skips padding (Keras masking)")
     word_dropout: float = Field(default=0.0, ge=0, lt=1, description="rate at which whole input words are dropped while training")

@@ -6,8 +6,10 @@ Labels are a view: a failure to set one is one warning line, never a failed run.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from tasks.architectures import run_name_label
 from tasks.config import RunConfig
 
 
@@ -16,6 +18,11 @@ def data_set(config: RunConfig) -> str:
     if config.data.source == "synthetic":
         return "synthetic"
     return f"{config.data.source}:{config.data.path.rstrip('/').rsplit('/', 1)[-1]}"
+
+
+def flow_run_name(config: dict[str, Any]) -> str:
+    """A flow run's name in the Prefect UI: preset, model (the registry's run_name_label) and start time, "default-lstm-20261206-041500"."""
+    return f"{config.get('preset', 'default')}-{run_name_label(config.get('model') or {})}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def run_tags(config: RunConfig) -> list[str]:

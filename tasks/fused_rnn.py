@@ -16,6 +16,9 @@ as Keras' loop gives them, zero_output_for_mask and go_backwards included): nume
 float rounding (tests/test_fused_rnn.py). Where Keras could use cuDNN (a GPU) or where the cell is not one
 this covers (dropout inside the cell, unroll, GRU reset_after false), they are Keras' layer itself: the call
 goes to keras.layers.GRU/LSTM unchanged.
+
+Which cells have a fused variant, and which class a layer gets, is the registry's (tasks/architectures.py: Cell.fused,
+recurrent_layer).
 """
 
 from __future__ import annotations
@@ -244,14 +247,6 @@ class FusedLSTM(_FusedInput, layers.LSTM):
             m = None if m is None else tf.reverse(m, [0])
         hs, h_last, c_last = lstm_sequence(xp, m, h0, c0, tf.convert_to_tensor(cell.recurrent_kernel))
         return self._outputs(hs, m, [h_last, c_last])
-
-
-def recurrent_layer(cell: str, fused: bool) -> type:
-    """The layer class for model.cell: the fused one for gru and lstm when fused (train.fused_input), else Keras' own."""
-    plain = {"simple_rnn": layers.SimpleRNN, "lstm": layers.LSTM, "gru": layers.GRU}
-    if fused and cell in ("gru", "lstm"):
-        return FusedGRU if cell == "gru" else FusedLSTM
-    return plain[cell]
 
 
 def fused_input_used(train_cfg: Any) -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks.architectures import TASKS
 from tasks.encode import INDEX_FROM, OOV, PAD, Vocabulary
 from tasks.errors import RnnflowError
 from tasks.predict import load_run_model
@@ -46,7 +47,7 @@ def load_generator(run_folder: Path) -> Generator:
     run_folder = Path(run_folder)
     needed = require_run_files(run_folder, RunFiles.VOCABULARY, RunFiles.TRAINING, RunFiles.MODEL, optional=(RunFiles.SUBWORD_MODEL,))
     task = read_json(needed[1]).get("task", "classify")  # runs from before model.task are classifiers
-    if task != "next_token":
+    if task not in TASKS or not TASKS[task].generates:
         raise GenerationError(
             f"Run {run_folder.name} holds a {task} model, which labels texts rather than continuing them: "
             f"give --run a run trained with model.task next_token (e.g. rnnflow run --preset seed-char-next), "

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tasks.architectures import TASKS, reads_padding
 from tasks.config import ModelConfig, TrainConfig, member_changes, member_model
 from tasks.encode import load_arrays
 from tasks.length_buckets import memmap_dataset
@@ -137,7 +138,7 @@ def compile_settings(model_cfg: ModelConfig, train_cfg: TrainConfig, n_classes: 
     """model.compile's optimizer, loss and metrics: a new optimizer for each model."""
     import keras
 
-    if model_cfg.task == "next_token":
+    if TASKS[model_cfg.task].per_step:
         # The mean over the steps that count (weight 1), not over every step padding included.
         loss: Any = keras.losses.SparseCategoricalCrossentropy(reduction="mean_with_sample_weight")
         # Keras weighs only weighted_metrics by the sample weights: accuracy over the real steps.
@@ -158,7 +159,7 @@ def bucketed(model_cfg: ModelConfig, train_cfg: TrainConfig, k: int) -> bool:
     padding after a batch's longest text changes no step that counts.
     """
     cfg = member_model(model_cfg, train_cfg, k)
-    return train_cfg.bucket_by_length and (cfg.task == "next_token" or cfg.mask_padding)
+    return train_cfg.bucket_by_length and not reads_padding(cfg)
 
 
 def member_inputs(data: TrainingData, train_cfg: TrainConfig, k: int, *, next_token: bool, bucket: bool = False) -> dict[str, Any]:
@@ -266,7 +267,7 @@ def fit_member(
     checkpoint = out_dir / (RunFiles.MODEL.name if members == 1 else f"member_{k + 1}.keras")
     callbacks = member_callbacks(train_cfg, k, checkpoint, on_epoch)
     fitted = model.fit(
-        **member_inputs(data, train_cfg, k, next_token=model_cfg.task == "next_token", bucket=bucket),
+        **member_inputs(data, train_cfg, k, next_token=TASKS[model_cfg.task].per_step, bucket=bucket),
         epochs=train_cfg.epochs, callbacks=callbacks, verbose=0,
     )
     if not checkpoint.exists():  # val_loss was NaN every epoch: keep the last weights rather than nothing

@@ -22,6 +22,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext, TaskRunContext
 
+from tasks.architectures import describe_model
 from tasks.caching import StepCachePolicy, produce_step
 from tasks.render import (
     Table, as_number, format_count, format_mean, format_metric, format_percent, format_value, markdown_escape, markdown_table,
@@ -44,7 +45,6 @@ PLOTS_ARTIFACT_KEY = "rnnflow-report-plots"
 FULL_ARTIFACT_KEY = "rnnflow-report-full"  # the whole report.md, plots inline: the report itself in the UI
 
 TEST_METRIC_ORDER = ("accuracy", "loss", "precision", "recall", "f1", "roc_auc", "n")
-CELL_NAMES = {"simple_rnn": "SimpleRNN", "lstm": "LSTM", "gru": "GRU"}
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -95,23 +95,6 @@ def load_report_inputs(config: dict[str, Any], upstream: dict[str, StepOutput]) 
 
 
 # --------------------------------------------------------------------------- formatting
-
-
-def describe_model(model: dict[str, Any]) -> str:
-    """One line for the header: 'Bidirectional LSTM(64), embedding 64'."""
-    if not model:
-        return "model not described in the configuration"
-    cells = list(model.get("stack_cells") or [model.get("cell", "?")] * int(model.get("layers") or 1))
-    units = list(model.get("stack_units") or [model.get("units", "?")] * len(cells))
-    units += [model.get("units", "?")] * (len(cells) - len(units))
-    stack = " → ".join(f"{CELL_NAMES.get(cell, cell)}({size})" for cell, size in zip(cells, units))
-    if model.get("bidirectional"):
-        stack = f"Bidirectional {stack}"
-    if model.get("input") == "onehot":
-        feeding = "one-hot input"
-    else:
-        feeding = f"embedding {model.get('embedding_dim', '?')}"
-    return f"{stack}, {feeding}"
 
 
 def _clean_summary(text: str) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from prefect import task
 
+from tasks.architectures import TASKS
 from tasks.caching import StepCachePolicy, produce_step
 from tasks.config import ModelConfig, TrainConfig, member_model
 from tasks.determinism import op_determinism
@@ -86,6 +87,7 @@ def train_info(
 
     epochs_run = sum(m.epochs_run for m in members)
     bucket = all(bucketed(model_cfg, train_cfg, k) for k in range(len(members)))
+    per_step = TASKS[model_cfg.task].per_step  # next_token: max_len - 1 steps per row
     val_accuracies = [m.best_val_accuracy for m in members if m.best_val_accuracy is not None]
     info = {
         "task": model_cfg.task,
@@ -103,8 +105,8 @@ def train_info(
         # Whether batches were padded to their own longest review (bucketed: train.bucket_by_length, where it applies),
         # and how wide the first member's first epoch's batches were on average, against encode's max_len.
         "bucket_by_length": bucket,
-        "mean_batch_width": mean_batch_width(data.member_arrays(0)[0], train_cfg.batch_size, train_cfg.seed, next_token=model_cfg.task == "next_token")
-        if bucket else data.encoding["max_len"] - (model_cfg.task == "next_token"),
+        "mean_batch_width": mean_batch_width(data.member_arrays(0)[0], train_cfg.batch_size, train_cfg.seed, next_token=per_step)
+        if bucket else data.encoding["max_len"] - per_step,
         "max_len": data.encoding["max_len"],
         "deterministic": train_cfg.deterministic,
         "jit_compile": members[0].jit_compile,  # XLA, as Keras resolved train.jit_compile
@@ -118,7 +120,7 @@ def train_info(
     }
     if len(members) > 1:
         info["member_runs"] = [m.run_record() for m in members]
-    if model_cfg.task == "next_token":
+    if not TASKS[model_cfg.task].text_model:
         info["model_text"] = NO_TEXT_MODEL
     return info
 
@@ -167,7 +169,7 @@ def train_model(
             members = [fit_member(model_cfg, train_cfg, data, k, out_dir, on_epoch) for k in range(train_cfg.members)]
     seconds = time.perf_counter() - started
     model = members[0].model if len(members) == 1 else ensemble(members, data.encoding["max_len"], RunFiles.MODEL.of_step(out_dir))
-    if model_cfg.task != "next_token":
+    if TASKS[model_cfg.task].text_model:
         write_text_model(encode_dir, out_dir)
     info = write_outputs(model_cfg, train_cfg, data, members, model, seconds, out_dir, processes)
     return {key: info[key] for key in RESULT_KEYS}

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from tasks.config import ModelConfig
-from tasks.fused_rnn import FusedGRU, FusedLSTM, recurrent_layer
+from tasks.architectures import recurrent_layer
+from tasks.fused_rnn import FusedGRU, FusedLSTM
 from tasks.models import build_model
 
 

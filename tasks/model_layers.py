@@ -1,0 +1,129 @@
+"""The Keras layers rnnflow's models hold beyond Keras' own, registered so a saved model loads with them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import layers
+
+
+@keras.saving.register_keras_serializable(package="rnnflow")
+class OneHotTokens(layers.Layer):
+    """Token ids -> one-hot vectors, made batch by batch inside the model.
+
+    The seeds materialised the one-hot tensor up front (25,000 x 100 x 500 floats, gigabytes);
+    here only one batch exists at a time. Id 0 is padding and is masked when asked.
+    """
+
+    def __init__(self, num_tokens: int, mask_zero: bool = True, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.num_tokens = num_tokens
+        self.mask_zero = mask_zero
+
+    def call(self, inputs):
+        return keras.ops.one_hot(inputs, self.num_tokens, dtype=self.compute_dtype)
+
+    def compute_mask(self, inputs, mask=None):
+        return keras.ops.not_equal(inputs, 0) if self.mask_zero else None
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape, self.num_tokens)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "num_tokens": self.num_tokens, "mask_zero": self.mask_zero}
+
+
+@keras.saving.register_keras_serializable(package="rnnflow")
+class MaxOverSteps(layers.Layer):
+    """The maximum over the real steps of each sequence.
+
+    Keras' GlobalMaxPooling1D ignores the mask (and warns), so padded steps, whose recurrent
+    outputs are zeros, would take part in the maximum; here they are left out. A row with no
+    real step gives zeros.
+    """
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, inputs, mask=None):
+        if mask is None:
+            return keras.ops.max(inputs, axis=1)
+        real = keras.ops.expand_dims(keras.ops.cast(mask, "bool"), -1)
+        lowest = keras.ops.cast(-1e9, inputs.dtype)
+        top = keras.ops.max(keras.ops.where(real, inputs, lowest), axis=1)
+        return keras.ops.where(keras.ops.any(real, axis=1), top, keras.ops.zeros_like(top))
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[2])
+
+
+@keras.saving.register_keras_serializable(package="rnnflow")
+class TokenWindow(layers.Layer):
+    """The last (or first) `length` tokens of each row's text, right-padded: how one member reads a long review.
+
+    Rows come from encode either right-padded (text, then zeros) or left-padded (zeros, then text);
+    a row's text is its nonzero ids, one run. The window is cut from that run, so a 900-token row and
+    a 120-token row both give their own last (or first) tokens, and padding stays at the right, the
+    layout cuDNN's masked kernels accept.
+    """
+
+    def __init__(self, length: int, at: str = "end", **kwargs: Any):
+        super().__init__(**kwargs)
+        if at not in ("end", "start"):
+            raise ValueError(f"TokenWindow at must be end or start, not {at!r}")
+        self.length = length
+        self.at = at
+
+    def call(self, inputs):
+        ops = keras.ops
+        steps = ops.shape(inputs)[1]
+        # As long as the window, or as the rows when they are shorter (batches padded to their own longest
+        # review, train.bucket_by_length): the steps past the rows' width could only be padding.
+        width = min(steps, self.length) if isinstance(steps, int) else ops.minimum(steps, self.length)
+        real = ops.cast(ops.not_equal(inputs, 0), "int32")
+        size = ops.sum(real, axis=1, keepdims=True)
+        # The text's first position: 0 when right-padded, the number of zeros before it when left-padded.
+        index = ops.arange(steps, dtype="int32")[None, :]
+        begin = ops.min(ops.where(real > 0, index, steps), axis=1, keepdims=True)
+        skip = ops.maximum(size - self.length, 0) if self.at == "end" else ops.zeros_like(size)
+        offsets = ops.arange(width, dtype="int32")[None, :]
+        positions = begin + skip + offsets
+        taken = ops.take_along_axis(inputs, ops.minimum(positions, steps - 1), axis=1)
+        return ops.where(offsets < ops.minimum(size, self.length), taken, ops.zeros_like(taken))
+
+    def compute_output_shape(self, input_shape):
+        steps = input_shape[1]  # rows of any length: a window of any length up to self.length
+        return (input_shape[0], None if steps is None else min(steps, self.length))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "length": self.length, "at": self.at}
+
+
+@keras.saving.register_keras_serializable(package="rnnflow")
+class VocabularyCap(layers.Layer):
+    """Ids from num_words up read as out-of-vocabulary: the model sees the num_words most frequent tokens only.
+
+    encode numbers tokens by frequency (ties alphabetically), so a vocabulary of N is the first N ids
+    of a larger one: this gives exactly the rows an encode with num_words N would, from one encode
+    that members with different vocabularies share. oov is encode's out-of-vocabulary id (tasks.encode.OOV).
+    """
+
+    def __init__(self, num_words: int, oov: int = 2, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.num_words = num_words
+        self.oov = oov
+
+    def call(self, inputs):
+        return keras.ops.where(inputs >= self.num_words, keras.ops.full_like(inputs, self.oov), inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "num_words": self.num_words, "oov": self.oov}
+
