@@ -8,8 +8,7 @@ and, when the user runs a Prefect server of their own, to the flow run in Prefec
 Every page of a run folder sits one folder deep (report/report.html, promote/decision.html), so the
 links between them are relative ones that hold wherever the folder is copied or served from.
 
-tasks/promote.py imports this module; this module reads tasks/promote.py's TITLES and
-promotion_rows inside the functions that need them, so neither import finds the other half-loaded.
+tasks/promote.py imports this module; the decision's rows and titles come from tasks/decision_rows.py, which both import.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ import html
 import sys
 from typing import Any
 
+from tasks.decision_rows import TITLES, promotion_rows
 from tasks.render import STYLESHEET, Table, html_badge, html_link, html_table
 
 REPORT_PAGE = "../report/report.html"
@@ -52,8 +52,6 @@ def _links(prefect_run_url: str | None) -> list[str]:
 
 def render_decision_page(decision: dict[str, Any], *, run_id: str, model: str, prefect_run_url: str | None = None) -> str:
     """The decision as one self-contained HTML page: its outcome, why, the model, the validation verdict, the numbers, links."""
-    from tasks.promote import TITLES, promotion_rows
-
     outcome = str(decision.get("outcome"))
     title = TITLES.get(outcome, "Promotion")
     verdict = decision.get("validation") or {}

@@ -40,13 +40,14 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.config import PromoteConfig
 from tasks.errors import RnnflowError
-from tasks.render import Table, as_number, format_metric, markdown_table
+from tasks.render import as_number
 from tasks.store import (
     MANIFEST_FILE, ArtifactStore, ManifestError, RunError, RunFiles, RunRecord, StepOutput, fingerprint, model_of_config,
     read_json, sha256_file, utc_now, verify_run_files, write_json, write_text,
 )
 from tasks.champion_data import decision_data
 from tasks.decision_page import current_flow_run_url, render_decision_page
+from tasks.decision_rows import NOT_PROMOTED, PROMOTED, SKIPPED, TITLES, promotion_markdown, promotion_rows  # noqa: F401  (tests, report)
 # Re-exported: the report (tasks/report_sections.py) and the tests read the verdict from here.
 from tasks.promotion_checks import (  # noqa: F401
     LOWER_IS_BETTER, baseline_comparison, baseline_rows, check_floors, check_label, failed_validation_checks, one_class_blocker,
@@ -58,8 +59,6 @@ DECISION_PAGE = "decision.html"  # the decision for a reader, linked both ways w
 ARTIFACT_KEY = "rnnflow-promotion"
 STEP_DECIDER = "rnnflow promote step"
 
-PROMOTED, NOT_PROMOTED, SKIPPED = "promoted", "not_promoted", "skipped"
-TITLES = {PROMOTED: "Promoted", NOT_PROMOTED: "Not promoted", SKIPPED: "Not promoted (promotion disabled)"}
 
 
 class PromotionError(RnnflowError):
@@ -433,44 +432,6 @@ def record_promotion(run: RunRecord, output: StepOutput) -> None:
     """After the promote step (tasks/steps.py `after`): the decision into the run's manifest."""
     run.manifest["promotion"] = manifest_promotion(output, run.run_id)
     run.save()
-
-
-def promotion_rows(decision: dict[str, Any]) -> list[list[str]]:
-    """The decision as measure/value rows, for the report and the Prefect artifact."""
-    champion = decision.get("champion") or {}
-    rows = [
-        ["Outcome", TITLES.get(decision.get("outcome"), str(decision.get("outcome")))],
-        ["Model", str(decision.get("model") or "(one champion per root: decided before models)")],
-        ["Reason", str(decision.get("reason", ""))],
-        ["Metric", f"{decision.get('metric')} ({'higher' if decision.get('higher_is_better', True) else 'lower'} is better)"],
-        ["This run", format_metric(decision.get("new"))],
-    ]
-    if champion.get("missing"):
-        rows.append([f"Champion {champion.get('run_id')}", "its run folder is gone"])
-    elif champion:
-        where = "re-scored on this run's test split" if champion.get("rescored") else "same test split"
-        rows.append([f"Champion {champion.get('run_id')}", f"{format_metric(champion.get('value'))} ({where})"])
-        if champion.get("rescored"):
-            rows.append(["Champion on its own test split", format_metric(champion.get("own_value"))])
-        delta = as_number(decision.get("delta"))
-        rows.append(["Delta", "n/a" if delta is None else f"{delta:+.4f}"])
-    rows.append(["min_delta", format_metric(decision.get("min_delta"))])
-    for floor in decision.get("floors") or []:
-        rows.append([f"Floor {floor['metric']} ({floor['kind']} {floor['bound']:.4f})", f"{format_metric(floor['value'])} {'passed' if floor['passed'] else 'FAILED'}"])
-    rows.extend(baseline_rows(decision.get("baseline")))
-    validation = decision.get("validation") or {}
-    if "text" in validation:
-        rows.append(["Validation", str(validation["text"])])
-    else:  # decisions recorded before the verdict: every failed check blocked
-        failed = validation.get("failed_checks") or []
-        rows.append(["Validation", f"all {validation.get('n_checks', 0)} checks passed" if not failed else "failed: " + ", ".join(map(str, failed))])
-    rows.append(["Decided by", str(decision.get("decided_by", "")) + (" (forced)" if decision.get("forced") and "forced" not in str(decision.get("decided_by")) else "")])
-    return rows
-
-
-def promotion_markdown(decision: dict[str, Any]) -> str:
-    title = TITLES.get(decision.get("outcome"), "Promotion")
-    return f"# {title}\n\n{markdown_table(Table(['Measure', 'Value'], promotion_rows(decision)))}\n"
 
 
 def publish_promotion_artifact(decision: dict[str, Any]) -> bool:

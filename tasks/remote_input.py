@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from tasks.input_files import IngestError, existing_file
+from tasks.input_base import IngestError, existing_file
 from tasks.store.files import fingerprint as fingerprint_of, sha256_file
 from tasks.store.manifest import ArtifactsRootError
 from tasks.store.remote import PROTOCOL_PACKAGES, _no_answer, bucket_settings, filesystem_options, is_url
