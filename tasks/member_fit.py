@@ -75,6 +75,7 @@ def member_rows(n_train: int, n_val: int, members: int) -> list[tuple[np.ndarray
         splits.append((rows[~held], rows[held]))
     return splits
 
+
 @dataclass
 class TrainingData:
     """encode's train and val arrays, and what training needs to know of them (load_training_data)."""
