@@ -176,18 +176,10 @@ def train_model(
 
 
 def _progress_hook() -> EpochHook | None:
-    """A Prefect progress artifact that advances each epoch (shown on the run's Artifacts tab)."""
-    from prefect.artifacts import create_progress_artifact, update_progress_artifact
-    from prefect.context import TaskRunContext
+    """A Prefect progress artifact that advances each epoch (the run's Artifacts tab), its API calls off the training thread."""
+    from tasks.progress import prefect_epoch_progress
 
-    if not TaskRunContext.get():
-        return None
-    artifact_id = create_progress_artifact(progress=0.0, key="rnnflow-training", description="Training epochs done (%)")
-
-    def advance(epoch: int, epochs: int, logs: dict[str, float]) -> None:
-        update_progress_artifact(artifact_id=artifact_id, progress=100.0 * epoch / epochs)
-
-    return advance
+    return prefect_epoch_progress()
 
 
 @task(name="train", cache_policy=StepCachePolicy(step="train"))
