@@ -4,7 +4,8 @@ Runs `rnnflow run --preset default` on a slice of the archive (fused, --epochs e
 current directory's code, and once the first epoch line is in run.log holds an exclusive lock on the run's temporary
 Prefect database for --hold seconds: what a busy server does to its callers (its API answers 503 while SQLite is
 locked, and Prefect's client retries after 2, 4, 8, 16 and 32 s). Prints train.json's seconds against the epochs'
-own seconds (the epoch lines) and the gaps between epoch lines. Before the progress artifact's calls left the
+own seconds (the epoch lines) and what held training between epoch lines (gap less the later epoch's seconds,
+the epoch lines rounding to whole seconds). Before the progress artifact's calls left the
 training thread (tasks/progress.py) the lock showed in the train step's clock; after, it does not
 (docs/training-speed.md §8). Run it from a copy of an older tree to see the old behaviour.
 """
@@ -19,6 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 EPOCH = re.compile(r"^(\S+ \S+) \| INFO .* epoch (\d+)/\d+ .*\((\d+) s\)$")
@@ -71,10 +73,14 @@ def main() -> None:
     train = json.loads((run / "train" / "train.json").read_text())
     lines = [m.groups() for m in map(EPOCH.match, (run / "run.log").read_text().splitlines()) if m]
     epoch_seconds = [int(s) for _, _, s in lines]
+    times = [datetime.strptime(t, "%Y-%m-%d %H:%M:%S,%f").timestamp() for t, _, _ in lines]
+    # Between two epoch lines: the later epoch's own seconds, plus whatever held the training thread after the first line.
+    waits = [round(later - earlier - seconds, 1) for earlier, later, seconds in zip(times, times[1:], epoch_seconds[1:])]
     print(json.dumps({
         "code": os.getcwd(), "rc": child.returncode, "hold_s": args.hold, "locked_at_s": locked_at,
         "train_seconds": train["seconds"], "epoch_lines_s": epoch_seconds, "sum_epoch_lines_s": sum(epoch_seconds),
-        "outside_epochs_s": round(train["seconds"] - sum(epoch_seconds), 1), "epoch_line_times": [t for t, _, _ in lines],
+        "outside_epochs_s": round(train["seconds"] - sum(epoch_seconds), 1),
+        "waits_between_epoch_lines_s": waits, "epoch_line_times": [t for t, _, _ in lines],
         "load_average": os.getloadavg(),
     }), flush=True)
 
