@@ -58,7 +58,9 @@ def main() -> None:
         "--set", "train.fused_input=true", "--refresh", "train", "--artifacts", args.out,
     ]
     started = time.time()
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    output = open(Path(args.out) / "api_stall.log", "w")  # the run's own output, for when it fails
+    child = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     locked_at = None
     while child.poll() is None:
         runs = set(glob.glob(f"{args.out}/runs/*/")) - before
@@ -69,7 +71,11 @@ def main() -> None:
                 locked_at = time.time() - started
                 hold_lock(database, args.hold)
         time.sleep(0.2)
-    run = Path(sorted(set(glob.glob(f"{args.out}/runs/*/")) - before)[0])
+    output.close()
+    made = sorted(set(glob.glob(f"{args.out}/runs/*/")) - before)
+    if child.returncode != 0 or not made:
+        sys.exit(f"rnnflow run exited {child.returncode}: see {Path(args.out) / 'api_stall.log'}")
+    run = Path(made[0])
     train = json.loads((run / "train" / "train.json").read_text())
     lines = [m.groups() for m in map(EPOCH.match, (run / "run.log").read_text().splitlines()) if m]
     epoch_seconds = [int(s) for _, _, s in lines]
