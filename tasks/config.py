@@ -70,6 +70,11 @@ class EncodeConfig(Section):
         description="word: words of any script; char: every character; subword: SentencePiece pieces learnt from train; "
         "auto: word when num_words words cover auto_min_coverage of train's words, else subword",
     )
+    analyzer: Literal["none", "kiwi"] = Field(
+        default="none",
+        description="none: the tokenizer reads the text; kiwi: Korean morphemes first (kiwipiepy, the korean extra), which the tokenizer "
+        "then reads as words or subword pieces (see docs/korean.md)",
+    )
     auto_min_coverage: float = Field(
         default=0.75, gt=0, le=1,
         description="tokenizer auto: the least share of train's word tokens that the num_words most frequent words must cover for words to be used",

@@ -27,6 +27,7 @@ from tasks import store
 from tasks.caching import StepCachePolicy, produce_step
 from tasks.config import EncodeConfig
 from tasks.errors import RnnflowError
+from tasks.morphemes import analyse_many, analyzer_version, check_analyzer
 from tasks.store import SPLITS, RunFiles, StepOutput, atomic_path, iter_parquet, parquet_rows, read_json, write_json
 from tasks.subword import MODEL_FILE as SUBWORD_MODEL_FILE, SubwordModel, train_subword_model
 from tasks.text import clean_text, tokenize_many
@@ -106,12 +107,13 @@ class Vocabulary:
     Tokens are words or single characters (tasks/text.py's rules), or the pieces of a subword model
     learnt from the train split (tasks/subword.py); either way ids 0, 1 and 2 are reserved
     (padding, start, out of vocabulary) and kept tokens count up from 3: by frequency for words
-    and characters, in the subword model's own order for pieces.
+    and characters, in the subword model's own order for pieces. With an analyser
+    (encode.analyzer, tasks/morphemes.py) the tokenizer reads each text's morphemes instead.
     """
 
     def __init__(
         self, tokens: Sequence[str], *, lowercase: bool = True, max_len: int, padding: str, truncating: str, tokenizer: str = "word",
-        strip_html: bool = True, subword: SubwordModel | None = None,
+        strip_html: bool = True, subword: SubwordModel | None = None, analyzer: str = "none", analyzer_version: str | None = None,
     ):
         if (tokenizer == "subword") != (subword is not None):
             raise ValueError("A subword vocabulary needs its subword model, and only it has one.")
@@ -121,6 +123,8 @@ class Vocabulary:
         self._token_array = None
         self.tokenizer = tokenizer
         self.subword = subword
+        self.analyzer = analyzer  # tasks/morphemes.py: what runs before the tokenizer, "none" for nothing
+        self.analyzer_version = analyzer_version
         self.lowercase = lowercase
         self.max_len = max_len
         self.padding = padding
@@ -130,9 +134,9 @@ class Vocabulary:
     def build(cls, texts: Iterable[str], cfg: EncodeConfig, max_len: int) -> "Vocabulary":
         texts = list(texts)
         if cfg.tokenizer == "subword":
-            subword = SubwordModel(train_subword_model(texts, cfg.num_words, cfg.lowercase))
+            subword = SubwordModel(train_subword_model(analyse_many(texts, cfg.analyzer), cfg.num_words, cfg.lowercase))
             return cls(subword.pieces, lowercase=cfg.lowercase, max_len=max_len, padding=cfg.padding, truncating=cfg.truncating,
-                       tokenizer="subword", subword=subword)
+                       tokenizer="subword", subword=subword, analyzer=cfg.analyzer, analyzer_version=analyzer_version(cfg.analyzer))
         return cls.from_counts(count_tokens(texts, cfg)[0], cfg, max_len)
 
     @classmethod
@@ -140,7 +144,8 @@ class Vocabulary:
         """The vocabulary of token counts gathered however (whole, or one record batch at a time)."""
         return cls(
             ranked_tokens(counts, cfg.num_words), lowercase=cfg.lowercase, max_len=max_len, padding=cfg.padding,
-            truncating=cfg.truncating, tokenizer=cfg.tokenizer, strip_html=strip_html,
+            truncating=cfg.truncating, tokenizer=cfg.tokenizer, strip_html=strip_html, analyzer=cfg.analyzer,
+            analyzer_version=analyzer_version(cfg.analyzer),
         )
 
     @classmethod
@@ -154,6 +159,7 @@ class Vocabulary:
             data["tokens"], lowercase=data["lowercase"], max_len=data["max_len"], padding=data["padding"], truncating=data["truncating"],
             tokenizer=tokenizer, subword=subword,
             strip_html=data.get("strip_html", True),  # and from before the setting, ingest always stripped HTML
+            analyzer=data.get("analyzer", "none"), analyzer_version=data.get("analyzer_version"),  # none before encode.analyzer
         )
 
     def save(self, path: Path) -> None:
@@ -166,6 +172,7 @@ class Vocabulary:
             path,
             {
                 "tokenizer": self.tokenizer,
+                "analyzer": self.analyzer, "analyzer_version": self.analyzer_version,
                 "strip_html": self.strip_html,
                 "pad": PAD, "start": START, "oov": OOV, "index_from": INDEX_FROM,
                 "lowercase": self.lowercase, "max_len": self.max_len,
@@ -189,8 +196,10 @@ class Vocabulary:
         """(every text's token ids end to end, int32, no start ids; offsets): text i's at offsets[i]:offsets[i+1].
 
         The one place texts become ids: tokens by tokenize_many and their places in the vocabulary
-        by Arrow's index_in, or the subword model's own ids. No Keras, so encode does not load TensorFlow.
+        by Arrow's index_in, or the subword model's own ids, from each text's morphemes where the run has an
+        analyser (tasks/morphemes.py). No Keras, so encode does not load TensorFlow.
         """
+        texts = analyse_many(texts, self.analyzer) if self.analyzer != "none" else texts
         if self.subword is not None:
             return self.subword.ids_many(texts)
         tokens, offsets = tokenize_many(texts, self.lowercase, self.tokenizer)
@@ -226,14 +235,16 @@ def resolve_max_len(cfg: EncodeConfig, lengths: np.ndarray) -> int:
 
 
 def count_tokens(texts: list[str], cfg: EncodeConfig) -> tuple[Counter[str], np.ndarray]:
-    """Token counts over texts, and each text's id-sequence length (start id included): one tokenising pass."""
-    tokens, offsets = tokenize_many(texts, cfg.lowercase, cfg.tokenizer)
+    """Token counts over texts (their morphemes with encode.analyzer), and each text's id-sequence length (start id
+    included): one tokenising pass."""
+    tokens, offsets = tokenize_many(analyse_many(texts, cfg.analyzer), cfg.lowercase, cfg.tokenizer)
     return token_frequencies(tokens), np.diff(offsets) + 1
 
 
-def _train_texts(path: Path, batch_rows: int) -> Iterator[str]:
+def _train_texts(path: Path, batch_rows: int, analyzer: str = "none") -> Iterator[str]:
+    """The train split's texts as the tokenizer reads them: their morphemes with an analyser."""
     for frame in iter_parquet(path, columns=["text"], batch_rows=batch_rows):
-        yield from frame["text"].tolist()
+        yield from analyse_many(frame["text"].tolist(), analyzer)
 
 
 def _learn_train(path: Path, cfg: EncodeConfig, batch_rows: int) -> tuple[str, list[str], SubwordModel | None, np.ndarray, dict[str, Any]]:
@@ -265,13 +276,24 @@ def _learn_train(path: Path, cfg: EncodeConfig, batch_rows: int) -> tuple[str, l
         choice = auto.record()
         if auto.chosen == "word":
             return "word", tokens, None, lengths, choice
-    subword = SubwordModel(train_subword_model(_train_texts(path, batch_rows), cfg.num_words, cfg.lowercase))
+    subword = SubwordModel(train_subword_model(_train_texts(path, batch_rows, cfg.analyzer), cfg.num_words, cfg.lowercase))
     row = 0
-    for frame in iter_parquet(path, columns=["text"], batch_rows=batch_rows):
-        offsets = subword.ids_many(frame["text"].tolist())[1]
-        lengths[row : row + len(frame)] = np.diff(offsets) + 1
-        row += len(frame)
+    for texts in _batches(_train_texts(path, batch_rows, cfg.analyzer), batch_rows):
+        offsets = subword.ids_many(texts)[1]
+        lengths[row : row + len(texts)] = np.diff(offsets) + 1
+        row += len(texts)
     return "subword", subword.pieces, subword, lengths, choice
+
+
+def _batches(texts: Iterator[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def encode_batch(vocab: Vocabulary, texts: list[str], padded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -368,12 +390,13 @@ def encode_reviews(cfg: EncodeConfig, ingest_dir: Path, out_dir: Path, *, batch_
     """
     batch_rows = batch_rows or store.STREAM_ROWS
     ingest_dir, out_dir = Path(ingest_dir), Path(out_dir)
+    check_analyzer(cfg.analyzer)  # a missing extra fails before the first pass, in one sentence
     tokenizer, tokens, subword, train_lengths, auto_choice = _learn_train(ingest_dir / "train.parquet", cfg, batch_rows)
     max_len = resolve_max_len(cfg, train_lengths)
     ingest_info = read_json(ingest_dir / "ingest.json")
     vocab = Vocabulary(
         tokens, lowercase=cfg.lowercase, max_len=max_len, padding=cfg.padding, truncating=cfg.truncating, tokenizer=tokenizer,
-        strip_html=ingest_info.get("strip_html", True), subword=subword,
+        strip_html=ingest_info.get("strip_html", True), subword=subword, analyzer=cfg.analyzer, analyzer_version=analyzer_version(cfg.analyzer),
     )
     try:
         return _write_encoding(vocab, cfg, ingest_dir, out_dir, ingest_info, train_lengths, auto_choice, batch_rows)
@@ -405,6 +428,7 @@ def _write_encoding(
     info = {
         "tokenizer": tokenizer,
         **({"tokenizer_auto": auto_choice} if auto_choice else {}),
+        "analyzer": vocab.analyzer,
         "num_words": cfg.num_words,
         "vocab_size": vocab.size,
         "max_len": max_len,

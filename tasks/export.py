@@ -6,6 +6,9 @@ ours, the start id, our padding and truncation) -> the trained integer model, un
 Subwords: SubwordIds (the same cleaning, then the run's own SentencePiece model, run by
 tensorflow-text's op from the very bytes of encode/subword.model) -> VocabularyIds -> the model.
 Loading it needs the objects registered here: `import tasks.export` before `keras.models.load_model`.
+A run with a morphological analyser (encode.analyzer, tasks/morphemes.py) cannot run it in the graph:
+its model_text.keras takes analysed text (tasks.morphemes.text_model_input), and its first layer,
+AnalysedText, names the analyser and passes the strings on unchanged.
 
 tasks/text.py stays the definition of the rules; its RE2 patterns are used here as they are, and
 tests/test_text_rules.py checks that both give the same tokens and ids. Limits: TensorFlow backend
@@ -121,6 +124,26 @@ class SubwordIds(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="rnnflow")
+class AnalysedText(keras.layers.Layer):
+    """Strings in, the same strings out: marks a string-in model whose input must first go through the run's analyser
+    (tasks.morphemes.text_model_input), which cannot run inside TensorFlow; its configuration names it."""
+
+    def __init__(self, analyzer: str, analyzer_version: str | None = None, **kwargs: Any):
+        super().__init__(trainable=False, **{k: v for k, v in kwargs.items() if k != "trainable"})
+        self.analyzer = analyzer
+        self.analyzer_version = analyzer_version
+
+    def call(self, texts):
+        return texts
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "analyzer": self.analyzer, "analyzer_version": self.analyzer_version}
+
+
+@keras.saving.register_keras_serializable(package="rnnflow")
 class VocabularyIds(keras.layers.Layer):
     """Right-padded token ids -> rnnflow's rows, shaped like Vocabulary.encode.
 
@@ -165,11 +188,14 @@ class VocabularyIds(keras.layers.Layer):
 
 
 def build_text_encoder(vocab: Vocabulary) -> keras.Model:
-    """Raw strings, shape (n,) -> int32 ids, shape (n, max_len): what vocab.encode_raw gives for each."""
+    """Raw strings, shape (n,) -> int32 ids, shape (n, max_len): what vocab.encode_raw gives for each
+    (with an analyser: for tasks.morphemes.text_model_input's strings)."""
     strip_html = vocab.strip_html
     assert OOV == 2 and INDEX_FROM == 3, "VocabularyIds assumes ids 0 pad, 1 start, 2 out of vocabulary"
     stand_in = _nul_stand_in(vocab.tokens)
-    texts = keras.Input(shape=(), dtype="string", name="text")
+    inputs = texts = keras.Input(shape=(), dtype="string", name="text")
+    if vocab.analyzer != "none":
+        texts = AnalysedText(vocab.analyzer, vocab.analyzer_version, name="analysed_text")(texts)
     if vocab.subword is not None:
         pieces = SubwordIds(base64.b64encode(vocab.subword.model).decode("ascii"), strip_html=strip_html, nul_stand_in=stand_in, name="subword_pieces")
         ids, shift = pieces(texts), 0
@@ -184,7 +210,7 @@ def build_text_encoder(vocab: Vocabulary) -> keras.Model:
         )
         ids, shift = vectorize(texts), 1
     ids = VocabularyIds(vocab.max_len, padding=vocab.padding, truncating=vocab.truncating, shift=shift, name="token_ids")(ids)
-    return keras.Model(texts, ids, name="rnnflow_text_encoder")
+    return keras.Model(inputs, ids, name="rnnflow_text_encoder")
 
 
 def export_text_model(model: keras.Model, vocab: Vocabulary, path: Path) -> Path:

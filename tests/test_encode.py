@@ -279,3 +279,31 @@ def test_encode_records_the_shared_choice_of_its_train_words(tmp_path: Path, kor
     train = pd.read_parquet(korean_ingest / "train.parquet")["text"].tolist()
     words = Counter(tokenize_many(train)[0].to_pylist())
     assert read_json(out / "encode.json")["tokenizer_auto"] == choose_tokenizer(words, 200, 0.75).record()
+
+
+@pytest.mark.parametrize("tokenizer", ["word", "subword"])
+def test_an_analyser_splits_train_into_morphemes_and_prediction_repeats_it(tmp_path: Path, korean_ingest: Path, tokenizer: str):
+    """encode.analyzer kiwi: vocabulary and lengths in morphemes (particles are tokens of their own), and the
+    reloaded vocabulary (predict, score, serve) analyses raw text into the very rows encode wrote."""
+    pytest.importorskip("kiwipiepy")
+    out = tmp_path / "encode"
+    out.mkdir()
+    encode_reviews(EncodeConfig(tokenizer=tokenizer, analyzer="kiwi", num_words=120, max_len=40), korean_ingest, out)
+    info, vocab_file = read_json(out / "encode.json"), read_json(out / "vocab.json")
+    assert info["analyzer"] == vocab_file["analyzer"] == "kiwi" and vocab_file["analyzer_version"]
+    if tokenizer == "word":  # stems and particles apart: 영화 and 가, not 영화가
+        assert {"영화", "배우", "는", "를"} <= set(vocab_file["tokens"]) and "영화가" not in vocab_file["tokens"]
+    x, _ = load_arrays(out, "test")
+    test_texts = pq.read_table(korean_ingest / "test.parquet").column("text").to_pylist()
+    np.testing.assert_array_equal(Vocabulary.load(out / "vocab.json").encode_raw(test_texts)[0], x)
+
+
+def test_an_analyser_without_its_extra_fails_in_one_sentence(tmp_path: Path, korean_ingest: Path, monkeypatch: pytest.MonkeyPatch):
+    import sys
+
+    from tasks.morphemes import AnalyzerMissingError
+
+    monkeypatch.setitem(sys.modules, "kiwipiepy", None)  # as if the korean extra were not installed
+    with pytest.raises(AnalyzerMissingError, match=r"^encode.analyzer kiwi needs the Korean analyser kiwipiepy, .*install rnnflow's 'korean' extra .*set encode.analyzer none\.$"):
+        encode_reviews(EncodeConfig(tokenizer="word", analyzer="kiwi", num_words=120, max_len=8), korean_ingest, tmp_path / "encode")
+    assert EncodeConfig().analyzer == "none"  # the default needs no extra

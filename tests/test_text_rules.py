@@ -136,3 +136,26 @@ def test_kept_share_is_what_the_word_rule_keeps_of_the_visible_characters():
     shares = kept_shares(["word word", "😀😀 !!", "don't!", "", "영화 최고"])
     assert shares[0] == 1.0 and shares[1] == 0.0 and shares[2] == pytest.approx(5 / 6) and np.isnan(shares[3]) and shares[4] == 1.0
     assert kept_shares(["😀😀 !!"], tokenizer="char")[0] == 1.0
+
+
+@pytest.mark.parametrize("tokenizer", ["word", "subword"])
+def test_model_text_and_predict_agree_with_an_analyser_that_runs_before_the_graph(tokenizer: str, tmp_path):
+    """encode.analyzer kiwi runs in Python: predict's encode_raw analyses inside Vocabulary.ids_many (as encode did), and
+    model_text.keras takes tasks.morphemes.text_model_input's analysed strings; both give the same ids."""
+    import keras
+
+    pytest.importorskip("kiwipiepy")
+    from tasks.morphemes import text_model_input
+
+    texts = AWKWARD * 3 + ["영화가 너무 재밌었어요 <br />강추합니다", "배우들 연기는 최악이었다ㅋㅋ", "a\x00b"]
+    cfg = EncodeConfig(tokenizer=tokenizer, analyzer="kiwi", num_words=300, padding="post", truncating="pre")
+    vocab = Vocabulary.build([clean_text(t) for t in texts], cfg, max_len=16)
+    expected, _ = vocab.encode_raw(texts)
+    analysed = text_model_input(texts, vocab)
+    assert analysed[-3].startswith("영화 가 ")  # the particle split from its noun
+    encoder = build_text_encoder(vocab)
+    assert encoder.get_layer("analysed_text").get_config()["analyzer"] == "kiwi"
+    np.testing.assert_array_equal(np.asarray(encoder.predict(tf.constant(analysed), verbose=0)), expected)
+    encoder.save(tmp_path / "encoder.keras")
+    loaded = keras.models.load_model(tmp_path / "encoder.keras", compile=False)
+    np.testing.assert_array_equal(np.asarray(loaded.predict(tf.constant(analysed), verbose=0)), expected)
