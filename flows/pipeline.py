@@ -1,9 +1,11 @@
-"""The rnnflow pipeline: ingest -> validate -> encode -> train -> evaluate -> report -> promote. Wiring only."""
+"""The rnnflow pipeline: ingest -> validate -> encode -> baseline -> train -> evaluate -> report -> promote.
 
+train_and_report is the pipeline as code: each step's task called in turn with its typed configuration section(s)
+and the upstream outputs it reads (flows/run_steps.py: RunSteps runs it, or hands back a rerun's recorded output).
+What the CLI, the cache and the manifest know about a step is declared once in tasks/steps.py.
+"""
 
 import contextlib
-import ctypes
-import gc
 import logging
 import threading
 import time
@@ -12,30 +14,24 @@ from typing import Any, Iterator
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
-from prefect.tasks import exponential_backoff
 
-from tasks.caching import bind_to_store
+from flows.run_steps import TRACEBACKS, RunFailed, RunSteps, StepFailed, run_step, with_retries  # noqa: F401  (run_step, with_retries: for callers)
+from tasks.baseline import baseline_task
 from tasks.config import RunConfig, load_config
-from tasks.flow_run_labels import add_flow_run_tags, publish_tracked_report_link, run_tags
+from tasks.encode import encode_task
 from tasks.errors import RnnflowError
-from tasks.ingest import input_path, locate_source_task, retry_unless_bad_input
+from tasks.evaluate import evaluate_task
+from tasks.flow_run_labels import add_flow_run_tags, publish_tracked_report_link, run_tags
+from tasks.ingest import ingest_task, input_path, locate_source_task
 from tasks.logs import one_line
 from tasks.notify import note_run_id, notify_failure
-from tasks.promote import outcome_line
-from tasks.provenance import check_reuse, recorded_maker, recorded_step_config, step_config
-from tasks.steps import STEPS, load_attribute, step as step_spec, task_inputs
+from tasks.promote import outcome_line, promote_task, record_promotion
+from tasks.provenance import check_reuse, recorded_maker, recorded_step_config
+from tasks.report import publish_run_report, report_task
+from tasks.steps import STEPS, baseline_inputs, model_name, step as step_spec, text_rule
 from tasks.store import ArtifactStore, RunError, RunRecord, StepOutput
-
-
-class RunFailed(RuntimeError):
-    """A failure already told in one sentence, whose cause's traceback is in the run's run.log: none on the console."""
-
-
-class StepFailed(RunFailed):
-    def __init__(self, step: str, reason: str):
-        super().__init__(f"step {step} failed: {reason}")
-        self.step = step
-        self.reason = reason
+from tasks.train import train_task
+from tasks.validate import validate_task
 
 
 # rnnflow's own errors carry one sentence that already names the problem and the fix: the CLI
@@ -43,10 +39,6 @@ class StepFailed(RunFailed):
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (RnnflowError,)  # tasks/errors.py: every error rnnflow raises on purpose
 RUN_LOG = "run.log"  # in the run folder: every Prefect log line of the run, tracebacks included
 IN_RUN_LOG = "rnnflow_in_run_log"  # set on a log record that a run.log wrote, traceback included
-# Tracebacks for run.log alone: Prefect logs a failed step's with no traceback, and the flow's after run.log closes.
-TRACEBACKS = logging.getLogger("rnnflow.tracebacks")
-TRACEBACKS.propagate = False
-TRACEBACKS.setLevel(logging.DEBUG)
 
 
 class QuietExpectedErrors(logging.Filter):
@@ -128,58 +120,6 @@ def run_log(folder: Path, flow_run_id: str, this_thread_only: bool = False) -> I
         handler.close()
 
 
-def with_retries(task: Any, config: RunConfig) -> Any:
-    """Steps that read from a network or disk retry with exponential backoff, unless the input itself is bad."""
-    retries = config.data.retries
-    return task.with_options(
-        retries=retries,
-        retry_delay_seconds=exponential_backoff(config.data.retry_delay_seconds) if retries else 0,
-        retry_condition_fn=retry_unless_bad_input,
-    )
-
-
-def release_free_memory() -> None:
-    """Give the heap a finished step freed back to the operating system, so the next step's peak does not sit on it.
-
-    Every step runs in this one process; glibc keeps freed small allocations (a step's pandas
-    strings, token lists) mapped unless asked, and the run's peak resident memory would carry them.
-    """
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to hand back this way
-        pass
-
-
-def run_step(run: RunRecord, store: ArtifactStore, config: RunConfig, step: str, refresh: set[str], **params: Any) -> StepOutput:
-    """Call one step's task (as tasks/steps.py declares it), then link its outputs into the run folder and note them."""
-    spec = step_spec(step)
-    task = load_attribute(spec.task)
-    if spec.cached:
-        task = bind_to_store(task, store, refresh=step in refresh or "all" in refresh)
-    if spec.retries:
-        task = with_retries(task, config)
-    started = time.perf_counter()
-    state = task(root=store.location, return_state=True, **params)
-    seconds = time.perf_counter() - started
-    if not state.is_completed():
-        error = state.result(raise_on_failure=False)
-        if isinstance(error, BaseException):
-            TRACEBACKS.error("step %s failed", step, exc_info=error, extra={"flow_run_id": str(flow_run.id or "")})
-        if getattr(error, "output_dir", None):
-            run.link_outputs(step, Path(error.output_dir))  # what the step wrote about its failure (validate's checks, Data Docs)
-        run.record_failure(step, one_line(error), seconds)
-        raise StepFailed(step, one_line(error))
-    output: StepOutput = state.result()
-    release_free_memory()
-    computed = not (state.name == "Cached" or output.reused)
-    run.record_step(output, status="completed" if computed else "cached", seconds=seconds, config=step_config(step, config),
-                    made_by=run.record_id if computed else output.made_by)
-    if spec.after:
-        load_attribute(spec.after)(run, output)
-    return output
-
-
 def _run_name() -> str:
     config = flow_run.parameters.get("config") or {}
     if isinstance(config, RunConfig):
@@ -232,41 +172,65 @@ def rnnflow_pipeline(
         run.push_file(RUN_LOG)  # for a URL root: the log joins the run folder in the bucket
 
 
+def train_and_report(step: RunSteps, config: RunConfig) -> None:
+    """The pipeline, step by step: step(task, ...) runs each step the run executes (see RunSteps)."""
+    ingest = step(ingest_task, data=config.data, source=step.run.manifest.get("inputs") or {})
+    validate = step(validate_task, validate=config.validate_, ingest=ingest, **text_rule(config))
+    encode = step(encode_task, encode=config.encode, ingest=ingest)
+    baseline = step(baseline_task, baseline=config.baseline, ingest=ingest, **baseline_inputs(config))
+    train = step(train_task, model=config.model, train=config.train, encode=encode)
+    evaluate = step(evaluate_task, ingest=ingest, encode=encode, train=train, baseline=baseline)
+    report = step(report_task, config=config, validate=validate, encode=encode, train=train, evaluate=evaluate)
+    if report is not None:
+        publish_run_report(step.run, report)  # from the run folder, so a cached report shows too
+    promoted = step(promote_task, promote=config.promote, ingest=ingest, validate=validate, encode=encode, evaluate=evaluate,
+                    root=step.store.location, run_folder=str(step.run.folder), **model_name(config))
+    if promoted is not None:
+        record_promotion(step.run, promoted)
+
+
 def _run_pipeline(logger: Any, run: RunRecord, store: ArtifactStore, config: RunConfig, reuse: list[str], execute: list[str],
                   wanted: set[str], derived_from: str | None, data_dir: str) -> str:
     logger.info("run folder: %s", run.location)
-    outputs: dict[str, StepOutput] = {}
+    steps = RunSteps(run, store, config, execute=execute, refresh=wanted)
     try:
         if reuse:
-            source_run = RunRecord.load(store.resolve_run(derived_from), store=store)
-            check_reuse(source_run.manifest, config, reuse, execute[0])  # the CLI checked before starting; a deployment's call too
-            run.manifest["inputs"] = source_run.manifest.get("inputs", {})
-            for step in reuse:
-                if step in source_run.manifest["steps"]:
-                    try:
-                        outputs[step] = source_run.step_output(step)
-                    except FileNotFoundError as error:  # that step failed there: one sentence, as the CLI's own check gives
-                        raise RunError(str(error)) from None
-                    run.record_step(outputs[step], status="cached", seconds=0.0, reused_from=source_run.run_id,
-                                    config=recorded_step_config(source_run.manifest, step) or {},
-                                    made_by=recorded_maker(source_run.manifest, step))
+            steps.given = reused_outputs(run, store, config, reuse, execute[0], derived_from)
         if "ingest" in execute:
             run.manifest["inputs"] = locate_input(run, config, data_dir)
-        for step in execute:
-            outputs[step] = run_step(run, store, config, step, wanted, **task_inputs(step, config, outputs, run_context(run)))
+        train_and_report(steps, config)
     except BaseException as error:
         TRACEBACKS.error("run failed", exc_info=True, extra={"flow_run_id": str(flow_run.id or "")})
         run.finish("failed", error=one_line(error))
         raise
     track_completed_run(logger, run, config)
     run.finish("completed")
-    if "evaluate" in outputs:
-        metrics = outputs["evaluate"].summary
+    if "evaluate" in steps.outputs:
+        metrics = steps.outputs["evaluate"].summary
         logger.info("test accuracy %.4f  f1 %.4f  roc_auc %s", metrics["accuracy"], metrics["f1"], metrics.get("roc_auc"))
         add_flow_run_tags([f"test_accuracy:{metrics['accuracy']:.4f}"], logger)
     if "promotion" in run.manifest:
         logger.info(outcome_line(run.manifest["promotion"]))
     return str(run.folder)
+
+
+def reused_outputs(run: RunRecord, store: ArtifactStore, config: RunConfig, reuse: list[str], first: str,
+                   derived_from: str | None) -> dict[str, StepOutput]:
+    """The outputs a rerun takes from the run it derives from, recorded in this run's manifest as reused from there."""
+    source_run = RunRecord.load(store.resolve_run(derived_from), store=store)
+    check_reuse(source_run.manifest, config, reuse, first)  # the CLI checked before starting; a deployment's call too
+    run.manifest["inputs"] = source_run.manifest.get("inputs", {})
+    outputs: dict[str, StepOutput] = {}
+    for step in reuse:
+        if step in source_run.manifest["steps"]:
+            try:
+                outputs[step] = source_run.step_output(step)
+            except FileNotFoundError as error:  # that step failed there: one sentence, as the CLI's own check gives
+                raise RunError(str(error)) from None
+            run.record_step(outputs[step], status="cached", seconds=0.0, reused_from=source_run.run_id,
+                            config=recorded_step_config(source_run.manifest, step) or {},
+                            made_by=recorded_maker(source_run.manifest, step))
+    return outputs
 
 
 def track_completed_run(logger: Any, run: RunRecord, config: RunConfig) -> None:
@@ -298,8 +262,3 @@ def locate_input(run: RunRecord, config: RunConfig, data_dir: str) -> dict[str, 
         run.record_failure("ingest", reason, 0.0)
         raise StepFailed("ingest", reason)
     return state.result()
-
-
-def run_context(run: RunRecord) -> dict[str, Any]:
-    """What a run hands the steps that declare a `context` (tasks/steps.py): the located input, its folder."""
-    return {"source": run.manifest.get("inputs") or {}, "run_folder": str(run.folder)}

@@ -2,8 +2,8 @@
 
     open the input -> score_label (cached) -> score_drift (cached) -> scores/<id>/ (manifest, summary, artifacts)
 
-The steps are tasks/score.py's, declared in tasks/steps.py's SCORE_STEP_TABLE, cached and retried as the training
-steps are (tasks/caching.py, flows/pipeline.py's with_retries). The folder is assembled under a temporary name
+The steps are tasks/score.py's, declared in tasks/steps.py's SCORE_STEP_TABLE, called, cached and retried as the
+training steps are (flows/run_steps.py: call_step). The folder is assembled under a temporary name
 and renamed into place whole.
 """
 
@@ -18,8 +18,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.pipeline import with_retries
-from tasks.caching import bind_to_store
+from flows.run_steps import call_step
 from tasks.config import RunConfig, load_config
 from tasks.errors import RnnflowError
 from tasks.logs import one_line
@@ -55,13 +54,9 @@ def resolve_champion(store: ArtifactStore, model: str | None) -> dict[str, Any]:
             "model_sha256": champion_model_sha256(folder), "config": manifest.get("config") or {}}
 
 
-def _bound_step(step_task: Any, store: ArtifactStore, config: RunConfig, retried: bool = False) -> Any:
-    bound = bind_to_store(step_task, store)
-    return with_retries(bound, config) if retried else bound
-
-
-def _run_step(step_task: Any, **inputs: Any) -> Any:
-    state = step_task(return_state=True, **inputs)
+def _run_step(store: ArtifactStore, config: RunConfig, step_task: Any, **inputs: Any) -> tuple[Any, bool]:
+    """(the step's output, whether it was cached); its error raised as it is."""
+    state, _ = call_step(store, config, step_task, **inputs)
     if not state.is_completed():
         error = state.result(raise_on_failure=False)
         raise error if isinstance(error, BaseException) else RuntimeError(str(error))
@@ -74,10 +69,11 @@ def rnnflow_score(input: str, artifacts_root: str | None = None, model: str | No
     """Label every row of INPUT with MODEL's champion and compare it with the champion's reference; returns scores/<id>/."""
     logger = get_run_logger()
     config = config or load_config()
-    section = config.section("score") | ({"text_column": text_column} if text_column else {})
+    score = config.score.model_copy(update={"text_column": text_column}) if text_column else config.score
+    section = score.model_dump(mode="json")  # as the manifest records it
     store = ArtifactStore(artifacts_root)
     champion = resolve_champion(store, model)
-    source = open_scoring_input(input, section["text_column"])
+    source = open_scoring_input(input, score.text_column)
     reference = read_reference(Path(champion["folder"]))
     warning = None
     if reference is None:
@@ -85,12 +81,11 @@ def rnnflow_score(input: str, artifacts_root: str | None = None, model: str | No
                    "not compared; retrain and promote a run to check it")
         logger.warning(warning)
     key_champion = {k: champion[k] for k in ("run_id", "folder", "model_sha256")}
-    label, label_cached = _run_step(_bound_step(score_label_task, store, config, retried=True), root=store.location, section=section,
-                                    upstream={}, source={**source.as_key(), "location": source.location, "path": str(source.path)},
+    label, label_cached = _run_step(store, config, score_label_task, score=score,
+                                    source={**source.as_key(), "location": source.location, "path": str(source.path)},
                                     champion=key_champion)
     labels = label.summary["labels"]
-    drift, drift_cached = _run_step(_bound_step(score_drift_task, store, config), root=store.location, section=section,
-                                    upstream={"score_label": label}, reference=reference, labels=labels)
+    drift, drift_cached = _run_step(store, config, score_drift_task, score=score, score_label=label, reference=reference, labels=labels)
     manifest = _manifest(score_id or new_run_id(), source, champion, section, label, drift, warning)
     manifest["steps"] = {"score_label": {"key": label.key, "status": "cached" if label_cached else "completed"},
                          "score_drift": {"key": drift.key, "status": "cached" if drift_cached else "completed"}}
@@ -99,7 +94,7 @@ def rnnflow_score(input: str, artifacts_root: str | None = None, model: str | No
     failed = [row["figure"] for row in manifest["drift"]["figures"] if not row["passed"]]
     if failed:
         logger.warning("%d drift figure(s) out of bounds: %s (%s)", len(failed), ", ".join(failed), folder / "summary.md")
-    if manifest["drift"]["failed"] and section["on_drift"] == "fail":
+    if manifest["drift"]["failed"] and score.on_drift == "fail":
         raise DriftFailed(f"{manifest['drift']['failed'][0][:-1]} (score.on_drift is fail; the scores are in {folder}).", str(folder))
     return str(folder)
 

@@ -25,14 +25,15 @@ from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.pipeline import RUN_LOG, TRACEBACKS, RunFailed, locate_input, quiet_expected_tracebacks, run_context, run_log, run_step
+from flows.pipeline import RUN_LOG, locate_input, quiet_expected_tracebacks, run_log, train_and_report
+from flows.run_steps import TRACEBACKS, RunFailed, RunSteps
 from tasks.config import RunConfig, load_config
 from tasks.logs import one_line
 from tasks.notify import note_run_id, notify_failure
 from tasks.provenance import step_config
 from tasks.render import format_metric
 from tasks.promote import outcome_line
-from tasks.steps import STEPS, step as step_spec, task_inputs
+from tasks.steps import STEPS, step as step_spec
 from tasks.store import ArtifactStore, RunRecord, StepOutput, new_run_id
 from tasks.sweep import (
     CHOSEN_ON, POINT_VALIDATION, SWEEP_HTML, SWEEP_JSON, Grid, point_configs, point_label, point_row, point_validation, start_sweep,
@@ -119,13 +120,15 @@ def sweep_point_task(root: str, run_id: str, config: RunConfig, shared: dict[str
         quiet_expected_tracebacks()
     outputs = {name: store.local_output(output) for name, output in shared.items()}
     flow_run_id = str(flow_run.id or "")
+
+    def note_validation(step: str, output: StepOutput) -> None:
+        if step == "train":  # saved with the next step's record, or by finish
+            run.manifest[POINT_VALIDATION] = point_validation(run.folder)
+
     try:
         with run_log(run.folder, flow_run_id, this_thread_only=True):  # the point's own run.log: other points run beside it
             try:
-                for step in POINT_STEPS:
-                    outputs[step] = run_step(run, store, config, step, set(), **task_inputs(step, config, outputs, run_context(run)))
-                    if step == "train":  # saved with the next step's record, or by finish
-                        run.manifest[POINT_VALIDATION] = point_validation(run.folder)
+                train_and_report(RunSteps(run, store, config, execute=POINT_STEPS, given=outputs, after=note_validation), config)
             except BaseException as error:
                 TRACEBACKS.error("grid point failed", exc_info=True, extra={"flow_run_id": flow_run_id})
                 run.finish("failed", error=one_line(error))
@@ -217,11 +220,11 @@ def rnnflow_sweep(
 
 def _run_sweep(logger: Any, store: ArtifactStore, sweep: RunRecord, config: RunConfig, points: list[tuple[dict[str, Any], RunConfig]],
                data_dir: str) -> str:
-    shared: dict[str, StepOutput] = {}
+    steps = RunSteps(sweep, store, config, execute=SHARED_STEPS)
     try:
         sweep.manifest["inputs"] = locate_input(sweep, config, data_dir)
-        for step in SHARED_STEPS:
-            shared[step] = run_step(sweep, store, config, step, set(), **task_inputs(step, config, shared, run_context(sweep)))
+        train_and_report(steps, config)  # the shared steps alone
+        shared = steps.outputs
     except BaseException as error:  # raised, as the pipeline does, so the flow run ends Failed with the reason
         sweep.finish("failed", error=one_line(error))
         raise
@@ -282,7 +285,7 @@ def promote_choice(store: ArtifactStore, run_id: str, config: RunConfig) -> dict
     """The promote step for the point the sweep chose, in its run folder: the only point that competes for the champion."""
     run = store.open_run(store.run_dir(run_id))
     outputs = {name: store.local_output(run.step_output(name)) for name in step_spec("promote").upstream}
-    run_step(run, store, config, "promote", set(), **task_inputs("promote", config, outputs, run_context(run)))
+    train_and_report(RunSteps(run, store, config, execute=["promote"], given=outputs), config)  # promote alone
     return run.manifest.get("promotion")
 
 

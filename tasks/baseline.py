@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from prefect import task
 
-from tasks.caching import StepCachePolicy, produce_step
+from tasks.baseline_config import BaselineConfig
+from tasks.caching import CacheSlot, produce_step, step_task
 from tasks.metrics import headline_metrics
 from tasks.store import StepOutput, read_json, write_json
 
@@ -179,7 +179,8 @@ def compared(model_test: dict[str, Any], baseline: dict[str, Any]) -> dict[str, 
     return {**{key: baseline.get(key) for key in kept}, "difference": difference}
 
 
-@task(name="baseline", cache_policy=StepCachePolicy(step="baseline"))
-def baseline_task(root: str, section: dict, upstream: dict, task: str = "classify", word_rule: dict | None = None) -> StepOutput:
-    return produce_step(root, "baseline", section, upstream, lambda out: fit_baseline(upstream["ingest"].path, section, out, task, word_rule),
-                        task=task, word_rule=word_rule)
+@step_task("baseline")
+def baseline_task(baseline: BaselineConfig, *, ingest: StepOutput, task: str, word_rule: dict | None, slot: CacheSlot) -> StepOutput:
+    """task, word_rule: tasks/steps.py's baseline_inputs."""
+    section = baseline.model_dump(mode="json")
+    return produce_step(slot, lambda out: fit_baseline(ingest.path, section, out, task, word_rule))

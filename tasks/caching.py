@@ -1,36 +1,39 @@
-"""How a step's Prefect task is cached: by a fingerprint of exactly what changes its output.
+"""How a step is cached: one record, the store's entry (cache/<step>/<key>/), under a fingerprint of exactly what
+changes its output.
 
-Prefect's default policy (INPUTS + TASK_SOURCE + RUN_ID) misses on every new run and hashes
-only the task's own lines, so each step gets this policy instead. The key covers:
-the step's own configuration section, the content fingerprints of its upstream outputs,
-and the source of every tasks/ module the step runs, as the process found it at start (the code
-it runs, whatever is edited meanwhile). Not the run id, not the time.
-Before answering, the policy checks that the cached files still exist and match their
-sha256; if not, it drops the stale record so the step recomputes.
+The key covers the step's configuration section(s) (their JSON dump, as RunConfig.section gives it), the content
+fingerprints of its upstream outputs, its other inputs, and the source of every tasks/ module the step runs, as
+the process found it at start (the code it runs, whatever is edited meanwhile). Not the run id, not the time.
+
+The flow computes the key once per step (flows/run_steps.py: key_for) and hands the task a CacheSlot; the task's
+body is produce_step, which takes the entry's lock (two runs of one key on this machine: the second waits, then
+reuses), returns the entry when it is whole (every file present and matching its sha256) and otherwise runs the
+work into a new one (store.produce: built aside and renamed in; on a bucket, claimed, so another machine's claim
+wins and is reused). Prefect keeps no cache record or result of its own for a step: a reused entry comes back as
+a Completed state named "Cached", which is what the Prefect UI shows.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
+import fcntl
+import functools
 import hashlib
-import json
-import os
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from prefect.cache_policies import CachePolicy
-from prefect.locking.filesystem import FileSystemLockManager
-
-from tasks.config import key_config
-from tasks.steps import step as step_spec
-from tasks.store import ArtifactStore, StepOutput, fingerprint, pid_alive, prefect_key  # noqa: F401  (prefect_key: callers import it from here)
+from tasks.config_keys import key_config
+from tasks.config_section import Section
+from tasks.steps import WHOLE_CONFIG, is_step, step as step_spec
+from tasks.store import ArtifactStore, StepOutput, fingerprint
 
 TASKS_DIR = Path(__file__).resolve().parent
 # Modules that decide where and how a result is kept, not what it holds: never part of a code version.
 NOT_CODE = frozenset({"tasks/caching.py", "tasks/steps.py", "tasks/logs.py", "tasks/__init__.py"})
+RETRY_KEYS = frozenset({"retries", "retry_delay_seconds"})  # data's: how hard ingest tries, not what it makes (RunConfig.section)
 
 # The source of every tasks/ file as this process found it at start (the flow imports this module
 # first thing): the code it runs. Keys are made from these rather than from the files when a step
@@ -66,10 +69,16 @@ def _module_file(module: str) -> str | None:
 
 def _imported_files(name: str) -> set[str]:
     """The tasks/ files a file imports (anywhere in it: lazy imports inside functions count too)."""
+    return set(_imports_in(name, source_at_start(name)))
+
+
+@functools.lru_cache(maxsize=None)
+def _imports_in(name: str, source: bytes) -> frozenset[str]:
+    # Parsed once per file and source: the sources at start do not change, so neither do their imports.
     module = name[: -len("/__init__.py")] if name.endswith("/__init__.py") else name[: -len(".py")]
     package = module if name.endswith("/__init__.py") else module.rpartition("/")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(source_at_start(name))):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -84,15 +93,26 @@ def _imported_files(name: str) -> set[str]:
             path = _module_file(target)
             if path is not None:
                 found.add(path)
-    return found
+    return frozenset(found)
+
+
+def _sources_now() -> tuple[tuple[str, int], ...]:
+    """What the memoised code versions hang on: which sources at start there are, each by identity (cheap; a test
+    that swaps one in SOURCES_AT_START gets a fresh answer)."""
+    return tuple((name, id(source)) for name, source in SOURCES_AT_START.items())
 
 
 def code_files(step: str) -> list[str]:
     """The files whose source is the step's code version: every .py file of its own package (found, not listed)
-    and every tasks/ file those import, transitively."""
+    and every tasks/ file those import, transitively. Found once per step and process."""
+    return list(_code_files(step, _sources_now()))
+
+
+@functools.lru_cache(maxsize=64)
+def _code_files(step: str, sources: tuple[tuple[str, int], ...]) -> tuple[str, ...]:
     own = step_spec(step).own_package
     if (TASKS_DIR / own).is_dir():
-        todo = [name for name in SOURCES_AT_START if name.startswith(f"tasks/{own}/")]
+        todo = [name for name, _ in sources if name.startswith(f"tasks/{own}/")]
     else:
         todo = [f"tasks/{own}.py"]
     seen: set[str] = set()
@@ -102,13 +122,19 @@ def code_files(step: str) -> list[str]:
             continue
         seen.add(name)
         todo.extend(_imported_files(name) - seen)
-    return sorted(seen)
+    return tuple(sorted(seen))
 
 
 def code_version(step: str) -> str:
-    """sha256 over the source at start of the step's code files: editing any of them changes the step's key."""
+    """sha256 over the source at start of the step's code files: editing any of them changes the step's key.
+    Computed once per step and process."""
+    return _code_version(step, _sources_now())
+
+
+@functools.lru_cache(maxsize=64)
+def _code_version(step: str, sources: tuple[tuple[str, int], ...]) -> str:
     digest = hashlib.sha256()
-    for name in code_files(step):
+    for name in _code_files(step, sources):
         digest.update(name.encode() + b"\0" + source_at_start(name) + b"\0")
     return digest.hexdigest()[:16]
 
@@ -125,32 +151,59 @@ def step_key(step: str, section: dict[str, Any], upstream: dict[str, StepOutput]
     )[:24]
 
 
-@dataclass
-class StepCachePolicy(CachePolicy):
-    step: str = ""
+def section_data(name: str, section: Section) -> dict[str, Any]:
+    """A typed section as its cache key and record see it: its JSON dump (RunConfig.section's; for the whole
+    configuration, without the reporting sections)."""
+    from tasks.config import RunConfig
+    from tasks.config_reporting import without_reporting
 
-    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str:
-        store = ArtifactStore(inputs["root"])
-        extra = {name: value for name, value in inputs.items() if name not in ("root", "section", "upstream")}
-        key = step_key(self.step, inputs["section"], inputs.get("upstream") or {}, extra)
-        if store.read_entry(self.step, key) is None:
-            store.forget_entry(self.step, key, prefect_key(self.step, key))
-        return prefect_key(self.step, key)
+    if isinstance(section, RunConfig):
+        return without_reporting(section.as_dict())
+    return section.model_dump(mode="json", exclude=set(RETRY_KEYS) if name == "data" else None)
 
 
-def produce_step(
-    root: str,
-    step: str,
-    section: dict[str, Any],
-    upstream: dict[str, StepOutput],
-    work: Callable[[Path], dict[str, Any]],
-    **extra: Any,
-) -> StepOutput:
-    """The body every step task shares: run work(out_dir) into the cache entry for this key.
+def key_for(step: str, inputs: dict[str, Any]) -> str:
+    """A step's key from the inputs its task is called with: the Section ones are its configuration (one: its dump;
+    several, or the whole configuration: keyed by parameter name), those named after a step its upstream outputs (one
+    that is None, an optional step a run lacks, is left out), and the rest its extra inputs."""
+    sections = {name: section_data(name, value) for name, value in inputs.items() if isinstance(value, Section)}
+    upstream = {name: value for name, value in inputs.items() if isinstance(value, StepOutput)}
+    extra = {name: value for name, value in inputs.items()
+             if name not in sections and name not in upstream and not (value is None and is_step(name))}
+    single = len(sections) == 1 and step_spec(step).sections != (WHOLE_CONFIG,)
+    return step_key(step, next(iter(sections.values())) if single else sections, upstream, extra)
 
-    extra holds the task's other parameters (ingest's located source), which join the key as
-    the cache policy sees them.
+
+@dataclass(frozen=True)
+class CacheSlot:
+    """Where a step's output goes: its artifacts root, step and key (computed once, by the flow), and whether to
+    recompute an entry that is there (--refresh, --from, `rnnflow step`)."""
+
+    root: str
+    step: str
+    key: str
+    refresh: bool = False
+
+
+def produce_step(slot: CacheSlot, work: Callable[[Path], dict[str, Any]]) -> StepOutput:
+    """The body every cached step's task shares: the entry for slot's key, or work(out_dir) run into a new one.
+
+    Under the entry's lock: a second run of the same key on this machine waits, then finds the entry and reuses it
+    (reused=True: the task's state is named Cached). On a bucket root the entry may come from another machine.
     """
+    _refuse_code_changed_since_start(slot.step)
+    store = ArtifactStore(slot.root)
+    with entry_lock(store, slot.step, slot.key):
+        if not slot.refresh:
+            found = store.read_entry(slot.step, slot.key)  # checked whole; on a bucket root fetched into the mirror
+            if found is not None:
+                return found.model_copy(update={"reused": True})
+        # On a bucket another machine may be computing the same key right now: produce claims the entry, and
+        # when that machine's claim came first its output comes back (reused) and this one's is discarded.
+        return store.produce(slot.step, slot.key, work, made_by=running_run_id(), refresh=slot.refresh)
+
+
+def _refuse_code_changed_since_start(step: str) -> None:
     for name in code_files(step):
         # A module the step imports only now (tasks.models: Keras) would load as it is on disk, while
         # the key was made from the source at start: refuse rather than cache one under the other.
@@ -160,18 +213,24 @@ def produce_step(
                 f"{name} changed on disk after this run started, so the {step} step would run other code than "
                 "its cache key describes: start the run again"
             )
-    store = ArtifactStore(root)
-    key = step_key(step, section, upstream, extra)
-    refresh = refreshing()
-    if store.remote is not None and not refresh:
-        # Another machine's worker may have made this entry: its Prefect record is in that machine's
-        # mirror, not here, but the entry itself is in the bucket, whole and checked.
-        found = store.read_entry(step, key)
-        if found is not None:
-            return found.model_copy(update={"reused": True})
-    # On a bucket another machine may be computing the same key right now: produce claims the entry, and
-    # when that machine's claim came first its output comes back (reused) and this one's is discarded.
-    return store.produce(step, key, work, made_by=running_run_id(), refresh=refresh)
+
+
+@contextlib.contextmanager
+def entry_lock(store: ArtifactStore, step: str, key: str) -> Iterator[None]:
+    """An exclusive lock on one entry of this machine's cache folder, held while it is looked up and made.
+
+    flock: the kernel releases it when its holder exits, however it ends (SIGKILL included), so a killed run
+    never blocks the step in later runs. The lock file (cache/<step>/.<key>.lock) stays: removing it could
+    let two writers hold locks on two files of one name.
+    """
+    folder = store.entry_dir(step, key).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f".{key}.lock", "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def running_run_id() -> str | None:
@@ -183,60 +242,24 @@ def running_run_id() -> str | None:
     return str(run_id) if run_id else None
 
 
-def refreshing() -> bool:
-    """Whether the running task was asked to recompute (--refresh, or `rnnflow step`): its refresh_cache option."""
-    from prefect.context import TaskRunContext
+def step_task(name: str, **options: Any) -> Callable[[Callable[..., StepOutput]], Any]:
+    """@step_task("encode"): a step's Prefect task, with no Prefect cache or result record (the entry is the record).
 
-    context = TaskRunContext.get()
-    return bool(context is not None and context.task.refresh_cache)
+    A reused entry returns as a Completed state named "Cached", which the Prefect UI shows, with the output as its
+    result."""
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
 
+    def decorate(body: Callable[..., StepOutput]) -> Any:
+        @functools.wraps(body)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            output = body(*args, **kwargs)
+            if isinstance(output, StepOutput) and output.reused:
+                from prefect.states import Completed
 
-class ProcessBoundLockManager(FileSystemLockManager):
-    """Prefect's file locks, released when the holding process dies.
+                return Completed(name="Cached", data=output)
+            return output
 
-    Prefect's transactions take locks with no expiry, so a run killed with SIGKILL mid-step
-    would leave a lock that blocks that step in every later run. Each lock here also records
-    its process id and host; a lock whose process is gone on this host counts as free.
-    """
+        return task(name=name, cache_policy=NO_CACHE, persist_result=False, **options)(run)
 
-    def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None, hold_timeout: float | None = None) -> bool:
-        acquired = super().acquire_lock(key, holder, acquire_timeout, hold_timeout)
-        if acquired:
-            self._stamp(key, holder)
-        return acquired
-
-    async def aacquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None, hold_timeout: float | None = None) -> bool:
-        acquired = await super().aacquire_lock(key, holder, acquire_timeout, hold_timeout)
-        if acquired:
-            self._stamp(key, holder)
-        return acquired
-
-    def _stamp(self, key: str, holder: str) -> None:
-        stamp = {"holder": holder, "expiration": None, "pid": os.getpid(), "host": socket.gethostname()}
-        self._lock_path_for_key(key).write_text(json.dumps(stamp))
-
-    def is_locked(self, key: str, use_cache: bool = False) -> bool:
-        info = self._get_lock_info(key, use_cache=use_cache)
-        if info and info.get("pid") and info.get("host") == socket.gethostname() and not pid_alive(int(info["pid"])):
-            Path(info["path"]).unlink(missing_ok=True)
-            self._locks.pop(key, None)
-            return False
-        return super().is_locked(key, use_cache=use_cache)
-
-
-def bind_to_store(step_task: Any, store: ArtifactStore, *, refresh: bool = False) -> Any:
-    """The step's task with its results, cache records and locks kept under this artifacts root.
-
-    SERIALIZABLE isolation with file locks makes two runs of the same step and key wait for
-    each other, so the second reads the first's result instead of writing the entry twice.
-    """
-    policy = step_task.cache_policy.configure(
-        lock_manager=ProcessBoundLockManager(lock_files_directory=store.locks_dir),
-        isolation_level="SERIALIZABLE",
-    )
-    return step_task.with_options(
-        cache_policy=policy,
-        result_storage=store.prefect_results_dir,  # a Path: Prefect makes the local block itself
-        persist_result=True,
-        refresh_cache=refresh,
-    )
+    return decorate

@@ -21,10 +21,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from prefect import task
 
 from tasks import store
-from tasks.caching import StepCachePolicy, produce_step
+from tasks.caching import CacheSlot, produce_step, step_task
 from tasks.config import EncodeConfig
 from tasks.errors import RnnflowError
 from tasks.morphemes import analyse_many, analyzer_version, check_analyzer
@@ -457,6 +456,6 @@ def load_arrays(encode_dir: Path, split: str, mmap: bool = True) -> tuple[np.nda
     return np.load(Path(encode_dir) / f"X_{split}.npy", mmap_mode=mode), np.load(Path(encode_dir) / f"y_{split}.npy")
 
 
-@task(name="encode", cache_policy=StepCachePolicy(step="encode"))
-def encode_task(root: str, section: dict, upstream: dict) -> StepOutput:
-    return produce_step(root, "encode", section, upstream, lambda out: encode_reviews(EncodeConfig(**section), upstream["ingest"].path, out))
+@step_task("encode")
+def encode_task(encode: EncodeConfig, *, ingest: StepOutput, slot: CacheSlot) -> StepOutput:
+    return produce_step(slot, lambda out: encode_reviews(encode, ingest.path, out))

@@ -24,10 +24,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from prefect import task
 
 from tasks.baseline import compared, read_baseline
-from tasks.caching import StepCachePolicy, produce_step
+from tasks.caching import CacheSlot, produce_step, step_task
 from tasks.encode import INDEX_FROM, OOV, PAD, START, load_arrays
 from tasks.metrics import headline_metrics
 from tasks.store import RunFiles, StepOutput, atomic_path, read_json, write_json
@@ -289,8 +288,8 @@ def evaluate_model(encode_dir: Path, train_dir: Path, out_dir: Path, ingest_dir:
     return {k: result["test"][k] for k in ("accuracy", "loss", "f1", "roc_auc", "n")}
 
 
-@task(name="evaluate", cache_policy=StepCachePolicy(step="evaluate"))
-def evaluate_task(root: str, section: dict, upstream: dict) -> StepOutput:
-    baseline = upstream.get("baseline")  # absent when a run from before the baseline step is evaluated again
-    return produce_step(root, "evaluate", section, upstream, lambda out: evaluate_model(
-        upstream["encode"].path, upstream["train"].path, out, upstream["ingest"].path, baseline.path if baseline is not None else None))
+@step_task("evaluate")
+def evaluate_task(*, ingest: StepOutput, encode: StepOutput, train: StepOutput, baseline: StepOutput | None, slot: CacheSlot) -> StepOutput:
+    """baseline: None when a run from before the baseline step is evaluated again."""
+    return produce_step(slot, lambda out: evaluate_model(
+        encode.path, train.path, out, ingest.path, baseline.path if baseline is not None else None))

@@ -429,7 +429,7 @@ def manifest_promotion(output: StepOutput, run_id: str) -> dict[str, Any]:
 
 
 def record_promotion(run: RunRecord, output: StepOutput) -> None:
-    """After the promote step (tasks/steps.py `after`): the decision into the run's manifest."""
+    """After the promote step (flows/pipeline.py): the decision into the run's manifest."""
     run.manifest["promotion"] = manifest_promotion(output, run.run_id)
     run.save()
 
@@ -451,7 +451,10 @@ def publish_promotion_artifact(decision: dict[str, Any]) -> bool:
 
 
 @task(name="promote", cache_policy=NO_CACHE)
-def promote_task(root: str, section: dict, upstream: dict, run_folder: str, model_name: str) -> StepOutput:
-    output = promote_run(root, run_folder, section, upstream, model_name)
+def promote_task(promote: PromoteConfig, *, ingest: StepOutput, validate: StepOutput, encode: StepOutput, evaluate: StepOutput,
+                 root: str, run_folder: str, model_name: str) -> StepOutput:
+    """Never cached: it decides against the champion as it is now, into run_folder. model_name: tasks/steps.py's model_name."""
+    upstream = {"ingest": ingest, "validate": validate, "encode": encode, "evaluate": evaluate}
+    output = promote_run(root, run_folder, promote.model_dump(mode="json"), upstream, model_name)
     publish_promotion_artifact(read_json(output.file(DECISION_FILE)))
     return output

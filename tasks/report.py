@@ -15,15 +15,15 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext, TaskRunContext
 
 from tasks.architectures import describe_model
-from tasks.caching import StepCachePolicy, produce_step
+from tasks.caching import CacheSlot, produce_step, section_data, step_task
 from tasks.render import (
     Table, as_number, format_count, format_mean, format_metric, format_percent, format_value, markdown_escape, markdown_table,
 )
@@ -33,6 +33,9 @@ from tasks.report_sections import (
     report_verdict, validation_section,
 )
 from tasks.store import RunFile, RunFiles, StepOutput, atomic_path, read_json, write_json, write_text
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tasks.config import RunConfig
 
 REPORT_HTML = RunFiles.REPORT_HTML.name
 REPORT_MARKDOWN = RunFiles.REPORT_MARKDOWN.name
@@ -437,13 +440,16 @@ def publish_report_artifacts(output: StepOutput, upstream: dict[str, StepOutput]
     return True
 
 
-@task(name="report", cache_policy=StepCachePolicy(step="report"))
-def report_task(root: str, section: dict, upstream: dict) -> StepOutput:
-    # The artifacts are published by the flow from the run folder, so a cached report shows too.
-    return produce_step(root, "report", section, upstream, lambda out: write_report(section["config"], upstream, out))
+@step_task("report")
+def report_task(config: "RunConfig", *, validate: StepOutput, encode: StepOutput, train: StepOutput, evaluate: StepOutput,
+                slot: CacheSlot) -> StepOutput:
+    """config: the run's, shown without its reporting sections. The artifacts are published by the flow from the run
+    folder (publish_run_report), so a cached report shows too."""
+    upstream = {"validate": validate, "encode": encode, "train": train, "evaluate": evaluate}
+    return produce_step(slot, lambda out: write_report(section_data("config", config), upstream, out))
 
 
 def publish_run_report(run: Any, output: StepOutput) -> None:
-    """After the report step (tasks/steps.py `after`): publish from the run folder, so the link outlives the cache
+    """After the report step (flows/pipeline.py): publish from the run folder, so the link outlives the cache
     and a cached report shows too."""
     publish_report_artifacts(run.step_output("report"), {"evaluate": run.step_output("evaluate")})

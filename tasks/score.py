@@ -19,9 +19,9 @@ from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
-from prefect import task
 
-from tasks.caching import StepCachePolicy, produce_step
+from tasks.caching import CacheSlot, produce_step, step_task
+from tasks.score_config import ScoreConfig
 from tasks.ingest.base import IngestError
 from tasks.store import StepOutput, atomic_path, iter_parquet, read_json, sha256_file
 
@@ -160,28 +160,23 @@ def read_figures(label_dir: Path, labels: list[str], batch_rows: int) -> pd.Data
 # --------------------------------------------------------------------------- the cached steps
 
 
-@task(name="score_label", cache_policy=StepCachePolicy(step="score_label"))
-def score_label_task(root: str, section: dict, upstream: dict, source: dict, champion: dict) -> StepOutput:
+@step_task("score_label")
+def score_label_task(score: ScoreConfig, *, source: dict, champion: dict, slot: CacheSlot) -> StepOutput:
     """source: ScoringInput.as_key() plus "location" and "path" (left out of the key); champion: run_id, folder, model_sha256."""
     from tasks.remote_input import as_location
 
     opened = ScoringInput(location=source["location"], path=as_location(source["path"]), fmt=source["format"],
                           text_column=source["text_column"], fingerprint=source["fingerprint"])
-    return produce_step(root, "score_label", section, upstream,
-                        lambda out: label_input(Path(champion["folder"]), opened, section["batch_rows"], out),
-                        source=source, champion=champion)
+    return produce_step(slot, lambda out: label_input(Path(champion["folder"]), opened, score.batch_rows, out))
 
 
-@task(name="score_drift", cache_policy=StepCachePolicy(step="score_drift"))
-def score_drift_task(root: str, section: dict, upstream: dict, reference: dict | None, labels: list) -> StepOutput:
+@step_task("score_drift")
+def score_drift_task(score: ScoreConfig, *, score_label: StepOutput, reference: dict | None, labels: list, slot: CacheSlot) -> StepOutput:
     from tasks.drift import check_drift
-    from tasks.score_config import ScoreConfig
-
-    cfg = ScoreConfig(**section)
 
     def work(out: Path) -> dict[str, Any]:
-        report = check_drift(read_figures(upstream["score_label"].path, labels, cfg.batch_rows), labels, reference, cfg, out)
+        report = check_drift(read_figures(score_label.path, labels, score.batch_rows), labels, reference, score, out)
         return {"reference": report["reference"], "passed": report["passed"], "failed": report["failed"],
                 "figures": [{k: row[k] for k in ("figure", "value", "reference", "bound", "passed")} for row in report["figures"]]}
 
-    return produce_step(root, "score_drift", section, upstream, work, reference=reference, labels=labels)
+    return produce_step(slot, work)

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prefect import task
 
 from tasks.architectures import TASKS
-from tasks.caching import StepCachePolicy, produce_step
+from tasks.caching import CacheSlot, produce_step, step_task
 from tasks.config import ModelConfig, TrainConfig, member_model
 from tasks.determinism import op_determinism
 from tasks.encode import Vocabulary
@@ -182,8 +181,7 @@ def _progress_hook() -> EpochHook | None:
     return prefect_epoch_progress()
 
 
-@task(name="train", cache_policy=StepCachePolicy(step="train"))
-def train_task(root: str, section: dict, upstream: dict) -> StepOutput:
-    model_cfg, train_cfg = ModelConfig(**section["model"]), TrainConfig(**section["train"])
+@step_task("train")
+def train_task(model: ModelConfig, train: TrainConfig, *, encode: StepOutput, slot: CacheSlot) -> StepOutput:
     hook = _progress_hook()
-    return produce_step(root, "train", section, upstream, lambda out: train_model(model_cfg, train_cfg, upstream["encode"].path, out, hook))
+    return produce_step(slot, lambda out: train_model(model, train, encode.path, out, hook))

@@ -67,9 +67,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from prefect import task
 
-from tasks.caching import StepCachePolicy, produce_step
+from tasks.caching import CacheSlot, produce_step, step_task
 from tasks.config import ValidateConfig
 from tasks.data_docs import make_offline
 from tasks import store
@@ -451,14 +450,12 @@ def first_error(summary: dict[str, Any]) -> str:
     return errors[0]
 
 
-@task(name="validate", cache_policy=StepCachePolicy(step="validate"), retries=0)
-def validate_task(root: str, section: dict, upstream: dict, text_rule: dict | None = None) -> StepOutput:
+@step_task("validate", retries=0)
+def validate_task(validate: ValidateConfig, *, ingest: StepOutput, text_rule: dict, slot: CacheSlot) -> StepOutput:
     """Data problems do not retry: the same data fails the same way. text_rule: encode's tokenizer and lowercase
-    (and, for auto, its num_words and auto_min_coverage), as TextRule's fields."""
-    rule = TextRule(**(text_rule or {}))
-    output = produce_step(root, "validate", section, upstream,
-                          lambda out: validate_reviews(ValidateConfig(**section), upstream["ingest"].path, out, text_rule=rule),
-                          **({"text_rule": text_rule} if text_rule else {}))
+    (and, for auto, its num_words and auto_min_coverage), as TextRule's fields (tasks/steps.py: text_rule)."""
+    rule = TextRule(**text_rule)
+    output = produce_step(slot, lambda out: validate_reviews(validate, ingest.path, out, text_rule=rule))
     if not output.summary["passed"]:
         raise DataValidationError(first_error(output.summary), output.path)
     return output

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flows.pipeline import rnnflow_pipeline
-from tasks.caching import ProcessBoundLockManager, step_key
+from tasks.caching import CacheSlot, entry_lock, key_for, step_key
 from tasks.config import load_config
 from tasks.store import STEPS, ArtifactStore, StepOutput
 from tests.helpers import step_statuses as _statuses
@@ -131,16 +131,47 @@ def test_a_retried_flow_run_resumes_its_folder_and_reuses_finished_steps(prefect
                                  "train": "cached", "evaluate": "completed", "promote": "completed", "report": "completed"}
 
 
-def test_locks_of_dead_processes_are_free(tmp_path: Path):
-    manager = ProcessBoundLockManager(lock_files_directory=tmp_path)
-    assert manager.acquire_lock("train-abc", holder="me")
-    assert manager.is_locked("train-abc")
-    stamp = json.loads((tmp_path / "train-abc.lock").read_text())
-    stamp["pid"] = 2**22 + 12345  # no such process
-    (tmp_path / "train-abc.lock").write_text(json.dumps(stamp))
-    other = ProcessBoundLockManager(lock_files_directory=tmp_path)
-    assert not other.is_locked("train-abc")
-    assert other.acquire_lock("train-abc", holder="next run", acquire_timeout=1)
+def test_an_entry_lock_is_exclusive_and_let_go_with_its_holder(tmp_path: Path):
+    """flock: a second holder (another run) cannot take it while the first holds it; the kernel frees it when the
+    holder closes it, as it does when the holder's process dies (SIGKILL too), so no stale lock can block a step."""
+    import fcntl
+
+    store = ArtifactStore(tmp_path)
+    lock_file = store.entry_dir("train", "abc").parent / ".abc.lock"
+    with entry_lock(store, "train", "abc"):
+        with open(lock_file, "a+b") as other:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(lock_file, "a+b") as other:
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # free once the holder let go
+    assert not [p for p in lock_file.parent.iterdir() if not p.name.startswith(".")], "the lock is no entry"
+
+
+def test_the_key_from_typed_sections_is_the_key_from_their_dicts():
+    """Keys of entries made before the steps took typed sections stay valid: each key covers the same JSON dump."""
+    from tasks.config_reporting import without_reporting
+    from tasks.steps import baseline_inputs, text_rule
+
+    config = tiny_config()
+    ingest = StepOutput(step="ingest", key="k", dir="/x", files={"train.parquet": "aa"})
+    encode = StepOutput(step="encode", key="e", dir="/y", files={"X_train.npy": "bb"})
+    source = {"kind": "synthetic", "fingerprint": "f"}
+    assert key_for("ingest", {"data": config.data, "source": source}) == step_key("ingest", config.section("data"), {}, {"source": source})
+    assert key_for("validate", {"validate": config.validate_, "ingest": ingest, **text_rule(config)}) == step_key(
+        "validate", config.section("validate"), {"ingest": ingest}, text_rule(config))
+    assert key_for("baseline", {"baseline": config.baseline, "ingest": ingest, **baseline_inputs(config)}) == step_key(
+        "baseline", config.section("baseline"), {"ingest": ingest}, baseline_inputs(config))
+    assert key_for("train", {"model": config.model, "train": config.train, "encode": encode}) == step_key(
+        "train", {"model": config.section("model"), "train": config.section("train")}, {"encode": encode})
+    assert key_for("evaluate", {"ingest": ingest, "encode": encode, "train": encode, "baseline": None}) == step_key(
+        "evaluate", {}, {"ingest": ingest, "encode": encode, "train": encode})
+    assert key_for("report", {"config": config, "encode": encode}) == step_key(
+        "report", {"config": without_reporting(config.as_dict())}, {"encode": encode})
+    assert config.model_copy(update={"track": config.track.model_copy(update={"experiment": "other"})}) != config
+    assert key_for("report", {"config": config.model_copy(update={"track": config.track.model_copy(update={"experiment": "x"})})}) == \
+        key_for("report", {"config": config}), "where a run reports is in no key"
+    retried = config.data.model_copy(update={"retries": 7})
+    assert key_for("ingest", {"data": retried, "source": source}) == key_for("ingest", {"data": config.data, "source": source})
 
 
 def test_a_module_edited_during_a_run_keeps_the_key_of_the_code_that_runs(monkeypatch: pytest.MonkeyPatch):
@@ -159,7 +190,7 @@ def test_a_module_edited_during_a_run_keeps_the_key_of_the_code_that_runs(monkey
     monkeypatch.delitem(sys.modules, "tasks.models", raising=False)
     ran = []
     with pytest.raises(RuntimeError, match=r"tasks/models.py changed on disk after this run started, so the evaluate step would run other code"):
-        produce_step("/nonexistent", "evaluate", {}, {}, lambda out: ran.append(out))
+        produce_step(CacheSlot("/nonexistent", "evaluate", key), lambda out: ran.append(out))
     assert ran == []
 
 

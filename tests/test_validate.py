@@ -16,7 +16,7 @@ import tasks.validate
 
 from tasks.config import ConfigError, EncodeConfig, ValidateConfig, load_config
 from tasks.encode import encode_reviews
-from tasks.steps import task_inputs
+from tasks.steps import text_rule
 from tasks.store import StepOutput, write_json
 from tasks.text import token_counts
 from tasks.validate import DataValidationError, TextRule, first_error, validate_reviews, validate_task
@@ -173,6 +173,15 @@ def test_duplicates_and_length_bounds_are_warnings_with_observed_values(tmp_path
     assert longest and longest[0]["observed"] == 60 and "validate.max_tokens" in longest[0]["message"]
 
 
+def _validate_task(root: str, ingest: StepOutput, text_rule: dict) -> StepOutput:
+    """validate_task's body, called as the flow calls it (flows/run_steps.py), with its key computed from its inputs."""
+    from tasks.caching import CacheSlot, key_for
+
+    inputs = {"validate": ValidateConfig(), "ingest": ingest, "text_rule": text_rule}
+    output = validate_task.fn(**inputs, slot=CacheSlot(root, "validate", key_for("validate", inputs)))
+    return output.data if not isinstance(output, StepOutput) else output  # a reused entry comes back as a Cached state
+
+
 def test_task_raises_one_sentence_and_keeps_the_report(tmp_path):
     def one_class(frames):
         frames["val"]["label"] = 1
@@ -180,7 +189,7 @@ def test_task_raises_one_sentence_and_keeps_the_report(tmp_path):
     ingest = make_corpus(tmp_path / "ingest", one_class)
     upstream = {"ingest": StepOutput(step="ingest", key="k", dir=str(ingest), files={"train.parquet": "x"})}
     with pytest.raises(DataValidationError) as caught:
-        validate_task.fn(str(tmp_path / "artifacts"), ValidateConfig().model_dump(mode="json"), upstream)
+        _validate_task(str(tmp_path / "artifacts"), upstream["ingest"], {})
     error = caught.value
     assert "split val" in str(error) and "class_balance" in str(error)
     assert (error.output_dir / "validation.json").is_file()
@@ -418,14 +427,13 @@ def test_changing_the_tokenizer_changes_the_cache_key_and_the_lengths(tmp_path: 
     # text_rule is a task input, so it is in validate's cache key: a char run cannot reuse the word run's lengths.
     ingest = make_corpus(tmp_path / "ingest", _with_punctuation_review)
     upstream = {"ingest": StepOutput(step="ingest", key="k", dir=str(ingest), files={"train.parquet": "x"})}
-    section = ValidateConfig().model_dump(mode="json")
     root = str(tmp_path / "artifacts")
     outputs = {
-        tokenizer: validate_task.fn(root, section, upstream, {"tokenizer": tokenizer, "lowercase": True})
+        tokenizer: _validate_task(root, upstream["ingest"], {"tokenizer": tokenizer, "lowercase": True})
         for tokenizer in ("word", "char")
     }
     assert outputs["word"].key != outputs["char"].key
-    assert validate_task.fn(root, section, upstream, {"tokenizer": "word", "lowercase": True}).key == outputs["word"].key
+    assert _validate_task(root, upstream["ingest"], {"tokenizer": "word", "lowercase": True}).key == outputs["word"].key
     stats = {name: json.loads(output.file("validation.json").read_text())["length_stats"] for name, output in outputs.items()}
     assert stats["word"]["train"]["min"] == 0 and stats["char"]["train"]["min"] == 3
     assert outputs["char"].summary["length_unit"] == "characters"
@@ -492,7 +500,7 @@ def test_auto_measures_characters_in_train_only_before_the_choice(tmp_path: Path
 def test_auto_rule_and_cache_key_carry_num_words_and_coverage_only_for_auto():
     def rule(tokenizer: str) -> dict:
         config = load_config(overrides=[f"encode.tokenizer={tokenizer}", "encode.num_words=3000", "encode.auto_min_coverage=0.8"])
-        return task_inputs("validate", config, {"ingest": None})["text_rule"]
+        return text_rule(config)["text_rule"]
 
     assert rule("auto") == {"tokenizer": "auto", "lowercase": True, "num_words": 3000, "auto_min_coverage": 0.8}
     assert rule("word") == {"tokenizer": "word", "lowercase": True}, "a word run's validation does not hang on num_words"

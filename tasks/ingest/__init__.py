@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from prefect import task
 
 from tasks import store
-from tasks.caching import StepCachePolicy, produce_step
+from tasks.caching import CacheSlot, produce_step, step_task
 from tasks.config import DataConfig
 from tasks.ingest import imdb, keras_imdb, synthetic, table
 from tasks.ingest.base import IMDB_LABELS, ROW_COLUMNS, SPLIT_VALUES, DownloadError, IngestError, Reading, Source
@@ -136,6 +136,7 @@ def locate_source_task(section: dict, data_dir: str = "data") -> dict[str, Any]:
     return locate_source(DataConfig(**section), Path(data_dir))
 
 
-@task(name="ingest", cache_policy=StepCachePolicy(step="ingest"))
-def ingest_task(root: str, section: dict, upstream: dict, source: dict) -> StepOutput:
-    return produce_step(root, "ingest", section, upstream, lambda out: ingest_reviews(DataConfig(**section), source, out), source=source)
+@step_task("ingest")
+def ingest_task(data: DataConfig, *, source: dict, slot: CacheSlot) -> StepOutput:
+    """source: the located input (locate_source), its fingerprint in the key."""
+    return produce_step(slot, lambda out: ingest_reviews(data, source, out))

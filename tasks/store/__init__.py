@@ -9,8 +9,8 @@ Layout under the artifacts root:
 
     runs/<run-id>/manifest.json      one folder per run, never overwritten
     runs/<run-id>/<step>/...         the step's outputs (hard links into cache/ where possible)
-    cache/<step>/<key>/...           one complete entry per step fingerprint, with _entry.json
-    prefect/results/, prefect/locks/ Prefect's persisted task results and cache locks
+    cache/<step>/<key>/...           one complete entry per step fingerprint, with _entry.json (the only cache record)
+    cache/<step>/.<key>.lock         the entry's lock while a process looks it up or makes it (tasks/caching.py)
 
 The root may be an fsspec URL (s3://bucket/prefix): the same layout is kept in the bucket, and a
 local mirror folder (tasks/store/remote.py) is where steps read and write; the methods marked
@@ -38,7 +38,7 @@ from tasks.store.manifest import (  # noqa: F401
     RunError, RunNotFoundError, StepRecord, load_manifest, require_run_files, verify_run_files,
 )
 from tasks.store.entries import StepOutput, parse_entry  # noqa: F401
-from tasks.store.bucket import BucketSync, prefect_key  # noqa: F401
+from tasks.store.bucket import BucketSync
 from tasks.store.champions import CHAMPION_FILE, CHAMPION_LOCK, ChampionRecord, model_of_config  # noqa: F401
 from tasks.store.process import ProcessStamp, pid_alive, process_stamp, stamp_gone  # noqa: F401
 from tasks.store.remote import MIRROR_ENV, RemoteRoot, UnusableRemote, is_url, mirror_folder  # noqa: F401
@@ -101,14 +101,6 @@ class ArtifactStore(BucketSync):
     def cache_dir(self) -> Path:
         return self.root / "cache"
 
-    @property
-    def prefect_results_dir(self) -> Path:
-        return self.root / "prefect" / "results"
-
-    @property
-    def locks_dir(self) -> Path:
-        return self.root / "prefect" / "locks"
-
     # ----- is the root usable
 
     def _first_existing(self) -> Path:
@@ -142,7 +134,7 @@ class ArtifactStore(BucketSync):
         if self.remote is not None:
             self.remote.check()
         base = self._first_existing()
-        folders = [base, *(d for d in (self.runs_dir, self.cache_dir, self.root / "prefect", self.prefect_results_dir, self.locks_dir) if d.is_dir())]
+        folders = [base, *(d for d in (self.runs_dir, self.cache_dir) if d.is_dir())]
         files = [f for f in (self.champions.file, self.champions.lock_file) if f.is_file()]
         for path in folders:
             if not os.access(path, os.W_OK | os.X_OK):
@@ -184,10 +176,8 @@ class ArtifactStore(BucketSync):
                 return None
         return output
 
-    def forget_entry(self, step: str, key: str, prefect_key: str | None = None) -> None:
-        """Drop a cache entry (and Prefect's record of it) so the step recomputes."""
-        if prefect_key:
-            (self.prefect_results_dir / prefect_key).unlink(missing_ok=True)
+    def forget_entry(self, step: str, key: str) -> None:
+        """Drop a cache entry so the step recomputes."""
         shutil.rmtree(self.entry_dir(step, key), ignore_errors=True)
 
     def produce(self, step: str, key: str, work: Callable[[Path], dict[str, Any]], made_by: str | None = None,

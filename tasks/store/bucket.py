@@ -35,11 +35,6 @@ if TYPE_CHECKING:  # pragma: no cover
 CLAIM_TRIES = 3  # claims replaced under this writer this many times in a row: it keeps its own version, unclaimed
 
 
-def prefect_key(step: str, key: str) -> str:
-    """The name of Prefect's cache record (and lock) for a step's entry."""
-    return f"{step}-{key}"
-
-
 class BucketSync:
     """(remote) The store's methods that move files between its mirror (self.root) and its bucket (self.remote).
 
@@ -51,8 +46,6 @@ class BucketSync:
     remote: "RemoteRoot | None"
 
     if TYPE_CHECKING:  # pragma: no cover  (ArtifactStore's)
-        prefect_results_dir: Path
-
         def entry_dir(self, step: str, key: str) -> Path: ...
         def where(self, path: Path | None = None) -> str: ...
         def manifest_fix(self, folder: Path) -> str: ...
@@ -126,8 +119,6 @@ class BucketSync:
             local = output.model_copy(update={"dir": str(final), "reused": False})
             write_json(scratch / ENTRY_FILE, local.model_dump(mode="json"))
             self._install(scratch, final)
-            # Prefect's record of this key, if the mirror had one, describes the entry it held before: not this one.
-            (self.prefect_results_dir / prefect_key(output.step, output.key)).unlink(missing_ok=True)
             return local
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
