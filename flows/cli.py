@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 import flows  # noqa: F401  (telemetry defaults before Prefect loads)
+from flows.cli_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, checked_store, prepare_prefect
 from flows.cli_parser import UsageError, build_parser
 from flows.preflight import check_before_flow
 from tasks.config import ConfigError, RunConfig, load_config, preset_description, preset_names
@@ -20,17 +21,7 @@ from tasks.spelling import did_you_mean
 from tasks.steps import STEPS, step as step_spec
 from tasks.store import MANIFEST_FILE, ArtifactsRootError, ArtifactStore, ChampionError, RunFiles, RunError, new_run_id, read_json, verify_run_files
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-def _store(args: argparse.Namespace, writing: bool = False) -> ArtifactStore:
-    """The --artifacts root, checked first: a file is refused for every command, an unwritable folder for writers."""
-    try:
-        store = ArtifactStore(args.artifacts)
-        store.check_writable() if writing else store.check_folder()
-    except ArtifactsRootError as error:
-        raise UsageError(str(error)) from None
-    return store
+_store, _prepare_prefect = checked_store, prepare_prefect  # the names the commands below call them by
 
 
 def _resolve(store: ArtifactStore, run: str, model: str | None = None) -> Path:
@@ -63,18 +54,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_before_flow(config, args.start_from if derived_from else None)
     _prepare_prefect()
     return _execute(store, config, refresh=refresh, data_dir=args.data_dir, start_from=args.start_from, derived_from=derived_from)
-
-
-def _prepare_prefect() -> None:
-    """For the commands that run a flow (run, step, sweep), once their arguments are checked."""
-    from flows.pipeline import quiet_expected_tracebacks
-    from flows.prefect_server import start_temporary_server
-
-    quiet_expected_tracebacks()  # rnnflow's own sentence is printed last; the tracebacks go to the run's run.log
-    # With no Prefect API configured, start the temporary server here rather than let Prefect do it
-    # mid-flow: this way it dies with this process even on kill -9, a slow start is one sentence, and
-    # its database is a per-run copy, not Prefect's default ~/.prefect/prefect.db.
-    start_temporary_server()
 
 
 def _reuse_config(source: Path, first: str, preset: str | None, config_file: str | None, overrides: list[str]) -> RunConfig:

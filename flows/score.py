@@ -134,17 +134,17 @@ def _assemble(store: ArtifactStore, manifest: dict[str, Any], outputs: list[Any]
 
 def cmd_score(args: argparse.Namespace) -> int:
     """rnnflow score: print the drift figures and the scores folder last; exit 2 for bad input or drift under on_drift fail."""
-    from flows.cli import EXIT_OK, EXIT_USAGE, _prepare_prefect, _store
+    from flows.cli_common import EXIT_OK, EXIT_USAGE, checked_store, prepare_prefect
     from flows.cli_parser import UsageError
 
     config = load_config(args.preset, args.config, args.overrides)
-    store = _store(args, writing=True)
+    store = checked_store(args, writing=True)
     try:
         champion = resolve_champion(store, args.model)  # before Prefect starts: no champion is one sentence
         open_scoring_input(args.input, args.text_column or config.score.text_column)
     except (RunError, ValueError, FileNotFoundError) as error:
         raise UsageError(str(error)) from None
-    _prepare_prefect()
+    prepare_prefect()
     state = rnnflow_score(input=args.input, artifacts_root=store.location, model=champion["model"], config=config,
                           text_column=args.text_column, return_state=True)
     if not state.is_completed():
