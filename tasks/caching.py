@@ -97,9 +97,9 @@ def _imports_in(name: str, source: bytes) -> frozenset[str]:
 
 
 def _sources_now() -> tuple[tuple[str, int], ...]:
-    """What the memoised code versions hang on: which sources at start there are, each by identity (cheap; a test
-    that swaps one in SOURCES_AT_START gets a fresh answer)."""
-    return tuple((name, id(source)) for name, source in SOURCES_AT_START.items())
+    """What the memoised code versions hang on: which sources at start there are, each by its hash (computed once
+    per bytes object, so cheap; a test that swaps one in SOURCES_AT_START gets a fresh answer)."""
+    return tuple((name, hash(source)) for name, source in SOURCES_AT_START.items())
 
 
 def code_files(step: str) -> list[str]:
