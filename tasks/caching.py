@@ -215,17 +215,22 @@ def _refuse_code_changed_since_start(step: str) -> None:
             )
 
 
+def lock_file(store: ArtifactStore, step: str, key: str) -> Path:
+    """Where the lock of a step's entry is: on this machine, under the root (a bucket root's mirror)."""
+    return store.root / "locks" / step / f"{key}.lock"
+
+
 @contextlib.contextmanager
 def entry_lock(store: ArtifactStore, step: str, key: str) -> Iterator[None]:
     """An exclusive lock on one entry of this machine's cache folder, held while it is looked up and made.
 
     flock: the kernel releases it when its holder exits, however it ends (SIGKILL included), so a killed run
-    never blocks the step in later runs. The lock file (cache/<step>/.<key>.lock) stays: removing it could
-    let two writers hold locks on two files of one name.
+    never blocks the step in later runs. The lock file (locks/<step>/<key>.lock, beside cache/ so that a step's
+    cache folder holds its entries alone) stays: removing it could let two writers lock two files of one name.
     """
-    folder = store.entry_dir(step, key).parent
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f".{key}.lock", "a+b") as handle:
+    path = lock_file(store, step, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield

@@ -136,15 +136,17 @@ def test_an_entry_lock_is_exclusive_and_let_go_with_its_holder(tmp_path: Path):
     holder closes it, as it does when the holder's process dies (SIGKILL too), so no stale lock can block a step."""
     import fcntl
 
+    from tasks import caching
+
     store = ArtifactStore(tmp_path)
-    lock_file = store.entry_dir("train", "abc").parent / ".abc.lock"
+    lock_file = caching.lock_file(store, "train", "abc")
     with entry_lock(store, "train", "abc"):
         with open(lock_file, "a+b") as other:
             with pytest.raises(BlockingIOError):
                 fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     with open(lock_file, "a+b") as other:
         fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # free once the holder let go
-    assert not [p for p in lock_file.parent.iterdir() if not p.name.startswith(".")], "the lock is no entry"
+    assert not store.cache_dir.exists(), "a step's cache folder holds its entries alone"
 
 
 def test_the_key_from_typed_sections_is_the_key_from_their_dicts():

@@ -10,7 +10,7 @@ Layout under the artifacts root:
     runs/<run-id>/manifest.json      one folder per run, never overwritten
     runs/<run-id>/<step>/...         the step's outputs (hard links into cache/ where possible)
     cache/<step>/<key>/...           one complete entry per step fingerprint, with _entry.json (the only cache record)
-    cache/<step>/.<key>.lock         the entry's lock while a process looks it up or makes it (tasks/caching.py)
+    locks/<step>/<key>.lock          an entry's lock while a process looks it up or makes it (tasks/caching.py)
 
 The root may be an fsspec URL (s3://bucket/prefix): the same layout is kept in the bucket, and a
 local mirror folder (tasks/store/remote.py) is where steps read and write; the methods marked
