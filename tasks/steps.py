@@ -55,6 +55,8 @@ def text_rule(config: "RunConfig") -> dict[str, Any]:
     rule = {"tokenizer": encode.tokenizer, "lowercase": encode.lowercase}
     if encode.tokenizer == "auto":
         rule.update(num_words=encode.num_words, auto_min_coverage=encode.auto_min_coverage)
+    if encode.analyzer != "none":  # the counts read the morphemes, as encode does (unset: the keys of runs before the key stay)
+        rule["analyzer"] = encode.analyzer
     return {"text_rule": rule}
 
 

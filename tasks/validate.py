@@ -75,6 +75,7 @@ from tasks import store
 from tasks.errors import RnnflowError
 from tasks.store import SPLITS, RunFiles, StepOutput, iter_parquet, parquet_rows, read_json, write_json
 from tasks.logs import step_logger
+from tasks.morphemes import analyse_many
 from tasks.text import clean_text, kept_shares, token_counts, tokenize_many
 from tasks.validate_rules import LENGTH_UNITS, Rule, TextRule, overlap_rules, suite_rules
 from tasks.vocabulary_rule import token_frequencies
@@ -145,6 +146,8 @@ def _read_split(
         texts = batch["text"]
         raw = texts.fillna("").astype(str).tolist()
         # Tags such as <br /> are not words: count tokens the way encoding will see them.
+        if text_rule.analyzer != "none":  # encode's tokenizer reads the morphemes of the text as ingested: so do the counts
+            raw = analyse_many(raw, text_rule.analyzer)
         cleaned = [clean_text(t) for t in raw]
         for tokenizer in text_rule.candidates:
             if LENGTH_UNITS[tokenizer][0] == "word":  # one word pass gives both the lengths and, for auto, the words

@@ -38,6 +38,7 @@ class TextRule:
     lowercase: bool = True
     num_words: int = _ENCODE_DEFAULTS.num_words
     auto_min_coverage: float = _ENCODE_DEFAULTS.auto_min_coverage
+    analyzer: str = "none"  # encode.analyzer: what runs before the tokenizer (tasks/morphemes.py)
     auto_choice: TokenizerChoice | None = None  # what auto chose from train's words (resolve_auto), None before
 
     @property
@@ -61,7 +62,8 @@ class TextRule:
     def record(self) -> dict[str, Any]:
         """What validation.json says of the tokenizer; auto's choice as encode.json records it (same function, same words)."""
         auto = {"tokenizer_auto": self.auto_choice.record()} if self.auto_choice else {}
-        return {"length_unit": self.length_unit, "tokenizer": self.tokenizer, "tokenizer_resolved": self.resolved, **auto}
+        analyzer = {"analyzer": self.analyzer} if self.analyzer != "none" else {}
+        return {"length_unit": self.length_unit, "tokenizer": self.tokenizer, "tokenizer_resolved": self.resolved, **analyzer, **auto}
 
     @property
     def length_rule(self) -> str:

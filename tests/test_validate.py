@@ -504,3 +504,26 @@ def test_auto_rule_and_cache_key_carry_num_words_and_coverage_only_for_auto():
 
     assert rule("auto") == {"tokenizer": "auto", "lowercase": True, "num_words": 3000, "auto_min_coverage": 0.8}
     assert rule("word") == {"tokenizer": "word", "lowercase": True}, "a word run's validation does not hang on num_words"
+
+
+def test_with_an_analyser_validation_counts_the_morphemes_encode_reads(tmp_path: Path):
+    """encode.analyzer kiwi: encode's tokenizer reads morphemes (영화가 -> 영화 가), so the length checks count them too,
+    validation.json names the analyser, and the rule (validate's cache key) differs from the run without it."""
+    from tasks.config import RunConfig
+    from tasks.morphemes import analyse_many
+    from tasks.validate import TextRule
+
+    pytest.importorskip("kiwipiepy")
+    korean = _texts(lambda split, i: " ".join(KOREAN_WORDS[(i * 7 + k) % 10] for k in range(2 + i % 6)) + f" {split}{i}점")
+    ingest = make_corpus(tmp_path / "ingest", korean)
+    loose = ValidateConfig(max_duplicate_fraction=1, max_train_test_overlap=1)
+    plain = validate_reviews(loose, ingest, tmp_path / "plain", text_rule=TextRule())
+    analysed = validate_reviews(loose, ingest, tmp_path / "kiwi", text_rule=TextRule(analyzer="kiwi"))
+    texts = pd.read_parquet(ingest / "train.parquet")["text"].tolist()
+    morphemes = [len(text.split()) for text in analyse_many(texts, "kiwi")]
+    report = json.loads((tmp_path / "kiwi" / "validation.json").read_text())
+    assert report["analyzer"] == "kiwi" and report["length_stats"]["train"]["max"] == max(morphemes)
+    assert report["length_stats"]["train"]["max"] > json.loads((tmp_path / "plain" / "validation.json").read_text())["length_stats"]["train"]["max"]
+    assert plain["passed"] and analysed["passed"]
+    rule = text_rule(RunConfig.model_validate({"encode": {"analyzer": "kiwi"}}))["text_rule"]
+    assert rule["analyzer"] == "kiwi" and "analyzer" not in text_rule(RunConfig())["text_rule"]
