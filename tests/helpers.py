@@ -222,3 +222,37 @@ def logged(name: str):
         yield records
     finally:
         logging.getLogger(name).removeHandler(handler)
+
+
+# --------------------------------------------------------------------------- `rnnflow` processes
+
+
+def cli_command(*args: str) -> list[str]:
+    """An `rnnflow ARGS...` process's command line, run from this interpreter."""
+    import sys
+
+    return [sys.executable, "-m", "flows.cli", *args]
+
+
+def session_api_env() -> dict[str, str]:
+    """This process's environment for an `rnnflow` process, reporting to the session's Prefect API (conftest's prefect_api)."""
+    import os
+
+    from prefect.settings import PREFECT_API_URL
+
+    env = dict(os.environ)
+    env["PREFECT_API_URL"] = PREFECT_API_URL.value()  # the test harness's server
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def wait_for(predicate, timeout: float, what: str, every: float = 0.2) -> None:
+    """Poll predicate every `every` seconds until it holds; AssertionError naming `what` after timeout seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
