@@ -26,12 +26,14 @@ SLOW_FIXTURES = {"prefect_api", "tiny_run", "tiny_run_copy"}
 # `make test` runs `pytest -n 2 --dist loadscope`: each module goes whole to one worker, in the order below.
 # xdist's own order (most tests first) sent the few-but-long modules out last, so one worker ran them alone while
 # the other sat idle. These hold the suite's longest tests (real `rnnflow` processes, Dask clusters, runs on a
-# bucket), longest first; they start first, and the many short modules even out the two workers' ends.
+# bucket); they start first, and the many short modules even out the two workers' ends. A worker left with two
+# tests or fewer to run is sent the next module at once, so the two halves of the fault tests are kept apart by a
+# module in between (else both land on the worker that took the first).
 LONG_MODULES = [
     "test_bucket_hardening.py",
     "test_faults.py",
-    "test_faults_concurrent.py",
     "test_object_store.py",
+    "test_faults_concurrent.py",
     "test_sweep.py",
     "test_hardening_process.py",
     "test_gpu_script.py",
@@ -89,10 +91,14 @@ def imdb_archive(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def prefect_api():
-    """A real, temporary Prefect API (server + SQLite) for the flow tests of this session."""
+    """A real, temporary Prefect API (server + SQLite) for the flow tests of this session.
+
+    Each xdist worker starts its own, and with the long modules first (LONG_MODULES) both start at once, at the
+    busiest moment of the run: on a shared 2-core machine at a load average of 25 that took over 120 s, and every
+    test using it failed. The wait is all the longer timeout changes; on a quiet machine the server is up in seconds."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=300):
         yield
 
 
