@@ -1,4 +1,4 @@
-"""(remote) A URL root's files between this machine's mirror and the bucket: cache entries, run folders, manifests.
+"""The bucket backend (BucketStorage): a URL root's files between this machine's mirror and the bucket: cache entries, run folders, manifests.
 
 A cache entry in a bucket is written once. Its writer uploads the files under a folder of its own,
 cache/<step>/<key>/<version>/..., and then claims the entry by creating cache/<step>/<key>/_entry.json
@@ -22,56 +22,104 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Iterator, cast
 
+from tasks.store.backend import Storage
 from tasks.store.entries import StepOutput, new_version, parse_entry
-from tasks.store.files import ENTRY_FILE, WRITER_FILE, atomic_path, safe_relative_name, sha256_file, write_json
-from tasks.store.manifest import MANIFEST_FILE, BadRunIdError, ManifestError, RunError, load_manifest, manifest_from_text
+from tasks.store.lock_object import hold_lock_object
+from tasks.store.files import ENTRY_FILE, WRITER_FILE, atomic_path, install_folder, safe_relative_name, sha256_file, write_json
+from tasks.store.manifest import MANIFEST_FILE, ArtifactsRootError, BadRunIdError, ManifestError, RunError, load_manifest, manifest_from_text
 from tasks.store.process import process_stamp
-
-if TYPE_CHECKING:  # pragma: no cover
-    from tasks.store.remote import RemoteRoot
+from tasks.store.remote import RemoteRoot, UnusableRemote, mirror_folder
 
 CLAIM_TRIES = 3  # claims replaced under this writer this many times in a row: it keeps its own version, unclaimed
 
 
-class BucketSync:
-    """(remote) The store's methods that move files between its mirror (self.root) and its bucket (self.remote).
+class BucketStorage(Storage):
+    """A URL root: its objects in a bucket (self.remote, tasks/store/remote.py), worked on in a local mirror (self.root)."""
 
-    ArtifactStore mixes these in; on a local root self.remote is None and they are not called (push and
-    push_step return at once).
-    """
+    def __init__(self, url: str):
+        try:
+            self.remote = RemoteRoot(url)
+        except ArtifactsRootError as error:  # callers make the store before their error handling: its first use says it
+            self.remote = cast(RemoteRoot, UnusableRemote(url, error))
+        self.location = self.remote.url
+        self.root = mirror_folder(self.location)
 
-    root: Path
-    remote: "RemoteRoot | None"
-
-    if TYPE_CHECKING:  # pragma: no cover  (ArtifactStore's)
-        def entry_dir(self, step: str, key: str) -> Path: ...
-        def where(self, path: Path | None = None) -> str: ...
-        def manifest_fix(self, folder: Path) -> str: ...
-        def check_run_id(self, run_id: str) -> str: ...
-        @staticmethod
-        def _install(scratch: Path, final: Path) -> None: ...
+    def where(self, path: Path | None = None) -> str:
+        path = self.root if path is None else Path(path)
+        try:
+            rel = path.relative_to(self.root).as_posix()
+        except ValueError:
+            return str(path)
+        return self.remote.url_of("" if rel == "." else rel)
 
     def _rel(self, path: Path) -> str:
-        return Path(path).relative_to(self.root).as_posix()
+        return self.key(path)
+
+    def entry_dir(self, step: str, key: str) -> Path:
+        return self.root / "cache" / step / key
 
     def _objects(self, output: StepOutput) -> str:
         """Where an entry's files are in the bucket: its version's folder (entries made before versions: the entry's)."""
         rel = self._rel(self.entry_dir(output.step, output.key))
         return f"{rel}/{output.objects}" if output.objects else rel
 
+    # ----- objects, whole (tasks/store/remote.py does the calls)
+
+    def read_bytes(self, key: str) -> bytes | None:
+        return self.remote.read_bytes(key)
+
+    def read_with_tag(self, key: str) -> tuple[bytes | None, str | None]:
+        return self.remote.read_with_tag(key)
+
+    def write_bytes(self, key: str, data: bytes, *, create: bool = False, if_match: str | None = None, if_absent: bool = False) -> None:
+        self.remote.write_bytes(key, data, create=create, if_match=if_match, if_absent=if_absent)
+
+    def delete(self, key: str) -> None:
+        self.remote.delete(key)
+
+    def replace(self, key: str, data: bytes, tag: str | None) -> None:
+        """On S3 conditional on the record read being the one there (If-Match its ETag, If-None-Match when there was
+        none); then the mirror's copy, for anyone reading this folder."""
+        super().replace(key, data, tag)
+        with atomic_path(self.root / key) as scratch:
+            scratch.write_bytes(data)
+
+    @contextlib.contextmanager
+    def exclusive(self, key: str) -> Iterator[None]:
+        with hold_lock_object(self, key):
+            yield
+
+    def check_readable(self) -> None:
+        self.remote.check_readable()
+
+    def check_writable(self) -> None:
+        self.remote.check()
+
+    def manifest_fix(self, folder: Path) -> str:
+        url = self.where(folder)
+        delete = f"aws s3 rm --recursive {url}/" if self.remote.is_s3 else f"delete every object under {url}/"
+        return f"restore it from a backup or an earlier version of the object, or delete the run with `{delete}`"
+
+    def holds_locally(self, path: Path) -> bool:
+        """A pointer made on another worker names a folder of that worker's mirror: not readable here."""
+        return Path(path).is_dir() and Path(path).is_relative_to(self.root)
+
+    def transfer_summary(self) -> list[str]:
+        """What this process sent to the bucket (server-side copies not counted: nothing travels)."""
+        return [f"uploaded {RemoteRoot.uploaded_bytes} bytes to {self.location}"]
+
     # ----- cache entries
 
-    def _push_entry(self, scratch: Path, output: StepOutput, *, refresh: bool = False) -> tuple[StepOutput, bool]:
-        """(remote) Upload a new entry's files under a version of its own, then claim the entry.
+    def publish_entry(self, scratch: Path, output: StepOutput, *, refresh: bool = False) -> tuple[StepOutput, bool]:
+        """Upload a new entry's files under a version of its own, then claim the entry.
 
         Returns the output to use and whether to install it from scratch: this writer's own when its claim
         won (True); else the claim already there, fetched into the mirror and checked, marked reused (False),
         even when its bytes are these (a damaged claim is told only by fetching it). refresh, or a damaged
         claim, replaces the claim that was read, and only that one.
         """
-        assert self.remote is not None
         mine = output.model_copy(update={"objects": new_version()})
         for name in sorted(mine.files):
             self.remote.put_file(scratch / name, f"{self._objects(mine)}/{name}")
@@ -81,7 +129,7 @@ class BucketSync:
             data, tag = self.remote.read_with_tag(claim)
             current = parse_entry(data, mine.step, mine.key)
             if current is not None and not refresh:
-                adopted = self._fetch_entry(current)
+                adopted = self._download_entry(current)
                 if adopted is not None:
                     self._delete_objects(mine)
                     return adopted.model_copy(update={"reused": True}), False
@@ -98,11 +146,9 @@ class BucketSync:
             return mine, True
         return mine, True
 
-
-    def _fetch_entry(self, output: StepOutput) -> StepOutput | None:
-        """(remote) Download a claimed entry's files into the mirror, each checked against its sha256, and install
+    def _download_entry(self, output: StepOutput) -> StepOutput | None:
+        """Download a claimed entry's files into the mirror, each checked against its sha256, and install
         them whole; None when one is missing or differs (replaced meanwhile, or damaged)."""
-        assert self.remote is not None
         final = self.entry_dir(output.step, output.key)
         final.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f".{output.key}.", suffix=".partial", dir=final.parent))
@@ -118,21 +164,19 @@ class BucketSync:
             (scratch / WRITER_FILE).unlink()
             local = output.model_copy(update={"dir": str(final), "reused": False})
             write_json(scratch / ENTRY_FILE, local.model_dump(mode="json"))
-            self._install(scratch, final)
+            install_folder(scratch, final)
             return local
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def _pull_entry(self, step: str, key: str) -> StepOutput | None:
-        """(remote) The bucket's entry for this key, fetched whole into the mirror; None when there is none (or it is damaged)."""
-        assert self.remote is not None
+    def fetch_entry(self, step: str, key: str) -> StepOutput | None:
+        """The bucket's entry for this key, fetched whole into the mirror; None when there is none (or it is damaged)."""
         claim = self.remote.read_bytes(f"{self._rel(self.entry_dir(step, key))}/{ENTRY_FILE}")
         current = parse_entry(claim, step, key)
-        return self._fetch_entry(current) if current is not None else None
+        return self._download_entry(current) if current is not None else None
 
     def _delete_objects(self, output: StepOutput) -> None:
-        """(remote) An entry version no claim names any more. Best effort: a reader still copying from it sends its own bytes."""
-        assert self.remote is not None
+        """An entry version no claim names any more. Best effort: a reader still copying from it sends its own bytes."""
         with contextlib.suppress(Exception):
             for name in sorted(output.files):
                 self.remote.delete(f"{self._objects(output)}/{name}")
@@ -140,9 +184,7 @@ class BucketSync:
     # ----- run folders
 
     def push(self, path: Path) -> None:
-        """(remote) Upload a file, or every file of a folder, of the mirror to the same place in the bucket."""
-        if self.remote is None:
-            return
+        """Upload a file, or every file of a folder, of the mirror to the same place in the bucket."""
         path = Path(path)
         if path.is_file():
             self.remote.put_file(path, self._rel(path))
@@ -151,11 +193,9 @@ class BucketSync:
                 self.remote.put_file(file, self._rel(file))
 
     def push_step(self, target: Path, source: Path, objects: str | None = None) -> None:
-        """(remote) A step's folder of a run, in the bucket: copied from where its files already are in the bucket (the
+        """A step's folder of a run, in the bucket: copied from where its files already are in the bucket (the
         entry version `objects` its output names, another run's folder: server-side, the bytes went up once), else
         uploaded (promote's own folder, a failed step's scratch, a version deleted meanwhile)."""
-        if self.remote is None:
-            return
         source, target = Path(source), Path(target)
         inside = source.is_relative_to(self.root) and not any(part.endswith(".partial") for part in source.relative_to(self.root).parts)
         copied = inside and source.resolve() != target.resolve()
@@ -171,9 +211,8 @@ class BucketSync:
             self.remote.put_file(file, self._rel(file))
 
     def pull_manifest(self, folder: Path) -> bool:
-        """(remote) The bucket's manifest.json of a run (or sweep) folder, validated, into the mirror; False when the
+        """The bucket's manifest.json of a run (or sweep) folder, validated, into the mirror; False when the
         bucket has none (the mirror's copy is dropped then). ManifestError, naming the bucket's object, when damaged."""
-        assert self.remote is not None
         folder = Path(folder)
         data = self.remote.read_bytes(f"{self._rel(folder)}/{MANIFEST_FILE}")
         if data is None:
@@ -189,7 +228,7 @@ class BucketSync:
         return True
 
     def drop_mirror_copy(self, folder: Path) -> None:
-        """(remote) Remove a run (or sweep) folder from the mirror: the bucket has no manifest for it (deleted there).
+        """Remove a run (or sweep) folder from the mirror: the bucket has no manifest for it (deleted there).
 
         Kept only while it is this machine's run being started: its manifest written here, not yet sent.
         """
@@ -206,9 +245,8 @@ class BucketSync:
         shutil.rmtree(folder, ignore_errors=True)
 
     def pull_run(self, folder: Path) -> bool:
-        """(remote) Fetch a run folder: its manifest, then every step file it records that the mirror lacks or holds
+        """Fetch a run folder: its manifest, then every step file it records that the mirror lacks or holds
         changed (taken from the mirror's cache entry when that has it, else downloaded); False when the bucket has no run there."""
-        assert self.remote is not None
         folder = Path(folder)
         if not self.pull_manifest(folder):
             return False
@@ -230,15 +268,13 @@ class BucketSync:
                         self.remote.get_file(self._rel(target), scratch)
         return True
 
-    def bucket_runs(self) -> tuple[list[Path], list[dict[str, Any]]]:
-        """(remote) The run folders the bucket holds, their manifests fresh in the mirror, and a row for each damaged
+    def run_folders(self, runs_dir: Path, check_run_id: Callable[[str], str]) -> tuple[list[Path], list[dict[str, Any]]]:
+        """The run folders the bucket holds, their manifests fresh in the mirror, and a row for each damaged
         manifest; mirror folders of runs gone from the bucket are dropped."""
-        assert self.remote is not None
         names = set()
         for name in self.remote.children("runs"):
             with contextlib.suppress(BadRunIdError):
-                names.add(self.check_run_id(name))
-        runs_dir = self.root / "runs"
+                names.add(check_run_id(name))
         for folder in sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []:
             if folder.name not in names:
                 with contextlib.suppress(OSError):

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -134,6 +135,15 @@ def safe_relative_name(name: str) -> bool:
     if not text or "\\" in text or "\0" in text or text.startswith("/"):
         return False
     return all(part not in ("", ".", "..") for part in text.split("/"))
+
+
+def install_folder(scratch: Path, final: Path) -> None:
+    """Swap a finished scratch folder in as final by one rename (a stale or refreshed one moved aside first)."""
+    if final.exists():
+        trash = final.with_name(f".{final.name}.{secrets.token_hex(3)}.old")
+        os.replace(final, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    os.replace(scratch, final)
 
 
 def _hash_tree(folder: Path) -> dict[str, str]:

@@ -3,15 +3,14 @@ are the bytes its manifest recorded."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Iterable
-
 import json
+import os
+from pathlib import Path
+from typing import Any, Collection, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tasks.errors import RnnflowError
-from tasks.steps import STEP_BY_NAME
 from tasks.store.files import RunFile, safe_relative_name, sha256_file
 from tasks.store.process import ProcessStamp
 
@@ -168,8 +167,21 @@ def _sha256_once(path: Path) -> str:
     return _VERIFIED[token]
 
 
-def verify_run_files(folder: Path, names: Iterable[str]) -> None:
+def check_run_id(run_id: str, runs_dir: Path) -> str:
+    """run_id if it names a folder directly under runs/: a plain name, no separators, no '..'."""
+    text = str(run_id)
+    if not text or text in (".", "..") or any(sep in text for sep in ("/", "\\", "\0")) or os.path.isabs(text):
+        raise BadRunIdError(
+            f"{text!r} is not a run id: give the id of a run under {runs_dir} ('rnnflow runs' lists them), 'latest' or 'champion'."
+        )
+    return text
+
+
+def verify_run_files(folder: Path, names: Iterable[str], *, rerunnable: Collection[str] = ()) -> None:
     """Check the named run files ("train/model.keras") against the sha256 the run's manifest records.
+
+    rerunnable: the steps `rnnflow step NAME --run ID` can recompute (the caller's, from tasks/steps.py: the store
+    knows no step table), so the message names that fix; for any other step it says to start a new run.
 
     Only the files a command is about to load: hashing a whole run would cost more than loading it.
     A file the manifest records no sha256 for, or a folder with no manifest at all (a run assembled
@@ -188,12 +200,12 @@ def verify_run_files(folder: Path, names: Iterable[str]) -> None:
         if recorded is None or not path.is_file():
             continue  # a missing file is the caller's sentence to give
         if _sha256_once(path) != recorded:
-            fix = (f"rerun that step with `rnnflow step {step} --run {folder.name}`." if step in STEP_BY_NAME and STEP_BY_NAME[step].rerun_alone
+            fix = (f"rerun that step with `rnnflow step {step} --run {folder.name}`." if step in rerunnable
                    else f"{step} cannot be rerun alone: start a new run with `rnnflow run` and the run's settings.")
             raise DamagedRunError(f"Run {folder.name}'s {name} does not match the sha256 its manifest records (the file is damaged): {fix}")
 
 
-def require_run_files(folder: Path, *files: RunFile, optional: Iterable[RunFile] = ()) -> list[Path]:
+def require_run_files(folder: Path, *files: RunFile, optional: Iterable[RunFile] = (), rerunnable: Collection[str] = ()) -> list[Path]:
     """The files of a run folder, checked against their recorded sha256, or one sentence saying which is missing or
     damaged (predict, generate, promote's re-scoring). optional: checked too, when the run has them."""
     folder = Path(folder)
@@ -205,6 +217,6 @@ def require_run_files(folder: Path, *files: RunFile, optional: Iterable[RunFile]
             f"choose a completed run ('rnnflow runs' lists them)."
         )
     # Keras reports a truncated model.keras as "File not found": name the damaged file and the fix instead.
-    verify_run_files(folder, [file.path for file in (*files, *(f for f in optional if f.of_run(folder).is_file()))])
+    verify_run_files(folder, [file.path for file in (*files, *(f for f in optional if f.of_run(folder).is_file()))], rerunnable=rerunnable)
     return paths
 

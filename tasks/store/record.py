@@ -1,5 +1,6 @@
 """A run (or sweep) folder's record: its manifest, written whole by the flow process that owns it, and the step
-outputs linked into the folder as the manifest notes them; for a URL root every save also goes to the bucket."""
+outputs linked into the folder as the manifest notes them; every save also goes to the root's storage (a no-op for a
+folder root, an upload for a bucket: tasks/store/backend.py)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ class RunRecord:
     def __init__(self, folder: Path, store: "ArtifactStore | None" = None):
         self.folder = Path(folder)
         self.manifest: dict[str, Any] = {}
-        self.store = store  # for a URL root: every save also goes to the bucket
+        self.store = store  # every save also goes to its storage
 
     @classmethod
     def load(cls, folder: Path, store: "ArtifactStore | None" = None) -> "RunRecord":
@@ -41,10 +42,10 @@ class RunRecord:
                store: "ArtifactStore | None" = None, **fields: Any) -> "RunRecord":
         """A new folder (never an existing one) and the manifest every record starts with: a run's, or a sweep's."""
         folder = Path(folder)
-        if store is not None and store.remote is not None and store.remote.read_bytes(f"{store._rel(folder)}/{MANIFEST_FILE}") is not None:
-            raise FileExistsError(f"{store.where(folder)} already exists: start a new run instead of reusing its id.")
-        if store is not None and store.remote is not None:
-            store.drop_mirror_copy(folder)  # what the mirror kept of a run the bucket no longer has
+        if store is not None:
+            if store.storage.exists(f"{store.storage.key(folder)}/{MANIFEST_FILE}"):
+                raise FileExistsError(f"{store.where(folder)} already exists: start a new run instead of reusing its id.")
+            store.storage.drop_mirror_copy(folder)  # what a bucket's mirror kept of a run the bucket no longer has
         folder.mkdir(parents=True, exist_ok=False)
         record = cls(folder, store)
         record.manifest = {
@@ -77,26 +78,26 @@ class RunRecord:
         return self.store.where(self.folder) if self.store is not None else str(self.folder)
 
     def save(self) -> None:
-        """The manifest, whole; for a URL root also to the bucket, after the files it names."""
+        """The manifest, whole; then to the root's storage (a bucket: after the files it names)."""
         write_json(self.folder / MANIFEST_FILE, self.manifest)
         if self.store is not None:
-            self.store.push(self.folder / MANIFEST_FILE)
+            self.store.storage.push(self.folder / MANIFEST_FILE)
 
     def link_outputs(self, step: str, source: Path, objects: str | None = None) -> None:
-        """Link a step's files into the run folder; for a URL root also into its folder in the bucket, copied from
-        the entry version `objects` that the recorded output names (tasks/store/bucket.py)."""
+        """Link a step's files into the run folder, then to the root's storage (a bucket: copied from the entry
+        version `objects` that the recorded output names, tasks/store/bucket.py)."""
         target = self.folder / step
         if Path(source).resolve() != target.resolve():  # else a step that writes straight into the run folder (promote)
             if target.exists():
                 shutil.rmtree(target)
             _link_tree(Path(source), target)
         if self.store is not None:
-            self.store.push_step(target, Path(source), objects)
+            self.store.storage.push_step(target, Path(source), objects)
 
     def push_file(self, name: str) -> None:
-        """(remote) One more file of the run folder (run.log) to the bucket."""
+        """One more file of the run folder (run.log) to the root's storage."""
         if self.store is not None:
-            self.store.push(self.folder / name)
+            self.store.storage.push(self.folder / name)
 
     def record_step(self, output: StepOutput, *, status: str, seconds: float, config: dict[str, Any], made_by: str | None,
                     reused_from: str | None = None) -> None:
