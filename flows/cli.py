@@ -87,12 +87,14 @@ def _check_reusable(manifest: dict, first: str) -> None:
 
 
 def cmd_step(args: argparse.Namespace) -> int:
+    from tasks.provenance import rerunnable_steps
+
     store = _store(args, writing=True)
     source = _resolve(store, args.derived_from, args.model)
     recorded = read_json(source / MANIFEST_FILE)  # validated by _resolve
     config = _reuse_config(source, args.step, None, None, args.overrides)
     try:  # a damaged input fails here, before a new run folder exists, not as "mmap length is greater than file size"
-        verify_run_files(source, _step_input_files(recorded, args.step))
+        verify_run_files(source, _step_input_files(recorded, args.step), rerunnable=rerunnable_steps())
     except RunError as error:
         raise UsageError(str(error)) from None
     _prepare_prefect()
@@ -116,10 +118,8 @@ def _execute(store: ArtifactStore, config: RunConfig, **options) -> int:
     with tags(f"preset:{config.preset}", f"cell:{config.model.cell}"):
         state = rnnflow_pipeline(config=config, artifacts_root=store.location, run_id=run_id, return_state=True, **options)
     folder = store.run_dir(run_id)
-    if store.remote is not None:  # what this run sent to the bucket (server-side copies not counted: nothing travels)
-        from tasks.store import RemoteRoot
-
-        print(f"uploaded {RemoteRoot.uploaded_bytes} bytes to {store.location}")
+    for line in store.storage.transfer_summary():  # a bucket: what this run sent (a folder: nothing travels)
+        print(line)
     if state.is_completed():
         metrics_file = RunFiles.METRICS.of_run(folder)
         if metrics_file.exists():

@@ -23,6 +23,7 @@ from tasks.config import RunConfig, load_config
 from tasks.errors import RnnflowError
 from tasks.logs import one_line
 from tasks.notify import notify_failure
+from tasks.provenance import rerunnable_steps
 from tasks.reference import read_reference
 from tasks.score import ScoringInput, champion_model_sha256, open_scoring_input, score_drift_task, score_label_task
 from tasks.score_summary import publish_artifacts, write_summary
@@ -49,7 +50,7 @@ def resolve_champion(store: ArtifactStore, model: str | None) -> dict[str, Any]:
     """The champion to score with: its model, run id, folder and model sha256, its files checked against its manifest."""
     folder = store.resolve_run("champion", model)
     manifest = read_json(folder / "manifest.json")
-    verify_run_files(folder, ["train/model.keras", "encode/vocab.json", "encode/labels.json"])
+    verify_run_files(folder, ["train/model.keras", "encode/vocab.json", "encode/labels.json"], rerunnable=rerunnable_steps())
     return {"model": store.champions.choose(model)["model"], "run_id": folder.name, "folder": str(folder),
             "model_sha256": champion_model_sha256(folder), "config": manifest.get("config") or {}}
 

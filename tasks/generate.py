@@ -20,6 +20,7 @@ from tasks.architectures import TASKS
 from tasks.encode import INDEX_FROM, OOV, PAD, Vocabulary
 from tasks.errors import RnnflowError
 from tasks.predict import load_run_model
+from tasks.provenance import rerunnable_steps
 from tasks.store import RunFiles, read_json, require_run_files
 from tasks.text import clean_text
 
@@ -45,7 +46,8 @@ class Generator:
 def load_generator(run_folder: Path) -> Generator:
     """The run's vocabulary and cleaning (encode/vocab.json) and its next_token model (train/model.keras)."""
     run_folder = Path(run_folder)
-    needed = require_run_files(run_folder, RunFiles.VOCABULARY, RunFiles.TRAINING, RunFiles.MODEL, optional=(RunFiles.SUBWORD_MODEL,))
+    needed = require_run_files(run_folder, RunFiles.VOCABULARY, RunFiles.TRAINING, RunFiles.MODEL, optional=(RunFiles.SUBWORD_MODEL,),
+                               rerunnable=rerunnable_steps())
     task = read_json(needed[1]).get("task", "classify")  # runs from before model.task are classifiers
     if task not in TASKS or not TASKS[task].generates:
         raise GenerationError(

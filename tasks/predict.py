@@ -17,6 +17,7 @@ import pandas as pd
 from tasks.encode import OOV, Vocabulary
 from tasks.errors import RnnflowError
 from tasks.evaluate import predict_probabilities
+from tasks.provenance import rerunnable_steps
 from tasks.store import RunFiles, atomic_path, read_json, require_run_files
 
 INPUT_SUFFIXES = (".txt", ".csv", ".parquet")
@@ -52,7 +53,7 @@ def load_predictor(run_folder: Path) -> Predictor:
     run_folder = Path(run_folder)
     training = RunFiles.TRAINING.of_run(run_folder)
     needed = require_run_files(run_folder, RunFiles.VOCABULARY, RunFiles.LABELS, RunFiles.MODEL,
-                               optional=(RunFiles.TRAINING, RunFiles.SUBWORD_MODEL))
+                               optional=(RunFiles.TRAINING, RunFiles.SUBWORD_MODEL), rerunnable=rerunnable_steps())
     if training.is_file() and read_json(training).get("task") == "next_token":
         raise PredictionInputError(
             f"Run {run_folder.name} holds a next_token model, which continues texts rather than labelling them: "

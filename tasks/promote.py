@@ -40,6 +40,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.config import PromoteConfig
 from tasks.errors import RnnflowError
+from tasks.provenance import rerunnable_steps
 from tasks.render import as_number
 from tasks.store import (
     MANIFEST_FILE, ArtifactStore, ManifestError, RunError, RunFiles, RunRecord, StepOutput, fingerprint, model_of_config,
@@ -130,7 +131,7 @@ def candidate_from_run(folder: Path) -> Candidate:
     if missing:
         raise PromotionError(f"Run {folder.name} has no {missing[0]}: only a run that trained and evaluated a model can be promoted.")
     # A damaged model must not become the champion every `predict --run champion` then fails on.
-    verify_run_files(folder, [file.path for file in (*needed, RunFiles.TEST_TEXTS)])
+    verify_run_files(folder, [file.path for file in (*needed, RunFiles.TEST_TEXTS)], rerunnable=rerunnable_steps())
     step_dirs = [folder / file.step for file in (RunFiles.TEST_TEXTS, RunFiles.VALIDATION, RunFiles.LABELS, RunFiles.METRICS)]
     return candidate_from_files(folder.name, model_of_config(read_json(folder / MANIFEST_FILE).get("config")), *step_dirs)
 

@@ -107,3 +107,9 @@ def _shown(value: Any) -> str:
 def reused_steps(first: str) -> list[str]:
     """The steps a rerun from `first` takes from the recorded run."""
     return list(STEPS[: STEPS.index(first)])
+
+
+def rerunnable_steps() -> frozenset[str]:
+    """The steps `rnnflow step NAME --run ID` can recompute: handed to the store's file checks (verify_run_files,
+    require_run_files), which name that fix for a damaged file of one of them and know no step table themselves."""
+    return frozenset(name for name in STEPS if step_spec(name).rerun_alone)

@@ -10,7 +10,8 @@ import pytest
 from flows.pipeline import rnnflow_pipeline
 from tasks.caching import CacheSlot, entry_lock, key_for, step_key
 from tasks.config import load_config
-from tasks.store import STEPS, ArtifactStore, StepOutput
+from tasks.steps import STEPS
+from tasks.store import ArtifactStore, StepOutput
 from tests.helpers import step_statuses as _statuses
 from tests.helpers import tiny_config
 from tests.helpers import tree_digest as _tree_digest

@@ -9,7 +9,8 @@ import pytest
 from prefect.artifacts import Artifact
 
 from flows.pipeline import rnnflow_pipeline
-from tasks.store import STEPS, ArtifactStore, sha256_file
+from tasks.steps import STEPS
+from tasks.store import ArtifactStore, sha256_file
 from tests.helpers import manifest as _manifest
 from tests.helpers import tiny_config
 

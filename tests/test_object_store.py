@@ -141,7 +141,7 @@ def test_on_a_bucket_a_champion_replaced_since_it_was_read_is_not_overwritten(s3
 
 
 def test_on_a_bucket_a_dead_holders_lock_object_expires_and_a_live_ones_is_named(s3_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    import tasks.store.champions as store_module
+    import tasks.store.lock_object as store_module
 
     root = f"s3://{new_bucket(s3_env['AWS_ENDPOINT_URL'])}/a"
     monkeypatch.setenv("RNNFLOW_SCRATCH", str(tmp_path / "one"))

@@ -10,7 +10,8 @@ import pytest
 
 from flows.cli import main
 from tasks.config import ConfigError, load_config
-from tasks.store import STEPS, ArtifactStore
+from tasks.steps import STEPS
+from tasks.store import ArtifactStore
 from tasks.sweep import (
     POINT_VALIDATION, SWEEP_HTML, SWEEP_JSON, artifact_rows, best_row, format_sweep_table, grid_points, parse_grid, point_configs, point_row,
     write_sweep_report,
