@@ -21,7 +21,7 @@ import pytest
 
 import tasks.store.remote as remote_module
 from flows.cli import main
-from tasks.store import ENTRY_FILE, MANIFEST_FILE, ArtifactsRootError, ArtifactStore, ManifestError, RemoteRoot, StepOutput
+from tasks.store import ENTRY_FILE, MANIFEST_FILE, ArtifactsRootError, ArtifactStore, BucketStorage, ManifestError, RemoteRoot, StepOutput
 from tests.bucket_fixtures import CREDENTIALS, free_port, new_bucket, s3_endpoint, s3_env  # noqa: F401  (fixtures)
 from tests.helpers import tiny_cli_args
 
@@ -116,10 +116,10 @@ def test_a_refresh_replaces_the_bucket_entry_and_runs_made_from_the_old_one_stay
 SAME_MOMENT = """
 import os, sys, time
 from pathlib import Path
-from tasks.store import ArtifactStore, StepOutput
+from tasks.store import BucketStorage, StepOutput
 
 barrier, me = Path(os.environ["RACE_BARRIER"]), os.environ["RACE_MACHINE"]
-push = ArtifactStore._push_entry
+push = BucketStorage.publish_entry
 
 def at_the_same_moment(self, *args, **kwargs):
     # Both machines have computed this key (neither has claimed it yet): send both at once.
@@ -131,7 +131,7 @@ def at_the_same_moment(self, *args, **kwargs):
         time.sleep(0.02)
     return push(self, *args, **kwargs)
 
-ArtifactStore._push_entry = at_the_same_moment
+BucketStorage.publish_entry = at_the_same_moment
 from flows.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -371,7 +371,7 @@ def test_a_run_whose_endpoint_stops_answering_ends_in_seconds_naming_it(
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)
     root = f"s3://{new_bucket(s3_endpoint)}/nightly"
-    push, stalled_at = ArtifactStore._push_entry, []
+    push, stalled_at = BucketStorage.publish_entry, []
 
     def stall_before_validate(self, scratch, output, **kwargs):
         if output.step == "validate" and not stalled_at:
@@ -379,7 +379,7 @@ def test_a_run_whose_endpoint_stops_answering_ends_in_seconds_naming_it(
             stalled_at.append(time.monotonic())
         return push(self, scratch, output, **kwargs)
 
-    monkeypatch.setattr(ArtifactStore, "_push_entry", stall_before_validate)
+    monkeypatch.setattr(BucketStorage, "publish_entry", stall_before_validate)
     try:
         assert main(["run", *tiny_cli_args(), "--artifacts", root]) == 1
         took = time.monotonic() - stalled_at[0]
