@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     for module in graph:
         for target in graph[module]["top"] | graph[module]["lazy"]:
             if package_of(module) != package_of(target):
-                packages[package_of(module)].add(package_of(target))
-    print("\n# package -> packages it imports (top or lazy)")
+                packages[package_of(module)].add(target)
+    print("\n# package -> the modules of other packages it imports (top or lazy)")
     for package in sorted(packages):
         if not args.package or package.startswith(args.package):
             print(f"{package} -> {', '.join(sorted(packages[package]))}")
