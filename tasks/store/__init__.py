@@ -80,7 +80,7 @@ class ArtifactStore:
     @property
     def remote(self) -> RemoteRoot | None:
         """A URL root's bucket objects (tasks/store/remote.py), None for a folder: for tests that look inside the
-        bucket, and for tasks/caching.py until its branch goes. The store's own code asks self.storage instead."""
+        bucket. The store's own code, and its callers, ask self.storage instead."""
         return getattr(self.storage, "remote", None)
 
     def where(self, path: Path | None = None) -> str:
