@@ -8,7 +8,6 @@ What the CLI, the cache and the manifest know about a step is declared once in t
 import contextlib
 import logging
 import threading
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,7 +20,7 @@ from tasks.config import RunConfig, load_config
 from tasks.encode import encode_task
 from tasks.errors import RnnflowError
 from tasks.evaluate import evaluate_task
-from tasks.flow_run_labels import add_flow_run_tags, publish_tracked_report_link, run_tags
+from tasks.flow_run_labels import add_flow_run_tags, flow_run_name, publish_tracked_report_link, run_tags
 from tasks.ingest import ingest_task, input_path, locate_source_task
 from tasks.logs import one_line
 from tasks.notify import note_run_id, notify_failure
@@ -124,8 +123,7 @@ def _run_name() -> str:
     config = flow_run.parameters.get("config") or {}
     if isinstance(config, RunConfig):
         config = config.as_dict()
-    cell = (config.get("model") or {}).get("cell", "lstm")
-    return f"{config.get('preset', 'default')}-{cell}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return flow_run_name(config)  # the model registry's words for it (tasks/architectures.py)
 
 
 def plan_steps(start_from: str | None, only_step: str | None, derived_from: str | None) -> tuple[list[str], list[str]]:
