@@ -1,13 +1,13 @@
 """The steps of a run, declared once, as data: what the CLI, the cache, provenance and the manifest know about each.
 
 The flow itself is code: flows/pipeline.py calls each step's task (validate_task, encode_task, ...) in order, with
-its typed configuration section(s) and the upstream outputs it reads, through flows/step_runner.py's run_step. This
+its typed configuration section(s) and the upstream outputs it reads, through flows/run_steps.py (run_step). This
 table says what that code cannot: the order a run executes the steps in (the CLI's names, a rerun's plan), which
 sections and derived values a step is made with (its manifest record, what a rerun may change), which steps it reads
 (what `rnnflow step NAME --run ID` checks), whether it is cached, retried or rerun alone, and which tasks/ package is
 its code (tasks/caching.py finds the package's files and their imports). run_step checks each call against it.
 
-No task is named here, so this module stays import-light: tasks/caching.py and tasks/store/ read it without Keras.
+No task is named here, so this module stays import-light: the CLI and tasks/caching.py read it without Keras.
 """
 
 from __future__ import annotations
