@@ -23,52 +23,14 @@ from tests.helpers import TINY_RUN_ID, copy_root, make_imdb_archive, tiny_config
 SLOW_FIXTURES = {"prefect_api", "tiny_run", "tiny_run_copy"}
 
 
-# `make test` runs `pytest -n 2 --dist loadscope`: each module goes whole to one worker, in the order below.
-# xdist's own order (most tests first) sent the few-but-long modules out last, so one worker ran them alone while
-# the other sat idle. These hold the suite's longest tests (real `rnnflow` processes, Dask clusters, runs on a
-# bucket); they start first, and the many short modules even out the two workers' ends. A worker left with two
-# tests or fewer to run is sent the next module at once, so the two halves of the fault tests are kept apart by a
-# module in between (else both land on the worker that took the first).
-LONG_MODULES = [
-    "test_bucket_hardening.py",
-    "test_faults.py",
-    "test_object_store.py",
-    "test_faults_concurrent.py",
-    "test_sweep.py",
-    "test_hardening_process.py",
-    "test_gpu_script.py",
-    "test_flow.py",
-]
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: keep the module order made below
-        config.option.loadscopereorder = False
-
-
-def _module_order(items: list[pytest.Item]) -> dict[str, tuple]:
-    """module path -> its place: LONG_MODULES first, then the modules with the most slow tests, then the most tests."""
-    slow: dict[str, int] = {}
-    count: dict[str, int] = {}
-    for item in items:
-        module = item.nodeid.split("::", 1)[0]
-        count[module] = count.get(module, 0) + 1
-        slow[module] = slow.get(module, 0) + (item.get_closest_marker("slow") is not None)
-    rank = {name: place for place, name in enumerate(LONG_MODULES)}
-    return {module: (rank.get(Path(module).name, len(rank)), -slow[module], -count[module], module) for module in count}
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`pytest -m "not slow"` is the quick loop: refuse a test that uses a slow fixture without @pytest.mark.slow.
-    Then order the modules for the xdist workers (LONG_MODULES); the tests of a module keep their order."""
+    """`pytest -m "not slow"` is the quick loop: refuse a test that uses a slow fixture without @pytest.mark.slow."""
     unmarked = [item.nodeid for item in items
                 if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("slow") is None]
     if unmarked:
         raise pytest.UsageError(
             f"mark these tests @pytest.mark.slow: they use one of {sorted(SLOW_FIXTURES)}: " + ", ".join(unmarked)
         )
-    order = _module_order(items)
-    items.sort(key=lambda item: order[item.nodeid.split("::", 1)[0]])
 
 
 @pytest.fixture
@@ -93,9 +55,9 @@ def imdb_archive(tmp_path: Path) -> Path:
 def prefect_api():
     """A real, temporary Prefect API (server + SQLite) for the flow tests of this session.
 
-    Each xdist worker starts its own, and with the long modules first (LONG_MODULES) both start at once, at the
-    busiest moment of the run: on a shared 2-core machine at a load average of 25 that took over 120 s, and every
-    test using it failed. The wait is all the longer timeout changes; on a quiet machine the server is up in seconds."""
+    Each xdist worker starts its own, often both at once: on a shared 2-core machine at a load average of 25 that took
+    over 120 s, and every test using it failed. The wait is all the longer timeout changes; on a quiet machine the
+    server is up in seconds."""
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=300):
