@@ -12,8 +12,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("flows", "tasks")
+from bench.import_graph import cycles, imports_of, known_modules
+
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
 # None left: flows/score.py's cmd_score and flows/cli.py share their exit codes, root check and Prefect start-up
@@ -23,13 +23,7 @@ KNOWN_CYCLES: list[list[str]] = []
 
 def module_files() -> dict[str, Path]:
     """Every module of flows/ and tasks/ by its dotted name (a package by its own name, for its __init__.py)."""
-    modules = {}
-    for package in PACKAGES:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            parts = path.relative_to(ROOT).with_suffix("").parts
-            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-            modules[name] = path
-    return modules
+    return known_modules()
 
 
 def module_lines() -> dict[str, int]:
@@ -56,86 +50,15 @@ def function_lines() -> dict[str, int]:
     return lengths
 
 
-def _imported(node: ast.AST, module: str, is_package: bool, known: set[str]) -> set[str]:
-    """The flows/tasks modules one import statement loads (a name imported from a package may be its submodule)."""
-    if isinstance(node, ast.Import):
-        return {alias.name for alias in node.names if alias.name in known}
-    if not isinstance(node, ast.ImportFrom):
-        return set()
-    if node.level:  # relative: from the module's package, up level - 1 more
-        base = module.split(".") if is_package else module.split(".")[:-1]
-        base = base[: len(base) - (node.level - 1)]
-        source = ".".join([*base, node.module] if node.module else base)
-    else:
-        source = node.module or ""
-    found = {source} if source in known else set()
-    found |= {f"{source}.{alias.name}" for alias in node.names if f"{source}.{alias.name}" in known}
-    return found
-
-
-def _type_checking(node: ast.AST) -> bool:
-    test = getattr(node, "test", None)
-    return isinstance(node, ast.If) and (getattr(test, "id", None) == "TYPE_CHECKING" or getattr(test, "attr", None) == "TYPE_CHECKING")
-
-
-def _import_nodes(tree: ast.AST) -> list[ast.AST]:
-    """Every import statement of a module, at any depth, save those inside `if TYPE_CHECKING:`."""
-    found, pending = [], [tree]
-    while pending:
-        node = pending.pop()
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            found.append(node)
-        elif not _type_checking(node):
-            pending.extend(ast.iter_child_nodes(node))
-    return found
-
-
 def import_graph() -> dict[str, set[str]]:
-    """module -> the flows/tasks modules it imports anywhere in its source (TYPE_CHECKING blocks aside)."""
-    files = module_files()
-    known = set(files)
-    graph = {}
-    for name, path in files.items():
-        tree = ast.parse(path.read_text(), filename=str(path))
-        is_package = path.name == "__init__.py"
-        graph[name] = set().union(*(_imported(node, name, is_package, known) for node in _import_nodes(tree))) - {name}
-    return graph
+    """Each module's flows/tasks imports that run, at load or in a body (bench/import_graph.py reads them)."""
+    modules = known_modules()
+    return {name: (found["top"] | found["lazy"]) for name, path in modules.items() for found in [imports_of(name, path, modules)]}
 
 
 def import_cycles(graph: dict[str, set[str]] | None = None) -> list[list[str]]:
-    """The strongly connected components of more than one module (Tarjan's algorithm): each holds at least one cycle."""
-    graph = import_graph() if graph is None else graph
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    components: list[list[str]] = []
-
-    def connect(node: str) -> None:
-        index[node] = low[node] = len(index)
-        stack.append(node)
-        on_stack.add(node)
-        for target in sorted(graph.get(node, ())):
-            if target not in index:
-                connect(target)
-                low[node] = min(low[node], low[target])
-            elif target in on_stack:
-                low[node] = min(low[node], index[target])
-        if low[node] == index[node]:
-            component = []
-            while True:
-                member = stack.pop()
-                on_stack.discard(member)
-                component.append(member)
-                if member == node:
-                    break
-            if len(component) > 1:
-                components.append(sorted(component))
-
-    for node in sorted(graph):
-        if node not in index:
-            connect(node)
-    return sorted(components)
+    """The strongly connected components of more than one module: each holds at least one cycle."""
+    return cycles(import_graph() if graph is None else graph)
 
 
 def test_no_module_is_over_500_lines():
@@ -153,10 +76,11 @@ def test_no_import_cycle_among_flows_and_tasks():
     assert not cycles, f"modules that import each other, lazily or not (move what they share to a module both import): {cycles}"
 
 
-def test_the_cycle_finder_sees_a_cycle_through_a_lazy_import():
-    source = "if TYPE_CHECKING:\n    from tasks.c import Kind\ndef later():\n    from tasks.b import thing\n"
-    nodes = _import_nodes(ast.parse(source))
-    assert set().union(*(_imported(n, "tasks.a", False, {"tasks.a", "tasks.b", "tasks.c"}) for n in nodes)) == {"tasks.b"}
+def test_the_cycle_finder_sees_a_cycle_through_a_lazy_import(tmp_path: Path):
+    source = tmp_path / "a.py"
+    source.write_text("if TYPE_CHECKING:\n    from tasks.c import Kind\ndef later():\n    from tasks.b import thing\n")
+    found = imports_of("tasks.a", source, {name: source for name in ("tasks.a", "tasks.b", "tasks.c")})
+    assert found["top"] | found["lazy"] == {"tasks.b"} and found["typing"] == {"tasks.c"}
     assert import_cycles({"tasks.a": {"tasks.b"}, "tasks.b": {"tasks.c"}, "tasks.c": {"tasks.a"}, "tasks.d": {"tasks.a"}}) == [
         ["tasks.a", "tasks.b", "tasks.c"]
     ]
