@@ -148,9 +148,6 @@ class ArtifactStore:
     def read_entry(self, step: str, key: str) -> StepOutput | None:
         return self.cache.read_entry(step, key)
 
-    def forget_entry(self, step: str, key: str) -> None:
-        self.cache.forget_entry(step, key)
-
     def produce(self, step: str, key: str, work: Callable[[Path], dict[str, Any]], made_by: str | None = None,
                 refresh: bool = False) -> StepOutput:
         return self.cache.produce(step, key, work, made_by=made_by, refresh=refresh)

@@ -48,10 +48,6 @@ class CacheEntries:
                 return None
         return output
 
-    def forget_entry(self, step: str, key: str) -> None:
-        """Drop a cache entry so the step recomputes."""
-        shutil.rmtree(self.entry_dir(step, key), ignore_errors=True)
-
     def produce(self, step: str, key: str, work: Callable[[Path], dict[str, Any]], made_by: str | None = None,
                 refresh: bool = False) -> StepOutput:
         """Run work(out_dir) in a scratch folder and move the result into the cache whole.
