@@ -26,14 +26,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from tasks.config_keys import key_config
-from tasks.config_section import Section
+from tasks.config_section import Section, section_dump
 from tasks.steps import WHOLE_CONFIG, is_step, step as step_spec
 from tasks.store import ArtifactStore, StepOutput, fingerprint
 
 TASKS_DIR = Path(__file__).resolve().parent
 # Modules that decide where and how a result is kept, not what it holds: never part of a code version.
 NOT_CODE = frozenset({"tasks/caching.py", "tasks/steps.py", "tasks/logs.py", "tasks/__init__.py"})
-RETRY_KEYS = frozenset({"retries", "retry_delay_seconds"})  # data's: how hard ingest tries, not what it makes (RunConfig.section)
 
 # The source of every tasks/ file as this process found it at start (the flow imports this module
 # first thing): the code it runs. Keys are made from these rather than from the files when a step
@@ -159,7 +158,7 @@ def section_data(name: str, section: Section) -> dict[str, Any]:
 
     if isinstance(section, RunConfig):
         return without_reporting(section.as_dict())
-    return section.model_dump(mode="json", exclude=set(RETRY_KEYS) if name == "data" else None)
+    return section_dump(name, section)
 
 
 def key_for(step: str, inputs: dict[str, Any]) -> str:

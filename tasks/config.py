@@ -12,7 +12,7 @@ from tasks.architectures import CELL_NAMES, DEFAULT_CELL, INPUT_NAMES, TASK_NAME
 from tasks.baseline_config import BaselineConfig
 from tasks.config_keys import SPEED_ONLY_KEYS, key_config  # noqa: F401  (imported from here by the steps)
 from tasks.config_reporting import NotifyConfig, TrackConfig
-from tasks.config_section import Section
+from tasks.config_section import Section, section_dump
 from tasks.data_config import IMDB_URL, DataConfig  # noqa: F401  (imported from here)
 from tasks.errors import RnnflowError
 from tasks.score_config import ScoreConfig
@@ -256,8 +256,7 @@ class RunConfig(Section):
 
         Retry settings change how hard a step tries, not what it produces: they stay out.
         """
-        exclude = {"retries", "retry_delay_seconds"} if name == "data" else None
-        return getattr(self, "validate_" if name == "validate" else name).model_dump(mode="json", exclude=exclude)
+        return section_dump(name, getattr(self, "validate_" if name == "validate" else name))
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
