@@ -220,7 +220,8 @@ def describe_model(model: dict[str, Any]) -> str:
     stack = " → ".join(f"{CELLS[cell].label if cell in CELLS else cell}({size})" for cell, size in zip(cells, units))
     if model.get("bidirectional"):
         stack = f"Bidirectional {stack}"
-    return f"{stack}, {INPUTS.get(model.get('input'), INPUTS['embedding']).describe(model)}"
+    line = f"{stack}, {INPUTS.get(model.get('input'), INPUTS['embedding']).describe(model)}"
+    return f"{line}, beside a bag of token 1-{model['ngrams']}-grams" if model.get("ngrams") else line
 
 
 def run_name_label(model: dict[str, Any]) -> str:

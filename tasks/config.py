@@ -120,6 +120,12 @@ class ModelConfig(Section):
         description="read only this many tokens of each encoded row, from the end or the start of its text (window_at); null: the whole row",
     )
     window_at: Literal["end", "start"] = Field(default="end", description="where model.window sits in each text: its last or its first tokens")
+    ngrams: int = Field(
+        default=0, ge=0, le=5,
+        description="classify: beside the recurrence, a bag of each row's token 1..N-grams with learnt weights, its logits added to the "
+        "recurrent ones (Johnson & Zhang's seq2-bown; docs/experiments.md); 0: none",
+    )
+    ngram_buckets: int = Field(default=2**21, ge=1024, description="with model.ngrams 2 or more: table rows the 2..N-grams are hashed into")
 
 
 class TrainConfig(Section):
@@ -330,6 +336,11 @@ class RunConfig(Section):
         if self.model.window:
             raise ValueError(
                 "model.task next_token predicts at every step of the whole text, so model.window does not apply: leave it at null"
+            )
+        if self.model.ngrams:
+            raise ValueError(
+                "model.task next_token predicts at every step, and a bag of the whole text's n-grams would read the answer: "
+                "leave model.ngrams at 0"
             )
         if self.train.members > 1:
             raise ValueError(

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import keras
 from keras import layers
 
-from tasks.model_layers import MaxOverSteps, TokenWindow, VocabularyCap
+from tasks.model_layers import MaxOverSteps, NgramBag, TokenWindow, VocabularyCap
 
 Embed = Callable[[int], Any]  # number of token ids -> the input layer
 Recurrent = list[tuple[type, int, str]]  # per layer, bottom to top: (layer class, units, cell name)
@@ -24,7 +24,7 @@ def build_classifier(cfg: Any, embed: Embed, recurrent: Recurrent, *, num_tokens
     such a model reads max_len-padded rows (evaluate, predict, model_text.keras) all the same.
     """
     inputs = keras.Input(shape=(max_len,), dtype="int32", name="token_ids")
-    ids = inputs
+    ids, vocabulary = inputs, num_tokens
     if cfg.window:  # one as long as the rows reads whole rows, laid out right-padded all the same (cudnn_eligible counts on it)
         length = cfg.window if max_len is None else min(cfg.window, max_len)
         ids = TokenWindow(length, cfg.window_at, name=f"window_{cfg.window_at}")(inputs)
@@ -50,11 +50,16 @@ def build_classifier(cfg: Any, embed: Embed, recurrent: Recurrent, *, num_tokens
         x = MaxOverSteps(name="max_over_time")(x)
     if cfg.dense_units:
         x = layers.Dense(cfg.dense_units, activation="relu", name="dense_hidden")(x)
-    if n_classes == 2:
-        outputs = layers.Dense(1, activation="sigmoid", name="probability")(x)
-    else:
-        outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name=f"rnnflow_{cfg.cell}")
+    width, activation, name = (1, "sigmoid", "probability") if n_classes == 2 else (n_classes, "softmax", "probabilities")
+    if not cfg.ngrams:
+        outputs = layers.Dense(width, activation=activation, name=name)(x)
+        return keras.Model(inputs, outputs, name=f"rnnflow_{cfg.cell}")
+    # The bag reads the whole encoded row, every id of encode's vocabulary (not model.window or model.num_words):
+    # its logits join the recurrent ones before the output's activation.
+    bag = NgramBag(cfg.ngrams, cfg.ngram_buckets, vocabulary, units=width, name=f"bag_of_1_to_{cfg.ngrams}_grams")(inputs)
+    logits = layers.Add(name="logits")([layers.Dense(width, name="recurrent_logits")(x), bag])
+    outputs = layers.Activation(activation, name=name)(logits)
+    return keras.Model(inputs, outputs, name=f"rnnflow_{cfg.cell}_ngrams")
 
 
 def build_next_token_model(cfg: Any, embed: Embed, recurrent: Recurrent, *, num_tokens: int) -> keras.Model:

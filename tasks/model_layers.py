@@ -127,3 +127,58 @@ class VocabularyCap(layers.Layer):
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "num_words": self.num_words, "oov": self.oov}
 
+
+
+@keras.saving.register_keras_serializable(package="rnnflow")
+class NgramBag(layers.Layer):
+    """A bag of the row's token 1..n-grams, each with learnt weights, summed: the linear channel beside the recurrence.
+
+    What Johnson & Zhang's seq2-bown puts beside a sequence model, and what a bag-of-n-grams logistic regression
+    (the run's baseline) is: unigrams get a row of the table each (the token's id); longer n-grams are hashed into
+    `buckets` rows after them. An n-gram counts when none of its ids is padding (0), so pre- and post-padded rows
+    give the same sum, and rows of any width (length buckets) work. The sum is divided by the square root of the
+    row's number of n-grams, so long and short reviews give logits of one size. `scale` multiplies the table's
+    values: under Adam that is the channel's learning rate times `scale` (Adam's step does not grow with the
+    gradient), so one optimizer trains the table, which needs a faster rate, and the recurrence.
+    """
+
+    PRIME = 1_000_003  # per-token multiplier of the rolling hash
+    MODULUS = 2_147_483_647  # keeps the rolling hash under 2**31, so its products stay inside int64
+
+    def __init__(self, n: int, buckets: int, num_tokens: int, units: int = 1, scale: float = 10.0, dropout: float = 0.0, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.n, self.buckets, self.num_tokens, self.units, self.scale, self.dropout = n, buckets, num_tokens, units, scale, dropout
+        self.seed = keras.random.SeedGenerator(1337)
+
+    def build(self, input_shape):
+        rows = self.num_tokens + (self.buckets if self.n > 1 else 0)
+        self.table = self.add_weight(shape=(rows, self.units), initializer="zeros", name="table")
+
+    def ngram_rows(self, ids):
+        """The table rows of every 1..n-gram of each row ([batch, steps * n - ...]) and whether each counts (not padding)."""
+        ops = keras.ops
+        ids = ops.cast(ids, "int64")
+        real = ops.not_equal(ids, 0)
+        rows, counts = [ids], [real]
+        hashed, valid = ids, real
+        for k in range(2, self.n + 1):
+            hashed = ops.mod(hashed[:, :-1] * self.PRIME + ids[:, k - 1:], self.MODULUS)
+            valid = ops.logical_and(valid[:, :-1], real[:, k - 1:])
+            rows.append(self.num_tokens + ops.mod(hashed + k * 7_919, self.buckets))
+            counts.append(valid)
+        return ops.concatenate(rows, axis=1), ops.cast(ops.concatenate(counts, axis=1), self.compute_dtype)
+
+    def call(self, inputs, training=False):
+        ops = keras.ops
+        rows, counts = self.ngram_rows(inputs)
+        if training and self.dropout:  # each n-gram occurrence left out at this rate: the table cannot memorise the train split at once
+            counts = counts * ops.cast(keras.random.uniform(ops.shape(counts), seed=self.seed) >= self.dropout, counts.dtype)
+        weights = ops.take(self.table, rows, axis=0) * ops.expand_dims(counts, -1)
+        total = ops.sum(weights, axis=1) * self.scale
+        return total / ops.sqrt(ops.maximum(ops.sum(counts, axis=1, keepdims=True), 1.0))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.units)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "n": self.n, "buckets": self.buckets, "num_tokens": self.num_tokens, "units": self.units, "scale": self.scale, "dropout": self.dropout}

@@ -60,3 +60,48 @@ def test_max_pooling_leaves_padded_steps_out(tmp_path):
     x = np.array([[5, 6, 7] + [0] * 9, [5, 6, 7, 8, 9, 10] + [0] * 6], dtype="int32")
     model.save(tmp_path / "m.keras")
     np.testing.assert_allclose(keras.models.load_model(tmp_path / "m.keras").predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- the bag of n-grams (model.ngrams)
+
+
+def test_the_ngram_bag_counts_what_a_user_would_count_and_ignores_padding():
+    from tasks.model_layers import NgramBag
+
+    bag = NgramBag(2, 1024, 10, units=1, scale=1.0)
+    bag(np.zeros((1, 3), "int32"))
+    rows, counts = (np.asarray(t) for t in bag.ngram_rows(np.array([[3, 4, 5, 0, 0]])))
+    # three words and two word pairs count; n-grams that touch padding do not
+    assert counts.sum() == 5 and set(rows[0][counts[0] > 0][:3]) == {3, 4, 5} and (rows[0][counts[0] > 0][3:] >= 10).all()
+    bag.table.assign(np.random.default_rng(0).random((10 + 1024, 1), "float32"))
+    pre, post, bare = (np.asarray(bag(np.array(row))) for row in ([[0, 0, 3, 4, 5]], [[3, 4, 5, 0, 0]], [[3, 4, 5]]))
+    np.testing.assert_allclose(pre, post, rtol=1e-6)
+    np.testing.assert_allclose(pre, bare, rtol=1e-6)
+    assert not np.allclose(np.asarray(bag(np.array([[5, 4, 3]]))), pre), "word order reaches the bag through its pairs"
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_a_model_with_a_bag_of_ngrams_adds_its_logits_and_survives_saving(tmp_path, n_classes):
+    import keras
+
+    cfg = ModelConfig(cell="gru", units=8, embedding_dim=8, bidirectional=False, ngrams=3, ngram_buckets=4096, num_words=50, window=6)
+    model = build_model(cfg, num_tokens=200, max_len=None, n_classes=n_classes)
+    assert model.get_layer("bag_of_1_to_3_grams").table.shape == (200 + 4096, 1 if n_classes == 2 else n_classes)
+    ids = np.random.default_rng(1).integers(1, 200, (5, 12)).astype("int32")
+    ids[:, 9:] = 0
+    model.save(tmp_path / "model.keras")
+    again = keras.models.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(model.predict(ids, verbose=0), again.predict(ids, verbose=0), atol=1e-6)
+    # the recurrent part alone when the bag's weights are zero: the same weights without the bag predict the same
+    plain = build_model(cfg.model_copy(update={"ngrams": 0}), num_tokens=200, max_len=None, n_classes=n_classes)
+    for layer in plain.layers:
+        source = model.get_layer("recurrent_logits" if layer.name.startswith("probabilit") else layer.name)
+        layer.set_weights(source.get_weights())
+    np.testing.assert_allclose(model.predict(ids, verbose=0), plain.predict(ids, verbose=0), atol=1e-6)
+
+
+def test_next_token_models_refuse_a_bag_of_ngrams():
+    from tasks.config import RunConfig
+
+    with pytest.raises(ValueError, match="leave model.ngrams at 0"):
+        RunConfig(encode={"tokenizer": "char"}, model={"task": "next_token", "bidirectional": False, "ngrams": 2})

@@ -232,3 +232,21 @@ def test_cli_parquet_with_empty_texts_names_the_row(root: Path, tmp_path: Path, 
 def test_cli_usage_errors_exit_2_with_one_sentence(root: Path, capsys: pytest.CaptureFixture[str], args: list[str], expected: str):
     assert main(["predict", "--artifacts", str(root), *args]) == 2
     assert expected in _error(capsys)
+
+
+@pytest.mark.slow
+def test_a_run_with_a_bag_of_ngrams_names_it_and_its_string_model_agrees(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """model.ngrams end to end: the whole flow trains the channel, the report names it, and the string-in model
+    (which reads the bag from the same ids inside the graph) gives rnnflow predict's probabilities."""
+    from tests.helpers import tiny_cli_args
+
+    root = tmp_path / "artifacts"
+    assert main(["run", *tiny_cli_args("model.ngrams=2", "model.ngram_buckets=4096"), "--artifacts", str(root)]) == 0
+    capsys.readouterr()
+    run = next((root / "runs").iterdir())
+    assert "beside a bag of token 1-2-grams" in (run / "report" / "report.md").read_text()
+    text_model = keras.models.load_model(run / "train" / "model_text.keras")
+    texts = HAND_PICKED + ascii_texts(20) + ["a wonderful moving film", "a dull film, a dull dull plot"]
+    from_strings = np.asarray(text_model.predict(tf.constant(texts), verbose=0)).reshape(-1)
+    from_ids = predict_texts(load_predictor(run), texts)["probability_pos"].to_numpy()
+    np.testing.assert_allclose(from_strings, from_ids, atol=1e-5)
