@@ -126,6 +126,10 @@ class ModelConfig(Section):
         "recurrent ones (Johnson & Zhang's seq2-bown; docs/experiments.md); 0: none",
     )
     ngram_buckets: int = Field(default=2**21, ge=1024, description="with model.ngrams 2 or more: table rows the 2..N-grams are hashed into")
+    ngram_rate: float = Field(
+        default=10.0, gt=0, le=100,
+        description="with model.ngrams: the bag's learning rate as a multiple of train.learning_rate (its weights are scaled by it)",
+    )
 
 
 class TrainConfig(Section):

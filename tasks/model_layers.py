@@ -145,7 +145,7 @@ class NgramBag(layers.Layer):
     PRIME = 1_000_003  # per-token multiplier of the rolling hash
     MODULUS = 2_147_483_647  # keeps the rolling hash under 2**31, so its products stay inside int64
 
-    def __init__(self, n: int, buckets: int, num_tokens: int, units: int = 1, scale: float = 10.0, dropout: float = 0.0, **kwargs: Any):
+    def __init__(self, n: int, buckets: int, num_tokens: int, units: int = 1, scale: float = 1.0, dropout: float = 0.0, **kwargs: Any):
         super().__init__(**kwargs)
         self.n, self.buckets, self.num_tokens, self.units, self.scale, self.dropout = n, buckets, num_tokens, units, scale, dropout
         self.seed = keras.random.SeedGenerator(1337)
