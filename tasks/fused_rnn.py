@@ -65,7 +65,45 @@ class _FusedInput:
         return hs[-1], tf.transpose(hs, (1, 0, 2)), states
 
 
-def gru_sequence(xp: Any, mask: Any | None, h0: Any, rk: Any, rb: Any) -> tuple[Any, Any]:
+@lru_cache(maxsize=2)
+def _gru_steps(compiled: bool) -> tuple[Any, Any]:
+    """gru_sequence's step bodies, forward and back; compiled: each one function compiled by XLA (jit_compile).
+
+    Called inside the graph's while_loops, a compiled step is one kernel instead of about 20 ops forward and 35
+    back; XLA compiles each once per batch size (the rows [B, U] are the only shape, whatever the batch's width),
+    so training (64 rows, and the epoch's last batch) compiles two or three, in a few seconds. A mask of None (no
+    padding) is its own trace. One pair for the process: models and members share the compiles.
+    """
+    import tensorflow as tf
+
+    def gates(x, h, rk, rb):
+        units = rk.shape[0]
+        inner = tf.matmul(h, rk) + rb
+        zr = tf.sigmoid(x[:, : 2 * units] + inner[:, : 2 * units])
+        return zr, tf.tanh(x[:, 2 * units :] + zr[:, units:] * inner[:, 2 * units :]), inner[:, 2 * units :]
+
+    def forward(x, h, m, rk, rb):
+        zr, n, _ = gates(x, h, rk, rb)
+        step = (1.0 - zr[:, : rk.shape[0]]) * (n - h)  # h_new - h
+        return h + (step if m is None else m * step)
+
+    def backward(x, hp, dh, m, rk, rb):
+        """(dh for the step before, the gradient of this step's x, of its recurrent product) from dh of its state."""
+        units = rk.shape[0]
+        zr, n, inner_h = gates(x, hp, rk, rb)
+        z, r = zr[:, :units], zr[:, units:]
+        dhn = dh if m is None else m * dh
+        da_n = dhn * (1.0 - z) * (1.0 - n * n)
+        da_zr = tf.concat([dhn * (hp - n), da_n * inner_h], axis=1) * zr * (1.0 - zr)
+        d_inner = tf.concat([da_zr, da_n * r], axis=1)
+        return dh - dhn * (1.0 - z) + tf.matmul(d_inner, rk, transpose_b=True), tf.concat([da_zr, da_n], axis=1), d_inner
+
+    if compiled:
+        return tf.function(forward, jit_compile=True), tf.function(backward, jit_compile=True)
+    return forward, backward
+
+
+def gru_sequence(xp: Any, mask: Any | None, h0: Any, rk: Any, rb: Any, compiled: bool = True) -> tuple[Any, Any]:
     """The GRU recurrence (reset_after) over projected inputs: (every step's state [T, B, U], the last state [B, U]).
 
     xp: x @ kernel + input bias, time-major [T, B, 3U]; mask: [T, B, 1] floats (1 a real step, 0 padding, whose
@@ -73,10 +111,13 @@ def gru_sequence(xp: Any, mask: Any | None, h0: Any, rk: Any, rb: Any) -> tuple[
     Its gradient is written out (tf.custom_gradient): one loop back over the steps that recomputes the gates from
     the states kept, and leaves the recurrent kernel's gradient to one [U, T*B] x [T*B, 3U] product after it,
     where TensorFlow's own gradient of a while_loop would accumulate T small products and every intermediate.
+    compiled: each loop's step is one XLA-compiled function (_gru_steps; docs/training-speed.md §9), what training
+    uses; else graph ops, what inference uses (no compile for each new number of rows: a served request's, say).
     """
     import tensorflow as tf
 
     units = rk.shape[0]
+    forward_step, backward_step = _gru_steps(compiled)
 
     @tf.custom_gradient
     def run(xp, h0, rk, rb):
@@ -85,15 +126,7 @@ def gru_sequence(xp: Any, mask: Any | None, h0: Any, rk: Any, rb: Any) -> tuple[
         ms = None if mask is None else tf.TensorArray(xp.dtype, size=steps, clear_after_read=False).unstack(mask)
 
         def forward(t, h, out):
-            x = xs.read(t)
-            inner = tf.matmul(h, rk) + rb
-            zr = tf.sigmoid(x[:, : 2 * units] + inner[:, : 2 * units])
-            z, r = zr[:, :units], zr[:, units:]
-            n = tf.tanh(x[:, 2 * units :] + r * inner[:, 2 * units :])
-            step = (1.0 - z) * (n - h)  # h_new - h
-            if ms is not None:
-                step = ms.read(t) * step
-            h = h + step
+            h = forward_step(xs.read(t), h, None if ms is None else ms.read(t), rk, rb)
             return t + 1, h, out.write(t, h)
 
         out = tf.TensorArray(xp.dtype, size=steps)
@@ -104,23 +137,12 @@ def gru_sequence(xp: Any, mask: Any | None, h0: Any, rk: Any, rb: Any) -> tuple[
         def grad(d_hs, d_last):
             hp_ta = tf.TensorArray(xp.dtype, size=steps, clear_after_read=False).unstack(h_prev)
             dh_ta = tf.TensorArray(xp.dtype, size=steps, clear_after_read=False).unstack(d_hs)
-            rk_t = tf.transpose(rk)
 
             def backward(t, dh, dx, dinner):
                 t = t - 1
-                x, hp = xs.read(t), hp_ta.read(t)
-                dh = dh + dh_ta.read(t)
-                inner = tf.matmul(hp, rk) + rb
-                zr = tf.sigmoid(x[:, : 2 * units] + inner[:, : 2 * units])
-                z, r = zr[:, :units], zr[:, units:]
-                inner_h = inner[:, 2 * units :]
-                n = tf.tanh(x[:, 2 * units :] + r * inner_h)
-                dhn = dh if ms is None else ms.read(t) * dh
-                da_n = dhn * (1.0 - z) * (1.0 - n * n)
-                da_zr = tf.concat([dhn * (hp - n), da_n * inner_h], axis=1) * zr * (1.0 - zr)
-                d_inner = tf.concat([da_zr, da_n * r], axis=1)
-                dh = dh - dhn * (1.0 - z) + tf.matmul(d_inner, rk_t)
-                return t, dh, dx.write(t, tf.concat([da_zr, da_n], axis=1)), dinner.write(t, d_inner)
+                m = None if ms is None else ms.read(t)
+                dh, dx_t, d_inner = backward_step(xs.read(t), hp_ta.read(t), dh + dh_ta.read(t), m, rk, rb)
+                return t, dh, dx.write(t, dx_t), dinner.write(t, d_inner)
 
             dx = tf.TensorArray(xp.dtype, size=steps)
             dinner = tf.TensorArray(xp.dtype, size=steps)
@@ -224,7 +246,8 @@ class FusedGRU(_FusedInput, layers.GRU):
         if self.go_backwards:  # Keras' loop: the steps read last to first, the outputs in that order
             xp = tf.reverse(xp, [0])
             m = None if m is None else tf.reverse(m, [0])
-        hs, h_last = gru_sequence(xp, m, h0, tf.convert_to_tensor(cell.recurrent_kernel), bias[1])
+        rk = tf.convert_to_tensor(cell.recurrent_kernel)
+        hs, h_last = gru_sequence(xp, m, h0, rk, bias[1], compiled=training is True)  # XLA steps in training only
         return self._outputs(hs, m, [h_last])
 
 

@@ -20,13 +20,13 @@ def _pair(plain_cls, fused_cls, units, features, **kwargs):
     return plain, fused
 
 
-def _outputs_and_gradients(layer, x, mask):
+def _outputs_and_gradients(layer, x, mask, training=None):
     import tensorflow as tf
 
     x = tf.constant(x)
     with tf.GradientTape() as tape:
         tape.watch(x)
-        out = layer(x, mask=None if mask is None else tf.constant(mask))
+        out = layer(x, mask=None if mask is None else tf.constant(mask), training=training)
         loss = tf.reduce_sum(out * tf.cos(tf.range(tf.size(out), dtype=out.dtype)[: out.shape[-1]]))
     grads = tape.gradient(loss, [x, *layer.trainable_weights])
     return out.numpy(), [g.numpy() for g in grads]
@@ -35,7 +35,8 @@ def _outputs_and_gradients(layer, x, mask):
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("options", [{}, {"go_backwards": True}, {"return_sequences": True, "go_backwards": True, "zero_output_for_mask": True}])
-def test_fused_layer_matches_keras_outputs_and_gradients(cell, masked, options):
+@pytest.mark.parametrize("training", [None, True])  # GRU: graph steps in inference, XLA-compiled steps in training
+def test_fused_layer_matches_keras_outputs_and_gradients(cell, masked, options, training):
     import keras
 
     plain_cls, fused_cls = (keras.layers.GRU, FusedGRU) if cell == "gru" else (keras.layers.LSTM, FusedLSTM)
@@ -44,8 +45,8 @@ def test_fused_layer_matches_keras_outputs_and_gradients(cell, masked, options):
     x = rng.normal(size=(4, 7, 3)).astype("float32")
     # Right padding of different lengths, and one row with no real step at all.
     mask = np.arange(7)[None, :] < np.array([[7], [4], [1], [0]]) if masked else None
-    out_plain, grads_plain = _outputs_and_gradients(plain, x, mask)
-    out_fused, grads_fused = _outputs_and_gradients(fused, x, mask)
+    out_plain, grads_plain = _outputs_and_gradients(plain, x, mask, training)
+    out_fused, grads_fused = _outputs_and_gradients(fused, x, mask, training)
     np.testing.assert_allclose(out_fused, out_plain, rtol=1e-5, atol=1e-6)
     for got, expected in zip(grads_fused, grads_plain):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
@@ -89,12 +90,17 @@ def test_training_steps_with_word_dropout_match_keras_layers():
     x = np.random.default_rng(2).integers(1, 50, size=(8, 10)).astype("int32")
     x[3, 4:], x[5, 1:] = 0, 0
     y = (np.arange(8) % 2).astype("int32")
+    from tasks.fused_rnn import _gru_steps
+
+    compiled_back = _gru_steps(True)[1]
+    traced = compiled_back.experimental_get_tracing_count()
     runs = []
     for fused in (False, True):
         keras.utils.set_random_seed(1)
         model = build_model(cfg.model, num_tokens=50, max_len=None, n_classes=2, fused_input=fused)
         model.compile(**compile_settings(cfg.model, cfg.train, 2))
         runs.append(([float(model.train_on_batch(x, y)[0]) for _ in range(5)], model.get_weights()))
+    assert compiled_back.experimental_get_tracing_count() > traced, "training's loop back ran the XLA-compiled step"
     np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=1e-5)
     for got, expected in zip(runs[1][1], runs[0][1]):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
