@@ -8,7 +8,8 @@ and FusedLSTM compute it once before the loop (x @ kernel + the input bias, over
 batch at once) and leave the loop only the recurrent part (h @ recurrent_kernel, the gates). The loop's
 gradient is written out (gru_sequence, lstm_sequence): TensorFlow's own gradient of a while_loop keeps every
 intermediate of every step and runs T small products for the recurrent kernel's gradient; here one loop back
-recomputes the gates from the kept states, and the kernel's gradient is one large product after it.
+recomputes the gates from the kept states, and the kernel's gradient is one large product after it. In training, each
+step of the GRU's two loops is one XLA-compiled function (_gru_steps), one kernel where the graph ran some 20-35 ops.
 
 They are keras.layers.GRU and LSTM with the same weights (cell/kernel, cell/recurrent_kernel,
 cell/bias), the same configuration and the same masking (a padded step keeps the state; outputs at padding
