@@ -106,12 +106,13 @@ def start_temporary_server() -> str | None:
     migrated once per Prefect version, is kept in the user's cache folder: migrating a new one took
     Prefect up to two minutes on a busy 2-core machine, copying it takes milliseconds.
     """
-    import prefect
-    from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, get_current_settings
 
-    if PREFECT_API_URL.value():
+    if PREFECT_API_URL.value():  # checked first: importing Prefect's server code alone costs a busy machine seconds
         return None
+    import prefect
+    from prefect.server.api.server import SubprocessASGIServer
+
     existing = SubprocessASGIServer._instances.get(None)
     if existing is not None and existing.running:  # started already in this process (a test harness, an earlier call)
         return existing.api_url
