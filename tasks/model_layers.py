@@ -128,7 +128,6 @@ class VocabularyCap(layers.Layer):
         return {**super().get_config(), "num_words": self.num_words, "oov": self.oov}
 
 
-
 @keras.saving.register_keras_serializable(package="rnnflow")
 class NgramBag(layers.Layer):
     """A bag of the row's token 1..n-grams, each with learnt weights, summed: the linear channel beside the recurrence.
@@ -144,11 +143,11 @@ class NgramBag(layers.Layer):
 
     PRIME = 1_000_003  # per-token multiplier of the rolling hash
     MODULUS = 2_147_483_647  # keeps the rolling hash under 2**31, so its products stay inside int64
+    SALT = 7_919  # times n, added before the bucket: a bigram and a trigram of equal hash land in different rows
 
-    def __init__(self, n: int, buckets: int, num_tokens: int, units: int = 1, scale: float = 1.0, dropout: float = 0.0, **kwargs: Any):
+    def __init__(self, n: int, buckets: int, num_tokens: int, units: int = 1, scale: float = 1.0, **kwargs: Any):
         super().__init__(**kwargs)
-        self.n, self.buckets, self.num_tokens, self.units, self.scale, self.dropout = n, buckets, num_tokens, units, scale, dropout
-        self.seed = keras.random.SeedGenerator(1337)
+        self.n, self.buckets, self.num_tokens, self.units, self.scale = n, buckets, num_tokens, units, scale
 
     def build(self, input_shape):
         rows = self.num_tokens + (self.buckets if self.n > 1 else 0)
@@ -164,15 +163,13 @@ class NgramBag(layers.Layer):
         for k in range(2, self.n + 1):
             hashed = ops.mod(hashed[:, :-1] * self.PRIME + ids[:, k - 1:], self.MODULUS)
             valid = ops.logical_and(valid[:, :-1], real[:, k - 1:])
-            rows.append(self.num_tokens + ops.mod(hashed + k * 7_919, self.buckets))
+            rows.append(self.num_tokens + ops.mod(hashed + k * self.SALT, self.buckets))
             counts.append(valid)
         return ops.concatenate(rows, axis=1), ops.cast(ops.concatenate(counts, axis=1), self.compute_dtype)
 
-    def call(self, inputs, training=False):
+    def call(self, inputs):
         ops = keras.ops
         rows, counts = self.ngram_rows(inputs)
-        if training and self.dropout:  # each n-gram occurrence left out at this rate: the table cannot memorise the train split at once
-            counts = counts * ops.cast(keras.random.uniform(ops.shape(counts), seed=self.seed) >= self.dropout, counts.dtype)
         weights = ops.take(self.table, rows, axis=0) * ops.expand_dims(counts, -1)
         total = ops.sum(weights, axis=1) * self.scale
         return total / ops.sqrt(ops.maximum(ops.sum(counts, axis=1, keepdims=True), 1.0))
@@ -181,4 +178,4 @@ class NgramBag(layers.Layer):
         return (input_shape[0], self.units)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "n": self.n, "buckets": self.buckets, "num_tokens": self.num_tokens, "units": self.units, "scale": self.scale, "dropout": self.dropout}
+        return {**super().get_config(), "n": self.n, "buckets": self.buckets, "num_tokens": self.num_tokens, "units": self.units, "scale": self.scale}
