@@ -3,12 +3,12 @@
 steps [--widths 64,224] [--rounds 10] [--variants ...]: tasks/fused_rnn.py's gru_sequence, forward and gradient, on
 random inputs of 64 rows, GRU(64), masked, the variants called in turn each round; the best round's ms per call:
   current     tasks/fused_rnn.py's gru_sequence: graph loops, each step one XLA-compiled function (since §9)
-  graph       the same loops with their steps as graph ops (the code before §9): the loop back recomputes each
-              step's product and gates from the kept states
+  graph       gru_sequence with its steps as graph ops (compiled=False: the code before §9, what inference runs): the
+              loop back recomputes each step's product and gates from the kept states
   kept        graph, with the forward loop keeping each step's gates ([T, B, 4U]) and the loop back reading them:
               one product a step back instead of two
   xla_loop    graph's two loops each one tf.function(jit_compile=True) (XLA compiles each (T, B) shape)
-  xla_step    graph's step bodies each one tf.function(jit_compile=True): current, as this file writes it
+  xla_step    gru_sequence with compiled=True: current, whatever FusedGRU asks (kept for §9's commands)
   products    the loops with their products only (one a step forward, two back): what the arithmetic alone costs
 Prints each variant's largest difference from the first one's outputs and gradients, relative to their size.
 
@@ -26,34 +26,22 @@ import time
 from typing import Any, Callable
 
 
-def recompute_sequence(xp: Any, mask: Any, h0: Any, rk: Any, rb: Any, jit: str = "") -> tuple[Any, Any]:
-    """gru_sequence's loops (the loop back recomputing each step's product and gates), with jit "loop" or "step" their
-    whole loops or step bodies compiled by XLA; jit "" is the same computation as gru_sequence, written as those are."""
+def xla_loop_sequence(xp: Any, mask: Any, h0: Any, rk: Any, rb: Any) -> tuple[Any, Any]:
+    """gru_sequence's loops (the loop back recomputing each step's product and gates), each whole loop one function
+    compiled by XLA; their step bodies are gru_sequence's own (tasks.fused_rnn._gru_steps, as graph ops)."""
     import tensorflow as tf
+
+    from tasks.fused_rnn import _gru_steps
 
     units = rk.shape[0]
     mask = tf.ones_like(xp[..., :1]) if mask is None else mask
-
-    def gates(x, h):
-        inner = tf.matmul(h, rk) + rb
-        zr = tf.sigmoid(x[:, : 2 * units] + inner[:, : 2 * units])
-        return zr, tf.tanh(x[:, 2 * units :] + zr[:, units:] * inner[:, 2 * units :]), inner[:, 2 * units :]
+    step_forward, step_backward = _gru_steps(False)
 
     def forward_step(x, h, m):
-        zr, n, _ = gates(x, h)
-        return h + m * (1.0 - zr[:, :units]) * (n - h)
+        return step_forward(x, h, m, rk, rb)
 
     def backward_step(x, hp, dh, m):
-        zr, n, inner_h = gates(x, hp)
-        z, r = zr[:, :units], zr[:, units:]
-        dhn = m * dh
-        da_n = dhn * (1.0 - z) * (1.0 - n * n)
-        da_zr = tf.concat([dhn * (hp - n), da_n * inner_h], axis=1) * zr * (1.0 - zr)
-        d_inner = tf.concat([da_zr, da_n * r], axis=1)
-        return dh - dhn * (1.0 - z) + tf.matmul(d_inner, rk, transpose_b=True), tf.concat([da_zr, da_n], axis=1), d_inner
-
-    if jit == "step":
-        forward_step, backward_step = tf.function(forward_step, jit_compile=True), tf.function(backward_step, jit_compile=True)
+        return step_backward(x, hp, dh, m, rk, rb)
 
     def unstacked(*tensors):
         return [tf.TensorArray(t.dtype, size=tf.shape(t)[0], clear_after_read=False).unstack(t) for t in tensors]
@@ -84,8 +72,7 @@ def recompute_sequence(xp: Any, mask: Any, h0: Any, rk: Any, rb: Any, jit: str =
         d_rk = tf.matmul(tf.reshape(h_prev, (-1, units)), d_inner, transpose_a=True)
         return dx.stack(), dh0, d_rk, tf.reduce_sum(d_inner, axis=0)
 
-    if jit == "loop":
-        forward_loop, backward_loop = tf.function(forward_loop, jit_compile=True), tf.function(backward_loop, jit_compile=True)
+    forward_loop, backward_loop = tf.function(forward_loop, jit_compile=True), tf.function(backward_loop, jit_compile=True)
 
     @tf.custom_gradient
     def run(xp, h0, rk_in, rb_in):
@@ -182,8 +169,9 @@ def variants() -> dict[str, Callable[..., Any]]:
 
     # FusedGRU passes compiled= (XLA steps in training): the other variants are what they are either way.
     return {
-        "current": gru_sequence, "graph": lambda *a, compiled=True: recompute_sequence(*a), "kept": lambda *a, compiled=True: kept_gates_sequence(*a),
-        "xla_loop": lambda *a, compiled=True: recompute_sequence(*a, jit="loop"), "xla_step": lambda *a, compiled=True: recompute_sequence(*a, jit="step"),
+        "current": gru_sequence, "graph": lambda *a, compiled=True: gru_sequence(*a, compiled=False),
+        "kept": lambda *a, compiled=True: kept_gates_sequence(*a), "xla_loop": lambda *a, compiled=True: xla_loop_sequence(*a),
+        "xla_step": lambda *a, compiled=True: gru_sequence(*a, compiled=True),
         "products": lambda *a, compiled=True: products_only(*a),
     }
 
