@@ -28,6 +28,7 @@ import pandas as pd
 from tasks.baseline import compared, read_baseline
 from tasks.caching import CacheSlot, produce_step, step_task
 from tasks.encode import INDEX_FROM, OOV, PAD, START, load_arrays
+from tasks.length_buckets import predict_in_buckets
 from tasks.metrics import headline_metrics
 from tasks.store import RunFiles, StepOutput, atomic_path, read_json, write_json
 
@@ -41,7 +42,15 @@ OOV_MARK = "⟨?⟩"
 
 def predict_probabilities(model: Any, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """Class probabilities, shape (n, n_classes), whether the model ends in a sigmoid or a softmax."""
-    return class_probabilities(model.predict(x, batch_size=batch_size, verbose=0))
+    return class_probabilities(predict_outputs(model, x, batch_size))
+
+
+def predict_outputs(model: Any, x: np.ndarray, batch_size: int = 512) -> Any:
+    """model.predict(x); for a model of rows of any width (train.bucket_by_length) batch by batch in length buckets."""
+    shape = tuple(model.inputs[0].shape) if len(model.inputs) == 1 else ()
+    if len(shape) == 2 and shape[1] is None and np.ndim(x) == 2:
+        return predict_in_buckets(model, x, batch_size)
+    return model.predict(x, batch_size=batch_size, verbose=0)
 
 
 def class_probabilities(outputs: Any) -> np.ndarray:
@@ -254,7 +263,7 @@ def evaluate_model(encode_dir: Path, train_dir: Path, out_dir: Path, ingest_dir:
     members = [layer for layer in model.layers if isinstance(layer, keras.Model)]
     if members:  # train.members > 1: score the average, and each member on its own beside it, in one pass
         probe = keras.Model(model.inputs, [model.outputs[0], *(member(model.inputs[0]) for member in members)])
-        outputs = probe.predict(x_test, batch_size=512, verbose=0)
+        outputs = predict_outputs(probe, x_test)
         probabilities, member_outputs = class_probabilities(outputs[0]), outputs[1:]
     else:
         probabilities, member_outputs = predict_probabilities(model, x_test), []

@@ -1,7 +1,8 @@
 """train.bucket_by_length and the streamed input: which rows make each batch, and the tf.data dataset that reads them.
 
 A batch holds rows of one length bucket, padded only to that bucket's width (not to encode.max_len); the same
-plan read from memory-mapped .npy files batch by batch is the streamed input (train.in_memory_max_mb).
+plan read from memory-mapped .npy files batch by batch is the streamed input (train.in_memory_max_mb). A model
+trained so predicts in the same buckets (predict_in_buckets): evaluate, predict, score and serve.
 """
 
 from __future__ import annotations
@@ -136,6 +137,32 @@ def memmap_dataset(
 
     dataset = tf.data.Dataset.range(steps * (epochs if seed is not None else 1)).map(load_tensors)
     return dataset.prefetch(tf.data.AUTOTUNE), steps
+
+
+def predict_in_buckets(model: Any, x: np.ndarray, batch_size: int = 512) -> Any:
+    """model.predict(x)'s outputs (a list for a model of several outputs), computed a length bucket at a time.
+
+    For a model that reads rows of any width (built for train.bucket_by_length: it masks padding), the steps
+    past a batch's longest row change nothing, so the rows are batched as validation batches them (epoch_batches
+    without a seed: by bucket, in file order), laid out right-padded and cut to their bucket's width, and each
+    output row goes back to its row's place: the same figures as the max_len-wide rows, for the steps the rows
+    have (on IMDb about half of them).
+    """
+    n, max_len = x.shape
+    if n == 0:
+        return model.predict(x, batch_size=batch_size, verbose=0)
+    lengths = row_lengths(x)
+    outputs: list[np.ndarray] = []
+    for index in epoch_batches(n, batch_size, None, 0, lengths, max_len):
+        rows = left_aligned(np.asarray(x[index], dtype=np.int32))[:, : batch_width(lengths[index].max(), max_len)]
+        got = model.predict_on_batch(rows)
+        several = isinstance(got, (list, tuple))
+        for k, part in enumerate(got if several else [got]):
+            part = np.asarray(part)
+            if len(outputs) <= k:
+                outputs.append(np.empty((n, *part.shape[1:]), dtype=part.dtype))
+            outputs[k][index] = part
+    return outputs if several else outputs[0]
 
 
 def mean_batch_width(x: np.ndarray, batch_size: int, seed: int, *, next_token: bool = False) -> float:

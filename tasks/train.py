@@ -33,10 +33,15 @@ RESULT_KEYS = ("epochs_run", "best_epoch", "params", "seconds", "best_val_accura
 
 
 def average_members(models: list[Any], max_len: int) -> Any:
-    """One model whose output is the mean of the members' probabilities (saved and loaded as one .keras file)."""
+    """One model whose output is the mean of the members' probabilities (saved and loaded as one .keras file).
+
+    Its rows are max_len wide, or of any width when every member's are (train.bucket_by_length): then it
+    predicts in length buckets too (tasks/length_buckets.py::predict_in_buckets).
+    """
     import keras
 
-    inputs = keras.Input(shape=(max_len,), dtype="int32", name="token_ids")
+    width = None if all(model.inputs[0].shape[1] is None for model in models) else max_len
+    inputs = keras.Input(shape=(width,), dtype="int32", name="token_ids")
     outputs = keras.layers.Average(name="mean_probability")([model(inputs) for model in models])
     return keras.Model(inputs, outputs, name=f"{models[0].name.rsplit('_member', 1)[0]}_ensemble")
 

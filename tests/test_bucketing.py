@@ -170,6 +170,37 @@ def test_a_model_of_any_length_gives_on_max_len_rows_what_it_gives_on_cut_ones(c
     assert fixed.input_shape == (None, MAX_LEN) and model.input_shape == (None, None)
 
 
+@pytest.mark.parametrize("padding", ["post", "pre"])
+def test_predictions_in_length_buckets_are_the_max_len_predictions_in_the_rows_order(padding: str):
+    import keras
+
+    from tasks.evaluate import predict_outputs, predict_probabilities
+    from tasks.length_buckets import predict_in_buckets
+    from tasks.train import average_members
+
+    config = ModelConfig(cell="gru", units=4, embedding_dim=4, bidirectional=False)
+    members = []
+    for changes in ({}, {"window": 50, "pooling": "max"}):
+        keras.utils.set_random_seed(len(members))
+        member = build_model(config.model_copy(update=changes), num_tokens=10, max_len=None, n_classes=2)
+        member.name = f"{member.name}_member{len(members) + 1}"  # as fit_member names them
+        members.append(member)
+    ensemble = average_members(members, MAX_LEN)
+    assert ensemble.input_shape == (None, None), "members of any width make an ensemble of any width"
+    x = _rows(n=150, padding=padding)  # 150 rows in batches of 64: several buckets and a remainder
+    probe = keras.Model(ensemble.inputs, [ensemble.outputs[0], *(m(ensemble.inputs[0]) for m in members)])
+    widths = []
+    probe.predict_on_batch = lambda rows, own=probe.predict_on_batch: widths.append(rows.shape[1]) or own(rows)
+    whole = probe.predict(x, batch_size=64, verbose=0)
+    for got, want in zip(predict_outputs(probe, x, batch_size=64), whole):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert len(widths) == 3 and min(widths) < MAX_LEN, "three batches of 64 rows, the narrower ones cut to their bucket"
+    np.testing.assert_allclose(predict_probabilities(ensemble, x)[:, 1], whole[0][:, 0], rtol=1e-5, atol=1e-6)
+    fixed = build_model(config, num_tokens=10, max_len=MAX_LEN, n_classes=2)  # reads padding's width: not bucketed
+    assert average_members([fixed, members[0]], MAX_LEN).input_shape == (None, MAX_LEN)
+    np.testing.assert_allclose(predict_in_buckets(members[0], x[:3], 64), members[0].predict(x[:3], verbose=0), rtol=1e-5, atol=1e-6)
+
+
 def test_a_window_of_rows_shorter_than_it_is_as_wide_as_the_rows():
     rows = np.array([[1, 5, 6, 0], [1, 4, 0, 0]], np.int32)
     assert np.asarray(TokenWindow(6, "end")(rows)).tolist() == rows.tolist()
