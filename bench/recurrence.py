@@ -3,8 +3,8 @@
 steps [--widths 64,224] [--rounds 10] [--variants ...]: tasks/fused_rnn.py's gru_sequence, forward and gradient, on
 random inputs of 64 rows, GRU(64), masked, the variants called in turn each round; the best round's ms per call:
   current     tasks/fused_rnn.py's gru_sequence: graph loops, each step one XLA-compiled function (since §9)
-  graph       gru_sequence with its steps as graph ops (compiled=False: the code before §9, what inference runs): the
-              loop back recomputes each step's product and gates from the kept states
+  graph       gru_sequence with its steps as graph ops (compiled=False: the code before §9, and inference before §11):
+              the loop back recomputes each step's product and gates from the kept states
   kept        graph, with the forward loop keeping each step's gates ([T, B, 4U]) and the loop back reading them:
               one product a step back instead of two
   xla_loop    graph's two loops each one tf.function(jit_compile=True) (XLA compiles each (T, B) shape)

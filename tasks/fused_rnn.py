@@ -8,8 +8,10 @@ and FusedLSTM compute it once before the loop (x @ kernel + the input bias, over
 batch at once) and leave the loop only the recurrent part (h @ recurrent_kernel, the gates). The loop's
 gradient is written out (gru_sequence, lstm_sequence): TensorFlow's own gradient of a while_loop keeps every
 intermediate of every step and runs T small products for the recurrent kernel's gradient; here one loop back
-recomputes the gates from the kept states, and the kernel's gradient is one large product after it. In training, each
-step of the GRU's two loops is one XLA-compiled function (_gru_steps), one kernel where the graph ran some 20-35 ops.
+recomputes the gates from the kept states, and the kernel's gradient is one large product after it. Each step of
+the GRU's two loops is one XLA-compiled function (_gru_steps), one kernel where the graph ran some 20-35 ops, in
+training and in inference alike: the rows are padded up to a multiple of ROWS_STEP, so one compile serves every
+batch of up to 64 rows (a served request's, say) and a process compiles a few at most.
 
 They are keras.layers.GRU and LSTM with the same weights (cell/kernel, cell/recurrent_kernel,
 cell/bias), the same configuration and the same masking (a padded step keeps the state; outputs at padding
@@ -29,6 +31,11 @@ from typing import Any
 
 import keras
 from keras import layers, ops
+
+
+# The compiled steps see a batch's rows padded up to a multiple of this (gru_sequence): XLA compiles a step once for
+# each number of rows it meets (0.1-1 s), and a padded row costs next to nothing beside a compile.
+ROWS_STEP = 64
 
 
 @lru_cache(maxsize=1)
@@ -71,9 +78,9 @@ def _gru_steps(compiled: bool) -> tuple[Any, Any]:
     """gru_sequence's step bodies, forward and back; compiled: each one function compiled by XLA (jit_compile).
 
     Called inside the graph's while_loops, a compiled step is one kernel instead of about 20 ops forward and 35
-    back; XLA compiles each once per batch size (the rows [B, U] are the only shape, whatever the batch's width),
-    so training (64 rows, and the epoch's last batch) compiles two or three, in a few seconds. A mask of None (no
-    padding) is its own trace. One pair for the process: models and members share the compiles.
+    back; XLA compiles each once per number of rows (the rows [B, U] are the only shape, whatever the batch's width;
+    gru_sequence pads B up to a multiple of ROWS_STEP), so a process compiles one or two, about a second each.
+    One pair for the process: models and members share the compiles.
     """
     import tensorflow as tf
 
@@ -112,9 +119,24 @@ def gru_sequence(xp: Any, mask: Any | None, h0: Any, rk: Any, rb: Any, compiled:
     Its gradient is written out (tf.custom_gradient): one loop back over the steps that recomputes the gates from
     the states kept, and leaves the recurrent kernel's gradient to one [U, T*B] x [T*B, 3U] product after it,
     where TensorFlow's own gradient of a while_loop would accumulate T small products and every intermediate.
-    compiled: each loop's step is one XLA-compiled function (_gru_steps; docs/training-speed.md §9), what training
-    uses; else graph ops, what inference uses (no compile for each new number of rows: a served request's, say).
+    compiled: each loop's step is one XLA-compiled function (_gru_steps; docs/training-speed.md §9), on rows padded
+    up to a multiple of ROWS_STEP (a padded row is all padding: its state stays h0, and it is cut off again), what
+    FusedGRU uses; else graph ops (bench/recurrence.py's variant, the code before).
     """
+    import tensorflow as tf
+
+    if compiled:
+        rows = tf.shape(h0)[0]
+        extra = (-rows) % ROWS_STEP
+        xp, h0 = tf.pad(xp, [[0, 0], [0, extra], [0, 0]]), tf.pad(h0, [[0, extra], [0, 0]])
+        mask = tf.pad(tf.ones_like(xp[:, :rows, :1]) if mask is None else mask, [[0, 0], [0, extra], [0, 0]])
+        hs, h_last = _gru_loops(xp, mask, h0, rk, rb, compiled)
+        return hs[:, :rows], h_last[:rows]
+    return _gru_loops(xp, mask, h0, rk, rb, compiled)
+
+
+def _gru_loops(xp: Any, mask: Any | None, h0: Any, rk: Any, rb: Any, compiled: bool) -> tuple[Any, Any]:
+    """gru_sequence's two loops, forward and back (its gradient), on the rows as they come."""
     import tensorflow as tf
 
     units = rk.shape[0]
@@ -248,7 +270,7 @@ class FusedGRU(_FusedInput, layers.GRU):
             xp = tf.reverse(xp, [0])
             m = None if m is None else tf.reverse(m, [0])
         rk = tf.convert_to_tensor(cell.recurrent_kernel)
-        hs, h_last = gru_sequence(xp, m, h0, rk, bias[1], compiled=training is True)  # XLA steps in training only
+        hs, h_last = gru_sequence(xp, m, h0, rk, bias[1])
         return self._outputs(hs, m, [h_last])
 
 

@@ -35,7 +35,7 @@ def _outputs_and_gradients(layer, x, mask, training=None):
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("options", [{}, {"go_backwards": True}, {"return_sequences": True, "go_backwards": True, "zero_output_for_mask": True}])
-@pytest.mark.parametrize("training", [None, True])  # GRU: graph steps in inference, XLA-compiled steps in training
+@pytest.mark.parametrize("training", [None, True])  # GRU: both through the XLA-compiled steps, 4 rows padded to ROWS_STEP
 def test_fused_layer_matches_keras_outputs_and_gradients(cell, masked, options, training):
     import keras
 
