@@ -2,13 +2,14 @@
 
 steps [--widths 64,224] [--rounds 10] [--variants ...]: tasks/fused_rnn.py's gru_sequence, forward and gradient, on
 random inputs of 64 rows, GRU(64), masked, the variants called in turn each round; the best round's ms per call:
-  current     tasks/fused_rnn.py's gru_sequence: graph loops, each step one XLA-compiled function (since §9)
-  graph       gru_sequence with its steps as graph ops (compiled=False: the code before §9, and inference before §11):
+  current     tasks/fused_rnn.py's gru_sequence: graph loops, each turn of 8 steps one XLA-compiled function (§12)
+  graph       gru_sequence with its steps as graph ops, one a turn (compiled=False, chunk=1: the code before §9):
               the loop back recomputes each step's product and gates from the kept states
   kept        graph, with the forward loop keeping each step's gates ([T, B, 4U]) and the loop back reading them:
               one product a step back instead of two
   xla_loop    graph's two loops each one tf.function(jit_compile=True) (XLA compiles each (T, B) shape)
-  xla_step    gru_sequence with compiled=True: current, whatever FusedGRU asks (kept for §9's commands)
+  xla_step    gru_sequence with each step one XLA-compiled function (chunk=1: §9's code, what FusedGRU ran until §12)
+  turnK       gru_sequence with K steps a compiled turn, K = 2, 4, 16, 32 (current is 8)
   products    the loops with their products only (one a step forward, two back): what the arithmetic alone costs
 Prints each variant's largest difference from the first one's outputs and gradients, relative to their size.
 
@@ -23,19 +24,20 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from typing import Any, Callable
 
 
 def xla_loop_sequence(xp: Any, mask: Any, h0: Any, rk: Any, rb: Any) -> tuple[Any, Any]:
     """gru_sequence's loops (the loop back recomputing each step's product and gates), each whole loop one function
-    compiled by XLA; their step bodies are gru_sequence's own (tasks.fused_rnn._gru_steps, as graph ops)."""
+    compiled by XLA; their step bodies are gru_sequence's own (tasks.fused_rnn._gru_step_bodies, as graph ops)."""
     import tensorflow as tf
 
-    from tasks.fused_rnn import _gru_steps
+    from tasks.fused_rnn import _gru_step_bodies
 
     units = rk.shape[0]
     mask = tf.ones_like(xp[..., :1]) if mask is None else mask
-    step_forward, step_backward = _gru_steps(False)
+    step_forward, step_backward = _gru_step_bodies()
 
     def forward_step(x, h, m):
         return step_forward(x, h, m, rk, rb)
@@ -169,9 +171,10 @@ def variants() -> dict[str, Callable[..., Any]]:
 
     # FusedGRU passes compiled= (XLA steps in training): the other variants are what they are either way.
     return {
-        "current": gru_sequence, "graph": lambda *a, compiled=True: gru_sequence(*a, compiled=False),
+        "current": gru_sequence, "graph": lambda *a, compiled=True: gru_sequence(*a, compiled=False, chunk=1),
         "kept": lambda *a, compiled=True: kept_gates_sequence(*a), "xla_loop": lambda *a, compiled=True: xla_loop_sequence(*a),
-        "xla_step": lambda *a, compiled=True: gru_sequence(*a, compiled=True),
+        "xla_step": lambda *a, compiled=True: gru_sequence(*a, compiled=True, chunk=1),
+        **{f"turn{k}": partial(gru_sequence, compiled=True, chunk=k) for k in (2, 4, 16, 32)},
         "products": lambda *a, compiled=True: products_only(*a),
     }
 

@@ -8,10 +8,10 @@ and FusedLSTM compute it once before the loop (x @ kernel + the input bias, over
 batch at once) and leave the loop only the recurrent part (h @ recurrent_kernel, the gates). The loop's
 gradient is written out (gru_sequence, lstm_sequence): TensorFlow's own gradient of a while_loop keeps every
 intermediate of every step and runs T small products for the recurrent kernel's gradient; here one loop back
-recomputes the gates from the kept states, and the kernel's gradient is one large product after it. Each step of
-the GRU's two loops is one XLA-compiled function (_gru_steps), one kernel where the graph ran some 20-35 ops, in
-training and in inference alike: the rows are padded up to a multiple of ROWS_STEP, so one compile serves every
-batch of up to 64 rows (a served request's, say) and a process compiles a few at most.
+recomputes the gates from the kept states, and the kernel's gradient is one large product after it. The GRU's two
+loops take STEPS_PER_TURN steps a turn, each turn one XLA-compiled function (_gru_steps), one kernel where the
+graph ran some 20-35 ops a step, in training and in inference alike: the rows are padded up to a multiple of
+ROWS_STEP, so one compile serves every batch of up to 64 rows (a served request's, say).
 
 They are keras.layers.GRU and LSTM with the same weights (cell/kernel, cell/recurrent_kernel,
 cell/bias), the same configuration and the same masking (a padded step keeps the state; outputs at padding
@@ -33,9 +33,12 @@ import keras
 from keras import layers, ops
 
 
-# The compiled steps see a batch's rows padded up to a multiple of this (gru_sequence): XLA compiles a step once for
-# each number of rows it meets (0.1-1 s), and a padded row costs next to nothing beside a compile.
+# The compiled steps see a batch's rows padded up to a multiple of this (gru_sequence): XLA compiles a turn once for
+# each number of rows it meets (1-3 s), and a padded row costs next to nothing beside a compile.
 ROWS_STEP = 64
+# Time steps in one compiled call of the GRU's loops (gru_sequence): fewer calls and TensorArray reads and writes;
+# 8 measured best (docs/training-speed.md §12: 4, 16 and 32 beside it), its compile 1-3 s.
+STEPS_PER_TURN = 8
 
 
 @lru_cache(maxsize=1)
@@ -73,15 +76,10 @@ class _FusedInput:
         return hs[-1], tf.transpose(hs, (1, 0, 2)), states
 
 
-@lru_cache(maxsize=2)
-def _gru_steps(compiled: bool) -> tuple[Any, Any]:
-    """gru_sequence's step bodies, forward and back; compiled: each one function compiled by XLA (jit_compile).
-
-    Called inside the graph's while_loops, a compiled step is one kernel instead of about 20 ops forward and 35
-    back; XLA compiles each once per number of rows (the rows [B, U] are the only shape, whatever the batch's width;
-    gru_sequence pads B up to a multiple of ROWS_STEP), so a process compiles one or two, about a second each.
-    One pair for the process: models and members share the compiles.
-    """
+@lru_cache(maxsize=1)
+def _gru_step_bodies() -> tuple[Any, Any]:
+    """One step of the GRU, forward (x [B, 3U], h, m [B, 1] or None, rk, rb) -> the next state, and back
+    (x, hp, dh, m, rk, rb) -> (dh for the step before, the gradient of this step's x, of its recurrent product)."""
     import tensorflow as tf
 
     def gates(x, h, rk, rb):
@@ -96,7 +94,6 @@ def _gru_steps(compiled: bool) -> tuple[Any, Any]:
         return h + (step if m is None else m * step)
 
     def backward(x, hp, dh, m, rk, rb):
-        """(dh for the step before, the gradient of this step's x, of its recurrent product) from dh of its state."""
         units = rk.shape[0]
         zr, n, inner_h = gates(x, hp, rk, rb)
         z, r = zr[:, :units], zr[:, units:]
@@ -106,12 +103,45 @@ def _gru_steps(compiled: bool) -> tuple[Any, Any]:
         d_inner = tf.concat([da_zr, da_n * r], axis=1)
         return dh - dhn * (1.0 - z) + tf.matmul(d_inner, rk, transpose_b=True), tf.concat([da_zr, da_n], axis=1), d_inner
 
+    return forward, backward
+
+
+@lru_cache(maxsize=8)
+def _gru_steps(chunk: int, compiled: bool) -> tuple[Any, Any]:
+    """gru_sequence's turn of `chunk` steps, forward and back; compiled: each one function compiled by XLA.
+
+    The forward (x [k, B, 3U], h, m [k, B, 1], rk, rb) -> (the k states [k, B, U], the last); the back (x, hp
+    [k, B, U], the states' gradients [k, B, U], m, dh after the turn, rk, rb) -> (dh before it, dx [k, B, 3U],
+    d_inner [k, B, 3U]). Called inside the graph's while_loops, a compiled turn is one kernel for k steps where the
+    graph ran about 20 ops a step forward and 35 back, and one TensorArray read and write instead of k. XLA
+    compiles each once per number of rows (gru_sequence pads them to a multiple of ROWS_STEP: [B, U] is the only
+    shape, whatever the batch's width), in 1-3 s. One pair a process: models and members share the compiles.
+    """
+    import tensorflow as tf
+
+    step_forward, step_backward = _gru_step_bodies()
+
+    def forward(x, h, m, rk, rb):
+        states = []
+        for j in range(chunk):
+            h = step_forward(x[j], h, m[j], rk, rb)
+            states.append(h)
+        return tf.stack(states), h
+
+    def backward(x, hp, d_hs, m, dh, rk, rb):
+        dxs, d_inners = [None] * chunk, [None] * chunk
+        for j in reversed(range(chunk)):
+            dh, dxs[j], d_inners[j] = step_backward(x[j], hp[j], dh + d_hs[j], m[j], rk, rb)
+        return dh, tf.stack(dxs), tf.stack(d_inners)
+
     if compiled:
         return tf.function(forward, jit_compile=True), tf.function(backward, jit_compile=True)
     return forward, backward
 
 
-def gru_sequence(xp: Any, mask: Any | None, h0: Any, rk: Any, rb: Any, compiled: bool = True) -> tuple[Any, Any]:
+def gru_sequence(
+    xp: Any, mask: Any | None, h0: Any, rk: Any, rb: Any, compiled: bool = True, chunk: int = STEPS_PER_TURN,
+) -> tuple[Any, Any]:
     """The GRU recurrence (reset_after) over projected inputs: (every step's state [T, B, U], the last state [B, U]).
 
     xp: x @ kernel + input bias, time-major [T, B, 3U]; mask: [T, B, 1] floats (1 a real step, 0 padding, whose
@@ -119,60 +149,57 @@ def gru_sequence(xp: Any, mask: Any | None, h0: Any, rk: Any, rb: Any, compiled:
     Its gradient is written out (tf.custom_gradient): one loop back over the steps that recomputes the gates from
     the states kept, and leaves the recurrent kernel's gradient to one [U, T*B] x [T*B, 3U] product after it,
     where TensorFlow's own gradient of a while_loop would accumulate T small products and every intermediate.
-    compiled: each loop's step is one XLA-compiled function (_gru_steps; docs/training-speed.md §9), on rows padded
-    up to a multiple of ROWS_STEP (a padded row is all padding: its state stays h0, and it is cut off again), what
-    FusedGRU uses; else graph ops (bench/recurrence.py's variant, the code before).
+    Each loop takes `chunk` steps a turn, one XLA-compiled function (_gru_steps; compiled false: graph ops,
+    bench/recurrence.py's variants). The rows are padded up to a multiple of ROWS_STEP and the steps up to one of
+    chunk, all padding (mask 0: a padded row's state stays h0, a padded step keeps the state), and cut off again.
     """
     import tensorflow as tf
 
-    if compiled:
-        rows = tf.shape(h0)[0]
-        extra = (-rows) % ROWS_STEP
-        xp, h0 = tf.pad(xp, [[0, 0], [0, extra], [0, 0]]), tf.pad(h0, [[0, extra], [0, 0]])
-        mask = tf.pad(tf.ones_like(xp[:, :rows, :1]) if mask is None else mask, [[0, 0], [0, extra], [0, 0]])
-        hs, h_last = _gru_loops(xp, mask, h0, rk, rb, compiled)
-        return hs[:, :rows], h_last[:rows]
-    return _gru_loops(xp, mask, h0, rk, rb, compiled)
+    steps, rows = tf.shape(xp)[0], tf.shape(h0)[0]
+    pad = [[0, (-steps) % chunk], [0, (-rows) % ROWS_STEP], [0, 0]]
+    mask = tf.pad(tf.ones_like(xp[:, :, :1]) if mask is None else mask, pad)
+    hs, h_last = _gru_loops(tf.pad(xp, pad), mask, tf.pad(h0, pad[1:]), rk, rb, compiled, chunk)
+    return hs[:steps, :rows], h_last[:rows]
 
 
-def _gru_loops(xp: Any, mask: Any | None, h0: Any, rk: Any, rb: Any, compiled: bool) -> tuple[Any, Any]:
-    """gru_sequence's two loops, forward and back (its gradient), on the rows as they come."""
+def _gru_loops(xp: Any, mask: Any, h0: Any, rk: Any, rb: Any, compiled: bool, chunk: int) -> tuple[Any, Any]:
+    """gru_sequence's two loops, a turn of `chunk` steps at a time (the steps a multiple of chunk)."""
     import tensorflow as tf
 
-    units = rk.shape[0]
-    forward_step, backward_step = _gru_steps(compiled)
+    units, gates = rk.shape[0], rk.shape[1]
+    forward_turn, backward_turn = _gru_steps(chunk, compiled)
+
+    def turns_of(tensor: Any) -> Any:
+        shape = tf.shape(tensor)
+        split = tf.reshape(tensor, tf.concat([[shape[0] // chunk, chunk], shape[1:]], axis=0))
+        return tf.TensorArray(tensor.dtype, size=shape[0] // chunk, clear_after_read=False).unstack(split)
 
     @tf.custom_gradient
     def run(xp, h0, rk, rb):
-        steps = tf.shape(xp)[0]
-        xs = tf.TensorArray(xp.dtype, size=steps, clear_after_read=False).unstack(xp)
-        ms = None if mask is None else tf.TensorArray(xp.dtype, size=steps, clear_after_read=False).unstack(mask)
+        turns = tf.shape(xp)[0] // chunk
+        xs, ms = turns_of(xp), turns_of(mask)
 
         def forward(t, h, out):
-            h = forward_step(xs.read(t), h, None if ms is None else ms.read(t), rk, rb)
-            return t + 1, h, out.write(t, h)
+            states, h = forward_turn(xs.read(t), h, ms.read(t), rk, rb)
+            return t + 1, h, out.write(t, states)
 
-        out = tf.TensorArray(xp.dtype, size=steps)
-        _, h_last, out = tf.while_loop(lambda t, *_: t < steps, forward, (0, h0, out))
-        hs = out.stack()
+        _, h_last, out = tf.while_loop(lambda t, *_: t < turns, forward, (0, h0, tf.TensorArray(xp.dtype, size=turns)))
+        hs = tf.reshape(out.stack(), tf.shape(xp[..., :units]))
         h_prev = tf.concat([h0[None], hs[:-1]], axis=0)
 
         def grad(d_hs, d_last):
-            hp_ta = tf.TensorArray(xp.dtype, size=steps, clear_after_read=False).unstack(h_prev)
-            dh_ta = tf.TensorArray(xp.dtype, size=steps, clear_after_read=False).unstack(d_hs)
+            hp_ta, dh_ta = turns_of(h_prev), turns_of(d_hs)
 
             def backward(t, dh, dx, dinner):
                 t = t - 1
-                m = None if ms is None else ms.read(t)
-                dh, dx_t, d_inner = backward_step(xs.read(t), hp_ta.read(t), dh + dh_ta.read(t), m, rk, rb)
+                dh, dx_t, d_inner = backward_turn(xs.read(t), hp_ta.read(t), dh_ta.read(t), ms.read(t), dh, rk, rb)
                 return t, dh, dx.write(t, dx_t), dinner.write(t, d_inner)
 
-            dx = tf.TensorArray(xp.dtype, size=steps)
-            dinner = tf.TensorArray(xp.dtype, size=steps)
-            _, dh0, dx, dinner = tf.while_loop(lambda t, *_: t > 0, backward, (steps, d_last, dx, dinner))
-            d_inner = tf.reshape(dinner.stack(), (-1, 3 * units))
+            arrays = (tf.TensorArray(xp.dtype, size=turns), tf.TensorArray(xp.dtype, size=turns))
+            _, dh0, dx, dinner = tf.while_loop(lambda t, *_: t > 0, backward, (turns, d_last, *arrays))
+            d_inner = tf.reshape(dinner.stack(), (-1, gates))
             d_rk = tf.matmul(tf.reshape(h_prev, (-1, units)), d_inner, transpose_a=True)
-            return dx.stack(), dh0, d_rk, tf.reduce_sum(d_inner, axis=0)
+            return tf.reshape(dx.stack(), tf.shape(xp)), dh0, d_rk, tf.reduce_sum(d_inner, axis=0)
 
         return (hs, h_last), grad
 

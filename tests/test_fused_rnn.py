@@ -35,7 +35,7 @@ def _outputs_and_gradients(layer, x, mask, training=None):
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("options", [{}, {"go_backwards": True}, {"return_sequences": True, "go_backwards": True, "zero_output_for_mask": True}])
-@pytest.mark.parametrize("training", [None, True])  # GRU: both through the XLA-compiled steps, 4 rows padded to ROWS_STEP
+@pytest.mark.parametrize("training", [None, True])  # GRU: both through the XLA-compiled turns, 4 rows and 7 steps padded
 def test_fused_layer_matches_keras_outputs_and_gradients(cell, masked, options, training):
     import keras
 
@@ -90,10 +90,10 @@ def test_training_steps_with_word_dropout_match_keras_layers():
     x = np.random.default_rng(2).integers(1, 50, size=(8, 10)).astype("int32")
     x[3, 4:], x[5, 1:] = 0, 0
     y = (np.arange(8) % 2).astype("int32")
-    from tasks.fused_rnn import _gru_steps
+    from tasks.fused_rnn import STEPS_PER_TURN, _gru_steps
 
-    _gru_steps.cache_clear()  # a fresh compiled step: one another test traced at these shapes would not trace again
-    compiled_back = _gru_steps(True)[1]
+    _gru_steps.cache_clear()  # a fresh compiled turn: one another test traced at these shapes would not trace again
+    compiled_back = _gru_steps(STEPS_PER_TURN, True)[1]
     traced = compiled_back.experimental_get_tracing_count()
     runs = []
     for fused in (False, True):
@@ -101,7 +101,7 @@ def test_training_steps_with_word_dropout_match_keras_layers():
         model = build_model(cfg.model, num_tokens=50, max_len=None, n_classes=2, fused_input=fused)
         model.compile(**compile_settings(cfg.model, cfg.train, 2))
         runs.append(([float(model.train_on_batch(x, y)[0]) for _ in range(5)], model.get_weights()))
-    assert compiled_back.experimental_get_tracing_count() > traced, "training's loop back ran the XLA-compiled step"
+    assert compiled_back.experimental_get_tracing_count() > traced, "training's loop back ran the XLA-compiled turn"
     np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=1e-5)
     for got, expected in zip(runs[1][1], runs[0][1]):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
