@@ -36,8 +36,9 @@ from keras import layers, ops
 # The compiled steps see a batch's rows padded up to a multiple of this (gru_sequence): XLA compiles a turn once for
 # each number of rows it meets (1-3 s), and a padded row costs next to nothing beside a compile.
 ROWS_STEP = 64
-# Time steps in one compiled call of the GRU's loops (gru_sequence): fewer calls and TensorArray reads and writes;
-# 8 measured best (docs/training-speed.md §12: 4, 16 and 32 beside it), its compile 1-3 s.
+# Time steps in one compiled call of the GRU's loops (gru_sequence): fewer calls and TensorArray reads and writes.
+# docs/training-speed.md §12: a turn of 8 took 32% less time than a step a call; 4 took 14% more than 8, 16 6% less
+# with a longer compile (the turn is unrolled), 32 more.
 STEPS_PER_TURN = 8
 
 
