@@ -17,6 +17,7 @@ when it is called. Those modules import nothing from here: the registry hands a 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 DEFAULT_CELL = "lstm"
@@ -25,13 +26,13 @@ DEFAULT_CELL = "lstm"
 # --------------------------------------------------------------------------- cells: model.cell, model.stack_cells
 
 
-def _simple_rnn(fused: bool) -> type:
+def _simple_rnn(fused: bool, turn: int | None) -> Callable[..., Any]:
     import keras
 
     return keras.layers.SimpleRNN
 
 
-def _lstm(fused: bool) -> type:
+def _lstm(fused: bool, turn: int | None) -> Callable[..., Any]:
     if fused:
         from tasks.fused_rnn import FusedLSTM
 
@@ -41,11 +42,11 @@ def _lstm(fused: bool) -> type:
     return keras.layers.LSTM
 
 
-def _gru(fused: bool) -> type:
+def _gru(fused: bool, turn: int | None) -> Callable[..., Any]:
     if fused:
         from tasks.fused_rnn import FusedGRU
 
-        return FusedGRU
+        return FusedGRU if turn is None else partial(FusedGRU, turn=turn)
     import keras
 
     return keras.layers.GRU
@@ -57,7 +58,8 @@ class Cell:
 
     name: str  # model.cell's value
     label: str  # the report's header and the model summary: "LSTM(64)"
-    layer: Callable[[bool], type]  # the Keras layer class; given True, its fused-input variant where it has one
+    # (fused, turn) -> the Keras layer class; fused: its fused-input variant where it has one, its turn set (FusedGRU)
+    layer: Callable[[bool, int | None], Callable[..., Any]]
     cudnn: bool  # Keras runs it on cuDNN's fused kernel on a GPU (the builders keep tanh, sigmoid, no recurrent dropout)
     fused: bool  # tasks/fused_rnn.py has a variant with the input product out of the time loop (train.fused_input)
 
@@ -172,21 +174,24 @@ def recurrent_stack(cfg: Any) -> list[tuple[str, int]]:
     return [(cfg.cell, cfg.units)] * cfg.layers
 
 
-def recurrent_layer(cell: str, fused: bool) -> type:
+def recurrent_layer(cell: str, fused: bool, turn: int | None = None) -> Callable[..., Any]:
     """The layer class for a cell: its fused-input one when fused (train.fused_input) and it has one, else Keras' own."""
     entry = CELLS[cell]
-    return entry.layer(fused and entry.fused)
+    return entry.layer(fused and entry.fused, turn)
 
 
-def build_model(cfg: Any, *, num_tokens: int, max_len: int | None, n_classes: int, fused_input: bool = True) -> Any:
+def build_model(
+    cfg: Any, *, num_tokens: int, max_len: int | None, n_classes: int, fused_input: bool = True, turn: int | None = None,
+) -> Any:
     """The model section's model: its task's builder, given its input layer and recurrent layers from the tables above.
 
     max_len None: rows of any length (train.bucket_by_length pads each batch to its own longest review).
-    fused_input (train.fused_input): GRU and LSTM layers that project their inputs outside the loop (tasks/fused_rnn.py).
+    fused_input (train.fused_input): GRU and LSTM layers that project their inputs outside the loop (tasks/fused_rnn.py);
+    turn: their GRU's steps a compiled turn, 0 graph steps (tasks.fused_rnn.turn_for); None, FusedGRU's default.
     """
     parts = Parts(
         embed=lambda tokens: INPUTS[cfg.input].layer(cfg, tokens),
-        recurrent=[(recurrent_layer(cell, fused_input), units, cell) for cell, units in recurrent_stack(cfg)],
+        recurrent=[(recurrent_layer(cell, fused_input, turn), units, cell) for cell, units in recurrent_stack(cfg)],
     )
     return TASKS[cfg.task].build(cfg, parts, num_tokens=num_tokens, max_len=max_len, n_classes=n_classes)
 

@@ -40,6 +40,15 @@ ROWS_STEP = 64
 # docs/training-speed.md §12: a turn of 8 took 32% less time than a step a call; 4 took 14% more than 8, 16 6% less
 # with a longer compile (the turn is unrolled), 32 more.
 STEPS_PER_TURN = 8
+# A fit with fewer training rows x steps than this an epoch runs the GRU's loops as graph ops, a step a turn (turn 0):
+# the compiled turn of 8 costs a process some 4 CPU-s of XLA compile (training and inference) and saves about 2 µs a
+# row-step against the graph steps, so it pays from some 2M row-steps a fit, 1M an epoch over a few (§13).
+COMPILE_PAYS_FROM = 1_000_000
+
+
+def turn_for(rows: int, steps: int) -> int:
+    """FusedGRU's turn for a fit of `rows` training rows `steps` long: STEPS_PER_TURN, or 0 (graph steps) for a small one."""
+    return STEPS_PER_TURN if rows * steps >= COMPILE_PAYS_FROM else 0
 
 
 @lru_cache(maxsize=1)
@@ -281,7 +290,17 @@ def lstm_sequence(xp: Any, mask: Any | None, h0: Any, c0: Any, rk: Any) -> tuple
 
 @keras.saving.register_keras_serializable(package="rnnflow")
 class FusedGRU(_FusedInput, layers.GRU):
-    """keras.layers.GRU (reset_after=True) with the input projection taken out of the loop (module docstring)."""
+    """keras.layers.GRU (reset_after=True) with the input projection taken out of the loop (module docstring).
+
+    turn: steps a compiled turn of its loops (gru_sequence's chunk), or 0 for graph steps, one a turn (turn_for).
+    """
+
+    def __init__(self, *args: Any, turn: int = STEPS_PER_TURN, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.turn = int(turn)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "turn": self.turn}
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         if not self._fused_applies():
@@ -298,7 +317,7 @@ class FusedGRU(_FusedInput, layers.GRU):
             xp = tf.reverse(xp, [0])
             m = None if m is None else tf.reverse(m, [0])
         rk = tf.convert_to_tensor(cell.recurrent_kernel)
-        hs, h_last = gru_sequence(xp, m, h0, rk, bias[1])
+        hs, h_last = gru_sequence(xp, m, h0, rk, bias[1], compiled=self.turn > 0, chunk=max(self.turn, 1))
         return self._outputs(hs, m, [h_last])
 
 

@@ -252,6 +252,7 @@ def fit_member(
     """Build member k (seed train.seed + k, its member_model section), fit it, keep its best epoch in its checkpoint."""
     import keras
 
+    from tasks.fused_rnn import turn_for
     from tasks.models import build_model
 
     started = time.perf_counter()
@@ -261,6 +262,7 @@ def fit_member(
     model = build_model(  # bucketed: rows of any length (max_len None), max_len-padded ones included
         member_model(model_cfg, train_cfg, k), num_tokens=data.encoding["num_words"],
         max_len=None if bucket else data.encoding["max_len"], n_classes=data.n_classes, fused_input=train_cfg.fused_input,
+        turn=turn_for(len(data.x_train), data.encoding["max_len"]),  # graph steps for a fit too small to pay a compile
     )
     if members > 1:
         model.name = f"{model.name}_member{k + 1}"

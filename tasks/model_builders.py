@@ -14,7 +14,7 @@ from keras import layers
 from tasks.model_layers import MaxOverSteps, NgramBag, TokenWindow, VocabularyCap
 
 Embed = Callable[[int], Any]  # number of token ids -> the input layer
-Recurrent = list[tuple[type, int, str]]  # per layer, bottom to top: (layer class, units, cell name)
+Recurrent = list[tuple[Callable[..., Any], int, str]]  # per layer, bottom to top: (layer class, units, cell name)
 
 
 def build_classifier(cfg: Any, embed: Embed, recurrent: Recurrent, *, num_tokens: int, max_len: int | None, n_classes: int) -> keras.Model:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 
@@ -32,14 +34,14 @@ def _outputs_and_gradients(layer, x, mask, training=None):
     return out.numpy(), [g.numpy() for g in grads]
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell, turn", [("gru", 8), ("gru", 0), ("lstm", None)])  # GRU: compiled turns of 8; graph steps
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("options", [{}, {"go_backwards": True}, {"return_sequences": True, "go_backwards": True, "zero_output_for_mask": True}])
-@pytest.mark.parametrize("training", [None, True])  # GRU: both through the XLA-compiled turns, 4 rows and 7 steps padded
-def test_fused_layer_matches_keras_outputs_and_gradients(cell, masked, options, training):
+@pytest.mark.parametrize("training", [None, True])  # GRU turn 8: both through the XLA-compiled turns, 4 rows and 7 steps padded
+def test_fused_layer_matches_keras_outputs_and_gradients(cell, turn, masked, options, training):
     import keras
 
-    plain_cls, fused_cls = (keras.layers.GRU, FusedGRU) if cell == "gru" else (keras.layers.LSTM, FusedLSTM)
+    plain_cls, fused_cls = (keras.layers.GRU, partial(FusedGRU, turn=turn)) if cell == "gru" else (keras.layers.LSTM, FusedLSTM)
     plain, fused = _pair(plain_cls, fused_cls, 5, 3, **options)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(4, 7, 3)).astype("float32")
@@ -77,6 +79,22 @@ def test_switch_off_and_other_cells_keep_keras_layers():
     assert recurrent_layer("gru", True) is FusedGRU and recurrent_layer("lstm", True) is FusedLSTM
     assert recurrent_layer("gru", False) is keras.layers.GRU and recurrent_layer("lstm", False) is keras.layers.LSTM
     assert recurrent_layer("simple_rnn", True) is keras.layers.SimpleRNN
+
+
+def test_a_fit_too_small_to_pay_a_compile_runs_graph_steps_and_its_file_keeps_them(tmp_path):
+    import keras
+
+    from tasks.fused_rnn import STEPS_PER_TURN, turn_for
+
+    assert turn_for(20_000, 400) == STEPS_PER_TURN and turn_for(300, 40) == 0  # the default preset's fit; a test's
+    cfg = ModelConfig(cell="gru", units=6, embedding_dim=4, bidirectional=True)
+    model = build_model(cfg, num_tokens=30, max_len=None, n_classes=2, turn=0)
+    x = np.random.default_rng(1).integers(1, 30, size=(3, 9)).astype("int32")
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", compile=False)
+    grus = [layer for layer in loaded._flatten_layers() if isinstance(layer, FusedGRU)]
+    assert len(grus) == 2 and all(layer.turn == 0 for layer in grus)  # Bidirectional's backward copy included
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
 
 
 def test_training_steps_with_word_dropout_match_keras_layers():
