@@ -17,12 +17,14 @@ $(UV):
 
 # Two stamps: .synced-run for what rnnflow needs to run (no dev group: moto, pytest and their ~100 MB), .synced
 # for that plus the dev group (tests, benchmarks). --inexact: a `make run` after `make test` keeps the dev tools.
-$(VENV)/.synced-run: $(UV) pyproject.toml uv.lock
-	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --no-dev --inexact
+# --compile-bytecode: the .pyc files written once here, not compiled again by every process that imports TensorFlow
+# (where PYTHONDONTWRITEBYTECODE is set, Python never keeps them: `import tensorflow` took 12 CPU-s, 4.4 with them).
+$(VENV)/.synced-run: $(UV) pyproject.toml uv.lock Makefile
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --no-dev --inexact --compile-bytecode
 	@touch $@
 
-$(VENV)/.synced: $(UV) pyproject.toml uv.lock
-	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock Makefile
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --compile-bytecode
 	@touch $@ $(VENV)/.synced-run
 
 setup: $(VENV)/.synced  ## build .venv (with .venv/bin/rnnflow) from the lockfile, dev tools included
