@@ -130,6 +130,11 @@ class ModelConfig(Section):
         default=10.0, gt=0, le=100,
         description="with model.ngrams: the bag's learning rate as a multiple of train.learning_rate (its weights are scaled by it)",
     )
+    ngram_start: Literal["naive_bayes", "zeros"] = Field(
+        default="naive_bayes",
+        description="with model.ngrams: where the bag's weights start, Naive Bayes' log-count ratios on the training rows "
+        "(NBSVM's; docs/experiments.md) or zeros",
+    )
 
 
 class TrainConfig(Section):

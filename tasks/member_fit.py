@@ -246,6 +246,18 @@ class MemberResult:
         }
 
 
+def start_bags(model: Any, model_cfg: ModelConfig, data: TrainingData, k: int) -> None:
+    """model.ngram_start naive_bayes: each bag of n-grams (model.ngrams) starts from Naive Bayes on member k's training rows."""
+    from tasks.model_layers import NgramBag
+
+    bags = [layer for layer in model.layers if isinstance(layer, NgramBag)]
+    if not bags or model_cfg.ngram_start != "naive_bayes":
+        return
+    x, y = (data.x_train, data.y_train) if data.streamed else data.member_arrays(k)[:2]
+    for bag in bags:
+        bag.table.assign(bag.naive_bayes_table(x, y, data.n_classes))
+
+
 def fit_member(
     model_cfg: ModelConfig, train_cfg: TrainConfig, data: TrainingData, k: int, out_dir: Path, on_epoch: EpochHook | None = None,
 ) -> MemberResult:
@@ -266,6 +278,7 @@ def fit_member(
     )
     if members > 1:
         model.name = f"{model.name}_member{k + 1}"
+    start_bags(model, member_model(model_cfg, train_cfg, k), data, k)
     model.compile(**compile_settings(model_cfg, train_cfg, data.n_classes), jit_compile=train_cfg.jit_compile)
     checkpoint = out_dir / (RunFiles.MODEL.name if members == 1 else f"member_{k + 1}.keras")
     callbacks = member_callbacks(train_cfg, k, checkpoint, on_epoch)

@@ -100,6 +100,27 @@ def test_a_model_with_a_bag_of_ngrams_adds_its_logits_and_survives_saving(tmp_pa
     np.testing.assert_allclose(model.predict(ids, verbose=0), plain.predict(ids, verbose=0), atol=1e-6)
 
 
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_a_bag_started_from_naive_bayes_already_tells_the_classes_apart(n_classes):
+    """model.ngram_start naive_bayes: before any fitting, words seen in one class's rows point the bag's logits to it."""
+    from tasks.model_layers import NgramBag
+
+    rng = np.random.default_rng(0)
+    y = np.arange(300) % n_classes
+    x = rng.integers(10, 40, (300, 12))  # shared words, and each class's own word somewhere in its rows
+    x[np.arange(300), rng.integers(0, 12, 300)] = 3 + y  # in 100-150 rows each: above min_rows
+    x[::7, 9:] = 0  # padding counts for no class
+    bag = NgramBag(2, 1024, 40, units=1 if n_classes == 2 else n_classes, scale=10.0)
+    bag(np.zeros((1, 3), "int32"))
+    table = bag.naive_bayes_table(x, y, n_classes, spread=2.0)
+    assert table.shape == (40 + 1024, 1 if n_classes == 2 else n_classes) and table.dtype == np.float32
+    bag.table.assign(table)
+    logits = np.asarray(bag(x.astype("int32")))
+    predicted = (logits[:, 0] > np.median(logits[:, 0])).astype(int) if n_classes == 2 else logits.argmax(1)
+    assert (predicted == y).mean() > 0.95
+    assert np.std(logits) == pytest.approx(2.0, rel=1e-3)  # the spread asked for, the layer's scale multiplied back
+
+
 def test_next_token_models_refuse_a_bag_of_ngrams():
     from tasks.config import RunConfig
 
