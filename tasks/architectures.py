@@ -226,7 +226,10 @@ def describe_model(model: dict[str, Any]) -> str:
     if model.get("bidirectional"):
         stack = f"Bidirectional {stack}"
     line = f"{stack}, {INPUTS.get(model.get('input'), INPUTS['embedding']).describe(model)}"
-    return f"{line}, beside a bag of token 1-{model['ngrams']}-grams" if model.get("ngrams") else line
+    if not model.get("ngrams"):
+        return line
+    start = " started from Naive Bayes" if model.get("ngram_start") == "naive_bayes" else ""  # older runs: from zeros
+    return f"{line}, beside a bag of token 1-{model['ngrams']}-grams{start}"
 
 
 def run_name_label(model: dict[str, Any]) -> str:

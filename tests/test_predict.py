@@ -244,7 +244,7 @@ def test_a_run_with_a_bag_of_ngrams_names_it_and_its_string_model_agrees(tmp_pat
     assert main(["run", *tiny_cli_args("model.ngrams=2", "model.ngram_buckets=4096"), "--artifacts", str(root)]) == 0
     capsys.readouterr()
     run = next((root / "runs").iterdir())
-    assert "beside a bag of token 1-2-grams" in (run / "report" / "report.md").read_text()
+    assert "beside a bag of token 1-2-grams started from Naive Bayes" in (run / "report" / "report.md").read_text()
     text_model = keras.models.load_model(run / "train" / "model_text.keras")
     texts = HAND_PICKED + ascii_texts(20) + ["a wonderful moving film", "a dull film, a dull dull plot"]
     from_strings = np.asarray(text_model.predict(tf.constant(texts), verbose=0)).reshape(-1)
