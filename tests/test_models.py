@@ -121,6 +121,24 @@ def test_a_bag_started_from_naive_bayes_already_tells_the_classes_apart(n_classe
     assert np.std(logits) == pytest.approx(2.0, rel=1e-3)  # the spread asked for, the layer's scale multiplied back
 
 
+@pytest.mark.parametrize("start", ["naive_bayes", "zeros"])
+def test_a_member_s_bag_starts_where_model_ngram_start_says(start):
+    from tasks.member_fit import TrainingData, start_bags
+
+    rng = np.random.default_rng(1)
+    y = np.arange(200) % 2
+    x = rng.integers(3, 30, (200, 10)).astype("int32")
+    x[:, 0] = 30 + y  # one word for each class
+    cfg = ModelConfig(cell="gru", units=4, embedding_dim=4, bidirectional=False, ngrams=2, ngram_buckets=1024, ngram_start=start)
+    model = build_model(cfg, num_tokens=32, max_len=None, n_classes=2)
+    start_bags(model, cfg, TrainingData(x, y, x[:20], y[:20], {"num_words": 32, "max_len": 10}, 2, streamed=False), 0)
+    table = np.asarray(model.get_layer("bag_of_1_to_2_grams").table)
+    if start == "zeros":
+        assert not table.any()
+    else:
+        assert table[31, 0] > 0 > table[30, 0]  # class 1's word points to class 1, class 0's away from it
+
+
 def test_next_token_models_refuse_a_bag_of_ngrams():
     from tasks.config import RunConfig
 
