@@ -270,15 +270,15 @@ def fit_member(
     started = time.perf_counter()
     members, seed = train_cfg.members, train_cfg.seed + k
     keras.utils.set_random_seed(seed)
-    bucket = bucketed(model_cfg, train_cfg, k)
+    bucket, member_cfg = bucketed(model_cfg, train_cfg, k), member_model(model_cfg, train_cfg, k)
     model = build_model(  # bucketed: rows of any length (max_len None), max_len-padded ones included
-        member_model(model_cfg, train_cfg, k), num_tokens=data.encoding["num_words"],
+        member_cfg, num_tokens=data.encoding["num_words"],
         max_len=None if bucket else data.encoding["max_len"], n_classes=data.n_classes, fused_input=train_cfg.fused_input,
         turn=turn_for(len(data.x_train), data.encoding["max_len"]),  # graph steps for a fit too small to pay a compile
     )
     if members > 1:
         model.name = f"{model.name}_member{k + 1}"
-    start_bags(model, member_model(model_cfg, train_cfg, k), data, k)
+    start_bags(model, member_cfg, data, k)
     model.compile(**compile_settings(model_cfg, train_cfg, data.n_classes), jit_compile=train_cfg.jit_compile)
     checkpoint = out_dir / (RunFiles.MODEL.name if members == 1 else f"member_{k + 1}.keras")
     callbacks = member_callbacks(train_cfg, k, checkpoint, on_epoch)
