@@ -159,14 +159,15 @@ def gru_sequence(
     Its gradient is written out (tf.custom_gradient): one loop back over the steps that recomputes the gates from
     the states kept, and leaves the recurrent kernel's gradient to one [U, T*B] x [T*B, 3U] product after it,
     where TensorFlow's own gradient of a while_loop would accumulate T small products and every intermediate.
-    Each loop takes `chunk` steps a turn, one XLA-compiled function (_gru_steps; compiled false: graph ops,
-    bench/recurrence.py's variants). The rows are padded up to a multiple of ROWS_STEP and the steps up to one of
-    chunk, all padding (mask 0: a padded row's state stays h0, a padded step keeps the state), and cut off again.
+    Each loop takes `chunk` steps a turn, one XLA-compiled function (_gru_steps; compiled false: graph ops, FusedGRU's
+    turn 0 and bench/recurrence.py's variants). The steps are padded up to a multiple of chunk and, for the compiled
+    turns (one compile for every batch of up to ROWS_STEP rows), the rows up to one of ROWS_STEP, all padding (mask 0:
+    a padded row's state stays h0, a padded step keeps the state), and cut off again.
     """
     import tensorflow as tf
 
     steps, rows = tf.shape(xp)[0], tf.shape(h0)[0]
-    pad = [[0, (-steps) % chunk], [0, (-rows) % ROWS_STEP], [0, 0]]
+    pad = [[0, (-steps) % chunk], [0, (-rows) % ROWS_STEP if compiled else 0], [0, 0]]
     mask = tf.pad(tf.ones_like(xp[:, :, :1]) if mask is None else mask, pad)
     hs, h_last = _gru_loops(tf.pad(xp, pad), mask, tf.pad(h0, pad[1:]), rk, rb, compiled, chunk)
     return hs[:steps, :rows], h_last[:rows]
