@@ -11,7 +11,8 @@ intermediate of every step and runs T small products for the recurrent kernel's 
 recomputes the gates from the kept states, and the kernel's gradient is one large product after it. The GRU's two
 loops take STEPS_PER_TURN steps a turn, each turn one XLA-compiled function (_gru_steps), one kernel where the
 graph ran some 20-35 ops a step, in training and in inference alike: the rows are padded up to a multiple of
-ROWS_STEP, so one compile serves every batch of up to 64 rows (a served request's, say).
+ROWS_STEP, so one compile serves every batch of up to 64 rows (a served request's, say). A fit too small to pay
+that compile back (turn_for) runs graph steps instead, and its saved model keeps them (FusedGRU's turn).
 
 They are keras.layers.GRU and LSTM with the same weights (cell/kernel, cell/recurrent_kernel,
 cell/bias), the same configuration and the same masking (a padded step keeps the state; outputs at padding
