@@ -143,10 +143,15 @@ class TrainConfig(Section):
     batch_size: int = Field(default=64, ge=1, description="reviews per batch")
     # The upper bounds catch a typo (an extra few zeros) at load time instead of a run that never ends.
     epochs: int = Field(default=4, ge=1, le=10_000, description="most epochs (early stopping may end sooner)")
-    patience: int = Field(default=1, ge=0, description="epochs without a lower val_loss before early stopping ends training and keeps the best weights")
+    monitor: Literal["val_loss", "val_accuracy"] = Field(
+        default="val_loss",
+        description="the figure early stopping, train.lr_drop and the kept epoch follow: the lowest val_loss, or the highest "
+        "val_accuracy (with a bag of n-grams accuracy peaks epochs before the loss stops falling; docs/experiments.md)",
+    )
+    patience: int = Field(default=1, ge=0, description="epochs without a better train.monitor before early stopping ends training and keeps the best weights")
     lr_drop: float = Field(
         default=0, ge=0, lt=1,
-        description="after an epoch that does not lower val_loss, multiply the learning rate by this (0: keep the rate)",
+        description="after an epoch that does not better train.monitor, multiply the learning rate by this (0: keep the rate)",
     )
     seed: int = Field(default=1337, description="seed of the weights and the batch order")
     members: int = Field(

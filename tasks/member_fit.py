@@ -200,21 +200,35 @@ def _member_epoch(on_epoch: EpochHook, k: int, members: int, epoch: int, epochs:
     on_epoch(k * epochs + epoch, members * epochs, logs)
 
 
+def monitor_mode(monitor: str) -> str:
+    """Keras' mode for train.monitor: a loss is best at its lowest, an accuracy at its highest."""
+    return "min" if monitor.endswith("loss") else "max"
+
+
+def kept_epoch(history: dict[str, list[float]], monitor: str, epochs_run: int) -> int:
+    """The epoch (from 1) whose weights early stopping kept: the first best train.monitor; the last epoch where it is never finite."""
+    values = np.asarray(history.get(monitor, []), dtype=float)
+    if not np.isfinite(values).any():
+        return epochs_run
+    return int(np.nanargmin(values) if monitor_mode(monitor) == "min" else np.nanargmax(values)) + 1
+
+
 def member_callbacks(train_cfg: TrainConfig, k: int, checkpoint: Path, on_epoch: EpochHook | None) -> list[Any]:
-    """Early stopping on val_loss (best weights restored), the best epoch kept in checkpoint, epoch lines, TensorBoard's events if asked."""
+    """Early stopping on train.monitor (best weights restored), the best epoch kept in checkpoint, epoch lines, TensorBoard's events if asked."""
     import keras
 
     members = train_cfg.members
     hook = partial(_member_epoch, on_epoch, k, members) if on_epoch else None
+    watch = {"monitor": train_cfg.monitor, "mode": monitor_mode(train_cfg.monitor)}
     callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=train_cfg.patience, restore_best_weights=True),
-        keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_loss", save_best_only=True),
+        keras.callbacks.EarlyStopping(**watch, patience=train_cfg.patience, restore_best_weights=True),
+        keras.callbacks.ModelCheckpoint(checkpoint, **watch, save_best_only=True),
         epoch_report(train_cfg.epochs, hook, f"member {k + 1}/{members}  " if members > 1 else ""),
     ]
     if train_cfg.lr_drop:
         # Before early stopping gives up, the epochs it still waits go on at a smaller step. First in the list,
         # so the epoch line and the history get the rate it adds to the logs.
-        callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=train_cfg.lr_drop, patience=0, min_delta=0, min_lr=1e-6))
+        callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(**watch, factor=train_cfg.lr_drop, patience=0, min_delta=0, min_lr=1e-6))
     progress = batch_progress(train_cfg.batch_size, f"member {k + 1}/{members}  " if members > 1 else "")  # first: wiped before the epoch line
     return progress + callbacks + tensorboard_callbacks(train_cfg, k, checkpoint.parent)
 
@@ -286,15 +300,14 @@ def fit_member(
         **member_inputs(data, train_cfg, k, next_token=TASKS[model_cfg.task].per_step, bucket=bucket),
         epochs=train_cfg.epochs, callbacks=callbacks, verbose=0,
     )
-    if not checkpoint.exists():  # val_loss was NaN every epoch: keep the last weights rather than nothing
+    if not checkpoint.exists():  # train.monitor was NaN every epoch: keep the last weights rather than nothing
         model.save(checkpoint)
     history = {name: [float(v) for v in values] for name, values in fitted.history.items()}
     epochs_run = len(history.get("loss", []))
-    finite = np.isfinite(history.get("val_loss", [np.nan])).any()
-    best_epoch = int(np.nanargmin(history["val_loss"])) + 1 if finite else epochs_run
+    best_epoch = kept_epoch(history, train_cfg.monitor, epochs_run)
     return MemberResult(
         model=model, checkpoint=checkpoint, history=history, epochs_run=epochs_run, best_epoch=best_epoch,
-        best_val_loss=min(history.get("val_loss", [float("nan")])),
+        best_val_loss=history["val_loss"][best_epoch - 1] if history.get("val_loss") else float("nan"),
         best_val_accuracy=history.get("val_accuracy", [None])[best_epoch - 1] if epochs_run else None,
         seconds=round(time.perf_counter() - started, 2), seed=seed, validation_rows=data.validation_rows(k),
         model_changes=member_changes(train_cfg, k), jit_compile=bool(getattr(model, "jit_compile", False)),

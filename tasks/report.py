@@ -286,16 +286,19 @@ def build_sections(inputs: ReportInputs, plots: dict[str, Plot]) -> list[Section
 
     learning = Section("Training")
     stopped = ", stopped early" if training.get("stopped_early") else ""
+    kept = {"val_accuracy": " (highest val accuracy)", "val_loss": " (lowest val loss)"}.get(training.get("monitor"), "")  # train.monitor
+    processes = int(as_number(training.get("member_processes")) or 1)
     member_runs = training.get("member_runs") or []
     if member_runs:
         learning.add("text", f"{format_count(training.get('epochs_run'))} epochs run over all members{stopped}; "
                              f"{format_count(training.get('params'))} parameters in all.")
-        learning.add("text", f"{len(member_runs)} members trained one after another, each stopping early on its own "
-                             f"{format_count(member_runs[0].get('validation_rows'))} validation rows of train and val; "
+        together = "one after another" if processes == 1 else f"{processes} at a time"
+        learning.add("text", f"{len(member_runs)} members trained {together}, each stopping early on its own "
+                             f"{format_count(member_runs[0].get('validation_rows'))} validation rows of train and val{kept}; "
                              "the model averages their probabilities. The curves below are member 1's.")
         learning.add("table", members_table(member_runs, metrics.get("members") or []))
     else:
-        learning.add("text", f"Best epoch {format_count(training.get('best_epoch'))} of {format_count(training.get('epochs_run'))} run{stopped}; "
+        learning.add("text", f"Best epoch {format_count(training.get('best_epoch'))}{kept} of {format_count(training.get('epochs_run'))} run{stopped}; "
                              f"{format_count(training.get('params'))} parameters.")
     learning.add("plot", plots.get("learning_curves")).add("table", history_table(inputs.history, training.get("best_epoch")))
     sections.append(learning)

@@ -172,7 +172,7 @@ def validation_figures(training: dict[str, Any]) -> dict[str, float | None]:
 
     One model: val_accuracy and val_loss of the epoch whose weights it kept (train.json
     best_val_accuracy, best_val_loss; early stopping and the checkpoint both keep the epoch of
-    least val_loss). Several members (train.members > 1): the mean over the members of each one's
+    the best train.monitor). Several members (train.members > 1): the mean over the members of each one's
     kept-epoch figures, which train.json records under the same keys. The averaged ensemble has no
     validation figure of its own: each member validates on its own block of rows and the other
     members train on that block, so no labelled row is unseen by the ensemble. The mean of its

@@ -98,6 +98,7 @@ def train_info(
         "members": len(members),
         "epochs_run": epochs_run,
         "best_epoch": members[0].best_epoch if len(members) == 1 else None,
+        "monitor": train_cfg.monitor,  # what chose each kept epoch: the lowest val_loss or the highest val_accuracy
         "stopped_early": any(m.epochs_run < train_cfg.epochs for m in members),
         "params": int(model.count_params()),
         "seconds": round(seconds, 2),

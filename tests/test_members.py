@@ -154,7 +154,7 @@ def test_report_lists_the_members(tmp_path: Path):
     upstream = make_upstream(tmp_path, ["neg", "pos"])
     train_json = Path(upstream["train"].dir) / "train.json"
     train = json.loads(train_json.read_text())
-    train |= {"members": 2, "epochs_run": 7, "best_epoch": None, "member_runs": [
+    train |= {"members": 2, "epochs_run": 7, "best_epoch": None, "monitor": "val_accuracy", "member_processes": 2, "member_runs": [
         {"seed": 1337, "epochs_run": 3, "best_epoch": 2, "best_val_accuracy": 0.74, "validation_rows": 20},
         {"seed": 1338, "epochs_run": 4, "best_epoch": 3, "best_val_accuracy": 0.76, "validation_rows": 20},
     ]}
@@ -166,7 +166,7 @@ def test_report_lists_the_members(tmp_path: Path):
     write_report(CONFIG, upstream, tmp_path / "report")
     markdown = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
     assert "| Epochs run | 7 over 2 members (best: 2, 3, stopped early) |" in markdown
-    assert "2 members trained one after another, each stopping early on its own 20 validation rows" in markdown
+    assert "2 members trained 2 at a time, each stopping early on its own 20 validation rows of train and val (highest val accuracy)" in markdown
     assert "| 1 | 1,337 | - | 2 of 3 | 0.7400 | 0.8500 | 0.9300 |" in markdown, "a member without model changes shows -"
     assert "| 2 | 1,338 | - | 3 of 4 | 0.7600 | 0.8600 | 0.9400 |" in markdown
 
