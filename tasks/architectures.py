@@ -229,7 +229,8 @@ def describe_model(model: dict[str, Any]) -> str:
     if not model.get("ngrams"):
         return line
     start = " started from Naive Bayes" if model.get("ngram_start") == "naive_bayes" else ""  # older runs: from zeros
-    return f"{line}, beside a bag of token 1-{model['ngrams']}-grams{start}"
+    drop = f" (left out of {float(model['ngram_drop']):.0%} of training rows)" if model.get("ngram_drop") else ""
+    return f"{line}, beside a bag of token 1-{model['ngrams']}-grams{start}{drop}"
 
 
 def run_name_label(model: dict[str, Any]) -> str:

@@ -130,6 +130,11 @@ class ModelConfig(Section):
         default=10.0, gt=0, le=100,
         description="with model.ngrams: the bag's learning rate as a multiple of train.learning_rate (its weights are scaled by it)",
     )
+    ngram_drop: float = Field(
+        default=0.0, ge=0, lt=1,
+        description="with model.ngrams: the fraction of training rows whose bag is left out, so the recurrence beside it learns to "
+        "classify alone too (never in inference); 0: none",
+    )
     ngram_start: Literal["naive_bayes", "zeros"] = Field(
         default="naive_bayes",
         description="with model.ngrams: where the bag's weights start, Naive Bayes' log-count ratios on the training rows "

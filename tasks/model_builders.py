@@ -56,7 +56,7 @@ def build_classifier(cfg: Any, embed: Embed, recurrent: Recurrent, *, num_tokens
         return keras.Model(inputs, outputs, name=f"rnnflow_{cfg.cell}")
     # The bag reads the whole encoded row, every id of encode's vocabulary (not model.window or model.num_words):
     # its logits join the recurrent ones before the output's activation.
-    bag = NgramBag(cfg.ngrams, cfg.ngram_buckets, vocabulary, units=width, scale=cfg.ngram_rate, name=f"bag_of_1_to_{cfg.ngrams}_grams")(inputs)
+    bag = NgramBag(cfg.ngrams, cfg.ngram_buckets, vocabulary, units=width, scale=cfg.ngram_rate, drop=cfg.ngram_drop, name=f"bag_of_1_to_{cfg.ngrams}_grams")(inputs)
     logits = layers.Add(name="logits")([layers.Dense(width, name="recurrent_logits")(x), bag])
     outputs = layers.Activation(activation, name=name)(logits)
     return keras.Model(inputs, outputs, name=f"rnnflow_{cfg.cell}_ngrams")

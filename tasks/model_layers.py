@@ -139,15 +139,19 @@ class NgramBag(layers.Layer):
     row's number of n-grams, so long and short reviews give logits of one size. `scale` multiplies the table's
     values: under Adam that is the channel's learning rate times `scale` (Adam's step does not grow with the
     gradient), so one optimizer trains the table, which needs a faster rate, and the recurrence.
+    `drop` leaves the bag out of a random fraction of the training rows (all of its logits, per row; never in
+    inference): on those rows the recurrence beside it must classify alone, where a bag that fits the training rows
+    within an epoch would leave it almost no loss to learn from.
     """
 
     PRIME = 1_000_003  # per-token multiplier of the rolling hash
     MODULUS = 2_147_483_647  # keeps the rolling hash under 2**31, so its products stay inside int64
     SALT = 7_919  # times n, added before the bucket: a bigram and a trigram of equal hash land in different rows
 
-    def __init__(self, n: int, buckets: int, num_tokens: int, units: int = 1, scale: float = 1.0, **kwargs: Any):
+    def __init__(self, n: int, buckets: int, num_tokens: int, units: int = 1, scale: float = 1.0, drop: float = 0.0, **kwargs: Any):
         super().__init__(**kwargs)
-        self.n, self.buckets, self.num_tokens, self.units, self.scale = n, buckets, num_tokens, units, scale
+        self.n, self.buckets, self.num_tokens, self.units, self.scale, self.drop = n, buckets, num_tokens, units, scale, drop
+        self.seed_generator = keras.random.SeedGenerator() if drop else None
 
     def build(self, input_shape):
         rows = self.num_tokens + (self.buckets if self.n > 1 else 0)
@@ -206,15 +210,19 @@ class NgramBag(layers.Layer):
         std = float(np.concatenate(logits).std()) or 1.0
         return (table * (spread / std / self.scale)).astype("float32")
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         ops = keras.ops
         rows, counts = self.ngram_rows(inputs)
         weights = ops.take(self.table, rows, axis=0) * ops.expand_dims(counts, -1)
         total = ops.sum(weights, axis=1) * self.scale
-        return total / ops.sqrt(ops.maximum(ops.sum(counts, axis=1, keepdims=True), 1.0))
+        logits = total / ops.sqrt(ops.maximum(ops.sum(counts, axis=1, keepdims=True), 1.0))
+        if training and self.drop:
+            kept = keras.random.uniform((ops.shape(inputs)[0], 1), seed=self.seed_generator) >= self.drop
+            logits = logits * ops.cast(kept, logits.dtype)
+        return logits
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.units)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "n": self.n, "buckets": self.buckets, "num_tokens": self.num_tokens, "units": self.units, "scale": self.scale}
+        return {**super().get_config(), "n": self.n, "buckets": self.buckets, "num_tokens": self.num_tokens, "units": self.units, "scale": self.scale, "drop": self.drop}

@@ -121,6 +121,27 @@ def test_a_bag_started_from_naive_bayes_already_tells_the_classes_apart(n_classe
     assert np.std(logits) == pytest.approx(2.0, rel=1e-3)  # the spread asked for, the layer's scale multiplied back
 
 
+def test_a_bag_left_out_of_training_rows_is_whole_in_inference_and_in_its_saved_file(tmp_path):
+    """model.ngram_drop: while training, about that fraction of rows get none of the bag's logits, the rest all of them."""
+    import keras
+
+    from tasks.architectures import describe_model
+
+    cfg = ModelConfig(cell="gru", units=4, embedding_dim=4, bidirectional=False, ngrams=2, ngram_buckets=1024, ngram_drop=0.5)
+    model = build_model(cfg, num_tokens=40, max_len=None, n_classes=2)
+    bag = model.get_layer("bag_of_1_to_2_grams")
+    bag.table.assign(np.ones((40 + 1024, 1), "float32"))
+    ids = np.random.default_rng(2).integers(1, 40, (2000, 8)).astype("int32")
+    whole = np.asarray(bag(ids))
+    trained = np.asarray(bag(ids, training=True))
+    left_out = np.isclose(trained, 0).ravel()
+    assert 0.45 < left_out.mean() < 0.55 and np.allclose(trained[~left_out], whole[~left_out])
+    np.testing.assert_allclose(np.asarray(bag(ids, training=False)), whole)
+    model.save(tmp_path / "model.keras")
+    assert keras.models.load_model(tmp_path / "model.keras").get_layer("bag_of_1_to_2_grams").drop == 0.5
+    assert describe_model(cfg.model_dump()).endswith("(left out of 50% of training rows)")
+
+
 @pytest.mark.parametrize("start", ["naive_bayes", "zeros"])
 def test_a_member_s_bag_starts_where_model_ngram_start_says(start):
     from tasks.member_fit import TrainingData, start_bags
