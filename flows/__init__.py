@@ -15,3 +15,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 # Prefect's temporary server gets 20 s to start by default; on a busy 2-core machine that was
 # seen to time out ("Timed out while attempting to connect to ephemeral Prefect API server").
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+# `export PREFECT_API_URL=` is how a shell clears it, yet Prefect takes the empty string as an address: rnnflow
+# started its temporary server and Prefect's events client then logged a traceback for every event of the run.
+if os.environ.get("PREFECT_API_URL") == "":
+    del os.environ["PREFECT_API_URL"]
