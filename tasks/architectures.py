@@ -228,7 +228,10 @@ def describe_model(model: dict[str, Any]) -> str:
     line = f"{stack}, {INPUTS.get(model.get('input'), INPUTS['embedding']).describe(model)}"
     if not model.get("ngrams"):
         return line
-    start = " started from Naive Bayes" if model.get("ngram_start") == "naive_bayes" else ""  # older runs: from zeros
+    start = {  # older runs: from zeros
+        "naive_bayes": " started from Naive Bayes",
+        "logistic": f" started from an NB-weighted logistic regression (C {model.get('ngram_c', 10.0):g})",
+    }.get(model.get("ngram_start"), "")
     drop = f" (left out of {float(model['ngram_drop']):.0%} of training rows)" if model.get("ngram_drop") else ""
     return f"{line}, beside a bag of token 1-{model['ngrams']}-grams{start}{drop}"
 

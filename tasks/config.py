@@ -135,10 +135,15 @@ class ModelConfig(Section):
         description="with model.ngrams: the fraction of training rows whose bag is left out, so the recurrence beside it learns to "
         "classify alone too (never in inference); 0: none",
     )
-    ngram_start: Literal["naive_bayes", "zeros"] = Field(
+    ngram_start: Literal["naive_bayes", "logistic", "zeros"] = Field(
         default="naive_bayes",
         description="with model.ngrams: where the bag's weights start, Naive Bayes' log-count ratios on the training rows "
-        "(NBSVM's; docs/experiments.md) or zeros",
+        "(NBSVM's r), a logistic regression on the bag's n-grams weighted by them (NBSVM; docs/experiments.md), or zeros",
+    )
+    ngram_c: float = Field(
+        default=10.0, gt=0,
+        description="with model.ngram_start logistic: the regression's inverse L2 strength (scikit-learn's C; larger fits "
+        "the training rows more closely)",
     )
 
 

@@ -261,15 +261,19 @@ class MemberResult:
 
 
 def start_bags(model: Any, model_cfg: ModelConfig, data: TrainingData, k: int) -> None:
-    """model.ngram_start naive_bayes: each bag of n-grams (model.ngrams) starts from Naive Bayes on member k's training rows."""
+    """model.ngram_start: each bag of n-grams (model.ngrams) starts from Naive Bayes, or a logistic regression on its
+    n-grams weighted by Naive Bayes (NBSVM), fitted on member k's training rows; zeros: as built."""
     from tasks.model_layers import NgramBag
 
     bags = [layer for layer in model.layers if isinstance(layer, NgramBag)]
-    if not bags or model_cfg.ngram_start != "naive_bayes":
+    if not bags or model_cfg.ngram_start == "zeros":
         return
     x, y = (data.x_train, data.y_train) if data.streamed else data.member_arrays(k)[:2]
     for bag in bags:
-        bag.table.assign(bag.naive_bayes_table(x, y, data.n_classes))
+        if model_cfg.ngram_start == "logistic":
+            bag.table.assign(bag.logistic_table(x, y, data.n_classes, c=model_cfg.ngram_c))
+        else:
+            bag.table.assign(bag.naive_bayes_table(x, y, data.n_classes))
 
 
 def fit_member(

@@ -171,44 +171,102 @@ class NgramBag(layers.Layer):
             counts.append(valid)
         return ops.concatenate(rows, axis=1), ops.cast(ops.concatenate(counts, axis=1), self.compute_dtype)
 
-    def naive_bayes_table(
-        self, x: Any, y: Any, n_classes: int, spread: float = 2.0, min_rows: int = 5, rows_a_batch: int = 512,
-    ) -> Any:
-        """The table Naive Bayes gives on training rows x (int ids) and labels y: where the fit starts (model.ngram_start).
+    def ngram_matrix(self, x: Any, rows_a_batch: int = 512) -> Any:
+        """Rows x (int ids) as the bag reads them: a sparse [rows, table rows] matrix whose product with the table is call's logits.
 
-        Each n-gram's log-count ratio (Wang & Manning's NBSVM r): the log of its share of one class's rows against its
-        share of the other's (of the rest's, one column a class with more than two), counted once a row, add-one smoothed.
-        An n-gram in fewer than min_rows training rows starts at 0: rare ones would let the start classify its own
-        training rows almost without error (0.99 train accuracy on IMDb with every n-gram kept), which leaves the
-        recurrence beside it little loss to learn from. Scaled so the bag's logits over x spread with standard deviation
-        `spread` (divided by `scale`, which the call multiplies back): a start that already classifies, which Adam refines.
+        Each entry is how often the n-gram occurs in the row, divided by the square root of the row's number of n-grams.
+        """
+        import numpy as np
+        from scipy import sparse
+
+        total = self.num_tokens + (self.buckets if self.n > 1 else 0)
+        parts = []
+        for start in range(0, len(x), rows_a_batch):
+            rows, counts = (np.asarray(t) for t in self.ngram_rows(np.asarray(x[start : start + rows_a_batch])))
+            real = counts > 0
+            which = np.broadcast_to(np.arange(len(rows))[:, None], rows.shape)[real]
+            norm = 1.0 / np.sqrt(np.maximum(real.sum(1), 1.0))
+            part = sparse.csr_matrix((norm[which].astype(np.float32), (which, rows[real])), shape=(len(rows), total))
+            part.sum_duplicates()
+            parts.append(part)
+        return sparse.vstack(parts, format="csr") if parts else sparse.csr_matrix((0, total), dtype=np.float32)
+
+    @staticmethod
+    def _class_columns(y: Any, n_classes: int) -> Any:
+        """One target column a class, 1 where a row is of it: binary, class 1 alone (the bag's one unit); else each class."""
+        import numpy as np
+
+        y = np.asarray(y).astype(np.int64)
+        return (y[:, None] == (np.array([1]) if n_classes == 2 else np.arange(n_classes))[None, :]).astype(np.float64)
+
+    def naive_bayes_ratios(self, x: Any, y: Any, n_classes: int, min_rows: int = 5, rows_a_batch: int = 512) -> Any:
+        """Each n-gram's log-count ratio (Wang & Manning's NBSVM r) on training rows x (int ids), a column a unit of the bag.
+
+        The log of the n-gram's share of one class's rows against its share of the other's (of the rest's, a column a
+        class with more than two), counted once a row, add-one smoothed; counted batch by batch, so memory is the
+        table's whatever the number of rows. An n-gram in fewer than min_rows training rows gets 0: rare ones would let
+        the start classify its own training rows almost without error (0.99 train accuracy on IMDb with every n-gram
+        kept), which leaves the recurrence beside it little loss to learn from.
         """
         import numpy as np
 
         total = self.num_tokens + (self.buckets if self.n > 1 else 0)
-        columns = 1 if n_classes == 2 else n_classes
-        present = np.zeros((columns + 1, total))  # rows holding each n-gram: per class (binary: class 1), then all rows
-        y = np.asarray(y).astype(np.int64)
+        targets = self._class_columns(y, n_classes)
+        inside = np.zeros((total, targets.shape[1]))  # rows of the class (binary: class 1) holding each n-gram
+        everywhere = np.zeros(total)  # rows holding it
         for start in range(0, len(x), rows_a_batch):
             rows, counts = (np.asarray(t) for t in self.ngram_rows(np.asarray(x[start : start + rows_a_batch])))
             which = np.broadcast_to(np.arange(len(rows))[:, None], rows.shape)[counts > 0]
             key = np.unique(which.astype(np.int64) * total + rows[counts > 0])  # each n-gram once a row
             row, gram = key // total, key % total
-            labels = y[start : start + rows_a_batch][row]
-            present[-1] += np.bincount(gram, minlength=total)
-            for c in range(columns):
-                present[c] += np.bincount(gram[labels == (1 if n_classes == 2 else c)], minlength=total)
-        ratios = []
-        for c in range(columns):
-            inside, outside = present[c] + 1.0, present[-1] - present[c] + 1.0
-            ratios.append(np.log(inside / inside.sum()) - np.log(outside / outside.sum()))
-        table = np.stack(ratios, axis=1) * (present[-1] >= min_rows)[:, None]
-        logits = []
-        for start in range(0, min(len(x), 4096), rows_a_batch):  # the spread, on the first rows
-            rows, counts = (np.asarray(t) for t in self.ngram_rows(np.asarray(x[start : start + rows_a_batch])))
-            logits.append((table[rows] * counts[..., None]).sum(1) / np.sqrt(np.maximum(counts.sum(1, keepdims=True), 1.0)))
-        std = float(np.concatenate(logits).std()) or 1.0
+            everywhere += np.bincount(gram, minlength=total)
+            for column in range(targets.shape[1]):
+                inside[:, column] += np.bincount(gram, weights=targets[start + row, column], minlength=total)
+        outside = everywhere[:, None] - inside
+        inside, outside = inside + 1.0, outside + 1.0
+        ratios = np.log(inside / inside.sum(axis=0)) - np.log(outside / outside.sum(axis=0))
+        return ratios * (everywhere >= min_rows)[:, None]
+
+    def naive_bayes_table(self, x: Any, y: Any, n_classes: int, spread: float = 2.0, min_rows: int = 5) -> Any:
+        """The table Naive Bayes gives on training rows x (int ids) and labels y: model.ngram_start naive_bayes.
+
+        naive_bayes_ratios, scaled so the bag's logits over x spread with standard deviation `spread` (divided by
+        `scale`, which the call multiplies back): a start that already classifies, which Adam refines.
+        """
+        import numpy as np
+
+        table = self.naive_bayes_ratios(x, y, n_classes, min_rows)
+        std = float(np.asarray(self.ngram_matrix(x[:4096]) @ table).std()) or 1.0  # the spread, on the first rows
         return (table * (spread / std / self.scale)).astype("float32")
+
+    LOGISTIC_ROWS = 50_000  # logistic_table fits on at most this many rows: its sparse matrix is held in memory
+
+    def logistic_table(self, x: Any, y: Any, n_classes: int, c: float = 10.0, min_rows: int = 5) -> Any:
+        """The table of an NBSVM fitted on training rows x (int ids) and labels y: model.ngram_start logistic.
+
+        A logistic regression (scikit-learn's liblinear, L2 penalty with inverse strength c) on the bag's own features
+        (ngram_matrix) scaled by naive_bayes_ratios, a column a unit of the bag (one against the rest with more than
+        two classes): the table is each n-gram's ratio times its weight (over `scale`), so the bag starts as that model,
+        without its intercept (the recurrent logits' bias is learnt beside it). Wang & Manning's NB-weighted logistic
+        regression, as the run's baseline fits on hashed TF-IDF n-grams of the raw text (tasks/baseline.py). The ratios
+        count every row; the regression, whose features are held in memory, fits on the first LOGISTIC_ROWS.
+        """
+        import numpy as np
+        from scipy import sparse
+        from sklearn.linear_model import LogisticRegression
+
+        ratios = self.naive_bayes_ratios(x, y, n_classes, min_rows)
+        matrix = self.ngram_matrix(x[: self.LOGISTIC_ROWS])
+        targets = self._class_columns(np.asarray(y)[: self.LOGISTIC_ROWS], n_classes)
+        table = np.zeros_like(ratios)
+        for column in range(ratios.shape[1]):
+            used = np.flatnonzero(ratios[:, column])  # n-grams in at least min_rows rows: the others stay at 0
+            if len(used) == 0 or len(np.unique(targets[:, column])) < 2:
+                continue
+            features = (matrix[:, used] @ sparse.diags(ratios[used, column])).tocsr()
+            fitted = LogisticRegression(C=c, solver="liblinear").fit(features, targets[:, column])
+            table[used, column] = ratios[used, column] * fitted.coef_.ravel()
+        return (table / self.scale).astype("float32")
 
     def call(self, inputs, training=None):
         ops = keras.ops

@@ -142,7 +142,37 @@ def test_a_bag_left_out_of_training_rows_is_whole_in_inference_and_in_its_saved_
     assert describe_model(cfg.model_dump()).endswith("(left out of 50% of training rows)")
 
 
-@pytest.mark.parametrize("start", ["naive_bayes", "zeros"])
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_a_bag_started_from_a_logistic_regression_is_that_regression_on_its_own_ngrams(n_classes):
+    """model.ngram_start logistic: the bag's logits are scikit-learn's NB-weighted logistic regression's, less its intercept."""
+    from scipy import sparse
+    from sklearn.linear_model import LogisticRegression
+
+    from tasks.model_layers import NgramBag
+
+    rng = np.random.default_rng(0)
+    y = np.arange(300) % n_classes
+    x = rng.integers(10, 40, (300, 12))
+    x[np.arange(300), rng.integers(0, 12, 300)] = 3 + y
+    x[::7, 9:] = 0
+    bag = NgramBag(2, 1024, 40, units=1 if n_classes == 2 else n_classes, scale=10.0)
+    bag(np.zeros((1, 3), "int32"))
+    table = bag.logistic_table(x, y, n_classes, c=1.0)
+    assert table.shape == (40 + 1024, 1 if n_classes == 2 else n_classes) and table.dtype == np.float32
+    bag.table.assign(table)
+    logits = np.asarray(bag(x.astype("int32")))
+    matrix, ratios = bag.ngram_matrix(x), bag.naive_bayes_ratios(x, y, n_classes)
+    assert matrix.shape == (300, 40 + 1024)
+    for column in range(logits.shape[1]):  # each column: the regression fitted here by hand on the same features
+        target = (y == (1 if n_classes == 2 else column)).astype(int)
+        fitted = LogisticRegression(C=1.0, solver="liblinear").fit(matrix @ sparse.diags(ratios[:, column]), target)
+        expected = (matrix @ sparse.diags(ratios[:, column])) @ fitted.coef_.ravel()
+        np.testing.assert_allclose(logits[:, column], expected, rtol=1e-4, atol=1e-4)
+    predicted = (logits[:, 0] > 0).astype(int) if n_classes == 2 else logits.argmax(1)
+    assert (predicted == y).mean() > 0.95
+
+
+@pytest.mark.parametrize("start", ["naive_bayes", "logistic", "zeros"])
 def test_a_member_s_bag_starts_where_model_ngram_start_says(start):
     from tasks.member_fit import TrainingData, start_bags
 
