@@ -230,7 +230,7 @@ def describe_model(model: dict[str, Any]) -> str:
         return line
     start = {  # older runs: from zeros
         "naive_bayes": " started from Naive Bayes",
-        "logistic": f" started from an NB-weighted logistic regression (C {model.get('ngram_c', 10.0):g})",
+        "logistic": " started from an NB-weighted logistic regression",
     }.get(model.get("ngram_start"), "")
     drop = f" (left out of {float(model['ngram_drop']):.0%} of training rows)" if model.get("ngram_drop") else ""
     return f"{line}, beside a bag of token 1-{model['ngrams']}-grams{start}{drop}"

@@ -140,10 +140,10 @@ class ModelConfig(Section):
         description="with model.ngrams: where the bag's weights start, Naive Bayes' log-count ratios on the training rows "
         "(NBSVM's r), a logistic regression on the bag's n-grams weighted by them (NBSVM; docs/experiments.md), or zeros",
     )
-    ngram_c: float = Field(
-        default=10.0, gt=0,
-        description="with model.ngram_start logistic: the regression's inverse L2 strength (scikit-learn's C; larger fits "
-        "the training rows more closely)",
+    ngram_c: list[Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: [1.0, 10.0, 100.0], min_length=1,
+        description="with model.ngram_start logistic: the regression's inverse L2 strengths tried (scikit-learn's C); the one "
+        "with the best accuracy on the member's val rows is kept (train.json's bag_starts)",
     )
 
 

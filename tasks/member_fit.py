@@ -249,6 +249,7 @@ class MemberResult:
     validation_rows: int
     model_changes: dict[str, Any]  # train.member_models' entry for it
     jit_compile: bool = False  # XLA, as Keras resolved train.jit_compile for it
+    bag_start: dict[str, Any] | None = None  # how its bag of n-grams started (start_bags); None without one
 
     def run_record(self) -> dict[str, Any]:
         """Its entry in train.json's member_runs."""
@@ -260,20 +261,26 @@ class MemberResult:
         }
 
 
-def start_bags(model: Any, model_cfg: ModelConfig, data: TrainingData, k: int) -> None:
-    """model.ngram_start: each bag of n-grams (model.ngrams) starts from Naive Bayes, or a logistic regression on its
-    n-grams weighted by Naive Bayes (NBSVM), fitted on member k's training rows; zeros: as built."""
+def start_bags(model: Any, model_cfg: ModelConfig, data: TrainingData, k: int) -> dict[str, Any] | None:
+    """model.ngram_start: each bag of n-grams (model.ngrams) starts from Naive Bayes, or from a logistic regression on its
+    n-grams weighted by Naive Bayes (NBSVM) whose C is chosen on member k's val rows, fitted on member k's training rows;
+    zeros: as built. Returns how the bag started (train.json's bag_starts), None without a bag."""
     from tasks.model_layers import NgramBag
 
     bags = [layer for layer in model.layers if isinstance(layer, NgramBag)]
-    if not bags or model_cfg.ngram_start == "zeros":
-        return
-    x, y = (data.x_train, data.y_train) if data.streamed else data.member_arrays(k)[:2]
+    if not bags:
+        return None
+    if model_cfg.ngram_start == "zeros":
+        return {"start": "zeros"}
+    x, y, x_val, y_val = (data.x_train, data.y_train, data.x_val, data.y_val) if data.streamed else data.member_arrays(k)
+    record: dict[str, Any] = {"start": model_cfg.ngram_start}
     for bag in bags:
         if model_cfg.ngram_start == "logistic":
-            bag.table.assign(bag.logistic_table(x, y, data.n_classes, c=model_cfg.ngram_c))
+            table, record = bag.logistic_table(x, y, data.n_classes, model_cfg.ngram_c, x_val, y_val)
         else:
-            bag.table.assign(bag.naive_bayes_table(x, y, data.n_classes))
+            table = bag.naive_bayes_table(x, y, data.n_classes)
+        bag.table.assign(table)
+    return record
 
 
 def fit_member(
@@ -296,7 +303,7 @@ def fit_member(
     )
     if members > 1:
         model.name = f"{model.name}_member{k + 1}"
-    start_bags(model, member_cfg, data, k)
+    bag_start = start_bags(model, member_cfg, data, k)
     model.compile(**compile_settings(model_cfg, train_cfg, data.n_classes), jit_compile=train_cfg.jit_compile)
     checkpoint = out_dir / (RunFiles.MODEL.name if members == 1 else f"member_{k + 1}.keras")
     callbacks = member_callbacks(train_cfg, k, checkpoint, on_epoch)
@@ -314,5 +321,5 @@ def fit_member(
         best_val_loss=history["val_loss"][best_epoch - 1] if history.get("val_loss") else float("nan"),
         best_val_accuracy=history.get("val_accuracy", [None])[best_epoch - 1] if epochs_run else None,
         seconds=round(time.perf_counter() - started, 2), seed=seed, validation_rows=data.validation_rows(k),
-        model_changes=member_changes(train_cfg, k), jit_compile=bool(getattr(model, "jit_compile", False)),
+        model_changes=member_changes(train_cfg, k), jit_compile=bool(getattr(model, "jit_compile", False)), bag_start=bag_start,
     )

@@ -241,32 +241,47 @@ class NgramBag(layers.Layer):
 
     LOGISTIC_ROWS = 50_000  # logistic_table fits on at most this many rows: its sparse matrix is held in memory
 
-    def logistic_table(self, x: Any, y: Any, n_classes: int, c: float = 10.0, min_rows: int = 5) -> Any:
-        """The table of an NBSVM fitted on training rows x (int ids) and labels y: model.ngram_start logistic.
+    def logistic_table(
+        self, x: Any, y: Any, n_classes: int, c_values: Any, x_val: Any, y_val: Any, min_rows: int = 5,
+    ) -> tuple[Any, dict[str, Any]]:
+        """The table of an NBSVM fitted on training rows x (int ids) and labels y, and how it was chosen: model.ngram_start logistic.
 
-        A logistic regression (scikit-learn's liblinear, L2 penalty with inverse strength c) on the bag's own features
+        A logistic regression (scikit-learn's liblinear, L2 penalty with inverse strength C) on the bag's own features
         (ngram_matrix) scaled by naive_bayes_ratios, a column a unit of the bag (one against the rest with more than
-        two classes): the table is each n-gram's ratio times its weight (over `scale`), so the bag starts as that model,
-        without its intercept (the recurrent logits' bias is learnt beside it). Wang & Manning's NB-weighted logistic
-        regression, as the run's baseline fits on hashed TF-IDF n-grams of the raw text (tasks/baseline.py). The ratios
-        count every row; the regression, whose features are held in memory, fits on the first LOGISTIC_ROWS.
+        two classes): Wang & Manning's NB-weighted logistic regression, which the run's baseline fits on hashed TF-IDF
+        n-grams of the raw text (tasks/baseline.py). Each C of c_values is fitted and the one whose regression has the
+        best accuracy on the validation rows (x_val, y_val) kept. The table is each n-gram's ratio times its weight (over
+        `scale`), so the bag starts as that regression, without its intercept (the recurrent logits' bias is learnt
+        beside it). The ratios count every training row; the regression, whose features are held in memory, fits on
+        the first LOGISTIC_ROWS. Returns the table and {"start", "c", "val_accuracy" of each C}.
         """
         import numpy as np
         from scipy import sparse
         from sklearn.linear_model import LogisticRegression
 
         ratios = self.naive_bayes_ratios(x, y, n_classes, min_rows)
-        matrix = self.ngram_matrix(x[: self.LOGISTIC_ROWS])
+        matrix, held = self.ngram_matrix(x[: self.LOGISTIC_ROWS]), self.ngram_matrix(x_val)
         targets = self._class_columns(np.asarray(y)[: self.LOGISTIC_ROWS], n_classes)
-        table = np.zeros_like(ratios)
-        for column in range(ratios.shape[1]):
-            used = np.flatnonzero(ratios[:, column])  # n-grams in at least min_rows rows: the others stay at 0
-            if len(used) == 0 or len(np.unique(targets[:, column])) < 2:
-                continue
-            features = (matrix[:, used] @ sparse.diags(ratios[used, column])).tocsr()
-            fitted = LogisticRegression(C=c, solver="liblinear").fit(features, targets[:, column])
-            table[used, column] = ratios[used, column] * fitted.coef_.ravel()
-        return (table / self.scale).astype("float32")
+        y_val = np.asarray(y_val).astype(np.int64)
+        best: tuple[float, float, Any] | None = None
+        scores: dict[str, float] = {}
+        for c in c_values:
+            table, decision = np.zeros_like(ratios), np.zeros((len(y_val), ratios.shape[1]))
+            for column in range(ratios.shape[1]):
+                used = np.flatnonzero(ratios[:, column])  # n-grams in at least min_rows rows: the others stay at 0
+                if len(used) == 0 or len(np.unique(targets[:, column])) < 2:
+                    decision[:, column] = -np.inf if n_classes > 2 else 0.0
+                    continue
+                weigh = sparse.diags(ratios[used, column])
+                fitted = LogisticRegression(C=float(c), solver="liblinear").fit((matrix[:, used] @ weigh).tocsr(), targets[:, column])
+                table[used, column] = ratios[used, column] * fitted.coef_.ravel()
+                decision[:, column] = fitted.decision_function((held[:, used] @ weigh).tocsr())
+            predicted = (decision[:, 0] > 0).astype(np.int64) if n_classes == 2 else decision.argmax(axis=1)
+            scores[f"{float(c):g}"] = round(float((predicted == y_val).mean()), 4) if len(y_val) else float("nan")
+            if best is None or scores[f"{float(c):g}"] > best[0]:
+                best = (scores[f"{float(c):g}"], float(c), table)
+        assert best is not None, "c_values is empty"
+        return (best[2] / self.scale).astype("float32"), {"start": "logistic", "c": best[1], "val_accuracy": scores}
 
     def call(self, inputs, training=None):
         ops = keras.ops

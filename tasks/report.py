@@ -217,6 +217,17 @@ def _changes(changes: Any) -> str:
     return ", ".join(f"{key}={value}" for key, value in changes.items()) if isinstance(changes, dict) and changes else "-"
 
 
+def bag_starts_sentence(starts: list[dict[str, Any]]) -> str:
+    """model.ngram_start logistic: the C each member's validation rows chose for its bag's regression (train.json's bag_starts)."""
+    def chosen(start: dict[str, Any]) -> str:
+        c = f"{float(start.get('c', float('nan'))):g}"
+        return f"C {c} (val accuracy {float(start.get('val_accuracy', {}).get(c, float('nan'))):.4f})"
+
+    which = "Each bag" if len(starts) > 1 else "The bag"
+    return (f"{which} of n-grams started from an NB-weighted logistic regression on its training rows, C chosen of "
+            f"{', '.join(starts[0].get('val_accuracy', {}))} on its validation rows: {', '.join(chosen(s) for s in starts)}.")
+
+
 def members_table(member_runs: list[dict[str, Any]], scored: list[dict[str, Any]]) -> Table:
     """One row per member of an averaged model: its training, and its test accuracy alone (evaluate's metrics.json)."""
     rows = []
@@ -300,6 +311,9 @@ def build_sections(inputs: ReportInputs, plots: dict[str, Plot]) -> list[Section
     else:
         learning.add("text", f"Best epoch {format_count(training.get('best_epoch'))}{kept} of {format_count(training.get('epochs_run'))} run{stopped}; "
                              f"{format_count(training.get('params'))} parameters.")
+    starts = [start for start in training.get("bag_starts") or [] if start and start.get("start") == "logistic"]
+    if starts:
+        learning.add("text", bag_starts_sentence(starts))
     learning.add("plot", plots.get("learning_curves")).add("table", history_table(inputs.history, training.get("best_epoch")))
     sections.append(learning)
 

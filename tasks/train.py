@@ -123,6 +123,8 @@ def train_info(
         "cudnn_eligible": all(cudnn_eligible(member_model(model_cfg, train_cfg, k), data.encoding["padding"]) for k in range(len(members))),
         "model_summary": summary,
     }
+    if any(m.bag_start for m in members):  # model.ngram_start, each member's: logistic with the C its val rows chose
+        info["bag_starts"] = [m.bag_start for m in members]
     if len(members) > 1:
         info["member_runs"] = [m.run_record() for m in members]
     if not TASKS[model_cfg.task].text_model:

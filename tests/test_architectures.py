@@ -33,9 +33,7 @@ def test_the_report_describes_the_model_with_the_registry_s_labels():
     assert describe_model({}) == "model not described in the configuration"
     bag = {"cell": "gru", "units": 64, "embedding_dim": 64, "ngrams": 3}
     assert describe_model({**bag, "ngram_start": "naive_bayes"}).endswith("beside a bag of token 1-3-grams started from Naive Bayes")
-    assert describe_model({**bag, "ngram_start": "logistic", "ngram_c": 10.0}).endswith(
-        "beside a bag of token 1-3-grams started from an NB-weighted logistic regression (C 10)"
-    )
+    assert describe_model({**bag, "ngram_start": "logistic"}).endswith("beside a bag of token 1-3-grams started from an NB-weighted logistic regression")
 
 
 def test_run_names_name_the_cell():

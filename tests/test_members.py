@@ -157,6 +157,9 @@ def test_report_lists_the_members(tmp_path: Path):
     train |= {"members": 2, "epochs_run": 7, "best_epoch": None, "monitor": "val_accuracy", "member_processes": 2, "member_runs": [
         {"seed": 1337, "epochs_run": 3, "best_epoch": 2, "best_val_accuracy": 0.74, "validation_rows": 20},
         {"seed": 1338, "epochs_run": 4, "best_epoch": 3, "best_val_accuracy": 0.76, "validation_rows": 20},
+    ], "bag_starts": [
+        {"start": "logistic", "c": 100.0, "val_accuracy": {"1": 0.7, "10": 0.71, "100": 0.72}},
+        {"start": "logistic", "c": 10.0, "val_accuracy": {"1": 0.7, "10": 0.75, "100": 0.73}},
     ]}
     train_json.write_text(json.dumps(train))
     metrics_json = Path(upstream["evaluate"].dir) / "metrics.json"
@@ -167,6 +170,8 @@ def test_report_lists_the_members(tmp_path: Path):
     markdown = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
     assert "| Epochs run | 7 over 2 members (best: 2, 3, stopped early) |" in markdown
     assert "2 members trained 2 at a time, each stopping early on its own 20 validation rows of train and val (highest val accuracy)" in markdown
+    assert ("Each bag of n-grams started from an NB-weighted logistic regression on its training rows, C chosen of 1, 10, 100 "
+            "on its validation rows: C 100 (val accuracy 0.7200), C 10 (val accuracy 0.7500).") in markdown
     assert "| 1 | 1,337 | - | 2 of 3 | 0.7400 | 0.8500 | 0.9300 |" in markdown, "a member without model changes shows -"
     assert "| 2 | 1,338 | - | 3 of 4 | 0.7600 | 0.8600 | 0.9400 |" in markdown
 

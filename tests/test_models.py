@@ -157,17 +157,20 @@ def test_a_bag_started_from_a_logistic_regression_is_that_regression_on_its_own_
     x[::7, 9:] = 0
     bag = NgramBag(2, 1024, 40, units=1 if n_classes == 2 else n_classes, scale=10.0)
     bag(np.zeros((1, 3), "int32"))
-    table = bag.logistic_table(x, y, n_classes, c=1.0)
+    table, record = bag.logistic_table(x[:240], y[:240], n_classes, [1.0, 0.001], x[240:], y[240:])
+    assert record["start"] == "logistic" and record["c"] == 1.0 and set(record["val_accuracy"]) == {"1", "0.001"}
+    assert record["val_accuracy"]["1"] > 0.95  # held-out rows: each class's own word tells it
     assert table.shape == (40 + 1024, 1 if n_classes == 2 else n_classes) and table.dtype == np.float32
     bag.table.assign(table)
     logits = np.asarray(bag(x.astype("int32")))
-    matrix, ratios = bag.ngram_matrix(x), bag.naive_bayes_ratios(x, y, n_classes)
-    assert matrix.shape == (300, 40 + 1024)
+    matrix, ratios = bag.ngram_matrix(x[:240]), bag.naive_bayes_ratios(x[:240], y[:240], n_classes)
+    assert matrix.shape == (240, 40 + 1024)
     for column in range(logits.shape[1]):  # each column: the regression fitted here by hand on the same features
-        target = (y == (1 if n_classes == 2 else column)).astype(int)
-        fitted = LogisticRegression(C=1.0, solver="liblinear").fit(matrix @ sparse.diags(ratios[:, column]), target)
-        expected = (matrix @ sparse.diags(ratios[:, column])) @ fitted.coef_.ravel()
-        np.testing.assert_allclose(logits[:, column], expected, rtol=1e-4, atol=1e-4)
+        target = (y[:240] == (1 if n_classes == 2 else column)).astype(int)
+        used = np.flatnonzero(ratios[:, column])
+        weighed = matrix[:, used] @ sparse.diags(ratios[used, column])
+        fitted = LogisticRegression(C=1.0, solver="liblinear").fit(weighed, target)
+        np.testing.assert_allclose(logits[:240, column], weighed @ fitted.coef_.ravel(), rtol=1e-4, atol=1e-4)
     predicted = (logits[:, 0] > 0).astype(int) if n_classes == 2 else logits.argmax(1)
     assert (predicted == y).mean() > 0.95
 
@@ -182,8 +185,9 @@ def test_a_member_s_bag_starts_where_model_ngram_start_says(start):
     x[:, 0] = 30 + y  # one word for each class
     cfg = ModelConfig(cell="gru", units=4, embedding_dim=4, bidirectional=False, ngrams=2, ngram_buckets=1024, ngram_start=start)
     model = build_model(cfg, num_tokens=32, max_len=None, n_classes=2)
-    start_bags(model, cfg, TrainingData(x, y, x[:20], y[:20], {"num_words": 32, "max_len": 10}, 2, streamed=False), 0)
+    record = start_bags(model, cfg, TrainingData(x, y, x[:20], y[:20], {"num_words": 32, "max_len": 10}, 2, streamed=False), 0)
     table = np.asarray(model.get_layer("bag_of_1_to_2_grams").table)
+    assert record["start"] == start and (record.get("c") in cfg.ngram_c) == (start == "logistic")
     if start == "zeros":
         assert not table.any()
     else:
@@ -195,3 +199,21 @@ def test_next_token_models_refuse_a_bag_of_ngrams():
 
     with pytest.raises(ValueError, match="leave model.ngrams at 0"):
         RunConfig(encode={"tokenizer": "char"}, model={"task": "next_token", "bidirectional": False, "ngrams": 2})
+
+
+def test_a_trained_model_s_bag_starts_from_the_regression_its_val_rows_chose_and_train_json_says_which(tmp_path):
+    """model.ngram_start logistic through train_model: each C is scored on val, the best kept, train.json's bag_starts tells."""
+    from tasks.config import TrainConfig
+    from tasks.store import read_json
+    from tasks.train import train_model
+    from tests.helpers import toy_encoding
+
+    encoded = toy_encoding(tmp_path / "encode")
+    out = tmp_path / "train"
+    out.mkdir()
+    cfg = ModelConfig(cell="gru", units=4, embedding_dim=4, bidirectional=False, ngrams=2, ngram_buckets=1024,
+                      ngram_start="logistic", ngram_c=[0.001, 10.0])
+    train_model(cfg, TrainConfig(epochs=1, batch_size=16), encoded, out)
+    (start,) = read_json(out / "train.json")["bag_starts"]
+    assert start["start"] == "logistic" and set(start["val_accuracy"]) == {"0.001", "10"}
+    assert start["val_accuracy"][f"{start['c']:g}"] == max(start["val_accuracy"].values())
