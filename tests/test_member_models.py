@@ -163,13 +163,13 @@ def test_the_report_shows_what_each_member_changes(tmp_path: Path):
 
 def test_the_best_preset_s_members_and_their_parameters():
     """README's best row: 3 x 217,025 (3,000 words) + 665,025 (10,000) + 1,305,025 (20,000), each member beside a bag of
-    20,000 words and 2,097,152 hashed 2-3-grams started from Naive Bayes (5 x 2,117,152) = 13,206,885."""
+    20,000 words and 2,097,152 hashed 2-3-grams started from an NB-weighted logistic regression (5 x 2,117,152) = 13,206,885."""
     config = load_config("best")
     members = [member_model(config.model, config.train, k) for k in range(config.train.members)]
     built = [build_model(m, num_tokens=config.encode.num_words, max_len=config.encode.max_len, n_classes=2) for m in members]
     assert [m.count_params() for m in built] == [n + 2_117_152 for n in (217_025, 217_025, 665_025, 217_025, 1_305_025)]
     assert sum(m.count_params() for m in built) == 13_206_885
-    assert {(m.ngrams, m.ngram_start) for m in members} == {(3, "naive_bayes")}
+    assert {(m.ngrams, m.ngram_start, tuple(m.ngram_c)) for m in members} == {(3, "logistic", (1.0, 10.0, 100.0))}
     assert [(m.window, m.window_at, m.num_words, m.pooling) for m in members] == [
         (400, "end", 3000, "last"), (400, "start", 3000, "last"), (400, "end", 10000, "last"),
         (400, "end", 3000, "last"), (400, "end", 20000, "max"),
