@@ -131,21 +131,17 @@ class ModelConfig(Section):
         description="with model.ngrams: the bag's learning rate as a multiple of train.learning_rate (its weights are scaled by it)",
     )
     ngram_drop: float = Field(
-        default=0.0, ge=0, lt=1,
-        description="with model.ngrams: the fraction of training rows whose bag is left out, so the recurrence beside it learns to "
-        "classify alone too (never in inference); 0: none",
+        default=0.0, ge=0, lt=1, description="with model.ngrams: the fraction of training rows whose bag is left out, so the recurrence beside it "
+        "learns to classify alone too (never in inference); 0: none",
     )
     ngram_start: Literal["naive_bayes", "logistic", "zeros"] = Field(
-        default="naive_bayes",
-        description="with model.ngrams: where the bag's weights start, Naive Bayes' log-count ratios on the training rows "
+        default="naive_bayes", description="with model.ngrams: where the bag's weights start, Naive Bayes' log-count ratios on the training rows "
         "(NBSVM's r), a logistic regression on the bag's n-grams weighted by them (NBSVM; docs/experiments.md), or zeros",
     )
     ngram_c: list[Annotated[float, Field(gt=0)]] = Field(
-        default_factory=lambda: [1.0, 10.0, 100.0], min_length=1,
-        description="with model.ngram_start logistic: the regression's inverse L2 strengths tried (scikit-learn's C); the one "
-        "with the best accuracy on the member's val rows is kept (train.json's bag_starts)",
+        default_factory=lambda: [1.0, 10.0, 100.0], min_length=1, description="with model.ngram_start logistic: the regression's inverse L2 "
+        "strengths tried (scikit-learn's C); the one with the best accuracy on the member's val rows is kept (train.json's bag_starts)",
     )
-
 
 class TrainConfig(Section):
     optimizer: Literal["adam", "rmsprop", "sgd"] = Field(default="adam", description="the Keras optimizer")
