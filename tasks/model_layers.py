@@ -263,25 +263,24 @@ class NgramBag(layers.Layer):
         matrix, held = self.ngram_matrix(x[: self.LOGISTIC_ROWS]), self.ngram_matrix(x_val)
         targets = self._class_columns(np.asarray(y)[: self.LOGISTIC_ROWS], n_classes)
         y_val = np.asarray(y_val).astype(np.int64)
-        best: tuple[float, float, Any] | None = None
+        tables = {float(c): np.zeros_like(ratios) for c in c_values}
+        decisions = {float(c): np.full((len(y_val), ratios.shape[1]), -np.inf if n_classes > 2 else 0.0) for c in c_values}
+        for column in range(ratios.shape[1]):  # each column's features once, fitted with every C
+            used = np.flatnonzero(ratios[:, column])  # n-grams in at least min_rows rows: the others stay at 0
+            if len(used) == 0 or len(np.unique(targets[:, column])) < 2:
+                continue
+            weigh = sparse.diags(ratios[used, column])
+            features, held_features = (matrix[:, used] @ weigh).tocsr(), (held[:, used] @ weigh).tocsr()
+            for c in tables:
+                fitted = LogisticRegression(C=c, solver="liblinear").fit(features, targets[:, column])
+                tables[c][used, column] = ratios[used, column] * fitted.coef_.ravel()
+                decisions[c][:, column] = fitted.decision_function(held_features)
         scores: dict[str, float] = {}
-        for c in c_values:
-            table, decision = np.zeros_like(ratios), np.zeros((len(y_val), ratios.shape[1]))
-            for column in range(ratios.shape[1]):
-                used = np.flatnonzero(ratios[:, column])  # n-grams in at least min_rows rows: the others stay at 0
-                if len(used) == 0 or len(np.unique(targets[:, column])) < 2:
-                    decision[:, column] = -np.inf if n_classes > 2 else 0.0
-                    continue
-                weigh = sparse.diags(ratios[used, column])
-                fitted = LogisticRegression(C=float(c), solver="liblinear").fit((matrix[:, used] @ weigh).tocsr(), targets[:, column])
-                table[used, column] = ratios[used, column] * fitted.coef_.ravel()
-                decision[:, column] = fitted.decision_function((held[:, used] @ weigh).tocsr())
+        for c, decision in decisions.items():
             predicted = (decision[:, 0] > 0).astype(np.int64) if n_classes == 2 else decision.argmax(axis=1)
-            scores[f"{float(c):g}"] = round(float((predicted == y_val).mean()), 4) if len(y_val) else float("nan")
-            if best is None or scores[f"{float(c):g}"] > best[0]:
-                best = (scores[f"{float(c):g}"], float(c), table)
-        assert best is not None, "c_values is empty"
-        return (best[2] / self.scale).astype("float32"), {"start": "logistic", "c": best[1], "val_accuracy": scores}
+            scores[f"{c:g}"] = round(float((predicted == y_val).mean()), 4) if len(y_val) else float("nan")
+        chosen = max(tables, key=lambda c: (scores[f"{c:g}"], -list(tables).index(c)))  # the best; the first of equals
+        return (tables[chosen] / self.scale).astype("float32"), {"start": "logistic", "c": chosen, "val_accuracy": scores}
 
     def call(self, inputs, training=None):
         ops = keras.ops
