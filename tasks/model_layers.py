@@ -279,7 +279,7 @@ class NgramBag(layers.Layer):
         for c, decision in decisions.items():
             predicted = (decision[:, 0] > 0).astype(np.int64) if n_classes == 2 else decision.argmax(axis=1)
             scores[f"{c:g}"] = round(float((predicted == y_val).mean()), 4) if len(y_val) else float("nan")
-        chosen = max(tables, key=lambda c: (scores[f"{c:g}"], -list(tables).index(c)))  # the best; the first of equals
+        chosen = max(tables, key=lambda c: scores[f"{c:g}"])  # max keeps the first of equals
         return (tables[chosen] / self.scale).astype("float32"), {"start": "logistic", "c": chosen, "val_accuracy": scores}
 
     def call(self, inputs, training=None):
