@@ -222,6 +222,13 @@ class NgramBag(layers.Layer):
             everywhere += np.bincount(gram, minlength=total)
             for column in range(targets.shape[1]):
                 inside[:, column] += np.bincount(gram, weights=targets[start + row, column], minlength=total)
+        return self._log_count_ratios(inside, everywhere, min_rows)
+
+    @staticmethod
+    def _log_count_ratios(inside: Any, everywhere: Any, min_rows: int) -> Any:
+        """naive_bayes_ratios from its counts: rows of each column's class holding each n-gram, and all rows holding it."""
+        import numpy as np
+
         outside = everywhere[:, None] - inside
         inside, outside = inside + 1.0, outside + 1.0
         ratios = np.log(inside / inside.sum(axis=0)) - np.log(outside / outside.sum(axis=0))
@@ -252,16 +259,21 @@ class NgramBag(layers.Layer):
         n-grams of the raw text (tasks/baseline.py). Each C of c_values is fitted and the one whose regression has the
         best accuracy on the validation rows (x_val, y_val) kept. The table is each n-gram's ratio times its weight (over
         `scale`), so the bag starts as that regression, without its intercept (the recurrent logits' bias is learnt
-        beside it). The ratios count every training row; the regression, whose features are held in memory, fits on
-        the first LOGISTIC_ROWS. Returns the table and {"start", "c", "val_accuracy" of each C}.
+        beside it). The ratios count every training row (from the regression's matrix when it holds them all); the
+        regression, whose features are held in memory, fits on the first LOGISTIC_ROWS. Returns the table and {"start", "c", "val_accuracy" of each C}.
         """
         import numpy as np
         from scipy import sparse
         from sklearn.linear_model import LogisticRegression
 
-        ratios = self.naive_bayes_ratios(x, y, n_classes, min_rows)
         matrix, held = self.ngram_matrix(x[: self.LOGISTIC_ROWS]), self.ngram_matrix(x_val)
         targets = self._class_columns(np.asarray(y)[: self.LOGISTIC_ROWS], n_classes)
+        if len(x) <= self.LOGISTIC_ROWS:  # every row is in the matrix: count the ratios from it, not by reading x again
+            present = (matrix > 0).astype(np.float64)
+            everywhere = np.asarray(present.sum(axis=0)).ravel()
+            ratios = self._log_count_ratios(np.asarray((present.T @ targets)), everywhere, min_rows)
+        else:
+            ratios = self.naive_bayes_ratios(x, y, n_classes, min_rows)
         y_val = np.asarray(y_val).astype(np.int64)
         tables = {float(c): np.zeros_like(ratios) for c in c_values}
         decisions = {float(c): np.full((len(y_val), ratios.shape[1]), -np.inf if n_classes > 2 else 0.0) for c in c_values}
