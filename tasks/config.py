@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.architectures import CELL_NAMES, DEFAULT_CELL, INPUT_NAMES, TASK_NAMES, TASKS_DESCRIPTION
 from tasks.baseline_config import BaselineConfig
@@ -138,7 +138,7 @@ class ModelConfig(Section):
         default="naive_bayes", description="with model.ngrams: where the bag's weights start, Naive Bayes' log-count ratios on the training rows "
         "(NBSVM's r), a logistic regression on the bag's n-grams weighted by them (NBSVM; docs/experiments.md), or zeros",
     )
-    ngram_c: list[Annotated[float, Field(gt=0)]] = Field(
+    ngram_c: Annotated[list[Annotated[float, Field(gt=0)]], BeforeValidator(lambda v: [v] if isinstance(v, int | float) else v)] = Field(
         default_factory=lambda: [1.0, 10.0, 100.0], min_length=1, description="with model.ngram_start logistic: the regression's inverse L2 "
         "strengths tried (scikit-learn's C); the one with the best accuracy on the member's val rows is kept (train.json's bag_starts)",
     )

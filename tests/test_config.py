@@ -17,6 +17,11 @@ def test_defaults_then_preset_then_overrides_in_that_order(tmp_path: Path):
     assert config.encode.max_len == 50
 
 
+def test_one_c_for_the_bag_s_regression_is_a_list_of_one():
+    assert load_config(overrides=["model.ngram_c=10"]).model.ngram_c == [10.0]  # as a user types it, and as YAML would
+    assert load_config(overrides=["model.ngram_c=[1,3]"]).model.ngram_c == [1.0, 3.0]
+
+
 def test_every_shipped_preset_loads():
     assert {"default", "demo"} <= set(preset_names())
     for name in preset_names():
