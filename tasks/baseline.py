@@ -99,7 +99,8 @@ def _read_split(ingest_dir: Path, split: str) -> pd.DataFrame:
 
 def choose_analyzer(section: dict[str, Any], train_texts: pd.Series, word_rule: dict[str, Any] | None) -> tuple[str, str]:
     """(analyzer, why): baseline.analyzer, or for auto encode.tokenizer auto's rule (tasks.vocabulary_rule) on train's words:
-    word n-grams where the most frequent words cover enough of the text, character n-grams within words where they do not."""
+    word n-grams where the most frequent words cover enough of the text, character n-grams within words where they do not
+    (where encode takes characters or subword pieces)."""
     if section["analyzer"] != "auto":
         return section["analyzer"], f"baseline.analyzer {section['analyzer']}"
     from sklearn.feature_extraction.text import CountVectorizer

@@ -68,7 +68,7 @@ class EncodeConfig(Section):
     tokenizer: Literal["word", "char", "subword", "auto"] = Field(
         default="word",
         description="word: words of any script; char: every character; subword: SentencePiece pieces learnt from train; "
-        "auto: word when num_words words cover auto_min_coverage of train's words, else subword",
+        "auto: word when num_words words cover auto_min_coverage of train's words, else char for Hangul, kana or CJK, else subword",
     )
     analyzer: Literal["none", "kiwi"] = Field(
         default="none",

@@ -252,8 +252,8 @@ def _learn_train(path: Path, cfg: EncodeConfig, batch_rows: int) -> tuple[str, l
 
     Words and characters: one pass counts tokens and lengths. Subwords: one pass trains the
     model, a second measures the lengths in its pieces. auto counts words first and goes on with
-    subwords when num_words of them cover too little of the split's words (Korean, Turkish, or
-    Chinese without spaces between words): tasks.vocabulary_rule.choose_tokenizer, which validate
+    characters or subwords when num_words of them cover too little of the split's words (characters for
+    Korean, Japanese or Chinese, pieces for Turkish): tasks.vocabulary_rule.choose_tokenizer, which validate
     calls on the same counts to measure lengths in the same units.
     """
     lengths = np.empty(parquet_rows(path), dtype=np.int64)
@@ -275,6 +275,14 @@ def _learn_train(path: Path, cfg: EncodeConfig, batch_rows: int) -> tuple[str, l
         choice = auto.record()
         if auto.chosen == "word":
             return "word", tokens, None, lengths, choice
+        if auto.chosen == "char":  # a second pass counts the characters
+            counts, row, char_cfg = Counter(), 0, cfg.model_copy(update={"tokenizer": "char"})
+            for frame in iter_parquet(path, columns=["text"], batch_rows=batch_rows):
+                batch_counts, batch_lengths = count_tokens(frame["text"].tolist(), char_cfg)
+                counts.update(batch_counts)
+                lengths[row : row + len(frame)] = batch_lengths
+                row += len(frame)
+            return "char", ranked_tokens(counts, cfg.num_words), None, lengths, choice
     subword = SubwordModel(train_subword_model(_train_texts(path, batch_rows, cfg.analyzer), cfg.num_words, cfg.lowercase))
     row = 0
     for texts in _batches(_train_texts(path, batch_rows, cfg.analyzer), batch_rows):

@@ -129,13 +129,14 @@ def _read_split(
     """One split as GX sees it: label, kept_share, text_chars, text_hash and n_tokens per review, streamed batch by batch.
 
     Only one batch of text is in memory at a time; the per-review arrays are preallocated from the footer's row count.
-    While auto has not chosen, n_tokens and kept_share come once per candidate tokenizer (columns
-    "n_tokens:word", "kept_share:subword", ...; _measured_as keeps one), and word_counts, when given,
+    While auto has not chosen, n_tokens and kept_share come once per length unit of the candidate tokenizers (columns
+    "n_tokens:words", "kept_share:characters", ...; _measured_as keeps one), and word_counts, when given,
     counts the words of the text as encode counts them, for the choice.
     """
     path, rows = _split_input(ingest_dir, split)
-    n_tokens = {tokenizer: np.zeros(rows, dtype=np.int32) for tokenizer in text_rule.candidates}
-    kept_share = {tokenizer: np.full(rows, np.nan, dtype=np.float32) for tokenizer in text_rule.candidates}
+    units = {LENGTH_UNITS[tokenizer][1]: LENGTH_UNITS[tokenizer][0] for tokenizer in text_rule.candidates}  # words: word, characters: char
+    n_tokens = {unit: np.zeros(rows, dtype=np.int32) for unit in units}
+    kept_share = {unit: np.full(rows, np.nan, dtype=np.float32) for unit in units}
     text_chars = np.full(rows, np.nan, dtype=np.float32)
     text_hash = np.zeros(rows, dtype=np.uint64)
     text_null = np.ones(rows, dtype=bool)
@@ -149,13 +150,13 @@ def _read_split(
         if text_rule.analyzer != "none":  # encode's tokenizer reads the morphemes of the text as ingested: so do the counts
             raw = analyse_many(raw, text_rule.analyzer)
         cleaned = [clean_text(t) for t in raw]
-        for tokenizer in text_rule.candidates:
-            if LENGTH_UNITS[tokenizer][0] == "word":  # one word pass gives both the lengths and, for auto, the words
+        for unit, rule in units.items():  # characters and subword pieces measure alike: characters, every one kept
+            if rule == "word":  # one word pass gives both the lengths and, for auto, the words
                 words, offsets = tokenize_many(cleaned, text_rule.lowercase, "word")
-                n_tokens[tokenizer][start:stop] = np.diff(offsets)
+                n_tokens[unit][start:stop] = np.diff(offsets)
             else:
-                n_tokens[tokenizer][start:stop] = token_counts(cleaned, text_rule.lowercase, LENGTH_UNITS[tokenizer][0])
-            kept_share[tokenizer][start:stop] = kept_shares(cleaned, text_rule.lowercase, tokenizer)
+                n_tokens[unit][start:stop] = token_counts(cleaned, text_rule.lowercase, rule)
+            kept_share[unit][start:stop] = kept_shares(cleaned, text_rule.lowercase, rule)
         if word_counts is not None:
             # Encode counts the text as ingested: the cleaned text, unless ingest kept HTML (data.strip_html false).
             seen = words if cleaned == raw else tokenize_many(raw, text_rule.lowercase, "word")[0]
@@ -165,8 +166,7 @@ def _read_split(
         text_null[start:stop] = texts.isna().to_numpy()
         labels.append(batch["label"].reset_index(drop=True))
         start = stop
-    measured = {f"{name}:{tokenizer}": values[tokenizer] for name, values in (("n_tokens", n_tokens), ("kept_share", kept_share))
-                for tokenizer in text_rule.candidates}
+    measured = {f"{name}:{unit}": values[unit] for name, values in (("n_tokens", n_tokens), ("kept_share", kept_share)) for unit in units}
     return pd.DataFrame(
         {
             "label": pd.concat(labels, ignore_index=True),
@@ -177,10 +177,10 @@ def _read_split(
     )
 
 
-def _measured_as(frame: pd.DataFrame, tokenizer: str) -> pd.DataFrame:
-    """The split's frame with the n_tokens and kept_share of one tokenizer, the other candidates' dropped,
-    and chars_per_token in that tokenizer's units (null where a review has no tokens: token_length's to name)."""
-    chosen = {f"{name}:{tokenizer}": name for name in ("n_tokens", "kept_share")}
+def _measured_as(frame: pd.DataFrame, unit: str) -> pd.DataFrame:
+    """The split's frame with the n_tokens and kept_share in one length unit (words, characters), the other's dropped,
+    and chars_per_token in that unit (null where a review has no tokens: token_length's to name)."""
+    chosen = {f"{name}:{unit}": name for name in ("n_tokens", "kept_share")}
     others = [column for column in frame.columns if ":" in column and column not in chosen]
     frame = frame.drop(columns=others).rename(columns=chosen)
     tokens = frame["n_tokens"].to_numpy(dtype=np.float32)
@@ -196,9 +196,9 @@ def _read_splits(ingest_dir: Path, batch_rows: int, text_rule: TextRule) -> tupl
     train = _read_split(ingest_dir, "train", batch_rows, text_rule, word_counts)
     if word_counts is not None:
         text_rule = text_rule.resolve_auto(word_counts)
-    frames = {"train": _measured_as(train, text_rule.resolved)}
+    frames = {"train": _measured_as(train, text_rule.length_unit)}
     del train, word_counts  # the other candidate's columns and train's distinct words: freed before val and test are read
-    frames.update({split: _measured_as(_read_split(ingest_dir, split, batch_rows, text_rule), text_rule.resolved)
+    frames.update({split: _measured_as(_read_split(ingest_dir, split, batch_rows, text_rule), text_rule.length_unit)
                    for split in SPLITS if split != "train"})
     return frames, text_rule
 

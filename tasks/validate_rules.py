@@ -17,13 +17,13 @@ _GX_SEVERITY = {"error": "critical", "warning": "warning"}
 
 # How a review's length is counted for each tokenizer encode may use: (the tasks.text rule that counts it, its unit).
 # Subword pieces are learnt at encode, so they have no rule yet: they count characters, which pieces are made of
-# (tasks/validate.py's module docstring says why). auto is one of word and subword, chosen from train's words.
+# (tasks/validate.py's module docstring says why). auto is one of word, char and subword, chosen from train's words.
 LENGTH_UNITS = {
     "word": ("word", "words"),
     "char": ("char", "characters"),
     "subword": ("char", "characters"),
 }
-AUTO_CHOICES = ("word", "subword")
+AUTO_CHOICES = ("word", "char", "subword")
 _WHY_CHARACTERS = {"subword": "subword pieces are learnt at encode, from characters"}
 # Unset keys mean what they mean in encode's section.
 _ENCODE_DEFAULTS = EncodeConfig()
@@ -43,7 +43,7 @@ class TextRule:
 
     @property
     def candidates(self) -> tuple[str, ...]:
-        """The tokenizers encode may use: auto's two until train's words have chosen, else the one."""
+        """The tokenizers encode may use: auto's three until train's words have chosen, else the one."""
         return AUTO_CHOICES if self.tokenizer == "auto" and self.auto_choice is None else (self.resolved,)
 
     @property

@@ -241,18 +241,30 @@ def test_a_subword_vocabulary_smaller_than_the_alphabet_says_how_to_fix_it(tmp_p
         encode_reviews(EncodeConfig(tokenizer="subword", num_words=20, max_len=8), korean_ingest, tmp_path / "encode")
 
 
-def test_tokenizer_auto_keeps_words_for_english_and_takes_subwords_when_words_cover_little(tmp_path: Path, ingested: Path, korean_ingest: Path):
-    english, korean = tmp_path / "english", tmp_path / "korean"
-    english.mkdir()
-    korean.mkdir()
-    encode_reviews(EncodeConfig(tokenizer="auto", num_words=600, max_len=20), ingested, english)
-    encode_reviews(EncodeConfig(tokenizer="auto", num_words=200, max_len=20), korean_ingest, korean)
-    english_info, korean_info = read_json(english / "encode.json"), read_json(korean / "encode.json")
-    assert english_info["tokenizer"] == "word" and english_info["tokenizer_auto"]["coverage"] >= 0.75
-    assert korean_info["tokenizer"] == "subword" and korean_info["tokenizer_auto"]["coverage"] < 0.75
-    assert "encode.auto_min_coverage 75%): subword tokens" in korean_info["tokenizer_auto"]["why"]
-    assert read_json(korean / "vocab.json")["tokenizer"] == "subword" and (korean / "subword.model").is_file()
-    assert not (english / "subword.model").exists()
+TURKISH_STEMS = ["film", "oyuncu", "hikaye", "yönetmen", "müzik", "sahne", "son", "zaman", "duygu", "kötü", "güzel", "gözyaşı"]
+SUFFIXES = ["ler", "de", "den", "in", "imiz", "ini", "lerden", "siz", "likte", "ydi"]
+
+
+def test_tokenizer_auto_takes_words_for_english_characters_for_korean_and_subwords_for_an_alphabet(
+    tmp_path: Path, ingested: Path, korean_ingest: Path
+):
+    rng = np.random.default_rng(4)
+    turkish_texts = [" ".join(rng.choice(TURKISH_STEMS) + rng.choice(SUFFIXES) for _ in range(int(rng.integers(3, 12)))) for _ in range(300)]
+    turkish_ingest = _table_ingest(tmp_path / "turkish_ingest", {"train": turkish_texts, "val": turkish_texts[:60], "test": turkish_texts[:60]})
+    infos = {}
+    for name, ingest, num_words in [("english", ingested, 600), ("korean", korean_ingest, 200), ("turkish", turkish_ingest, 60)]:
+        (tmp_path / name).mkdir()
+        encode_reviews(EncodeConfig(tokenizer="auto", num_words=num_words, max_len=20), ingest, tmp_path / name)
+        infos[name] = read_json(tmp_path / name / "encode.json")
+    assert infos["english"]["tokenizer"] == "word" and infos["english"]["tokenizer_auto"]["coverage"] >= 0.75
+    korean = infos["korean"]["tokenizer_auto"]
+    assert infos["korean"]["tokenizer"] == "char" and korean["coverage"] < 0.75 and korean["syllabic_share"] == 1.0
+    assert "(under encode.auto_min_coverage 75%) and 100.0% of their letters are Hangul, kana or CJK characters (at least 50%): char tokens" in korean["why"]
+    assert read_json(tmp_path / "korean" / "vocab.json")["tokenizer"] == "char"
+    assert infos["korean"]["vocab_size"] < 60, "a few dozen syllables, not the fixture's hundreds of whitespace words"
+    turkish = infos["turkish"]["tokenizer_auto"]
+    assert infos["turkish"]["tokenizer"] == "subword" and turkish["syllabic_share"] == 0.0 and turkish["why"].endswith("(under 50%): subword tokens")
+    assert (tmp_path / "turkish" / "subword.model").is_file() and not (tmp_path / "english" / "subword.model").exists()
 
 
 def test_choose_tokenizer_counts_the_words_a_vocabulary_of_num_words_keeps():
@@ -268,6 +280,8 @@ def test_choose_tokenizer_counts_the_words_a_vocabulary_of_num_words_keeps():
     assert choose_tokenizer(counts, num_words=100, min_coverage=1.0).kept_words == 3, "no more words than there are"
     assert choose_tokenizer(Counter({"a": 2, "b": 2, "c": 1}), num_words=4, min_coverage=0.75).coverage == 0.4, "ties: one of them"
     assert choose_tokenizer(Counter(), num_words=100, min_coverage=0.5).chosen == "subword", "no words at all: pieces"
+    assert choose_tokenizer(Counter({"영화가": 3, "good": 1}), num_words=4, min_coverage=0.9).syllabic == 9 / 13, "letters weighed by count"
+    assert choose_tokenizer(Counter({"日本語の": 1, "映画": 1}), num_words=4, min_coverage=0.9).chosen == "char"
 
 
 def test_encode_records_the_shared_choice_of_its_train_words(tmp_path: Path, korean_ingest: Path):
