@@ -37,7 +37,7 @@ def token_frequencies(tokens: Any) -> Counter[str]:
 # or CJK ideographs: each a syllable or a word, so a bag of their 1-3-grams reads syllables and words. On Korean reviews
 # (docs/experiments.md, stop 43) the default preset's validation accuracy was 0.8405 on characters, 0.8345 on 3,000
 # subword pieces. Alphabets (Turkish, Finnish) keep subword pieces: their letters alone say little, and a review is
-# five or six times as many characters as words.
+# several times as many characters as words (not measured here on such text).
 SYLLABIC_MIN_SHARE = 0.5
 
 
