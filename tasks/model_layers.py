@@ -212,21 +212,25 @@ class NgramBag(layers.Layer):
 
         total = self.num_tokens + (self.buckets if self.n > 1 else 0)
         targets = self._class_columns(y, n_classes)
-        inside = np.zeros((total, targets.shape[1]))  # rows of the class (binary: class 1) holding each n-gram
-        everywhere = np.zeros(total)  # rows holding it
+        inside, everywhere = np.zeros((total, targets.shape[1])), np.zeros(total)
         for start in range(0, len(x), rows_a_batch):
-            rows, counts = (np.asarray(t) for t in self.ngram_rows(np.asarray(x[start : start + rows_a_batch])))
-            which = np.broadcast_to(np.arange(len(rows))[:, None], rows.shape)[counts > 0]
-            key = np.unique(which.astype(np.int64) * total + rows[counts > 0])  # each n-gram once a row
-            row, gram = key // total, key % total
-            everywhere += np.bincount(gram, minlength=total)
-            for column in range(targets.shape[1]):
-                inside[:, column] += np.bincount(gram, weights=targets[start + row, column], minlength=total)
+            batch = slice(start, start + rows_a_batch)
+            batch_inside, batch_everywhere = self._rows_holding(self.ngram_matrix(x[batch]), targets[batch])
+            inside += batch_inside
+            everywhere += batch_everywhere
         return self._log_count_ratios(inside, everywhere, min_rows)
 
     @staticmethod
+    def _rows_holding(matrix: Any, targets: Any) -> tuple[Any, Any]:
+        """(rows of each column's class holding each n-gram, all rows holding it) in an ngram_matrix and its target columns."""
+        import numpy as np
+
+        present = (matrix > 0).astype(np.float64)
+        return np.asarray(present.T @ targets), np.asarray(present.sum(axis=0)).ravel()
+
+    @staticmethod
     def _log_count_ratios(inside: Any, everywhere: Any, min_rows: int) -> Any:
-        """naive_bayes_ratios from its counts: rows of each column's class holding each n-gram, and all rows holding it."""
+        """naive_bayes_ratios from its counts (_rows_holding)."""
         import numpy as np
 
         outside = everywhere[:, None] - inside
@@ -269,9 +273,7 @@ class NgramBag(layers.Layer):
         matrix, held = self.ngram_matrix(x[: self.LOGISTIC_ROWS]), self.ngram_matrix(x_val)
         targets = self._class_columns(np.asarray(y)[: self.LOGISTIC_ROWS], n_classes)
         if len(x) <= self.LOGISTIC_ROWS:  # every row is in the matrix: count the ratios from it, not by reading x again
-            present = (matrix > 0).astype(np.float64)
-            everywhere = np.asarray(present.sum(axis=0)).ravel()
-            ratios = self._log_count_ratios(np.asarray((present.T @ targets)), everywhere, min_rows)
+            ratios = self._log_count_ratios(*self._rows_holding(matrix, targets), min_rows)
         else:
             ratios = self.naive_bayes_ratios(x, y, n_classes, min_rows)
         y_val = np.asarray(y_val).astype(np.int64)
