@@ -14,7 +14,7 @@ from typing import Any, Iterator
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from flows.run_steps import TRACEBACKS, RunFailed, RunSteps, StepFailed, run_step, with_retries  # noqa: F401  (run_step, with_retries: for callers)
+from flows.run_steps import TRACEBACKS, RunFailed, RunSteps, StepFailed, run_step, thaw_frozen_objects, with_retries  # noqa: F401  (run_step, with_retries: for callers)
 from tasks.baseline import baseline_task
 from tasks.config import RunConfig, load_config
 from tasks.encode import encode_task
@@ -168,6 +168,7 @@ def rnnflow_pipeline(
             return _run_pipeline(logger, run, store, config, reuse, execute, wanted, derived_from, data_dir)
     finally:
         run.push_file(RUN_LOG)  # for a URL root: the log joins the run folder in the bucket
+        thaw_frozen_objects()
 
 
 def train_and_report(step: RunSteps, config: RunConfig) -> None:

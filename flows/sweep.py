@@ -26,7 +26,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.pipeline import RUN_LOG, locate_input, quiet_expected_tracebacks, run_log, train_and_report
-from flows.run_steps import TRACEBACKS, RunFailed, RunSteps
+from flows.run_steps import TRACEBACKS, RunFailed, RunSteps, thaw_frozen_objects
 from tasks.config import RunConfig, load_config
 from tasks.logs import one_line
 from tasks.notify import note_run_id, notify_failure
@@ -216,6 +216,7 @@ def rnnflow_sweep(
                 raise
     finally:
         sweep.push_file(RUN_LOG)  # for a URL root: the log joins the sweep folder in the bucket
+        thaw_frozen_objects()
 
 
 def _run_sweep(logger: Any, store: ArtifactStore, sweep: RunRecord, config: RunConfig, points: list[tuple[dict[str, Any], RunConfig]],
