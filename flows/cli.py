@@ -110,13 +110,10 @@ def _step_input_files(manifest: dict, step: str) -> list[str]:
 
 def _execute(store: ArtifactStore, config: RunConfig, **options) -> int:
     """Run the flow under a fresh run id; print the test metrics (if evaluated) and the run folder last."""
-    from prefect import tags
-
     from flows.pipeline import rnnflow_pipeline
 
     run_id = new_run_id()
-    with tags(f"preset:{config.preset}", f"cell:{config.model.cell}"):
-        state = rnnflow_pipeline(config=config, artifacts_root=store.location, run_id=run_id, return_state=True, **options)
+    state = rnnflow_pipeline(config=config, artifacts_root=store.location, run_id=run_id, return_state=True, **options)
     folder = store.run_dir(run_id)
     for line in store.storage.transfer_summary():  # a bucket: what this run sent (a folder: nothing travels)
         print(line)

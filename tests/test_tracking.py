@@ -90,7 +90,8 @@ def test_a_tracked_run_shows_its_params_curves_metrics_report_model_and_champion
     assert model_info.flavors.get("keras")
 
 
-    # The Prefect UI tells this run apart: its model, data set and test accuracy as tags; its report's plots inline, its HTML in MLflow.
+    # The Prefect UI tells this run apart: its preset, cell, model, data set and test accuracy as tags (a flow called
+    # directly, not through the CLI, has them too); its report's plots inline, its HTML in MLflow.
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
@@ -98,7 +99,7 @@ def test_a_tracked_run_shows_its_params_curves_metrics_report_model_and_champion
         flow_run = prefect.read_flow_run(manifest["prefect_flow_run_id"])
         artifacts = prefect.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])))
     accuracy = read_json(folder / "evaluate" / "metrics.json")["test"]["accuracy"]
-    assert {"model:tracked-tiny", "data:synthetic", f"test_accuracy:{accuracy:.4f}"} <= set(flow_run.tags)
+    assert {"preset:demo", "cell:gru", "model:tracked-tiny", "data:synthetic", f"test_accuracy:{accuracy:.4f}"} <= set(flow_run.tags)
     by_key = {}
     for artifact in sorted(artifacts, key=lambda a: a.created):
         by_key[artifact.key] = artifact.data
