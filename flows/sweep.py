@@ -135,6 +135,7 @@ def sweep_point_task(root: str, run_id: str, config: RunConfig, shared: dict[str
                 raise
     finally:
         run.push_file(RUN_LOG)  # for a URL root: the log joins the point's run folder in the bucket
+        thaw_frozen_objects()  # a Dask worker runs point after point
     run.finish("completed")
     return run.location
 
