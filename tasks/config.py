@@ -201,15 +201,13 @@ class TrainConfig(Section):
         description="TensorFlow's op determinism (tf.config.experimental.enable_op_determinism): a retrained run repeats its figures "
         "to the last digit on one machine, at some speed",
     )
-    tensorboard: bool = Field(
-        default=False,
-        description="write Keras' TensorBoard events into train/tensorboard/ (a folder per member); needs the tensorboard extra, "
-        "whose `tensorboard --logdir` opens them",
-    )
-    fused_input: bool = Field(
-        default=True,
-        description="GRU/LSTM take their input product out of the time loop (tasks/fused_rnn.py): the same model, faster on a CPU "
-        "(a GPU keeps cuDNN); false: Keras' own layers",
+    tensorboard: bool = Field(default=False, description="write Keras' TensorBoard events into train/tensorboard/ (a folder per member); "
+                              "needs the tensorboard extra, whose `tensorboard --logdir` opens them")
+    fused_input: bool = Field(default=True, description="GRU/LSTM take their input product out of the time loop (tasks/fused_rnn.py): "
+                              "the same model, faster on a CPU (a GPU keeps cuDNN); false: Keras' own layers")
+    refit: bool = Field(
+        default=False, description="fit each member again from its start on its training and val rows together, for the epochs its first "
+        "fit kept, at their learning rates, its bag at the C its val rows chose: the model saved; val figures stay the first fit's",
     )
 
 

@@ -250,6 +250,7 @@ class MemberResult:
     model_changes: dict[str, Any]  # train.member_models' entry for it
     jit_compile: bool = False  # XLA, as Keras resolved train.jit_compile for it
     bag_start: dict[str, Any] | None = None  # how its bag of n-grams started (start_bags); None without one
+    refit: dict[str, Any] | None = None  # train.refit: the rows and epochs of the fit saved (refit_member); None without
 
     def run_record(self) -> dict[str, Any]:
         """Its entry in train.json's member_runs."""
@@ -257,7 +258,7 @@ class MemberResult:
             "epochs_run": self.epochs_run, "best_epoch": self.best_epoch, "best_val_loss": self.best_val_loss,
             "best_val_accuracy": self.best_val_accuracy, "seconds": self.seconds, "seed": self.seed,
             "validation_rows": self.validation_rows, "file": self.checkpoint.name, "history": self.history,
-            "model_changes": self.model_changes,
+            "model_changes": self.model_changes, "refit": self.refit,
         }
 
 
@@ -286,23 +287,12 @@ def start_bags(model: Any, model_cfg: ModelConfig, data: TrainingData, k: int) -
 def fit_member(
     model_cfg: ModelConfig, train_cfg: TrainConfig, data: TrainingData, k: int, out_dir: Path, on_epoch: EpochHook | None = None,
 ) -> MemberResult:
-    """Build member k (seed train.seed + k, its member_model section), fit it, keep its best epoch in its checkpoint."""
-    import keras
-
-    from tasks.fused_rnn import turn_for
-    from tasks.models import build_model
-
+    """Build member k (seed train.seed + k, its member_model section), fit it, keep its best epoch in its checkpoint; with
+    train.refit, fit it again on its validation rows as well (refit_member)."""
     started = time.perf_counter()
     members, seed = train_cfg.members, train_cfg.seed + k
-    keras.utils.set_random_seed(seed)
     bucket, member_cfg = bucketed(model_cfg, train_cfg, k), member_model(model_cfg, train_cfg, k)
-    model = build_model(  # bucketed: rows of any length (max_len None), max_len-padded ones included
-        member_cfg, num_tokens=data.encoding["num_words"],
-        max_len=None if bucket else data.encoding["max_len"], n_classes=data.n_classes, fused_input=train_cfg.fused_input,
-        turn=turn_for(len(data.x_train), data.encoding["max_len"]),  # graph steps for a fit too small to pay a compile
-    )
-    if members > 1:
-        model.name = f"{model.name}_member{k + 1}"
+    model = build_member(member_cfg, train_cfg, data, k, bucket)
     bag_start = start_bags(model, member_cfg, data, k)
     model.compile(**compile_settings(model_cfg, train_cfg, data.n_classes), jit_compile=train_cfg.jit_compile)
     checkpoint = out_dir / (RunFiles.MODEL.name if members == 1 else f"member_{k + 1}.keras")
@@ -316,10 +306,59 @@ def fit_member(
     history = {name: [float(v) for v in values] for name, values in fitted.history.items()}
     epochs_run = len(history.get("loss", []))
     best_epoch = kept_epoch(history, train_cfg.monitor, epochs_run)
+    refit = None
+    if train_cfg.refit:
+        kept = {name: values[:best_epoch] for name, values in history.items()}
+        model, refit = refit_member(member_cfg, model_cfg, train_cfg, data, k, bucket, bag_start, kept, checkpoint)
     return MemberResult(
         model=model, checkpoint=checkpoint, history=history, epochs_run=epochs_run, best_epoch=best_epoch,
         best_val_loss=history["val_loss"][best_epoch - 1] if history.get("val_loss") else float("nan"),
         best_val_accuracy=history.get("val_accuracy", [None])[best_epoch - 1] if epochs_run else None,
         seconds=round(time.perf_counter() - started, 2), seed=seed, validation_rows=data.validation_rows(k),
         model_changes=member_changes(train_cfg, k), jit_compile=bool(getattr(model, "jit_compile", False)), bag_start=bag_start,
+        refit=refit,
     )
+
+
+def build_member(member_cfg: ModelConfig, train_cfg: TrainConfig, data: TrainingData, k: int, bucket: bool) -> Any:
+    """Member k's model as built before its fit, its seed (train.seed + k) set first: the same weights for a fit and a refit."""
+    import keras
+
+    from tasks.fused_rnn import turn_for
+    from tasks.models import build_model
+
+    keras.utils.set_random_seed(train_cfg.seed + k)
+    model = build_model(  # bucketed: rows of any length (max_len None), max_len-padded ones included
+        member_cfg, num_tokens=data.encoding["num_words"],
+        max_len=None if bucket else data.encoding["max_len"], n_classes=data.n_classes, fused_input=train_cfg.fused_input,
+        turn=turn_for(len(data.x_train), data.encoding["max_len"]),  # graph steps for a fit too small to pay a compile
+    )
+    if train_cfg.members > 1:
+        model.name = f"{model.name}_member{k + 1}"
+    return model
+
+
+def refit_member(member_cfg: ModelConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, data: TrainingData, k: int, bucket: bool,
+                 bag_start: dict[str, Any] | None, kept: dict[str, list[float]], checkpoint: Path) -> tuple[Any, dict[str, Any]]:
+    """train.refit: member k built again as before its fit, then fitted on its training and validation rows together for
+    the epochs its fit kept (kept: their history), each at the learning rate it had; its bag started from the regression
+    at the C its val rows chose. Saved over its checkpoint. No rows are left to judge it: its val figures stay the fit's."""
+    import keras
+
+    started = time.perf_counter()
+    x, y, x_val, y_val = data.member_arrays(k)
+    rows = TrainingData(np.concatenate([x, x_val]), np.concatenate([y, y_val]), x_val, y_val, data.encoding, data.n_classes, streamed=False)
+    if bag_start and bag_start.get("start") == "logistic":
+        member_cfg = member_cfg.model_copy(update={"ngram_c": [bag_start["c"]]})
+    model = build_member(member_cfg, train_cfg, rows, k, bucket)
+    start_bags(model, member_cfg, rows, k)
+    model.compile(**compile_settings(model_cfg, train_cfg, data.n_classes), jit_compile=train_cfg.jit_compile)
+    epochs = len(kept.get("loss", [])) or 1
+    inputs = member_inputs(rows, train_cfg.model_copy(update={"epochs": epochs}), k, next_token=False, bucket=bucket)
+    inputs.pop("validation_data")
+    callbacks = [epoch_report(epochs, None, f"member {k + 1}/{train_cfg.members}  refit  " if train_cfg.members > 1 else "refit  ")]
+    if kept.get("learning_rate"):  # train.lr_drop: the rates the kept epochs ran at
+        callbacks.insert(0, keras.callbacks.LearningRateScheduler(lambda epoch, rate: kept["learning_rate"][epoch]))
+    model.fit(**inputs, epochs=epochs, callbacks=callbacks, verbose=0)
+    model.save(checkpoint)
+    return model, {"rows": len(rows.x_train), "epochs": epochs, "seconds": round(time.perf_counter() - started, 2)}

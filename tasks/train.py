@@ -125,6 +125,8 @@ def train_info(
     }
     if any(m.bag_start for m in members):  # model.ngram_start, each member's: logistic with the C its val rows chose
         info["bag_starts"] = [m.bag_start for m in members]
+    if train_cfg.refit:  # the model saved was fitted again on each member's val rows too: what rows, how many epochs
+        info["refit"] = [m.refit for m in members]
     if len(members) > 1:
         info["member_runs"] = [m.run_record() for m in members]
     if not TASKS[model_cfg.task].text_model:
@@ -167,6 +169,9 @@ def train_model(
 
     keras.utils.set_random_seed(train_cfg.seed)
     data = load_training_data(encode_dir, train_cfg)
+    if train_cfg.refit and (data.streamed or TASKS[model_cfg.task].per_step):
+        raise ValueError("train.refit fits a classifier again on train and val held in memory: leave it off for model.task next_token "
+                         "and for train arrays over train.in_memory_max_mb")
     started = time.perf_counter()
     processes = member_processes(train_cfg)
     if processes > 1:

@@ -217,3 +217,28 @@ def test_a_trained_model_s_bag_starts_from_the_regression_its_val_rows_chose_and
     (start,) = read_json(out / "train.json")["bag_starts"]
     assert start["start"] == "logistic" and set(start["val_accuracy"]) == {"0.001", "10"}
     assert start["val_accuracy"][f"{start['c']:g}"] == max(start["val_accuracy"].values())
+
+
+def test_train_refit_saves_the_member_fitted_again_on_train_and_val_for_its_kept_epochs(tmp_path):
+    """train.refit: the model saved is fitted again from its start on train and val together, for the epochs the first fit
+    kept; train.json says so, and the saved weights are not the first fit's."""
+    import keras
+
+    from tasks.config import TrainConfig
+    from tasks.store import read_json
+    from tasks.train import train_model
+    from tests.helpers import toy_encoding
+
+    encoded = toy_encoding(tmp_path / "encode")
+    cfg = ModelConfig(cell="gru", units=4, embedding_dim=4, bidirectional=False, ngrams=2, ngram_buckets=1024, ngram_start="logistic")
+    saved = {}
+    for refit in (False, True):
+        out = tmp_path / f"train-{refit}"
+        out.mkdir()
+        train_model(cfg, TrainConfig(epochs=3, patience=3, batch_size=16, lr_drop=0.5, refit=refit), encoded, out)
+        saved[refit] = keras.saving.load_model(out / "model.keras", compile=False)
+        info = read_json(out / "train.json")
+    assert info["refit"] == [{"rows": 256 + 64, "epochs": info["best_epoch"], "seconds": info["refit"][0]["seconds"]}]
+    assert any(not np.array_equal(a, b) for a, b in zip(saved[False].get_weights(), saved[True].get_weights()))
+    x_val, y_val = np.load(encoded / "X_val.npy"), np.load(encoded / "y_val.npy")
+    assert ((saved[True].predict(x_val, verbose=0)[:, 0] > 0.5) == y_val).mean() >= 0.9
