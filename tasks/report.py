@@ -314,6 +314,11 @@ def build_sections(inputs: ReportInputs, plots: dict[str, Plot]) -> list[Section
     starts = [start for start in training.get("bag_starts") or [] if start and start.get("start") == "logistic"]
     if starts:
         learning.add("text", bag_starts_sentence(starts))
+    if training.get("refit"):  # train.refit: the model saved is not the one these curves and val figures describe
+        refits = training["refit"]
+        learning.add("text", f"The model saved was fitted again from its start (train.refit) on {format_count(refits[0].get('rows'))} rows of train "
+                             f"and val together, for {', '.join(format_count(r.get('epochs')) for r in refits)} epochs, as the fit above kept; "
+                             "the figures and curves here are that fit's, as no rows are left to judge the refit on.")
     learning.add("plot", plots.get("learning_curves")).add("table", history_table(inputs.history, training.get("best_epoch")))
     sections.append(learning)
 

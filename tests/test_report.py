@@ -415,3 +415,13 @@ def test_a_real_run_s_mistakes_are_its_test_reviews_in_order(tiny_run):
     assert 'href="../promote/decision.html"' in page
     decision_page = (folder / "promote" / "decision.html").read_text(encoding="utf-8")
     assert "<h1" in decision_page and "Promoted" in decision_page and 'href="../report/report.html"' in decision_page
+
+
+def test_a_refitted_model_is_named_as_such_beside_the_fit_whose_figures_are_shown(tmp_path):
+    upstream = make_upstream(tmp_path, ["neg", "pos"])
+    _add_json(upstream["train"], "train.json", refit=[{"rows": 100, "epochs": 2, "seconds": 3.5}])
+    out = tmp_path / "report"
+    write_report(CONFIG, upstream, out)
+    page = " ".join(html.unescape((out / "report.html").read_text(encoding="utf-8")).split())
+    assert ("The model saved was fitted again from its start (train.refit) on 100 rows of train and val together, for 2 epochs, "
+            "as the fit above kept; the figures and curves here are that fit's") in page
