@@ -309,7 +309,7 @@ def fit_member(
     refit = None
     if train_cfg.refit:
         kept = {name: values[:best_epoch] for name, values in history.items()}
-        model, refit = refit_member(member_cfg, model_cfg, train_cfg, data, k, bucket, bag_start, kept, checkpoint)
+        model, refit = refit_member(member_cfg, train_cfg, data, k, bucket, bag_start, kept, checkpoint)
     return MemberResult(
         model=model, checkpoint=checkpoint, history=history, epochs_run=epochs_run, best_epoch=best_epoch,
         best_val_loss=history["val_loss"][best_epoch - 1] if history.get("val_loss") else float("nan"),
@@ -338,7 +338,7 @@ def build_member(member_cfg: ModelConfig, train_cfg: TrainConfig, data: Training
     return model
 
 
-def refit_member(member_cfg: ModelConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, data: TrainingData, k: int, bucket: bool,
+def refit_member(member_cfg: ModelConfig, train_cfg: TrainConfig, data: TrainingData, k: int, bucket: bool,
                  bag_start: dict[str, Any] | None, kept: dict[str, list[float]], checkpoint: Path) -> tuple[Any, dict[str, Any]]:
     """train.refit: member k built again as before its fit, then fitted on its training and validation rows together for
     the epochs its fit kept (kept: their history), each at the learning rate it had; its bag started from the regression
@@ -352,7 +352,7 @@ def refit_member(member_cfg: ModelConfig, model_cfg: ModelConfig, train_cfg: Tra
         member_cfg = member_cfg.model_copy(update={"ngram_c": [bag_start["c"]]})
     model = build_member(member_cfg, train_cfg, rows, k, bucket)
     start_bags(model, member_cfg, rows, k)
-    model.compile(**compile_settings(model_cfg, train_cfg, data.n_classes), jit_compile=train_cfg.jit_compile)
+    model.compile(**compile_settings(member_cfg, train_cfg, data.n_classes), jit_compile=train_cfg.jit_compile)  # model.task is every member's
     epochs = len(kept.get("loss", [])) or 1
     inputs = member_inputs(rows, train_cfg.model_copy(update={"epochs": epochs}), k, next_token=False, bucket=bucket)
     inputs.pop("validation_data")
