@@ -205,9 +205,10 @@ class TrainConfig(Section):
                               "needs the tensorboard extra, whose `tensorboard --logdir` opens them")
     fused_input: bool = Field(default=True, description="GRU/LSTM take their input product out of the time loop (tasks/fused_rnn.py): "
                               "the same model, faster on a CPU (a GPU keeps cuDNN); false: Keras' own layers")
-    refit: bool = Field(
+    refit: Literal["auto", True, False] = Field(
         default=False, description="fit each member again from its start on its training and val rows together, for the epochs its first "
-        "fit kept, at their learning rates, its bag at the C its val rows chose: the model saved; val figures stay the first fit's",
+        "fit kept, at their learning rates, its bag at the C its val rows chose: the model saved; val figures stay the first fit's; "
+        "auto: where encode reads characters",
     )
 
 

@@ -134,6 +134,20 @@ def train_info(
     return info
 
 
+def refit_chosen(train_cfg: TrainConfig, model_cfg: ModelConfig, data: TrainingData) -> bool:
+    """train.refit as set, or for auto: on where encode read characters (tokenizer char, as auto takes it for Korean, Japanese
+    and Chinese reviews), whose models read about as well as their bag's regression, which still gains from every row
+    (docs/experiments.md, stop 45: +0.8 points on Korean reviews' nested validation, -0.3 on IMDb's words); off for
+    model.task next_token and streamed arrays, which a refit cannot take."""
+    possible = not (data.streamed or TASKS[model_cfg.task].per_step)
+    if train_cfg.refit == "auto":
+        return possible and data.encoding.get("tokenizer") == "char"
+    if train_cfg.refit and not possible:
+        raise ValueError("train.refit fits a classifier again on train and val held in memory: leave it off for model.task next_token "
+                         "and for train arrays over train.in_memory_max_mb")
+    return train_cfg.refit
+
+
 def write_outputs(
     model_cfg: ModelConfig, train_cfg: TrainConfig, data: TrainingData, members: list[MemberResult], model: Any, seconds: float, out_dir: Path,
     processes: int = 1,
@@ -169,9 +183,7 @@ def train_model(
 
     keras.utils.set_random_seed(train_cfg.seed)
     data = load_training_data(encode_dir, train_cfg)
-    if train_cfg.refit and (data.streamed or TASKS[model_cfg.task].per_step):
-        raise ValueError("train.refit fits a classifier again on train and val held in memory: leave it off for model.task next_token "
-                         "and for train arrays over train.in_memory_max_mb")
+    train_cfg = train_cfg.model_copy(update={"refit": refit_chosen(train_cfg, model_cfg, data)})
     started = time.perf_counter()
     processes = member_processes(train_cfg)
     if processes > 1:

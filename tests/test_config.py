@@ -39,6 +39,7 @@ def test_every_shipped_preset_loads():
         (["model.cell=transformer"], ["model.cell"]),
         (["train.member_processes=0"], ["'train.member_processes'", "auto or a whole number"]),
         (["train.member_processes=many"], ["'train.member_processes'", "auto or a whole number", "'many'"]),
+        (["train.refit=maybe"], ["'train.refit'", "'auto', True or False", "'maybe'"]),
     ],
 )
 def test_bad_overrides_get_one_sentence_naming_the_key(overrides, words):

@@ -219,6 +219,27 @@ def test_a_trained_model_s_bag_starts_from_the_regression_its_val_rows_chose_and
     assert start["val_accuracy"][f"{start['c']:g}"] == max(start["val_accuracy"].values())
 
 
+def test_train_refit_auto_refits_text_read_as_characters_and_nothing_a_refit_cannot_take():
+    """train.refit auto (the default preset's): on where encode read characters, off for words and pieces, and off rather
+    than refused for next_token models and streamed arrays; true there is refused with what to do."""
+    from tasks.config import TrainConfig
+    from tasks.member_fit import TrainingData
+    from tasks.train import refit_chosen
+
+    rows = np.zeros((4, 3), dtype=np.int32)
+
+    def data(tokenizer, streamed=False):
+        return TrainingData(rows, rows[:, 0], rows, rows[:, 0], {"tokenizer": tokenizer}, 2, streamed=streamed)
+
+    auto, classify = TrainConfig(refit="auto"), ModelConfig()
+    assert [refit_chosen(auto, classify, data(t)) for t in ("char", "word", "subword")] == [True, False, False]
+    assert not refit_chosen(auto, classify, data("char", streamed=True))
+    assert not refit_chosen(auto, ModelConfig(task="next_token"), data("char"))
+    assert not refit_chosen(TrainConfig(), classify, data("char")) and refit_chosen(TrainConfig(refit=True), classify, data("word"))
+    with pytest.raises(ValueError, match="leave it off for model.task next_token"):
+        refit_chosen(TrainConfig(refit=True), classify, data("word", streamed=True))
+
+
 def test_train_refit_saves_the_member_fitted_again_on_train_and_val_for_its_kept_epochs(tmp_path):
     """train.refit: the model saved is fitted again from its start on train and val together, for the epochs the first fit
     kept; train.json says so, and the saved weights are not the first fit's."""
