@@ -26,8 +26,10 @@ def checked_store(args: argparse.Namespace, writing: bool = False) -> ArtifactSt
 
 def prepare_prefect() -> None:
     """For the commands that run a flow (run, step, sweep, score), once their arguments are checked."""
+    from flows.prefect_server import spawn_temporary_server, start_temporary_server
+
+    spawn_temporary_server()  # its process boots while the flow's modules import (flows.pipeline: Prefect's task machinery)
     from flows.pipeline import quiet_expected_tracebacks
-    from flows.prefect_server import start_temporary_server
 
     quiet_expected_tracebacks()  # rnnflow's own sentence is printed last; the tracebacks go to the run's run.log
     # With no Prefect API configured, start the temporary server here rather than let Prefect do it

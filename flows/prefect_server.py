@@ -10,6 +10,7 @@ import functools
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -38,6 +39,28 @@ def _death_signal_hook() -> Any:
     return die_with_parent
 
 
+def uvicorn_process(port: int, database_url: str | None) -> subprocess.Popen[Any]:
+    """Prefect 3.8's temporary server child (its command and environment, prefect/server/api/server.py), with two
+    changes: on Linux it gets SIGTERM when its parent dies (_death_signal_hook), and its database is database_url."""
+    import prefect
+    from prefect.settings import get_current_settings
+
+    env = {
+        **os.environ,
+        "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
+        **get_current_settings().to_environment_variables(exclude_unset=True),
+    }
+    if database_url:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
+    return subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
+         "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "error", "--lifespan", "on"],
+        env=env,
+        preexec_fn=_death_signal_hook(),
+    )
+
+
 @functools.cache
 def temporary_server_class() -> type:
     """Prefect's SubprocessASGIServer, started so that it cannot outlive rnnflow and keeps no database behind.
@@ -50,29 +73,18 @@ def temporary_server_class() -> type:
     The signal follows the thread that forked the child, so rnnflow starts the server itself, from
     the main thread, before the flow; Prefect's code then finds it under its default key and reuses it.
     """
-    import prefect
     from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import get_current_settings
 
     class TemporaryServer(SubprocessASGIServer):
         database_url: str | None = None
+        spawned: subprocess.Popen[Any] | None = None  # the child spawn_temporary_server started on this port
 
         def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
-            # Prefect 3.8's own command and environment (prefect/server/api/server.py), plus the two changes.
-            env = {
-                **os.environ,
-                "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
-                **get_current_settings().to_environment_variables(exclude_unset=True),
-            }
-            if self.database_url:
-                env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = self.database_url
-            return subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
-                 "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--log-level", "error", "--lifespan", "on"],
-                env=env,
-                preexec_fn=_death_signal_hook(),
-            )
+            if self.spawned is not None:  # started early, booting while the command imported the flow
+                process, self.spawned = self.spawned, None
+                if process.poll() is None:
+                    return process
+            return uvicorn_process(self.port, self.database_url)
 
     return TemporaryServer
 
@@ -96,8 +108,56 @@ def empty_database_path(prefect_version: str) -> Path:
     return cache / "rnnflow" / f"prefect-server-{prefect_version}.db"
 
 
+def _per_run_database() -> tuple[str | None, Path | None]:
+    """The database URL for a temporary server (None: the user configured one), and the path of a fresh one to keep as
+    the empty template once the server has migrated it (None: copied from the template)."""
+    import prefect
+    from prefect.settings import get_current_settings
+
+    if "PREFECT_SERVER_DATABASE_CONNECTION_URL" in get_current_settings().to_environment_variables(exclude_unset=True):
+        return None, None
+    scratch = Path(tempfile.gettempdir())
+    _remove_stale_databases(scratch)
+    folder = Path(tempfile.mkdtemp(prefix=f"rnnflow-prefect-{os.getpid()}-", dir=scratch))
+    # Registered before the server starts, so it runs after Prefect's own atexit stop of the server.
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    database, template = folder / "prefect.db", empty_database_path(prefect.__version__)
+    if template.is_file():
+        shutil.copyfile(template, database)
+    return f"sqlite+aiosqlite:///{database}", None if template.is_file() else database
+
+
+# spawn_temporary_server's child until start_temporary_server adopts it: port, process, database_url, fresh.
+_early: dict[str, Any] = {}
+
+
+def spawn_temporary_server() -> None:
+    """Start the temporary server's process without waiting for it, when no Prefect API is configured, so that it boots
+    (about 7 s on 2 cores) while the command imports the flow; start_temporary_server then adopts it and waits. From
+    the main thread, as the death signal asks (temporary_server_class)."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value() or _early:
+        return
+    database_url, fresh = _per_run_database()
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))  # a free port; one taken meanwhile makes the child exit 3, and Prefect picks another
+        port = sock.getsockname()[1]
+    process = uvicorn_process(port, database_url)
+    atexit.register(_stop_unadopted, process)  # runs after Prefect's stop of an adopted one, which leaves nothing to do
+    _early.update(port=port, process=process, database_url=database_url, fresh=fresh)
+
+
+def _stop_unadopted(process: subprocess.Popen[Any]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(10)
+
+
 def start_temporary_server() -> str | None:
-    """Start Prefect's temporary server for this process when no Prefect API is configured; its URL, or None.
+    """Start Prefect's temporary server for this process when no Prefect API is configured (or adopt the one
+    spawn_temporary_server started), wait until it answers, and return its URL; None with an API configured.
 
     Its database is a copy of an empty one, per run, deleted at exit, unless the user configured
     one: Prefect's default (~/.prefect/prefect.db) grew by every run for good, yet a temporary
@@ -106,33 +166,28 @@ def start_temporary_server() -> str | None:
     migrated once per Prefect version, is kept in the user's cache folder: migrating a new one took
     Prefect up to two minutes on a busy 2-core machine, copying it takes milliseconds.
     """
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, get_current_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
     if PREFECT_API_URL.value():  # checked first: importing Prefect's server code alone costs a busy machine seconds
         return None
     import prefect
     from prefect.server.api.server import SubprocessASGIServer
 
+    early = dict(_early)
+    _early.clear()
     existing = SubprocessASGIServer._instances.get(None)
     if existing is not None and existing.running:  # started already in this process (a test harness, an earlier call)
+        if early:
+            _stop_unadopted(early["process"])
         return existing.api_url
     if existing is not None and not isinstance(existing, temporary_server_class()):
         SubprocessASGIServer._instances.pop(None)  # one of Prefect's that never started: ours replaces it
     server = temporary_server_class()()
+    if early:
+        server.port, server.spawned, server.database_url, fresh = early["port"], early["process"], early["database_url"], early["fresh"]
+    else:
+        server.database_url, fresh = _per_run_database()
     template = empty_database_path(prefect.__version__)
-    fresh = None
-    if "PREFECT_SERVER_DATABASE_CONNECTION_URL" not in get_current_settings().to_environment_variables(exclude_unset=True):
-        scratch = Path(tempfile.gettempdir())
-        _remove_stale_databases(scratch)
-        folder = Path(tempfile.mkdtemp(prefix=f"rnnflow-prefect-{os.getpid()}-", dir=scratch))
-        # Registered before the server starts, so it runs after Prefect's own atexit stop of the server.
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        database = folder / "prefect.db"
-        if template.is_file():
-            shutil.copyfile(template, database)
-        else:
-            fresh = database
-        server.database_url = f"sqlite+aiosqlite:///{database}"
     timeout = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
     try:
         server.start()

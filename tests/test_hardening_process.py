@@ -185,3 +185,39 @@ def test_a_failed_download_leaves_no_empty_data_folder(tmp_path, shared_root):
     assert f"rnnflow: step ingest failed: Could not download {url}" in done.stderr
     assert "Traceback (most recent call last)" not in done.stderr + done.stdout
     assert not (tmp_path / "data").exists()
+
+
+SPAWN_THEN = """
+import sys
+from flows.prefect_server import _early, spawn_temporary_server, start_temporary_server
+spawn_temporary_server()
+print(_early["process"].pid, flush=True)
+if sys.argv[1] == "adopt":
+    from prefect.server.api.server import SubprocessASGIServer
+    url = start_temporary_server()
+    print(SubprocessASGIServer._instances[None].server_process.pid, url, flush=True)
+else:
+    raise SystemExit(3)  # a command that fails after the spawn, before the server is adopted
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("then", ["adopt", "fail"])
+def test_the_server_spawned_before_the_imports_is_the_one_used_or_stopped_at_exit(tmp_path, then):
+    """prepare_prefect spawns Prefect's temporary server before importing the flow, so it boots meanwhile: that very
+    process answers the run, and a command that fails before adopting it leaves no server and no database copy."""
+    import httpx
+
+    env = _env(tmp_path)
+    done = subprocess.run([sys.executable, "-c", SPAWN_THEN, then], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    lines = done.stdout.split()
+    spawned = int(lines[0])
+    if then == "adopt":
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert int(lines[1]) == spawned and lines[2].startswith("http://127.0.0.1:")
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(lines[2] + "/health", timeout=5)  # stopped at exit, with the command
+    else:
+        assert done.returncode == 3, done.stderr[-2000:]
+    assert not _alive(spawned)
+    assert not list((tmp_path / "tmp").glob("rnnflow-prefect-*"))
