@@ -122,9 +122,10 @@ def _per_run_database() -> tuple[str | None, Path | None]:
     # Registered before the server starts, so it runs after Prefect's own atexit stop of the server.
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     database, template = folder / "prefect.db", empty_database_path(prefect.__version__)
-    if template.is_file():
+    copied = template.is_file()
+    if copied:
         shutil.copyfile(template, database)
-    return f"sqlite+aiosqlite:///{database}", None if template.is_file() else database
+    return f"sqlite+aiosqlite:///{database}", None if copied else database
 
 
 # spawn_temporary_server's child until start_temporary_server adopts it: port, process, database_url, fresh.
