@@ -138,7 +138,7 @@ def spawn_temporary_server() -> None:
     the main thread, as the death signal asks (temporary_server_class)."""
     from prefect.settings import PREFECT_API_URL
 
-    if PREFECT_API_URL.value() or _early:
+    if PREFECT_API_URL.value() or _early or _running_in_this_process():
         return
     database_url, fresh = _per_run_database()
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
@@ -147,6 +147,14 @@ def spawn_temporary_server() -> None:
     process = uvicorn_process(port, database_url)
     atexit.register(_stop_unadopted, process)  # runs after Prefect's stop of an adopted one, which leaves nothing to do
     _early.update(port=port, process=process, database_url=database_url, fresh=fresh)
+
+
+def _running_in_this_process() -> bool:
+    """Whether this process already runs a temporary server (an earlier command in it, a test harness): one that
+    start_temporary_server will use, so a spawned one would boot only to be stopped."""
+    server_module = sys.modules.get("prefect.server.api.server")
+    existing = server_module.SubprocessASGIServer._instances.get(None) if server_module else None
+    return bool(existing is not None and existing.running)
 
 
 def _stop_unadopted(process: subprocess.Popen[Any]) -> None:

@@ -196,6 +196,8 @@ if sys.argv[1] == "adopt":
     from prefect.server.api.server import SubprocessASGIServer
     url = start_temporary_server()
     print(SubprocessASGIServer._instances[None].server_process.pid, url, flush=True)
+    spawn_temporary_server()  # a second command in this process: the running server serves it, nothing is spawned
+    print(not _early, flush=True)
 else:
     raise SystemExit(3)  # a command that fails after the spawn, before the server is adopted
 """
@@ -214,7 +216,7 @@ def test_the_server_spawned_before_the_imports_is_the_one_used_or_stopped_at_exi
     spawned = int(lines[0])
     if then == "adopt":
         assert done.returncode == 0, done.stderr[-2000:]
-        assert int(lines[1]) == spawned and lines[2].startswith("http://127.0.0.1:")
+        assert int(lines[1]) == spawned and lines[2].startswith("http://127.0.0.1:") and lines[3] == "True"
         with pytest.raises(httpx.ConnectError):
             httpx.get(lines[2] + "/health", timeout=5)  # stopped at exit, with the command
     else:
