@@ -16,6 +16,7 @@ import numpy as np
 
 from tasks.architectures import TASKS, reads_padding
 from tasks.config import ModelConfig, TrainConfig, member_changes, member_model
+from tasks.determinism import keras_seeds
 from tasks.encode import load_arrays
 from tasks.length_buckets import memmap_dataset
 from tasks.logs import step_logger
@@ -328,11 +329,12 @@ def build_member(member_cfg: ModelConfig, train_cfg: TrainConfig, data: Training
     from tasks.models import build_model
 
     keras.utils.set_random_seed(train_cfg.seed + k)
-    model = build_model(  # bucketed: rows of any length (max_len None), max_len-padded ones included
-        member_cfg, num_tokens=data.encoding["num_words"],
-        max_len=None if bucket else data.encoding["max_len"], n_classes=data.n_classes, fused_input=train_cfg.fused_input,
-        turn=turn_for(len(data.x_train), data.encoding["max_len"]),  # graph steps for a fit too small to pay a compile
-    )
+    with keras_seeds(train_cfg.seed + k):  # the weights this seed gives, whatever other threads draw meanwhile
+        model = build_model(  # bucketed: rows of any length (max_len None), max_len-padded ones included
+            member_cfg, num_tokens=data.encoding["num_words"],
+            max_len=None if bucket else data.encoding["max_len"], n_classes=data.n_classes, fused_input=train_cfg.fused_input,
+            turn=turn_for(len(data.x_train), data.encoding["max_len"]),  # graph steps for a fit too small to pay a compile
+        )
     if train_cfg.members > 1:
         model.name = f"{model.name}_member{k + 1}"
     return model

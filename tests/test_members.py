@@ -95,6 +95,27 @@ def test_members_fitted_in_turn_are_the_same_fits(two_members, tmp_path: Path):
     assert [run["history"] for run in side_by_side["member_runs"]] == [run["history"] for run in one_process["member_runs"]]
 
 
+def test_a_member_built_while_another_thread_draws_from_random_gets_its_seeds_weights(tmp_path: Path):
+    """Prefect's threads live in the flow's process: what they draw from Python's `random` must not change the weights."""
+    import random
+    import threading
+
+    from tasks.member_fit import build_member, load_training_data
+
+    data = load_training_data(toy_encoding(tmp_path / "encode"), TWO_MEMBERS)
+    quiet = build_member(MODEL, TWO_MEMBERS, data, 0, bucket=False).get_weights()
+    stop = threading.Event()
+    drawing = threading.Thread(target=lambda: [random.random() for _ in iter(stop.is_set, True)], daemon=True)
+    drawing.start()
+    try:
+        busy = [build_member(MODEL, TWO_MEMBERS, data, 0, bucket=False).get_weights() for _ in range(3)]
+    finally:
+        stop.set()
+        drawing.join()
+    for weights in busy:
+        assert all(np.array_equal(a, b) for a, b in zip(quiet, weights, strict=True)), "the same seed, the same weights"
+
+
 @pytest.mark.slow
 def test_members_in_processes_log_and_report_progress_as_in_one(two_members):
     log = (two_members[1].parent / "log.txt").read_text()
