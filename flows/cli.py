@@ -170,6 +170,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise UsageError(f"--workers must be at least 1, not {args.workers}.")
     import contextlib
 
+    from flows.prefect_server import spawn_temporary_server
+
+    spawn_temporary_server()  # boots while flows.sweep imports; prefect_api_for_workers or _prepare_prefect adopts it
     from flows.sweep import prefect_api_for_workers, rnnflow_sweep, sweep_folder, task_runner
 
     kind = "dask" if args.dask_address else (args.runner or "thread")
