@@ -60,8 +60,8 @@ def keras_seeds(seed: int) -> Iterator[None]:
     the layers are built; any other thread of the process that draws from it meanwhile gave the model other weights
     (the keepalive pings of the websocket Prefect's events client holds open take their payload from
     random.getrandbits), so a fit in the flow's process was not the fit a member process or a retrained run made
-    (tests/test_members.py). random.Random(seed) gives the same draws the global
-    generator gives after random.seed(seed), so a build with no other thread drawing is what it was before.
+    (tests/test_members.py). random.Random(seed) gives the same draws the global generator gives after
+    random.seed(seed), so a build with no other thread drawing is what it was before.
     Keras has no public hook for this: the module's `random` is swapped once for _ThreadSeeds, which leaves every
     other thread on the global generator.
     """
