@@ -17,6 +17,11 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Prefect's console log handler writes to the sys.stderr of the moment Prefect sets up its logging (on import). Set it
+# up here, on pytest's capture that lasts the session: set up inside a test that uses capsys, it would write to that
+# test's stream, closed when the test ends, and every later Prefect log line would fail (a module run alone did).
+import prefect.main  # noqa: E402,F401
+
 from tests.helpers import TINY_RUN_ID, copy_root, make_imdb_archive, tiny_config, tree_digest  # noqa: E402
 
 # Fixtures that train a model or start Prefect: a test using any of them is slow, and must say so.
