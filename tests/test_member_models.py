@@ -86,6 +86,17 @@ def test_member_models_are_taken_in_turn():
     assert member_model(model, TrainConfig(), 0) == model, "without member_models every member is the model section"
 
 
+def test_the_pool_hands_out_the_member_that_reads_the_most_first():
+    """A member over whole reviews handed out last would fit alone, the other processes idle."""
+    from tasks.member_pool import first_the_costliest
+
+    model = ModelConfig(window=400, units=64, bidirectional=False)
+    whole = {"window": None, "bidirectional": True, "units": 128, "pooling": "max"}
+    train = TrainConfig(members=5, member_models=[{"window_at": "end"}, {"window_at": "start"}, {"units": 32}, {"window": 800}, whole])
+    assert first_the_costliest(model, train) == [4, 3, 0, 1, 2]
+    assert first_the_costliest(model, TrainConfig(members=3)) == [0, 1, 2], "alike members keep their order"
+
+
 @pytest.mark.parametrize("entry, message", [
     ("[{window_side: start}]", "train.member_models entry 1: model.window_side is not a model key; fix that entry"),
     ("[{window_at: end}, {window_at: middle}]", "train.member_models entry 2: model.window_at is invalid (Input should be 'end' or 'start', got 'middle'); fix that entry"),
