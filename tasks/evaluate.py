@@ -246,6 +246,34 @@ def write_mistakes(predictions: pd.DataFrame, encode_dir: Path, out_dir: Path, i
     _write_parquet(out_dir / MISTAKES_FILE, mistakes)
 
 
+def _with_channels(model: Any) -> Any:
+    """The classifier itself, or, where a bag of n-grams (model.ngrams) adds its logits to the recurrent ones, a model
+    of its output and the two logits apart: what it reads with its bag left out, and what the bag alone reads."""
+    import keras
+
+    from tasks.model_layers import NgramBag
+
+    bags = [layer for layer in model.layers if isinstance(layer, NgramBag)]
+    if not bags or "recurrent_logits" not in {layer.name for layer in model.layers}:
+        return model
+    return keras.Model(model.inputs, [model.outputs[0], model.get_layer("recurrent_logits").output, bags[0].output],
+                       name=f"{model.name}_apart")
+
+
+def _outputs(got: Any) -> list[Any]:
+    """A model's outputs as a list, one output or several."""
+    return list(got) if isinstance(got, (list, tuple)) else [got]
+
+
+def _activated(logits: Any) -> np.ndarray:
+    """Logits as probabilities per class, as the model's output activation makes them (sigmoid for one column)."""
+    raw = np.asarray(logits, dtype=np.float64)
+    if raw.ndim == 1 or raw.shape[1] == 1:
+        return class_probabilities(1.0 / (1.0 + np.exp(-raw)))
+    exp = np.exp(raw - raw.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
 def evaluate_model(encode_dir: Path, train_dir: Path, out_dir: Path, ingest_dir: Path | None = None,
                    baseline_dir: Path | None = None) -> dict[str, Any]:
     import keras
@@ -261,19 +289,34 @@ def evaluate_model(encode_dir: Path, train_dir: Path, out_dir: Path, ingest_dir:
     labels = read_json(RunFiles.LABELS.of_step(encode_dir))
     tokens = pd.read_parquet(Path(encode_dir) / "tokens_test.parquet", columns=["id", "length"])
     members = [layer for layer in model.layers if isinstance(layer, keras.Model)]
-    if members:  # train.members > 1: score the average, and each member on its own beside it, in one pass
-        probe = keras.Model(model.inputs, [model.outputs[0], *(member(model.inputs[0]) for member in members)])
-        outputs = predict_outputs(probe, x_test)
-        probabilities, member_outputs = class_probabilities(outputs[0]), outputs[1:]
-    else:
-        probabilities, member_outputs = predict_probabilities(model, x_test), []
+    # One pass: the model's output; each member's (train.members > 1), and, where a model has a bag of n-grams, its
+    # recurrent and bag logits apart (_with_channels).
+    readers = [_with_channels(member) for member in members]
+    probe = keras.Model(model.inputs, [model.outputs[0], *(tensor for reader in readers for tensor in _outputs(reader(model.inputs[0])))]
+                        ) if members else _with_channels(model)
+    outputs = _outputs(predict_outputs(probe, x_test))
+    probabilities = class_probabilities(outputs.pop(0))
     truth, lengths = np.asarray(y_test), tokens["length"].to_numpy()
     result = score(probabilities, truth, lengths, labels)
+
+    def accuracy(chosen: np.ndarray) -> float:
+        return float((chosen.argmax(axis=1) == truth).mean())
+
+    channels: list[tuple[np.ndarray, np.ndarray]] = []  # per reader with a bag: (recurrent alone, bag alone) probabilities
     if members:
         result["members"] = []
-        for member, outputs in zip(members, member_outputs):
-            alone = score(class_probabilities(outputs), truth, lengths, labels)["test"]
-            result["members"].append({"name": member.name, **{k: alone[k] for k in ("accuracy", "loss", "f1", "roc_auc")}})
+        for member, reader in zip(members, readers):
+            alone = score(class_probabilities(outputs.pop(0)), truth, lengths, labels)["test"]
+            entry = {"name": member.name, **{k: alone[k] for k in ("accuracy", "loss", "f1", "roc_auc")}}
+            if len(reader.outputs) == 3:  # a member with a bag
+                channels.append((_activated(outputs.pop(0)), _activated(outputs.pop(0))))
+                entry.update(recurrent_accuracy=accuracy(channels[-1][0]), bag_accuracy=accuracy(channels[-1][1]))
+            result["members"].append(entry)
+    elif outputs:
+        channels.append((_activated(outputs[0]), _activated(outputs[1])))
+    if channels and len(channels) == max(1, len(members)):  # each reader with its bag's logits left out, then its bag alone
+        result["channels"] = {"recurrent_accuracy": accuracy(np.mean([r for r, _ in channels], axis=0)),
+                              "bag_accuracy": accuracy(np.mean([b for _, b in channels], axis=0))}
     baseline = read_baseline(baseline_dir)
     if baseline is not None:  # the linear baseline on the same test split, and this model's difference from it
         result["baseline"] = compared(result["test"], baseline)

@@ -158,3 +158,42 @@ def test_a_run_records_the_baseline_and_a_rerun_of_train_reuses_it(tiny_run_copy
     assert decision["baseline"]["wins"] is wins and decision["baseline"]["required"] is True
     assert wins or "does not beat the linear baseline" in decision["reason"]
     assert "Linear baseline" in (folder / "report" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("members", [1, 2])
+def test_evaluate_scores_the_recurrence_and_the_bag_apart(members: int, tmp_path: Path):
+    """A model with a bag of n-grams: what it reads with the bag's logits left out, and what the bag alone reads, in
+    metrics.json and the report, so nobody takes a bag that decides for a recurrent model that does."""
+    import keras
+
+    from tasks.config import ModelConfig
+    from tasks.evaluate import evaluate_model
+    from tasks.models import build_model
+    from tasks.train import average_members
+    from tests.helpers import toy_encoding
+
+    encoded = toy_encoding(tmp_path / "encode", max_len=12, test=True)
+    cfg = ModelConfig(cell="gru", units=4, embedding_dim=4, bidirectional=False, ngrams=2, ngram_buckets=1024)
+    built = []
+    for k in range(members):
+        keras.utils.set_random_seed(k)
+        built.append(build_model(cfg, num_tokens=9, max_len=12, n_classes=2))
+        built[-1].name = f"{built[-1].name}_member{k + 1}"  # as train names members
+        bag = built[-1].get_layer("bag_of_1_to_2_grams")
+        bag.set_weights([np.random.default_rng(k).normal(0, 0.3, w.shape).astype("float32") for w in bag.get_weights()])
+    (tmp_path / "train").mkdir()
+    (average_members(built, 12) if members > 1 else built[0]).save(tmp_path / "train" / "model.keras")
+    evaluate_model(encoded, tmp_path / "train", tmp_path / "evaluate")
+    metrics = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())
+
+    x, y = np.load(encoded / "X_test.npy"), np.load(encoded / "y_test.npy")
+    apart = [keras.Model(m.inputs, [m.get_layer("recurrent_logits").output, m.get_layer("bag_of_1_to_2_grams").output]).predict(x, verbose=0)
+             for m in built]
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    for channel, k in (("recurrent_accuracy", 0), ("bag_accuracy", 1)):
+        mean = np.mean([sigmoid(parts[k][:, 0]) for parts in apart], axis=0)
+        assert metrics["channels"][channel] == pytest.approx(float(((mean > 0.5) == (y == 1)).mean()))
+    if members > 1:
+        assert [m["bag_accuracy"] for m in metrics["members"]] == pytest.approx([float(((p[1][:, 0] > 0) == (y == 1)).mean()) for p in apart])
+    sentence = [text for kind, text in baseline_section({**metrics, "baseline": {"test": {}}}).blocks if kind == "text"][1]
+    assert f"recurrent layers alone read {metrics['channels']['recurrent_accuracy']:.4f} of the test reviews right" in sentence
