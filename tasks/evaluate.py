@@ -267,11 +267,10 @@ def _outputs(got: Any) -> list[Any]:
 
 def _activated(logits: Any) -> np.ndarray:
     """Logits as probabilities per class, as the model's output activation makes them (sigmoid for one column)."""
+    from scipy.special import expit, softmax
+
     raw = np.asarray(logits, dtype=np.float64)
-    if raw.ndim == 1 or raw.shape[1] == 1:
-        return class_probabilities(1.0 / (1.0 + np.exp(-raw)))
-    exp = np.exp(raw - raw.max(axis=1, keepdims=True))
-    return exp / exp.sum(axis=1, keepdims=True)
+    return class_probabilities(expit(raw)) if raw.ndim == 1 or raw.shape[1] == 1 else softmax(raw, axis=1)
 
 
 def evaluate_model(encode_dir: Path, train_dir: Path, out_dir: Path, ingest_dir: Path | None = None,
