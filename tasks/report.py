@@ -29,7 +29,7 @@ from tasks.render import (
 )
 from tasks.report_plots import Plot, build_plots, class_labels, label_order
 from tasks.report_sections import (
-    ReportHeader, Section, baseline_key_row, baseline_section, load_mistakes, mistakes_section, render_html, render_markdown,
+    ReportHeader, Section, baseline_key_row, baseline_section, channels_key_row, load_mistakes, mistakes_section, render_html, render_markdown,
     report_verdict, validation_section,
 )
 from tasks.store import RunFile, RunFiles, StepOutput, atomic_path, read_json, write_json, write_text
@@ -129,6 +129,7 @@ def key_numbers_table(inputs: ReportInputs) -> Table:
         [f"F1{macro}", format_metric(test.get("f1"))],
         [f"ROC AUC{roc_auc}", format_metric(test.get("roc_auc"))],
         *baseline_key_row(inputs.metrics),
+        *channels_key_row(inputs.metrics),
         ["Test reviews", format_count(test.get("n"))],
         ["Epochs run", epochs],
         ["Parameters", format_count(training.get("params"))],

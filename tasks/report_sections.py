@@ -129,6 +129,15 @@ def baseline_key_row(metrics: dict[str, Any]) -> list[list[str]]:
                                               f"fitted in {format_value(baseline.get('fit_seconds'))} s)"]]
 
 
+def channels_key_row(metrics: dict[str, Any]) -> list[list[str]]:
+    """The key numbers' row for a model with a bag of n-grams (metrics.json's `channels`): its recurrence and its bag apart."""
+    channels = metrics.get("channels")
+    if not channels:
+        return []
+    return [["Recurrence alone / bag alone", f"{format_metric(channels.get('recurrent_accuracy'))} / "
+                                             f"{format_metric(channels.get('bag_accuracy'))} test accuracy (the other's logits left out)"]]
+
+
 def baseline_section(metrics: dict[str, Any]) -> Section | None:
     """The recurrent model beside the linear baseline fitted on the same train split and scored on the same test split."""
     baseline = metrics.get("baseline")

@@ -13,7 +13,7 @@ import pytest
 from tasks.baseline import BASELINE_FILE, compared, fit_baseline
 from tasks.config import load_config
 from tasks.promote import Candidate, decide, outcome_line, promotion_rows
-from tasks.report_sections import baseline_key_row, baseline_section
+from tasks.report_sections import baseline_key_row, baseline_section, channels_key_row
 from tests.helpers import tiny_config
 
 SECTION = load_config("demo").baseline.model_dump(mode="json")
@@ -197,3 +197,7 @@ def test_evaluate_scores_the_recurrence_and_the_bag_apart(members: int, tmp_path
         assert [m["bag_accuracy"] for m in metrics["members"]] == pytest.approx([float(((p[1][:, 0] > 0) == (y == 1)).mean()) for p in apart])
     sentence = [text for kind, text in baseline_section({**metrics, "baseline": {"test": {}}}).blocks if kind == "text"][1]
     assert f"recurrent layers alone read {metrics['channels']['recurrent_accuracy']:.4f} of the test reviews right" in sentence
+    channels = metrics["channels"]
+    assert channels_key_row(metrics) == [["Recurrence alone / bag alone", f"{channels['recurrent_accuracy']:.4f} / "
+                                                                          f"{channels['bag_accuracy']:.4f} test accuracy (the other's logits left out)"]]
+    assert channels_key_row({"test": metrics["test"]}) == [], "a model without a bag has no such row"
