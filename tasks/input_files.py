@@ -45,6 +45,26 @@ def check_table_keys(cfg: DataConfig) -> None:
         raise IngestError(f"Both data.test_path ({cfg.test_path}) and data.split_column ({cfg.split_column!r}) say where the test rows are: keep one of them.")
 
 
+# A .csv's separator: the comma, or the one of these that splits its header into more columns (a spreadsheet saved
+# where the comma is the decimal mark writes semicolons).
+CSV_DELIMITERS = (",", ";", "\t", "|")
+
+
+def csv_delimiter(path: Path | str, fmt: str) -> str:
+    """A TSV's tab; a CSV's comma, or the one of CSV_DELIMITERS that splits its header line into the most columns
+    (ties: the comma). A header of one column keeps the comma."""
+    if fmt == "tsv":
+        return "\t"
+    import csv
+    import io
+
+    from tasks.remote_input import open_input
+
+    with open_input(path) as raw, io.TextIOWrapper(raw, newline="", encoding="utf-8-sig") as handle:
+        line = handle.readline()
+    return max(CSV_DELIMITERS, key=lambda delimiter: len(next(csv.reader([line], delimiter=delimiter), [])))
+
+
 def csv_header(path: Path | str, delimiter: str) -> list[str]:
     """The first row of a CSV or TSV file (or URL, tasks/remote_input.py): its column names."""
     import csv
@@ -84,7 +104,7 @@ def _header_of(path: Path, fmt: str) -> list[str] | None:
     records may each name other keys) or a file whose header cannot be read (ingest then says why)."""
     try:
         if fmt in ("csv", "tsv"):
-            return csv_header(path, "," if fmt == "csv" else "\t")
+            return csv_header(path, csv_delimiter(path, fmt))
         if fmt == "parquet":
             import pyarrow.parquet as pq
 

@@ -17,6 +17,7 @@ import pandas as pd
 from tasks.encode import OOV, Vocabulary
 from tasks.errors import RnnflowError
 from tasks.evaluate import predict_probabilities
+from tasks.input_files import csv_delimiter
 from tasks.provenance import rerunnable_steps
 from tasks.store import RunFiles, atomic_path, read_json, require_run_files
 
@@ -145,7 +146,8 @@ def _csv_column(path: Path, column: str) -> list[str]:
         # Empty cells stay empty texts (keep_default_na=False): a review reading "NA" is still a review. Blank lines stay
         # rows (skip_blank_lines=False): in a one-column file a line of spaces is a text, and skipping it shifted every
         # later prediction off its input row.
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False, encoding="utf-8-sig")  # -sig: a BOM is not part of a name
+        frame = pd.read_csv(path, sep=csv_delimiter(path, "csv"), dtype=str, keep_default_na=False, skip_blank_lines=False,
+                            encoding="utf-8-sig")  # -sig: a BOM is not part of a name
     except (pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error) as error:
         raise PredictionInputError(f"Input {path} could not be read as CSV ({str(error).strip().splitlines()[0]}): check its quoting and separators.") from None
     if column not in frame.columns:

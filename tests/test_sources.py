@@ -98,6 +98,28 @@ def test_every_format_gives_the_same_splits(tmp_path: Path, extension: str):
     assert summary["labels"] == MOODS
 
 
+def test_a_csv_a_spreadsheet_saved_with_semicolons_reads_as_the_comma_one(tmp_path: Path):
+    """Where the comma is the decimal mark, spreadsheets save .csv files separated by semicolons: ingest and predict
+    take the separator that splits the header, and commas inside the texts stay text."""
+    from tasks.predict import read_texts
+
+    frame = reviews(40).assign(text=lambda f: f["text"] + ", and a comma")
+    (tmp_path / "comma").mkdir()
+    (tmp_path / "semicolon").mkdir()
+    comma = write_table(frame, tmp_path / "comma" / "moods.csv")
+    semicolon = tmp_path / "semicolon" / "moods.csv"
+    frame.to_csv(semicolon, index=False, sep=";")
+    assert semicolon.read_text().splitlines()[0] == "text;label"
+
+    summary, out = ingest(tmp_path / "semicolon", source="table", path=str(semicolon))
+    _, out_comma = ingest(tmp_path / "comma", source="table", path=str(comma))
+    assert summary["labels"] == MOODS
+    for name in ("train", "val", "test"):
+        pd.testing.assert_frame_equal(split(out, name), split(out_comma, name))
+    assert split(out, "train")["text"].str.endswith(", and a comma").all()
+    assert read_texts(semicolon) == read_texts(comma) == frame["text"].tolist()
+
+
 def test_train_and_test_files_share_one_label_mapping(tmp_path: Path):
     train = write_table(reviews(30), tmp_path / "train.parquet")
     test = write_table(reviews(9, classes=["happy", "angry", "calm"]), tmp_path / "test.jsonl")

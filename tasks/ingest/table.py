@@ -25,7 +25,7 @@ from tasks.remote_input import fingerprint as input_fingerprint
 from tasks.ingest.splits import stratified_split
 from tasks.store import fingerprint
 from tasks.input_files import COLUMN_KEYS as _COLUMN_KEYS
-from tasks.input_files import TABLE_FORMATS, check_columns, check_table_keys, csv_header, table_format  # noqa: F401
+from tasks.input_files import TABLE_FORMATS, check_columns, check_table_keys, csv_delimiter, csv_header, table_format  # noqa: F401
 from tasks.text import clean_text
 
 
@@ -171,7 +171,7 @@ def iter_table(path: Location, fmt: str, columns: dict[str, str], batch_rows: in
         if fmt in ("csv", "tsv"):
             import pyarrow.csv as pacsv
 
-            delimiter = "," if fmt == "csv" else "\t"
+            delimiter = csv_delimiter(path, fmt)
             present = csv_header(path, delimiter)
         elif fmt == "parquet":
             with open_input(path, seekable=True) as handle:
