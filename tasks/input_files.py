@@ -65,6 +65,43 @@ def csv_delimiter(path: Path | str, fmt: str) -> str:
     return max(CSV_DELIMITERS, key=lambda delimiter: len(next(csv.reader([line], delimiter=delimiter), [])))
 
 
+# How much of a TSV tsv_quoted reads to tell quoting from quote marks that are part of the text.
+QUOTING_SAMPLE_BYTES = 4 << 20
+
+
+def tsv_quoted(path: Path | str) -> bool:
+    """Whether a TSV's double quotes are CSV quoting (pandas' to_csv writes "a ""quoted"" text") or part of its texts
+    (a stray " opening a review, as tab-separated exports that never quote hold). Judged on the first
+    QUOTING_SAMPLE_BYTES, whole lines: quoting, unless reading it so fails or gives fewer rows than reading every line
+    as one row of the header's columns does. A file no sample settles keeps quoting (ingest names a later bad line)."""
+    import io
+
+    import pyarrow.csv as pacsv
+
+    from tasks.remote_input import open_input
+
+    with open_input(path) as raw:
+        sample = raw.read(QUOTING_SAMPLE_BYTES + 1)
+    if len(sample) > QUOTING_SAMPLE_BYTES:
+        sample = sample[: sample.rfind(b"\n", 0, QUOTING_SAMPLE_BYTES) + 1] or sample
+    if b'"' not in sample:
+        return True
+
+    def rows(quoted: bool) -> int | None:
+        options = pacsv.ParseOptions(delimiter="\t", quote_char='"' if quoted else False, newlines_in_values=quoted)
+        try:
+            return pacsv.read_csv(io.BytesIO(sample), parse_options=options,
+                                  convert_options=pacsv.ConvertOptions(include_columns=[], strings_can_be_null=True)).num_rows
+        except Exception:  # pyarrow's parse errors: a line of other width, an unclosed quote
+            return None
+
+    as_lines = rows(False)
+    if as_lines is None:
+        return True
+    as_quoted = rows(True)
+    return as_quoted is not None and as_quoted >= as_lines
+
+
 def csv_header(path: Path | str, delimiter: str) -> list[str]:
     """The first row of a CSV or TSV file (or URL, tasks/remote_input.py): its column names."""
     import csv

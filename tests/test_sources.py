@@ -120,6 +120,24 @@ def test_a_csv_a_spreadsheet_saved_with_semicolons_reads_as_the_comma_one(tmp_pa
     assert read_texts(semicolon) == read_texts(comma) == frame["text"].tolist()
 
 
+@pytest.mark.parametrize("written_by", ["an export that never quotes", "pandas"])
+def test_quote_marks_in_a_tsv_s_texts_stay_text_whether_or_not_it_quotes(tmp_path: Path, written_by: str):
+    """Tab-separated exports often never quote, so a review may open with a stray quote mark; pandas quotes such texts
+    ("a ""b"" c"). Either way every line is one review, with its quote marks."""
+    texts = [f'"stray {i}' if i % 7 == 0 else f'a 5" screen {i}' if i % 11 == 0 else f"plain {i}" for i in range(40)]
+    frame = pd.DataFrame({"text": texts, "label": [MOODS[i % 3] for i in range(40)]})
+    path = tmp_path / "moods.tsv"
+    if written_by == "pandas":
+        frame.to_csv(path, index=False, sep="\t")
+        assert '"""stray 0"' in path.read_text()
+    else:
+        path.write_text("text\tlabel\n" + "".join(f"{t}\t{label}\n" for t, label in zip(frame["text"], frame["label"])))
+    summary, out = ingest(tmp_path, source="table", path=str(path))
+    assert sum(summary["n"].values()) == 40
+    read = pd.concat([split(out, name) for name in ("train", "val", "test")]).sort_values("id")
+    assert read["text"].tolist() == texts
+
+
 def test_train_and_test_files_share_one_label_mapping(tmp_path: Path):
     train = write_table(reviews(30), tmp_path / "train.parquet")
     test = write_table(reviews(9, classes=["happy", "angry", "calm"]), tmp_path / "test.jsonl")

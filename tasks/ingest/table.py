@@ -25,7 +25,7 @@ from tasks.remote_input import fingerprint as input_fingerprint
 from tasks.ingest.splits import stratified_split
 from tasks.store import fingerprint
 from tasks.input_files import COLUMN_KEYS as _COLUMN_KEYS
-from tasks.input_files import TABLE_FORMATS, check_columns, check_table_keys, csv_delimiter, csv_header, table_format  # noqa: F401
+from tasks.input_files import TABLE_FORMATS, check_columns, check_table_keys, csv_delimiter, csv_header, table_format, tsv_quoted  # noqa: F401
 from tasks.text import clean_text
 
 
@@ -172,6 +172,7 @@ def iter_table(path: Location, fmt: str, columns: dict[str, str], batch_rows: in
             import pyarrow.csv as pacsv
 
             delimiter = csv_delimiter(path, fmt)
+            quoted = fmt == "csv" or tsv_quoted(path)
             present = csv_header(path, delimiter)
         elif fmt == "parquet":
             with open_input(path, seekable=True) as handle:
@@ -199,7 +200,7 @@ def iter_table(path: Location, fmt: str, columns: dict[str, str], batch_rows: in
                 stream,
                 # Blocks of about 16 MB: tens of thousands of reviews per batch.
                 read_options=pacsv.ReadOptions(block_size=1 << 24),
-                parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+                parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if quoted else False, newlines_in_values=quoted),
                 convert_options=pacsv.ConvertOptions(
                     include_columns=wanted, column_types={name: pa.string() for name in wanted},
                     strings_can_be_null=True, null_values=[""],
