@@ -9,6 +9,7 @@ a second, with no run folder made. Light on purpose: no Prefect, pandas or Tenso
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
+from typing import Any
 from urllib.parse import urlsplit
 
 from tasks.config import DataConfig
@@ -60,7 +61,8 @@ def csv_delimiter(path: Path | str, fmt: str) -> str:
 
     from tasks.remote_input import open_input
 
-    with open_input(path) as raw, io.TextIOWrapper(raw, newline="", encoding="utf-8-sig") as handle:
+    # errors="replace": counting separators needs no exact text; ingest names a byte that is not UTF-8 where it reads.
+    with open_input(path) as raw, io.TextIOWrapper(raw, newline="", encoding="utf-8-sig", errors="replace") as handle:
         line = handle.readline()
     return max(CSV_DELIMITERS, key=lambda delimiter: len(next(csv.reader([line], delimiter=delimiter), [])))
 
@@ -100,6 +102,12 @@ def tsv_quoted(path: Path | str) -> bool:
         return True
     as_quoted = rows(True)
     return as_quoted is not None and as_quoted >= as_lines
+
+
+def csv_dialect(path: Path | str, fmt: str) -> dict[str, Any]:
+    """How ingest and score read a CSV or TSV (ingest.json's input records it): its separator (csv_delimiter), and
+    whether double quotes are quoting (always in a CSV; in a TSV unless they are part of its texts, tsv_quoted)."""
+    return {"separator": csv_delimiter(path, fmt), "quoting": fmt == "csv" or tsv_quoted(path)}
 
 
 def csv_header(path: Path | str, delimiter: str) -> list[str]:

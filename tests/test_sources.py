@@ -53,6 +53,11 @@ def ingest(tmp_path: Path, **data) -> tuple[dict, Path]:
     return ingest_reviews(cfg, locate_source(cfg), out), out
 
 
+def summary_input(out: Path) -> dict:
+    """ingest.json's record of how each CSV or TSV was read."""
+    return read_json(out / "ingest.json")["input"]["dialect"]
+
+
 def split(out: Path, name: str) -> pd.DataFrame:
     return pd.read_parquet(out / f"{name}.parquet")
 
@@ -118,6 +123,7 @@ def test_a_csv_a_spreadsheet_saved_with_semicolons_reads_as_the_comma_one(tmp_pa
         pd.testing.assert_frame_equal(split(out, name), split(out_comma, name))
     assert split(out, "train")["text"].str.endswith(", and a comma").all()
     assert read_texts(semicolon) == read_texts(comma) == frame["text"].tolist()
+    assert summary_input(out) == {"path": {"separator": ";", "quoting": True}}
 
 
 @pytest.mark.parametrize("written_by", ["an export that never quotes", "pandas"])
@@ -136,6 +142,7 @@ def test_quote_marks_in_a_tsv_s_texts_stay_text_whether_or_not_it_quotes(tmp_pat
     assert sum(summary["n"].values()) == 40
     read = pd.concat([split(out, name) for name in ("train", "val", "test")]).sort_values("id")
     assert read["text"].tolist() == texts
+    assert summary_input(out) == {"path": {"separator": "\t", "quoting": written_by == "pandas"}}
 
 
 def test_train_and_test_files_share_one_label_mapping(tmp_path: Path):

@@ -25,7 +25,7 @@ from tasks.remote_input import fingerprint as input_fingerprint
 from tasks.ingest.splits import stratified_split
 from tasks.store import fingerprint
 from tasks.input_files import COLUMN_KEYS as _COLUMN_KEYS
-from tasks.input_files import TABLE_FORMATS, check_columns, check_table_keys, csv_delimiter, csv_header, table_format, tsv_quoted  # noqa: F401
+from tasks.input_files import TABLE_FORMATS, check_columns, check_table_keys, csv_dialect, csv_header, table_format  # noqa: F401
 from tasks.text import clean_text
 
 
@@ -171,8 +171,8 @@ def iter_table(path: Location, fmt: str, columns: dict[str, str], batch_rows: in
         if fmt in ("csv", "tsv"):
             import pyarrow.csv as pacsv
 
-            delimiter = csv_delimiter(path, fmt)
-            quoted = fmt == "csv" or tsv_quoted(path)
+            dialect = csv_dialect(path, fmt)
+            delimiter, quoted = dialect["separator"], dialect["quoting"]
             present = csv_header(path, delimiter)
         elif fmt == "parquet":
             with open_input(path, seekable=True) as handle:
@@ -459,6 +459,8 @@ def _table_details(cfg: DataConfig, source: dict[str, Any]) -> dict[str, Any]:
         test_from = f"stratified, seeded split of {cfg.test_size:g} (data.test_size)"
     return {
         "format": source["format"],
+        # Each CSV or TSV's separator, and whether its double quotes were read as quoting or as text.
+        "dialect": {key: csv_dialect(source[key], fmt) for key, fmt in source["format"].items() if fmt in ("csv", "tsv")},
         "columns": {key: getattr(cfg, key) for key in _COLUMN_KEYS},
         "test_from": test_from,
         "strip_html": cfg.strip_html,
