@@ -188,7 +188,7 @@ def test_a_dask_sweep_whose_workers_share_no_folder_leaves_every_point_in_the_bu
     monkeypatch.setenv("RNNFLOW_SCRATCH", str(tmp_path / "flow"))
     grid = parse_grid(["model.cell=lstm,gru"])
     # One worker process: both points still run outside the flow's process, with none of its folders (the test's point),
-    # without a second process importing TensorFlow; tests/test_sweep.py's 2x2 sweep runs on two.
+    # without a second process importing TensorFlow; tests/test_sweep.py's sweep runs on two.
     folder = Path(rnnflow_sweep.with_options(task_runner=task_runner("dask", workers=1))(grid=grid, config=tiny_config(), artifacts_root=root))
 
     remote, flow_store = RemoteRoot(root), ArtifactStore(root)

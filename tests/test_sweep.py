@@ -1,4 +1,4 @@
-"""Grid sweeps: parsing the grid, the comparison report, and a 2x2 sweep on a real local Dask cluster."""
+"""Grid sweeps: parsing the grid, the comparison report, and a sweep of two keys on a real local Dask cluster."""
 
 from __future__ import annotations
 
@@ -177,12 +177,17 @@ def test_sweep_report_shows_validation_first_and_test_for_reference(tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_a_2x2_sweep_on_a_local_dask_cluster(prefect_api, tmp_path: Path):
-    """Two worker processes, one thread each: the points really cross a process boundary (by path)."""
+def test_a_sweep_of_two_keys_on_a_local_dask_cluster(prefect_api, tmp_path: Path):
+    """Two worker processes, one thread each: the points really cross a process boundary (by path).
+
+    Two keys, each point's config set from both (model.units 16, not the tiny configuration's 8), but two points, not
+    the 2x2 grid of before: every combination of a grid is test_grid_points_are_every_combination_first_key_slowest's
+    and test_point_configs_apply_each_point_over_the_base_configuration's, a worker running point after point is
+    tests/test_object_store.py's Dask sweep (one worker, two points), and the two points more cost ~20 CPU-s."""
     from flows.sweep import rnnflow_sweep, task_runner
 
     root = tmp_path / "artifacts"
-    grid = parse_grid(["model.cell=lstm,gru", "model.units=8,16"])
+    grid = parse_grid(["model.cell=lstm,gru", "model.units=16"])
     runner = task_runner("dask", workers=2)
     # A bag of words started from Naive Bayes beside each recurrence: 2 epochs on 128 tiny reviews leave a bare RNN at
     # chance, and a point that puts every test review in one class is rightly not promoted (stop 40's CI saw it).
@@ -196,7 +201,7 @@ def test_a_2x2_sweep_on_a_local_dask_cluster(prefect_api, tmp_path: Path):
     assert {name: step["status"] for name, step in sweep["steps"].items()} == {"ingest": "completed", "validate": "completed", "encode": "completed", "baseline": "completed"}
 
     runs = sorted((root / "runs").iterdir())
-    assert len(runs) == 4
+    assert len(runs) == 2
     points = []
     for run in runs:
         manifest = json.loads((run / "manifest.json").read_text())
@@ -213,7 +218,7 @@ def test_a_2x2_sweep_on_a_local_dask_cluster(prefect_api, tmp_path: Path):
     assert sorted(points, key=lambda p: (p["model.cell"], p["model.units"])) == sorted(grid_points(grid), key=lambda p: (p["model.cell"], p["model.units"]))
 
     summary = json.loads((folder / SWEEP_JSON).read_text())
-    assert len(summary["points"]) == 4
+    assert len(summary["points"]) == 2
     best = max(summary["points"], key=lambda row: (row["val_accuracy"], -row["val_loss"], -row["train_seconds"]))
     assert summary["best_run_id"] == best["run_id"], "chosen on validation figures"
     assert sweep["promotion"]["outcome"] == "promoted" and sweep["promotion"]["run_id"] == best["run_id"]
@@ -221,5 +226,5 @@ def test_a_2x2_sweep_on_a_local_dask_cluster(prefect_api, tmp_path: Path):
     assert all(0 <= row["val_accuracy"] <= 1 and row["val_loss"] > 0 for row in summary["points"])
     assert all(0 <= row["test_accuracy"] <= 1 and row["train_seconds"] > 0 for row in summary["points"])
     page = (folder / SWEEP_HTML).read_text()
-    assert len(re.findall(r'<tr class="point', page)) == 4
+    assert len(re.findall(r'<tr class="point', page)) == 2
     assert page.count('class="point best"') == 1 and best["run_id"] in page
