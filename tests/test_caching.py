@@ -63,7 +63,9 @@ def test_refresh_and_from_recompute_what_they_name(tiny_run_copy):
 
 
 @pytest.mark.slow
-def test_a_step_that_fails_once_succeeds_on_retry(prefect_api, tmp_path: Path, monkeypatch):
+def test_a_step_that_fails_once_succeeds_on_retry(tiny_run_copy, monkeypatch):
+    """Ingest asked for again (refresh) in a copy of the tiny run's root: the step computes, fails once, is retried and
+    completes, and the steps after it find their entries (a whole fresh run's training would add nothing here)."""
     import tasks.ingest
 
     calls = {"n": 0}
@@ -76,11 +78,14 @@ def test_a_step_that_fails_once_succeeds_on_retry(prefect_api, tmp_path: Path, m
         return real(*args, **kwargs)
 
     monkeypatch.setattr(tasks.ingest, "ingest_reviews", flaky)
-    config = tiny_config("data.retry_delay_seconds=0.1", "data.seed=7")
-    folder = Path(rnnflow_pipeline(config=config, artifacts_root=str(tmp_path / "a")))
+    root = tiny_run_copy.root  # the tiny configuration, run once already in this root
+    config = tiny_config("data.retry_delay_seconds=0.1")  # retries and their delay are not part of any key
+    folder = Path(rnnflow_pipeline(config=config, artifacts_root=str(root), refresh=["ingest"]))
     assert calls["n"] == 2
-    assert _statuses(folder)["ingest"] == "completed"
-    assert not list((tmp_path / "a" / "cache" / "ingest").glob(".*partial")), "the failed try left no scratch files"
+    statuses = _statuses(folder)
+    assert statuses["ingest"] == "completed"
+    assert statuses["validate"] == statuses["encode"] == statuses["train"] == "cached", "the retried ingest wrote what the first run's did"
+    assert not list((root / "cache" / "ingest").glob(".*partial")), "the failed try left no scratch files"
 
 
 @pytest.mark.slow
