@@ -33,6 +33,10 @@ class DataConfig(Section):
     rating_column: str | None = Field(default=None, description="source=table: an optional column of star ratings, kept beside each review")
     id_column: str | None = Field(default=None, description="source=table: an optional column of row ids, kept in predictions")
     test_size: float = Field(default=0.2, gt=0, lt=1, description="test share when the table has no split")
+    incomplete_rows: Literal["error", "drop"] = Field(
+        default="error",
+        description="source=table: rows without a text or a label stop ingest, naming the first (error), or are left out and counted in ingest.json (drop)",
+    )
     max_classes: int = Field(default=20, ge=2, description="more distinct labels than this look like free text")
     strip_html: bool = Field(default=True, description="replace HTML tags in texts by spaces")
     # Far above any real review (IMDb's longest is about 14 KB), low enough that one hostile member

@@ -161,7 +161,7 @@ def test_bad_input_prints_its_sentence_without_tracebacks_and_keeps_them_in_run_
     env = _env(tmp_path, PREFECT_API_URL="")
     done = subprocess.run([*RNNFLOW, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 1, done.stderr[-2000:]
-    sentence = f"{table} has 1 missing or empty texts in column 'text', the first at row 2: drop or fill those rows."
+    sentence = f"{table} has 1 missing or empty texts in column 'text', the first at row 2: drop or fill those rows, or leave them out with --set data.incomplete_rows=drop."
     assert f"rnnflow: step ingest failed: {sentence}" in done.stderr
     assert (done.stdout + done.stderr).count(sentence) == 1, "printed once, by rnnflow, not by each layer of Prefect's engine"
     assert "Traceback (most recent call last)" not in done.stderr + done.stdout

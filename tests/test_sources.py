@@ -145,6 +145,21 @@ def test_quote_marks_in_a_tsv_s_texts_stay_text_whether_or_not_it_quotes(tmp_pat
     assert summary_input(out) == {"path": {"separator": "\t", "quoting": written_by == "pandas"}}
 
 
+def test_incomplete_rows_drop_leaves_out_rows_without_a_text_or_label_and_counts_them(tmp_path: Path):
+    """Exports such as NSMC's hold a few reviews with no text: with data.incomplete_rows drop they are left out, every
+    other row keeps its row number as id, and ingest.json says how many went and where the first was."""
+    frame = reviews(30).assign(text=lambda f: f["text"].where(~f.index.isin([4, 11]), "  "),
+                               label=lambda f: f["label"].where(f.index != 20))
+    path = write_table(frame, tmp_path / "moods.csv")
+    with pytest.raises(IngestError, match=r"the first at row 5: drop or fill those rows, or leave them out with --set data.incomplete_rows=drop"):
+        ingest(tmp_path / "refused", source="table", path=str(path))
+    summary, out = ingest(tmp_path / "kept", source="table", path=str(path), incomplete_rows="drop")
+    assert sum(summary["n"].values()) == 27
+    read = pd.concat([split(out, name) for name in ("train", "val", "test")])
+    assert sorted(read["id"]) == [i + 1 for i in range(30) if i not in (4, 11, 20)], "row numbers are the file's"
+    assert read_json(out / "ingest.json")["input"]["dropped_rows"] == {str(path): {"without_text": 2, "without_label": 1, "first_row": 5}}
+
+
 def test_train_and_test_files_share_one_label_mapping(tmp_path: Path):
     train = write_table(reviews(30), tmp_path / "train.parquet")
     test = write_table(reviews(9, classes=["happy", "angry", "calm"]), tmp_path / "test.jsonl")

@@ -46,8 +46,9 @@ class TableSource(Source):
     def read(self, cfg: DataConfig, located: dict[str, Any], batch_rows: int) -> Reading:
         rows_per_file: dict[str, int] = {}
         spellings: dict[str, set[str]] = {}
-        batches = _table_batches(cfg, located, batch_rows, rows_per_file, spellings)
-        return Reading(batches, details=_table_details(cfg, located), rows_per_file=rows_per_file, spellings=spellings)
+        details = _table_details(cfg, located)
+        batches = _table_batches(cfg, located, batch_rows, rows_per_file, spellings, details.get("dropped_rows"))
+        return Reading(batches, details=details, rows_per_file=rows_per_file, spellings=spellings)
 
     def name_classes(self, cfg: DataConfig, located: dict[str, Any], reading: Reading, meta: pd.DataFrame) -> list[str]:
         return _check_table(cfg, located, reading.rows_per_file, meta)
@@ -332,12 +333,25 @@ def _count_missing(missing: dict[str, list[int]], key: str, mask: pd.Series, off
 
 
 def _raise_missing(missing: dict[str, list[int]], path: Path, cfg: DataConfig) -> None:
+    leave_out = "or leave them out with --set data.incomplete_rows=drop"
     if "text" in missing:
         n, row = missing["text"]
-        raise IngestError(f"{path} has {n} missing or empty texts in column {cfg.text_column!r}, the first at row {row}: drop or fill those rows.")
+        raise IngestError(f"{path} has {n} missing or empty texts in column {cfg.text_column!r}, the first at row {row}: drop or fill those rows, {leave_out}.")
     if "label" in missing:
         n, row = missing["label"]
-        raise IngestError(f"{path} has {n} missing labels in column {cfg.label_column!r}, the first at row {row}: drop those rows or fill in their labels.")
+        raise IngestError(f"{path} has {n} missing labels in column {cfg.label_column!r}, the first at row {row}: drop those rows or fill in their labels, {leave_out}.")
+
+
+def _record_dropped(missing: dict[str, list[int]], path: Path, dropped: dict[str, Any]) -> None:
+    """data.incomplete_rows drop: the rows left out of one file, in ingest.json's input.dropped_rows and the step's log."""
+    if not missing:
+        return
+    dropped[str(path)] = {"without_text": missing.get("text", [0])[0], "without_label": missing.get("label", [0])[0],
+                          "first_row": min(row for _, row in missing.values())}
+    from tasks.logs import step_logger
+
+    step_logger().warning("Left out %s rows of %s without a text and %s without a label (data.incomplete_rows drop), the first at row %s.",
+                          dropped[str(path)]["without_text"], path, dropped[str(path)]["without_label"], dropped[str(path)]["first_row"])
 
 
 def _note_spellings(labels: pd.Series, names: pd.Series, spellings: dict[str, set[str]]) -> None:
@@ -368,21 +382,24 @@ def _table_rows(
     _count_missing(missing, "text", blank, offset)
     labels = raw[cfg.label_column]
     _count_missing(missing, "label", labels.isna(), offset)
-    if missing:
+    if missing and cfg.incomplete_rows == "error":
         return pd.DataFrame(columns=ROW_COLUMNS)  # the file fails once it has been read: no point in converting
-    names = class_names(labels)
+    # data.incomplete_rows drop: the rows without a text or label are read (their row numbers stay theirs) and left out.
+    keep = ~(blank | labels.isna()).to_numpy()
+    names = pd.Series(None, index=labels.index, dtype=object)
+    names[keep] = class_names(labels[keep])
     if spellings is not None:
-        _note_spellings(labels, names, spellings)
+        _note_spellings(labels[keep], names[keep], spellings)
     frame = pd.DataFrame(
         {
-            "text": [clean_text(str(t), cfg.strip_html) for t in texts],
+            "text": [clean_text(str(t), cfg.strip_html) if k else "" for t, k in zip(texts, keep)],
             "label": names.to_numpy(dtype=object),
             "rating": _whole_numbers(raw[cfg.rating_column], path, "rating_column", cfg.rating_column, offset)
             if cfg.rating_column else pd.array([None] * len(raw), dtype="Int64"),
         }
     )
     if cfg.id_column:
-        ids = raw[cfg.id_column]
+        ids = raw[cfg.id_column].where(keep, 0)  # a row left out needs no id
         if ids.isna().any():
             raise IngestError(f"Column {cfg.id_column!r} of {path} (data.id_column) is empty at row {_first_row(ids.isna(), offset)}: give every row an id or leave data.id_column unset.")
         frame["id"] = _whole_numbers(ids, path, "id_column", cfg.id_column, offset).astype("int64")
@@ -399,15 +416,17 @@ def _table_rows(
                 f"(validation rows are carved from train by data.val_fraction), or leave data.split_column unset."
             )
         frame["split"] = split.to_numpy(dtype=object)
-    return frame
+    return frame if keep.all() else frame[keep].reset_index(drop=True)
 
 
 def _table_batches(
-    cfg: DataConfig, source: dict[str, Any], batch_rows: int, rows_per_file: dict[str, int], spellings: dict[str, set[str]] | None = None
+    cfg: DataConfig, source: dict[str, Any], batch_rows: int, rows_per_file: dict[str, int], spellings: dict[str, set[str]] | None = None,
+    dropped: dict[str, Any] | None = None,
 ) -> Iterator[pd.DataFrame]:
-    """A table source (one file, or a train/test pair) as batches of ROW_COLUMNS; rows_per_file counts each file's rows.
+    """A table source (one file, or a train/test pair) as batches of ROW_COLUMNS; rows_per_file counts each file's rows kept.
 
-    spellings, when given, collects each class name's raw label spellings (see _note_spellings).
+    spellings, when given, collects each class name's raw label spellings (see _note_spellings); dropped, with
+    data.incomplete_rows drop, the rows left out of each file for want of a text or label (_record_dropped).
     """
     files = [(as_location(source["path"]), source["format"]["path"], "train")]
     if source.get("test_path"):
@@ -415,15 +434,19 @@ def _table_batches(
     split_values = bool(cfg.split_column) and len(files) == 1
     columns = {key: getattr(cfg, key) for key in _COLUMN_KEYS if getattr(cfg, key) and (key != "split_column" or split_values)}
     for path, fmt, split in files:
-        offset, missing = 0, {}
+        offset, kept, missing = 0, 0, {}
         for raw in iter_table(path, fmt, columns, batch_rows):
             rows = _table_rows(raw, path, cfg, split_values, offset, missing, spellings)
             if not split_values:
                 rows["split"] = split
             offset += len(raw)
+            kept += len(rows)
             yield rows
-        _raise_missing(missing, path, cfg)
-        rows_per_file[str(path)] = offset
+        if cfg.incomplete_rows == "drop":
+            _record_dropped(missing, path, dropped if dropped is not None else {})
+        else:
+            _raise_missing(missing, path, cfg)
+        rows_per_file[str(path)] = kept
 
 
 def _check_table(cfg: DataConfig, source: dict[str, Any], rows_per_file: dict[str, int], meta: pd.DataFrame) -> list[str]:
@@ -464,4 +487,6 @@ def _table_details(cfg: DataConfig, source: dict[str, Any]) -> dict[str, Any]:
         "columns": {key: getattr(cfg, key) for key in _COLUMN_KEYS},
         "test_from": test_from,
         "strip_html": cfg.strip_html,
+        # data.incomplete_rows drop: per file, the rows left out (filled as the files stream by; {} when none were)
+        **({"dropped_rows": {}} if cfg.incomplete_rows == "drop" else {}),
     }
