@@ -27,15 +27,29 @@ def is_url(text: str | Path) -> bool:
 
 
 def table_format(path: Path | str) -> str:
-    """csv, tsv, parquet or jsonl, from the file's extension (a URL's: its path's, query left out)."""
+    """csv, tsv, parquet or jsonl, from the file's extension (a URL's: its path's, query left out); a .txt whose first
+    line holds tabs is a TSV."""
     suffix = PurePosixPath(urlsplit(path).path).suffix if is_url(path) else Path(path).suffix
     fmt = TABLE_FORMATS.get(suffix.lower())
+    if fmt is None and suffix.lower() == ".txt" and _header_has_tab(path):
+        return "tsv"  # NSMC's ratings_train.txt and its like: a header of names separated by tabs
     if fmt is None:
         raise IngestError(
             f"Input {path} has the extension {suffix or '(none)'!r}, which source=table cannot read: "
-            f"save it as .csv, .tsv, .parquet or .jsonl (JSON Lines; .json also works), or rename it to match its format."
+            f"save it as .csv, .tsv, .parquet or .jsonl (JSON Lines; .json also works; .txt with a header of tab-separated names), or rename it to match its format."
         )
     return fmt
+
+
+def _header_has_tab(path: Path | str) -> bool:
+    """Whether a file's first line holds a tab (False where it cannot be read: the caller's sentence names the file)."""
+    from tasks.remote_input import open_input
+
+    try:
+        with open_input(path) as raw:
+            return b"\t" in raw.read(1 << 16).split(b"\n", 1)[0]
+    except Exception:  # missing, unreadable, no answer: not a table this rule can name
+        return False
 
 
 def check_table_keys(cfg: DataConfig) -> None:

@@ -160,6 +160,25 @@ def test_incomplete_rows_drop_leaves_out_rows_without_a_text_or_label_and_counts
     assert read_json(out / "ingest.json")["input"]["dropped_rows"] == {str(path): {"without_text": 2, "without_label": 1, "first_row": 5}}
 
 
+def test_nsmc_s_own_txt_files_read_as_they_are_and_a_txt_without_tabs_is_refused(tmp_path: Path):
+    """NSMC ships ratings_train.txt: id, document, label separated by tabs, never quoted, a few documents empty."""
+    lines = ["id\tdocument\tlabel"] + [f"{900 + i}\t{chr(34) + 'stray ' if i == 3 else ''}review {i}\t{i % 2}" for i in range(12)]
+    lines[6] = "905\t\t1"
+    nsmc = tmp_path / "ratings_train.txt"
+    nsmc.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    summary, out = ingest(tmp_path / "nsmc", source="table", path=str(nsmc), text_column="document", id_column="id",
+                          incomplete_rows="drop", test_size=0.25)
+    read = pd.concat([split(out, name) for name in ("train", "val", "test")]).sort_values("id")
+    assert read["id"].tolist() == [900 + i for i in range(12) if i != 5]
+    assert '"stray review 3' in read["text"].tolist()
+    assert read_json(out / "ingest.json")["input"]["format"] == {"path": "tsv"}
+
+    plain = tmp_path / "notes.txt"
+    plain.write_text("one review per line\nanother\n", encoding="utf-8")
+    with pytest.raises(IngestError, match=r"notes.txt has the extension '.txt', which source=table cannot read"):
+        ingest(tmp_path / "plain", source="table", path=str(plain))
+
+
 def test_train_and_test_files_share_one_label_mapping(tmp_path: Path):
     train = write_table(reviews(30), tmp_path / "train.parquet")
     test = write_table(reviews(9, classes=["happy", "angry", "calm"]), tmp_path / "test.jsonl")
