@@ -87,9 +87,12 @@ QUOTING_SAMPLE_BYTES = 4 << 20
 
 def tsv_quoted(path: Path | str) -> bool:
     """Whether a TSV's double quotes are CSV quoting (pandas' to_csv writes "a ""quoted"" text") or part of its texts
-    (a stray " opening a review, as tab-separated exports that never quote hold). Judged on the first
-    QUOTING_SAMPLE_BYTES, whole lines: quoting, unless reading it so fails or gives fewer rows than reading every line
-    as one row of the header's columns does. A file no sample settles keeps quoting (ingest names a later bad line)."""
+    (tab-separated exports that never quote hold reviews such as `"Title" was dull` or an unclosed `"wow`). Judged on
+    the first QUOTING_SAMPLE_BYTES, whole lines: quoting, unless reading it so breaks a rule of CSV quoting (a closing
+    quote not followed by a tab or the line's end, a quote left open: Python's csv module, strict) or gives fewer rows
+    than reading every line as one row of the header's columns does. A file that reads neither way keeps quoting
+    (ingest names its bad line)."""
+    import csv
     import io
 
     import pyarrow.csv as pacsv
@@ -102,20 +105,18 @@ def tsv_quoted(path: Path | str) -> bool:
         sample = sample[: sample.rfind(b"\n", 0, QUOTING_SAMPLE_BYTES) + 1] or sample
     if b'"' not in sample:
         return True
-
-    def rows(quoted: bool) -> int | None:
-        options = pacsv.ParseOptions(delimiter="\t", quote_char='"' if quoted else False, newlines_in_values=quoted)
-        try:
-            return pacsv.read_csv(io.BytesIO(sample), parse_options=options,
+    try:  # every line one row of the header's columns, quote marks as text (pyarrow raises on another width)
+        options = pacsv.ParseOptions(delimiter="\t", quote_char=False, newlines_in_values=False)
+        as_lines = pacsv.read_csv(io.BytesIO(sample), parse_options=options,
                                   convert_options=pacsv.ConvertOptions(include_columns=[], strings_can_be_null=True)).num_rows
-        except Exception:  # pyarrow's parse errors: a line of other width, an unclosed quote
-            return None
-
-    as_lines = rows(False)
-    if as_lines is None:
+    except Exception:  # pyarrow's parse errors
         return True
-    as_quoted = rows(True)
-    return as_quoted is not None and as_quoted >= as_lines
+    text = sample.decode("utf-8-sig", errors="replace")
+    try:
+        as_quoted = sum(1 for row in csv.reader(io.StringIO(text, newline=""), delimiter="\t", strict=True) if row) - 1  # less the header
+    except csv.Error:
+        return False
+    return as_quoted >= as_lines
 
 
 def csv_dialect(path: Path | str, fmt: str) -> dict[str, Any]:

@@ -126,16 +126,23 @@ def test_a_csv_a_spreadsheet_saved_with_semicolons_reads_as_the_comma_one(tmp_pa
     assert summary_input(out) == {"path": {"separator": ";", "quoting": True}}
 
 
-@pytest.mark.parametrize("written_by", ["an export that never quotes", "pandas"])
+@pytest.mark.parametrize("written_by", ["an export that never quotes", "an export whose quotes close", "pandas"])
 def test_quote_marks_in_a_tsv_s_texts_stay_text_whether_or_not_it_quotes(tmp_path: Path, written_by: str):
-    """Tab-separated exports often never quote, so a review may open with a stray quote mark; pandas quotes such texts
-    ("a ""b"" c"). Either way every line is one review, with its quote marks."""
-    texts = [f'"stray {i}' if i % 7 == 0 else f'a 5" screen {i}' if i % 11 == 0 else f"plain {i}" for i in range(40)]
+    """Tab-separated exports often never quote, so a review may open with a stray quote mark, or with a quoted title
+    and more after it; pandas quotes such texts ("a ""b"" c"). Either way every line is one review, with its quote marks."""
+    def text(i: int) -> str:
+        if i % 5 == 0:
+            return f'"Title {i}" was dull'  # read as CSV quoting, this was the text Title 0 was dull
+        if written_by == "an export whose quotes close":
+            return f"plain {i}"
+        return f'"stray {i}' if i % 7 == 0 else f'a 5" screen {i}' if i % 11 == 0 else f"plain {i}"
+
+    texts = [text(i) for i in range(40)]
     frame = pd.DataFrame({"text": texts, "label": [MOODS[i % 3] for i in range(40)]})
     path = tmp_path / "moods.tsv"
     if written_by == "pandas":
         frame.to_csv(path, index=False, sep="\t")
-        assert '"""stray 0"' in path.read_text()
+        assert '"""Title 0"" was dull"' in path.read_text()
     else:
         path.write_text("text\tlabel\n" + "".join(f"{t}\t{label}\n" for t, label in zip(frame["text"], frame["label"])))
     summary, out = ingest(tmp_path, source="table", path=str(path))
