@@ -350,8 +350,8 @@ def _record_dropped(missing: dict[str, list[int]], path: Path, dropped: dict[str
                           "first_row": min(row for _, row in missing.values())}
     from tasks.logs import step_logger
 
-    step_logger().warning("Left out %s rows of %s without a text and %s without a label (data.incomplete_rows drop), the first at row %s.",
-                          dropped[str(path)]["without_text"], path, dropped[str(path)]["without_label"], dropped[str(path)]["first_row"])
+    step_logger().warning("Left out rows of %s (data.incomplete_rows drop): %s without a text, %s without a label, the first at row %s.",
+                          path, dropped[str(path)]["without_text"], dropped[str(path)]["without_label"], dropped[str(path)]["first_row"])
 
 
 def _note_spellings(labels: pd.Series, names: pd.Series, spellings: dict[str, set[str]]) -> None:
