@@ -47,7 +47,7 @@ class TableSource(Source):
         rows_per_file: dict[str, int] = {}
         spellings: dict[str, set[str]] = {}
         details = _table_details(cfg, located)
-        batches = _table_batches(cfg, located, batch_rows, rows_per_file, spellings, details.get("dropped_rows"))
+        batches = _table_batches(cfg, located, batch_rows, rows_per_file, spellings, details.get("dropped_rows"), details["dialect"])
         return Reading(batches, details=details, rows_per_file=rows_per_file, spellings=spellings)
 
     def name_classes(self, cfg: DataConfig, located: dict[str, Any], reading: Reading, meta: pd.DataFrame) -> list[str]:
@@ -153,7 +153,8 @@ def _read_json_records(path: Location) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def iter_table(path: Location, fmt: str, columns: dict[str, str], batch_rows: int | None = None) -> Iterator[pd.DataFrame]:
+def iter_table(path: Location, fmt: str, columns: dict[str, str], batch_rows: int | None = None,
+               dialect: dict[str, Any] | None = None) -> Iterator[pd.DataFrame]:
     """The named columns of a table (columns: config key -> column name) in batches, read with pyarrow where it can.
 
     CSV, TSV and Parquet stream (pyarrow's streaming CSV reader, Parquet record batches); JSON
@@ -172,7 +173,7 @@ def iter_table(path: Location, fmt: str, columns: dict[str, str], batch_rows: in
         if fmt in ("csv", "tsv"):
             import pyarrow.csv as pacsv
 
-            dialect = csv_dialect(path, fmt)
+            dialect = dialect or csv_dialect(path, fmt)  # ingest's, decided once for ingest.json and the reading
             delimiter, quoted = dialect["separator"], dialect["quoting"]
             present = csv_header(path, delimiter)
         elif fmt == "parquet":
@@ -421,21 +422,21 @@ def _table_rows(
 
 def _table_batches(
     cfg: DataConfig, source: dict[str, Any], batch_rows: int, rows_per_file: dict[str, int], spellings: dict[str, set[str]] | None = None,
-    dropped: dict[str, Any] | None = None,
+    dropped: dict[str, Any] | None = None, dialects: dict[str, dict[str, Any]] | None = None,
 ) -> Iterator[pd.DataFrame]:
     """A table source (one file, or a train/test pair) as batches of ROW_COLUMNS; rows_per_file counts each file's rows kept.
 
     spellings, when given, collects each class name's raw label spellings (see _note_spellings); dropped, with
-    data.incomplete_rows drop, the rows left out of each file for want of a text or label (_record_dropped).
+    data.incomplete_rows drop, the rows left out of each file for want of a text or label (_record_dropped); dialects,
+    each CSV or TSV's csv_dialect by its source key (path, test_path), as ingest.json records them.
     """
-    files = [(as_location(source["path"]), source["format"]["path"], "train")]
-    if source.get("test_path"):
-        files.append((as_location(source["test_path"]), source["format"]["test_path"], "test"))
+    files = [("path", "train")] + ([("test_path", "test")] if source.get("test_path") else [])
     split_values = bool(cfg.split_column) and len(files) == 1
     columns = {key: getattr(cfg, key) for key in _COLUMN_KEYS if getattr(cfg, key) and (key != "split_column" or split_values)}
-    for path, fmt, split in files:
+    for key, split in files:
+        path, fmt = as_location(source[key]), source["format"][key]
         offset, kept, missing = 0, 0, {}
-        for raw in iter_table(path, fmt, columns, batch_rows):
+        for raw in iter_table(path, fmt, columns, batch_rows, (dialects or {}).get(key)):
             rows = _table_rows(raw, path, cfg, split_values, offset, missing, spellings)
             if not split_values:
                 rows["split"] = split
