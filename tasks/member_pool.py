@@ -28,6 +28,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tasks.architectures import recurrent_stack
 from tasks.config import ModelConfig, TrainConfig, member_model
 from tasks.determinism import op_determinism
 from tasks.logs import step_logger
@@ -145,7 +146,7 @@ def first_the_costliest(model_cfg: ModelConfig, train_cfg: TrainConfig) -> list[
     """
     def cost(k: int) -> float:
         cfg = member_model(model_cfg, train_cfg, k)
-        units = sum(cfg.stack_units) if cfg.stack_units else cfg.units * (len(cfg.stack_cells) if cfg.stack_cells else cfg.layers)
+        units = sum(size for _, size in recurrent_stack(cfg))
         return (cfg.window or float("inf")) * units * (2 if cfg.bidirectional else 1)
     return sorted(range(train_cfg.members), key=lambda k: -cost(k))
 
