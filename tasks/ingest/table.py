@@ -387,8 +387,7 @@ def _table_rows(
         return pd.DataFrame(columns=ROW_COLUMNS)  # the file fails once it has been read: no point in converting
     # data.incomplete_rows drop: the rows without a text or label are read (their row numbers stay theirs) and left out.
     keep = ~(blank | labels.isna()).to_numpy()
-    names = pd.Series(None, index=labels.index, dtype=object)
-    names[keep] = class_names(labels[keep])
+    names = class_names(labels) if keep.all() else class_names(labels[keep]).reindex(labels.index)
     if spellings is not None:
         _note_spellings(labels[keep], names[keep], spellings)
     frame = pd.DataFrame(
